@@ -1,0 +1,1 @@
+"""The catalog: datasets, files with checksums and metadata, and where their replicas live."""

@@ -1,0 +1,63 @@
+"""The pilot's side of the tower's HTTP API, patient with a tower that restarts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+
+class TowerUnreachable(RuntimeError):
+    """The tower did not answer for longer than the pilot's patience."""
+
+
+class TowerRefused(RuntimeError):
+    """The tower answered with an error about this request."""
+
+
+class TowerClient:
+    def __init__(self, url: str, pilot_id: str, patience: float = 300.0,
+                 timeout: float = 30.0) -> None:
+        self.base = f"{url.rstrip('/')}/api/v1/pilots/{pilot_id}"
+        self.patience = patience
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def call(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST `body` to the pilot endpoint `action`; retry while the tower is unreachable."""
+        give_up = time.monotonic() + self.patience
+        delay = 0.5
+        while True:
+            try:
+                response = self.session.post(f"{self.base}/{action}", json=body,
+                                             timeout=self.timeout)
+            except requests.RequestException as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 500:
+                    return self._answer(action, response)
+                problem = f"HTTP {response.status_code}"
+            if time.monotonic() + delay > give_up:
+                raise TowerUnreachable(f"{action}: no answer for {self.patience:.0f}s "
+                                       f"({problem})")
+            log.warning("%s: tower unavailable (%s); retrying in %.1fs", action, problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    @staticmethod
+    def _answer(action: str, response: requests.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = {"message": response.text[:200]}
+        if response.status_code >= 400:
+            raise TowerRefused(f"{action}: HTTP {response.status_code}: "
+                               f"{data.get('message', data)}")
+        return data  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.session.close()

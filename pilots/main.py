@@ -1,0 +1,110 @@
+"""`pilot`: the program a batch job runs at a site.
+
+Settings come from the command line, or from a YAML file (`--config`) whose
+keys are the long options' names with underscores; the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pilots.client import TowerClient, TowerRefused, TowerUnreachable
+from pilots.pilot import Pilot, PilotSettings
+from pilots.sources import open_source
+from pilots.units import parse_duration
+
+log = logging.getLogger("pilots")
+
+#: Exit codes: 0 drained normally, 1 the tower failed us, 2 bad settings, 143 SIGTERM.
+EXIT_OK, EXIT_TOWER, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
+
+REQUIRED = ("tower", "site", "pilot_id", "scratch", "storage")
+DEFAULTS: dict[str, Any] = {
+    "queue": "default", "source": "http", "broker_queue": None, "slots": 1, "cores": 1,
+    "walltime": "1h", "drain_margin": "60s", "idle_timeout": "120s", "heartbeat": "60s",
+    "poll": 1.0, "patience": "300s",
+}
+DURATIONS = ("walltime", "drain_margin", "idle_timeout", "heartbeat", "patience")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pilot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="YAML file with any of the settings below")
+    p.add_argument("--tower", help="URL of the tower's API")
+    p.add_argument("--site", help="the site this pilot runs at")
+    p.add_argument("--queue", help="the site queue it serves (default: default)")
+    p.add_argument("--pilot-id", help="the id the tower gave this pilot")
+    p.add_argument("--source", help="where messages come from: http (database queue)")
+    p.add_argument("--broker-queue", help="broker queue name (default: SITE.QUEUE)")
+    p.add_argument("--slots", type=int, help="payloads run at once (default 1)")
+    p.add_argument("--cores", type=int, help="cores of this pilot (default 1)")
+    p.add_argument("--walltime", help="the pilot's own walltime, e.g. 3600 or 12h")
+    p.add_argument("--drain-margin", help="spare time kept beyond a job's walltime")
+    p.add_argument("--idle-timeout", help="exit after finding no work this long")
+    p.add_argument("--heartbeat", help="seconds between heartbeats")
+    p.add_argument("--poll", type=float, help="seconds between polls of an empty queue")
+    p.add_argument("--patience", help="how long to wait for an unreachable tower")
+    p.add_argument("--scratch", type=Path, help="where job work dirs are made")
+    p.add_argument("--storage", type=Path, help="where outputs are left for the stager")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> PilotSettings:
+    """Merge defaults, the YAML file and the command line; raise ValueError naming the key."""
+    values = dict(DEFAULTS)
+    if args.config:
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: expected a mapping of settings")
+        unknown = set(loaded) - set(DEFAULTS) - set(REQUIRED)
+        if unknown:
+            raise ValueError(f"{args.config}: {sorted(unknown)[0]}: unknown key")
+        values.update(loaded)
+    values.update({key: value for key, value in vars(args).items()
+                   if value is not None and key not in ("config", "verbose")})
+    for key in REQUIRED:
+        if not values.get(key):
+            raise ValueError(f"{key}: required (give --{key.replace('_', '-')})")
+    for key in DURATIONS:
+        try:
+            values[key] = parse_duration(values[key])
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    values["broker_queue"] = values["broker_queue"] or f"{values['site']}.{values['queue']}"
+    values["scratch"], values["storage"] = Path(values["scratch"]), Path(values["storage"])
+    return PilotSettings(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args)
+        client = TowerClient(settings.tower, settings.pilot_id, patience=settings.patience)
+        source = open_source(settings.source, client, settings.broker_queue)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"pilot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    pilot = Pilot(settings, client, source)
+    signal.signal(signal.SIGTERM, lambda number, frame: pilot.terminate("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda number, frame: pilot.terminate("SIGINT"))
+    try:
+        why = pilot.run()
+    except (TowerUnreachable, TowerRefused) as exc:
+        log.error("pilot=%s stops: %s", settings.pilot_id, exc)
+        return EXIT_TOWER
+    return EXIT_TERMINATED if why == "SIGTERM" else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

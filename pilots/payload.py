@@ -1,0 +1,152 @@
+"""One payload: its work dir, rendered steering files, the process, and what it left behind."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pilots.checksums import adler32_file
+from pilots.rendering import TemplateProblem, render
+
+log = logging.getLogger(__name__)
+
+#: Lines of the payload's output sent back with the report.
+TAIL_LINES = 60
+#: Seconds between SIGTERM and SIGKILL when a payload must stop.
+KILL_GRACE = 10.0
+
+
+class Payload:
+    """Runs one claimed job in its own process group; `kill` may come from another thread."""
+
+    def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], scratch: Path,
+                 storage: Path) -> None:
+        self.job: int = claim["job"]
+        self.attempt: int = claim["attempt"]
+        self.claim = claim
+        self.work_dir = scratch / f"{self.job}.{self.attempt}"
+        self.output_dir = self.work_dir / "output"
+        self.stage_dir = storage / claim["production"] / f"{self.job}.{self.attempt}"
+        self.variables = {**claim["variables"], **pilot, "work_dir": self.work_dir,
+                          "output_dir": self.output_dir, "python": sys.executable}
+        self.ending = "finished"
+        self.reason: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.job, self.attempt)
+
+    def run(self) -> dict[str, Any]:
+        """Run to the end; return the report for the tower."""
+        try:
+            argv, environment = self._prepare()
+        except (OSError, TemplateProblem) as exc:
+            return self._report("setup", reason=f"preparing the job failed: {exc}")
+        log_path = self.work_dir / "payload.log"
+        with open(log_path, "wb") as output, self._lock:
+            if self.ending != "finished":  # killed before it started
+                return self._report(self.ending, reason=self.reason)
+            try:
+                self._process = subprocess.Popen(
+                    argv, cwd=self.work_dir, stdin=subprocess.DEVNULL, stdout=output,
+                    stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+            except OSError as exc:
+                return self._report("setup", reason=f"cannot start {argv[0]!r}: {exc.strerror}")
+        code = self._wait(float(self.claim["walltime"]))
+        tail = _tail(log_path)
+        if self.ending != "finished" or code != 0:
+            return self._report(self.ending, code, tail, self.reason)
+        outputs = self._collect()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        return self._report("finished", code, tail, outputs=outputs)
+
+    def _prepare(self) -> tuple[list[str], dict[str, str]]:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in self.claim["steering"].items():
+            (self.work_dir / name).write_text(render(text, self.variables))
+        argv = [render(argument, self.variables) for argument in self.claim["command"]]
+        environment = dict(os.environ)
+        environment.update({name: render(text, self.variables)
+                            for name, text in self.claim["environment"].items()})
+        environment.update({"GRIDTOWER_JOB": str(self.job),
+                            "GRIDTOWER_ATTEMPT": str(self.attempt),
+                            "GRIDTOWER_OUTPUT_DIR": str(self.output_dir)})
+        return argv, environment
+
+    def _wait(self, walltime: float) -> int:
+        assert self._process is not None
+        try:
+            return self._process.wait(timeout=walltime)
+        except subprocess.TimeoutExpired:
+            self.kill("walltime", f"ran past its walltime of {walltime:.0f}s")
+            return self._process.wait()
+
+    def kill(self, ending: str, reason: str) -> None:
+        """Stop the payload (SIGTERM, then SIGKILL after a grace); it ends as `ending`."""
+        with self._lock:
+            if self.ending == "finished":
+                self.ending, self.reason = ending, reason
+            process = self._process
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process, signal.SIGTERM)
+        threading.Thread(target=self._kill_later, args=(process,), daemon=True).start()
+
+    @staticmethod
+    def _kill_later(process: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + KILL_GRACE
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process.poll() is None:
+            _signal_group(process, signal.SIGKILL)
+
+    def _collect(self) -> list[dict[str, Any]]:
+        """Move declared outputs to the site's storage, under a name carrying the attempt."""
+        patterns = self.claim["outputs"]
+        names = sorted(path.name for path in self.output_dir.iterdir() if path.is_file())
+        chosen = [name for name in names if any(fnmatch.fnmatch(name, p) for p in patterns)]
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        outputs = []
+        for name in chosen:
+            target = self.stage_dir / name
+            shutil.move(self.output_dir / name, target)
+            outputs.append({"name": name, "path": str(target), "size": target.stat().st_size,
+                            "adler32": adler32_file(target)})
+        return outputs
+
+    def _report(self, ending: str, code: int | None = None, tail: str = "",
+                reason: str | None = None, outputs: list[dict[str, Any]] | None = None,
+                ) -> dict[str, Any]:
+        return {
+            "job": self.job, "attempt": self.attempt, "ending": ending,
+            "exit_code": code if code is not None and code >= 0 else None,
+            "signal": -code if code is not None and code < 0 else None,
+            "reason": reason, "log_tail": tail, "outputs": outputs or [],
+        }
+
+
+def _signal_group(process: subprocess.Popen[bytes], number: int) -> None:
+    try:
+        os.killpg(process.pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, errors="replace") as stream:
+            return "".join(deque(stream, maxlen=TAIL_LINES))[-8000:]
+    except OSError:
+        return ""

@@ -1,0 +1,174 @@
+"""The pilot's loop: take messages, claim jobs, run payloads in slots, heartbeat, report, drain.
+
+It stops taking work when its remaining walltime is too short for the next
+job, after an idle timeout, or on SIGTERM — which kills running payloads and
+reports them as killed before the pilot exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pilots.client import TowerClient
+from pilots.payload import Payload
+from pilots.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PilotSettings:
+    tower: str
+    site: str
+    queue: str
+    pilot_id: str
+    source: str
+    broker_queue: str
+    slots: int
+    cores: int
+    walltime: float
+    drain_margin: float
+    idle_timeout: float
+    heartbeat: float
+    scratch: Path
+    storage: Path
+    #: Seconds between polls of an empty queue.
+    poll: float = 1.0
+    #: Seconds the pilot waits for an unreachable tower before it gives up.
+    patience: float = 300.0
+
+
+class Pilot:
+    def __init__(self, settings: PilotSettings, client: TowerClient, source: Source) -> None:
+        self.settings = settings
+        self.client = client
+        self.source = source
+        self.deadline = time.monotonic() + settings.walltime
+        self.stop = threading.Event()       # SIGTERM: end now
+        self.stop_reason = ""
+        self.draining = False
+        self.drain_reason = ""
+        self.running: dict[tuple[int, int], Payload] = {}
+        self.finished: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.scratch = settings.scratch / settings.pilot_id
+
+    def terminate(self, reason: str) -> None:
+        """Called from the signal handler: kill payloads, report, exit."""
+        self.stop_reason = reason
+        self.stop.set()
+
+    def run(self) -> str:
+        """Run until drained; returns why the pilot ended."""
+        self.client.call("register", {"host": socket.getfqdn()})
+        log.info("pilot=%s site=%s registered, %d slots, walltime %.0fs",
+                 self.settings.pilot_id, self.settings.site, self.settings.slots,
+                 self.settings.walltime)
+        beating = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
+        beating.start()
+        why = self._work()
+        for payload in list(self.running.values()):
+            payload.kill("killed", why)
+        while self.running:
+            self._report(block=True)
+        self.source.close()
+        self.client.call("goodbye", {"message": why})
+        log.info("pilot=%s ended: %s", self.settings.pilot_id, why)
+        return why
+
+    def _work(self) -> str:
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            self._report(block=False)
+            free = self.settings.slots - len(self.running)
+            if self.draining:
+                if not self.running:
+                    return self.drain_reason
+                self.stop.wait(self.settings.poll)
+                continue
+            started = self._take(free) if free > 0 else 0
+            if started or self.running:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > self.settings.idle_timeout:
+                self._drain(f"idle for {self.settings.idle_timeout:.0f}s")
+            if not started:
+                self.stop.wait(self.settings.poll)
+        return self.stop_reason
+
+    def _take(self, free: int) -> int:
+        """Get up to `free` messages, claim their jobs, start the granted ones."""
+        messages = self.source.get(free)
+        if not messages:
+            return 0
+        remaining = self.deadline - time.monotonic()
+        fits = [m for m in messages if m["walltime"] + self.settings.drain_margin <= remaining]
+        if len(fits) < len(messages):
+            self.source.release([m for m in messages if m not in fits])
+            self._drain(f"{remaining:.0f}s of walltime left, too short for the next job")
+        if not fits:
+            return 0
+        answer = self.client.call("claim", {"jobs": [[m["job"], m["attempt"]] for m in fits]})
+        self.source.ack(fits)  # right after the claim: never held for a payload's length
+        started = 0
+        for claim in answer["jobs"]:
+            if claim["granted"]:
+                self._start(claim)
+                started += 1
+            else:
+                log.info("job=%s attempt=%s refused: %s", claim["job"], claim["attempt"],
+                         claim["reason"])
+        return started
+
+    def _start(self, claim: dict[str, Any]) -> None:
+        pilot_values = {"cores": self.settings.cores, "site": self.settings.site,
+                        "pilot_id": self.settings.pilot_id}
+        payload = Payload(claim, pilot_values, self.scratch, self.settings.storage)
+        self.running[payload.key] = payload
+        log.info("job=%s attempt=%s started", payload.job, payload.attempt)
+        threading.Thread(target=lambda: self.finished.put(payload.run()), daemon=True,
+                         name=f"job-{payload.job}").start()
+
+    def _report(self, block: bool) -> None:
+        """Send every finished payload's report in one call."""
+        reports = []
+        try:
+            reports.append(self.finished.get(timeout=self.settings.poll) if block
+                           else self.finished.get_nowait())
+            while True:
+                reports.append(self.finished.get_nowait())
+        except queue.Empty:
+            pass
+        if not reports:
+            return
+        answer = self.client.call("report", {"reports": reports})
+        for report, verdict in zip(reports, answer["verdicts"], strict=True):
+            self.running.pop((report["job"], report["attempt"]), None)
+            log.info("job=%s attempt=%s ended %s: %s", report["job"], report["attempt"],
+                     report["ending"], verdict["reason"] if verdict["accepted"]
+                     else f"refused ({verdict['reason']})")
+
+    def _drain(self, reason: str) -> None:
+        if not self.draining:
+            self.draining, self.drain_reason = True, reason
+            log.info("pilot=%s draining: %s", self.settings.pilot_id, reason)
+            self.client.call("drain", {})
+
+    def _heartbeats(self) -> None:
+        while not self.stop.wait(self.settings.heartbeat):
+            keys = list(self.running)
+            try:
+                answer = self.client.call("heartbeat", {"jobs": [list(k) for k in keys]})
+            except Exception:  # the loop boundary of this thread: the next beat tries again
+                log.exception("heartbeat failed")
+                continue
+            for job, attempt in answer["stop"]:
+                payload = self.running.get((job, attempt))
+                if payload is not None:
+                    log.warning("job=%s attempt=%s: the tower asks to stop it", job, attempt)
+                    payload.kill("cancelled", "the tower no longer counts this attempt")

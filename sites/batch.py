@@ -1,0 +1,56 @@
+"""The `BatchSystem` seam: submit pilots to a site, read their states, cancel them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sites.config import SiteConfig
+from tower.registry import resolve
+
+#: Batch system name -> backend.
+BATCH_SYSTEMS = {
+    "local": "sites.local:LocalBatch",
+}
+
+
+class BatchState(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class PilotRequest:
+    """One pilot to start: what runs, with which environment, where its log goes."""
+
+    pilot_id: str
+    argv: list[str]
+    log_path: Path
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    state: BatchState
+    exit_code: int | None = None
+    #: The batch system's own word for how it ended (TIMEOUT, NODE_FAIL, ...).
+    reason: str | None = None
+
+
+class BatchSystem(Protocol):
+    def submit(self, request: PilotRequest) -> str:
+        """Start one pilot; return its batch id. Raises BackendError if the site refuses."""
+
+    def statuses(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        """States of `batch_ids`; an id the system no longer knows maps to ENDED."""
+
+    def cancel(self, batch_ids: list[str]) -> None:
+        """Ask the system to end these pilots (they get SIGTERM first)."""
+
+
+def open_batch_system(site: SiteConfig) -> BatchSystem:
+    backend: Any = resolve(BATCH_SYSTEMS, site.batch, "batch system")
+    return backend(site)  # type: ignore[no-any-return]

@@ -1,0 +1,86 @@
+"""The site admin's `sites.yaml`: one entry per batch site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from tower.errors import ConfigError
+from tower.schema import Megabytes, Seconds, Strict, build, read_yaml
+
+
+class PilotShape(Strict):
+    """What one pilot is: its batch request and how it behaves."""
+
+    #: Payloads a pilot runs at once.
+    slots: int = Field(default=1, gt=0)
+    cores: int = Field(default=1, gt=0)
+    memory: Megabytes | None = Field(default=None, gt=0)
+    walltime: Seconds = Field(default=3600, gt=0)
+    #: The pilot stops taking work when less than the next job's walltime plus this remains.
+    drain_margin: Seconds = Field(default=60, ge=0)
+    #: The pilot exits after finding no work for this long.
+    idle_timeout: Seconds = Field(default=120, gt=0)
+
+
+class Limits(Strict):
+    """How far the factory may go at this site."""
+
+    max_queued: int = Field(default=2, ge=0)
+    max_running: int = Field(default=4, ge=0)
+    max_per_cycle: int = Field(default=2, ge=0)
+
+
+class SiteConfig(Strict):
+    name: str
+    batch: str = "local"
+    #: Options of the batch system, checked by it.
+    batch_options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+    queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
+    pilot: PilotShape = PilotShape()
+    limits: Limits = Limits()
+    #: The pilot program at the site, as an argv list.
+    pilot_command: list[str] = Field(default_factory=lambda: ["pilot"], min_length=1)
+    #: Shell lines run before the pilot (module load, container setup).
+    setup: list[str] = Field(default_factory=list)
+    #: Where pilots make the work directories of their jobs.
+    scratch: str
+    #: Where pilots leave outputs for the tower's stager.
+    storage: str
+    #: Messages the broker may hold for this site; default: two per payload slot it may run.
+    backlog: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> SiteConfig:
+        for key in ("scratch", "storage"):
+            if not Path(getattr(self, key)).is_absolute():
+                raise ValueError(f"{key} must be an absolute path at the site")
+        return self
+
+    @property
+    def backlog_limit(self) -> int:
+        return self.backlog or 2 * self.pilot.slots * max(self.limits.max_running, 1)
+
+
+def load_sites(path: Path) -> dict[str, SiteConfig]:
+    """Read sites.yaml (`sites: {name: {...}}`); errors name the file and the key."""
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("sites", {}), dict):
+        raise ConfigError(f"{path}: sites: expected a mapping of site names to settings",
+                          field="sites")
+    unknown = set(data) - {"sites"}
+    if unknown:
+        raise ConfigError(f"{path}: {sorted(unknown)[0]}: unknown key", field=sorted(unknown)[0])
+    sites = {}
+    for name, entry in (data.get("sites") or {}).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: sites.{name}: expected a mapping", field=f"sites.{name}")
+        entry = {**entry, "name": str(name)}
+        for key in ("scratch", "storage"):
+            if isinstance(entry.get(key), str):
+                entry[key] = str(Path(entry[key]).expanduser())
+        sites[str(name)] = build(SiteConfig, entry, str(path), prefix=f"sites.{name}")
+    return sites

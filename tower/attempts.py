@@ -1,0 +1,272 @@
+"""The life of an attempt: claimed by a pilot, kept alive by heartbeats, ended by a report
+or by the monitor — and then handed to the retry policy.
+
+Every call takes many jobs at once: the pilot API is batch-shaped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from sqlalchemy import insert, update
+from sqlmodel import Session, col, select, tuple_
+
+from tower import fleet
+from tower.config import TowerConfig
+from tower.models import Attempt, Job, Output, Production
+from tower.policy import Outcome, decide
+from tower.schema import Strict
+from tower.specs import JobPlan, ProductionSpec, job_variables
+from tower.states import JobState, move_jobs
+from tower.timeutil import later, utcnow
+
+#: Characters of a payload's log tail the tower keeps.
+LOG_TAIL_LIMIT = 8000
+
+
+class OutputReport(Strict):
+    name: str = Field(min_length=1, max_length=255)
+    #: Where the pilot left the file in the site's storage.
+    path: str = Field(min_length=1, max_length=2000)
+    size: int = Field(ge=0)
+    adler32: str = Field(pattern=r"^[0-9a-f]{8}$")
+
+
+class Report(Strict):
+    """What a pilot says about one ended attempt."""
+
+    job: int
+    attempt: int
+    #: The pilot's view: finished, walltime, killed (pilot got SIGTERM), cancelled, setup.
+    ending: str = Field(pattern=r"^(finished|walltime|killed|cancelled|setup)$")
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = Field(default=None, max_length=500)
+    log_tail: str = ""
+    outputs: list[OutputReport] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    job: int
+    attempt: int
+    accepted: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"job": self.job, "attempt": self.attempt, "accepted": self.accepted,
+                "reason": self.reason}
+
+
+def claim(session: Session, config: TowerConfig, pilot_id: str,
+          wanted: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Give the pilot the jobs it may run now, with everything it needs to run them.
+
+    A job that is not waiting for this attempt at this pilot's site (stale,
+    cancelled, already claimed) is refused with the reason.
+    """
+    pilot = fleet.require_working(session, pilot_id)
+    jobs = _jobs_for_update(session, [job_id for job_id, _ in wanted])
+    answers: dict[tuple[int, int], dict[str, Any]] = {}
+    eligible: list[int] = []
+    for job_id, number in wanted:
+        job = jobs.get(job_id)
+        refusal = _refusal(job, number, pilot.site)
+        if refusal:
+            answers[(job_id, number)] = {"job": job_id, "attempt": number, "granted": False,
+                                         "reason": refusal}
+        else:
+            eligible.append(job_id)
+    # a pilot may claim before the matchmaker recorded the broker's confirmation
+    moved = set(move_jobs(session, eligible, [JobState.QUEUED, JobState.ASSIGNED],
+                          JobState.RUNNING, f"claimed by pilot {pilot_id}"))
+    now = utcnow()
+    if moved:
+        session.execute(insert(Attempt), [
+            {"job_id": job_id, "number": jobs[job_id].attempt, "pilot_id": pilot_id,
+             "site": pilot.site, "started_at": now, "heartbeat_at": now} for job_id in moved])
+    specs = _specs(session, {jobs[job_id].production_id for job_id in moved})
+    for job_id, number in wanted:
+        if job_id in moved and (job_id, number) not in answers:
+            answers[(job_id, number)] = _payload(jobs[job_id], specs[jobs[job_id].production_id])
+        answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
+                                              "granted": False, "reason": "claimed already"})
+    return [answers[key] for key in wanted]
+
+
+def _refusal(job: Job | None, number: int, site: str) -> str | None:
+    if job is None:
+        return "no such job"
+    if job.attempt != number:
+        return f"stale: the job is on attempt {job.attempt}"
+    if job.state not in (JobState.QUEUED, JobState.ASSIGNED):
+        return f"the job is {job.state}"
+    if job.site != site:
+        return f"the job is assigned to site {job.site}"
+    return None
+
+
+def _jobs_for_update(session: Session, job_ids: Sequence[int]) -> dict[int, Job]:
+    rows = session.exec(select(Job).where(col(Job.id).in_(job_ids))
+                        .with_for_update()).all()
+    return {job.id: job for job in rows if job.id is not None}
+
+
+def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSpec]:
+    if not production_ids:
+        return {}
+    rows = session.exec(select(Production).where(col(Production.id).in_(production_ids))).all()
+    return {row.id: ProductionSpec.model_validate(row.spec) for row in rows if row.id}
+
+
+def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
+    plan = JobPlan(job.index, job.seed, job.first_event, job.events)
+    return {
+        "job": job.id, "attempt": job.attempt, "granted": True,
+        "production": spec.name, "command": spec.command, "steering": spec.steering,
+        "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
+        "outputs": spec.outputs, "walltime": spec.walltime, "cores": spec.cores,
+        "memory": spec.memory,
+    }
+
+
+def heartbeat(session: Session, pilot_id: str,
+              running: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Record that the pilot runs these attempts; return those it should stop.
+
+    An attempt to stop is one the tower no longer counts as running there:
+    lost to the monitor, or its job cancelled.
+    """
+    fleet.require_working(session, pilot_id)
+    fleet.beat(session, pilot_id)
+    if not running:
+        return []
+    keys = [tuple_(Attempt.job_id, Attempt.number).in_(list(running))]
+    session.execute(update(Attempt).where(
+        *keys, Attempt.pilot_id == pilot_id, col(Attempt.ended_at).is_(None),
+    ).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
+    alive = session.exec(
+        select(Attempt.job_id, Attempt.number).join(Job, col(Job.id) == Attempt.job_id).where(
+            *keys, Attempt.pilot_id == pilot_id, col(Attempt.ended_at).is_(None),
+            Job.state == JobState.RUNNING)).all()
+    return sorted(set(running) - {(row[0], row[1]) for row in alive})
+
+
+def report(session: Session, config: TowerConfig, pilot_id: str,
+           reports: Sequence[Report]) -> list[Verdict]:
+    """End the attempts the pilot reports; a report for an attempt it does not hold is refused."""
+    pilot = fleet.require_working(session, pilot_id)
+    storage = Path(config.sites[pilot.site].storage) if pilot.site in config.sites else None
+    verdicts = []
+    for item in reports:
+        attempt = _open_attempt(session, item.job, item.attempt, pilot_id)
+        if attempt is None:
+            verdicts.append(Verdict(item.job, item.attempt, False,
+                                    "no running attempt of this pilot (lost, or reported already)"))
+            continue
+        job = session.get(Job, item.job)
+        assert job is not None
+        spec = _specs(session, {job.production_id})[job.production_id]
+        outcome, reason = classify(item, spec, storage)
+        _end(session, attempt, outcome, reason, item)
+        if outcome is Outcome.SUCCESS:
+            _start_staging(session, job, item)
+        else:
+            apply_policy(session, config, job, spec, outcome)
+        verdicts.append(Verdict(item.job, item.attempt, True, str(outcome)))
+    return verdicts
+
+
+def _open_attempt(session: Session, job_id: int, number: int, pilot_id: str) -> Attempt | None:
+    return session.exec(select(Attempt).where(
+        Attempt.job_id == job_id, Attempt.number == number, Attempt.pilot_id == pilot_id,
+        col(Attempt.ended_at).is_(None)).with_for_update()).first()
+
+
+def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[Outcome, str]:
+    """The outcome class of a reported attempt, and why."""
+    if item.ending == "walltime":
+        return Outcome.WALLTIME, f"ran past its walltime of {spec.walltime}s"
+    if item.ending == "killed":
+        return Outcome.PILOT_KILLED, item.reason or "the pilot was told to stop"
+    if item.ending == "cancelled":
+        return Outcome.CANCELLED, "cancelled while running"
+    if item.ending == "setup":
+        return Outcome.SETUP, item.reason or "the pilot could not prepare the job"
+    if item.signal:
+        return Outcome.SIGNAL, f"killed by signal {item.signal}"
+    if item.exit_code:
+        return Outcome.EXIT_CODE, f"exit code {item.exit_code}"
+    names = [output.name for output in item.outputs]
+    for pattern in spec.outputs:
+        if not fnmatch.filter(names, pattern):
+            return Outcome.MISSING_OUTPUT, f"no output matches {pattern!r}"
+    for output in item.outputs:
+        if storage is None or not Path(output.path).resolve().is_relative_to(storage.resolve()):
+            return Outcome.MISSING_OUTPUT, f"output {output.name} is outside the site's storage"
+    return Outcome.SUCCESS, "finished"
+
+
+def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
+         item: Report | None) -> None:
+    attempt.outcome = outcome
+    attempt.reason = reason[:500]
+    attempt.ended_at = utcnow()
+    if item is not None:
+        attempt.exit_code = item.exit_code
+        attempt.signal = item.signal
+        attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
+    session.add(attempt)
+
+
+def _start_staging(session: Session, job: Job, item: Report) -> None:
+    assert job.id is not None
+    moved = move_jobs(session, [job.id], JobState.RUNNING, JobState.STAGING,
+                      f"attempt {item.attempt} succeeded")
+    if not moved:
+        return  # cancelled meanwhile: its outputs are not wanted
+    if item.outputs:
+        session.execute(insert(Output), [
+            {"job_id": job.id, "attempt": item.attempt, "name": output.name,
+             "source": output.path, "size": output.size, "adler32": output.adler32}
+            for output in item.outputs])
+    else:
+        move_jobs(session, [job.id], JobState.STAGING, JobState.DONE, "no outputs to stage")
+
+
+def apply_policy(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec,
+                 outcome: Outcome) -> None:
+    """Retry or fail a job whose attempt did not succeed."""
+    assert job.id is not None
+    used = len(session.exec(select(Attempt.id).where(Attempt.job_id == job.id)).all())
+    max_attempts = spec.retry.max_attempts or config.retry.max_attempts
+    decision = decide(outcome, used, max_attempts, config.retry)
+    if decision.retry:
+        move_jobs(session, [job.id], JobState.RUNNING, JobState.DEFINED, decision.reason,
+                  site=None, not_before=later(decision.delay), message=decision.reason)
+    else:
+        move_jobs(session, [job.id], JobState.RUNNING, JobState.FAILED, decision.reason,
+                  message=decision.reason)
+
+
+def lose_silent(session: Session, config: TowerConfig, older_than: datetime) -> list[int]:
+    """Attempts whose last heartbeat is older than `older_than` become lost; returns job ids."""
+    silent = session.exec(select(Attempt).where(
+        col(Attempt.ended_at).is_(None), col(Attempt.heartbeat_at) < older_than)
+        .with_for_update(skip_locked=True)).all()
+    lost = []
+    for attempt in silent:
+        _end(session, attempt, Outcome.LOST_HEARTBEAT,
+             f"no heartbeat since {attempt.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC", None)
+        job = session.get(Job, attempt.job_id)
+        if job is not None and job.state is JobState.RUNNING and job.attempt == attempt.number:
+            spec = _specs(session, {job.production_id})[job.production_id]
+            apply_policy(session, config, job, spec, Outcome.LOST_HEARTBEAT)
+            lost.append(attempt.job_id)
+    return lost

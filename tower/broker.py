@@ -1,0 +1,55 @@
+"""The `Broker` seam: how the tower hands jobs to the pilots of a site.
+
+The database is the truth; a broker only delivers. A message names a job and
+the attempt it is for; a pilot claims the job over HTTP before running it, so
+a duplicate or stale message is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypedDict
+
+from sqlalchemy import Engine
+
+from tower.registry import resolve
+
+#: URL scheme -> backend.
+BROKERS = {
+    "database": "tower.dbqueue:DatabaseQueue",
+}
+
+
+class Message(TypedDict):
+    job: int
+    attempt: int
+    #: Seconds the job may run; a pilot with less time left does not take it.
+    walltime: int
+
+
+class Broker(Protocol):
+    def publish(self, queue: str, messages: list[Message]) -> None:
+        """Store `messages` durably in `queue`; return only once the broker confirmed all.
+
+        Raises BackendError when the broker is unreachable or refuses them.
+        """
+
+    def depth(self, queue: str) -> int | None:
+        """Messages waiting in `queue` (not taken by a pilot), or None if unknown."""
+
+    def pilot_source(self, queue: str) -> dict[str, Any]:
+        """How a pilot consumes `queue`: the settings handed to the pilot program."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def queue_name(site: str, queue: str) -> str:
+    """The broker queue of one site's queue."""
+    return f"{site}.{queue}"
+
+
+def open_broker(url: str, engine: Engine) -> Broker:
+    """The broker for `url` ("database" for the queue table, later "amqp://...")."""
+    scheme = url.split(":", 1)[0] if "://" in url else url
+    backend: Any = resolve(BROKERS, scheme, "broker")
+    return backend(url, engine)  # type: ignore[no-any-return]

@@ -1,0 +1,288 @@
+"""`tower`: the production manager's command.
+
+Every command takes --config (else $TOWER_CONFIG, else $TOWER_HOME/tower.yaml)
+and most take --json for scripting. Exit codes: 0 success, 1 failure,
+2 invalid input or configuration, 3 not found, 4 conflict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from catalog import files
+from tower import daemon, fleet, home, jobs, productions
+from tower.config import load_config
+from tower.db import transaction
+from tower.errors import GridtowerError
+from tower.progress import bar
+from tower.runtime import Runtime
+from tower.specs import preview
+from tower.states import JobState
+
+log = logging.getLogger("tower")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except GridtowerError as error:
+        if getattr(args, "json", False):
+            print(json.dumps(error.as_dict()))
+        print(f"tower: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tower", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--config", help="path of tower.yaml")
+    top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int | None],
+                help: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return sub
+
+    sub = command("init", cmd_init, "write a starter tower.yaml, sites.yaml and example "
+                  "production into DIR", json_flag=False)
+    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    sub = command("submit", cmd_submit, "validate a production request and create its jobs")
+    sub.add_argument("file", type=Path, metavar="FILE")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="check and show what would be made; write nothing")
+
+    sub = command("status", cmd_status, "jobs per state of every production, or of one")
+    sub.add_argument("production", nargs="?")
+
+    sub = command("jobs", cmd_jobs, "list jobs, filtered; page with --after")
+    sub.add_argument("--production")
+    sub.add_argument("--state", choices=[state.value for state in JobState])
+    sub.add_argument("--site")
+    sub.add_argument("--after", type=int, default=0, help="only jobs with a larger id")
+    sub.add_argument("--limit", type=int, default=50)
+
+    sub = command("job", cmd_job, "one job with all its attempts")
+    sub.add_argument("job_id", type=int, metavar="JOB")
+
+    sub = command("catalog", cmd_catalog, "browse the catalog: `catalog ls [DATASET]`")
+    sub.add_argument("action", choices=["ls"])
+    sub.add_argument("dataset", nargs="?")
+
+    sub = command("run", cmd_run, "run the tower's loops and its API in one process",
+                  json_flag=False)
+    sub.add_argument("--until-done", action="store_true",
+                     help="exit once every job has ended (non-zero if any did not succeed)")
+    sub.add_argument("--timeout", type=float, help="with --until-done: give up after SECONDS")
+    sub.add_argument("--no-api", action="store_true", help="do not serve the API here")
+
+    command("serve", cmd_serve, "serve the API only", json_flag=False)
+    return top
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    return Runtime.open(load_config(args.config))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    written = home.init(args.directory, force=args.force)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"\nnext: export TOWER_CONFIG={written[0]}\n"
+          f"      tower submit {written[2]} && tower run --until-done")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with transaction(runtime.engine) as session:
+        plans = productions.plan(session, args.file, runtime.config)
+        summaries = [productions.summarize(item) for item in plans]
+        if not args.dry_run:
+            for item in plans:
+                productions.create(session, item)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "productions": [
+            {**vars(summary), **({"first_job": preview(item.spec)} if args.dry_run else {})}
+            for summary, item in zip(summaries, plans, strict=True)]})
+        return 0
+    verb = "would create" if args.dry_run else "created"
+    for summary, item in zip(summaries, plans, strict=True):
+        print(f"{verb} production {summary.production}: {summary.jobs} jobs, "
+              f"{summary.events} events -> dataset {summary.dataset} "
+              f"({', '.join(summary.destinations) or 'no outputs'})")
+        if args.dry_run:
+            first = preview(item.spec)
+            print("  first job runs: " + " ".join(first["command"]))
+            for name, text in first["steering"].items():
+                print(f"  {name}:\n" + "\n".join(f"    {line}" for line in text.splitlines()))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        rows = productions.summaries(session, args.production)
+    if args.json:
+        _print_json({"productions": rows})
+        return 0
+    if not rows:
+        print("no productions")
+    for row in rows:
+        states = ", ".join(f"{state} {count}" for state, count in sorted(row["states"].items()))
+        print(f"{row['name']:<30} {row['state']:<9} {bar(row['states'])}  "
+              f"{row['events_done']}/{row['events_total']} events")
+        print(f"{'':<30} {row['jobs']} jobs: {states}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        rows = jobs.list_jobs(session, args.production, args.state, args.site, args.after,
+                              args.limit)
+    if args.json:
+        _print_json({"jobs": rows, "next_after": rows[-1]["id"] if rows else None})
+        return 0
+    print(f"{'id':>8} {'production':<24} {'index':>6} {'state':<9} {'site':<10} "
+          f"{'attempt':>7}  message")
+    for row in rows:
+        print(f"{row['id']:>8} {row['production']:<24} {row['index']:>6} {row['state']:<9} "
+              f"{row['site'] or '-':<10} {row['attempt']:>7}  {row['message'] or ''}")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        row = jobs.show(session, args.job_id)
+    if args.json:
+        _print_json(row)
+        return 0
+    print(f"job {row['id']} of {row['production']}: stream {row['index']}, seed {row['seed']}, "
+          f"events {row['first_event']}..{row['first_event'] + row['events'] - 1}, "
+          f"{row['state']}")
+    for attempt in row["attempts"]:
+        print(f"  attempt {attempt['number']} on {attempt['site']} pilot "
+              f"{attempt['pilot_id'][:8]}: {attempt['outcome'] or 'running'} "
+              f"{attempt['reason'] or ''}")
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        rows = files.files(session, args.dataset) if args.dataset else files.datasets(session)
+    if args.json:
+        _print_json({"files" if args.dataset else "datasets": rows})
+        return 0
+    for row in rows:
+        if args.dataset:
+            where = ", ".join(r["url"] for r in row["replicas"]) or "no replica"
+            print(f"{row['lfn']}  {row['size']:>10}  adler32:{row['adler32']}  {where}")
+        else:
+            print(f"{row['name']:<40} {row['files']:>6} files {row['bytes']:>14} bytes")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    server = None
+    if not args.no_api:
+        from web.server import start_server
+
+        server, url = start_server(config)
+        config = config.model_copy(update={"api": config.api.model_copy(update={"url": url})})
+        print(f"tower: API at {url}", file=sys.stderr)
+    runtime = Runtime.open(config)
+    if server is not None:
+        server.bind(runtime)
+    stop = threading.Event()
+    threads = daemon.run_forever(runtime, stop)
+    try:
+        if not args.until_done:
+            while True:
+                time.sleep(3600)
+        code = _wait_done(runtime, args.timeout)
+        _end_pilots(runtime)
+        return code
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        if server is not None:
+            server.shutdown()
+        runtime.close()
+
+
+def _wait_done(runtime: Runtime, timeout: float | None) -> int:
+    deadline = time.monotonic() + timeout if timeout else None
+    tty = sys.stderr.isatty()
+    while True:
+        with Session(runtime.engine) as session:
+            counts: dict[str, int] = {}
+            for row in productions.summaries(session):
+                for state, count in row["states"].items():
+                    counts[state] = counts.get(state, 0) + count
+        line = f"{bar(counts)}  " + " ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+        print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if daemon.unfinished(runtime) == 0:
+            print(file=sys.stderr) if tty else None
+            return 0 if set(counts) <= {"done"} else 1
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"\ntower: gave up after {timeout:.0f}s", file=sys.stderr)
+            return 1
+        time.sleep(1 if tty else 5)
+
+
+def _end_pilots(runtime: Runtime, patience: float = 30.0) -> None:
+    """The campaign is over: stop idle pilots now, and give them time to say goodbye."""
+    deadline = time.monotonic() + patience
+    if daemon.stop_pilots(runtime):
+        while time.monotonic() < deadline:
+            with Session(runtime.engine) as session:
+                if not fleet.active(session):
+                    return
+            time.sleep(0.5)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from web.server import start_server
+
+    config = load_config(args.config)
+    server, url = start_server(config)
+    server.bind(Runtime.open(config))
+    print(f"tower: API at {url}", file=sys.stderr)
+    try:
+        server.thread.join()
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

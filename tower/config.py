@@ -1,0 +1,162 @@
+"""The tower's configuration: one `tower.yaml`, loaded once and passed in.
+
+Found by `--config`, then `TOWER_CONFIG`, then `$TOWER_HOME/tower.yaml`
+(default `~/.gridtower`). `TOWER_DATABASE_URL` and `TOWER_BROKER_URL`
+override the file's database and broker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from sites.config import SiteConfig, load_sites
+from tower.errors import ConfigError
+from tower.schema import Seconds, Strict, build, read_yaml
+
+DEFAULT_HOME = Path("~/.gridtower")
+
+
+class ApiSettings(Strict):
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8470, ge=0, le=65535)
+    #: The URL pilots use to reach the API; derived from bind and port when unset.
+    url: str | None = None
+
+
+class LoopSettings(Strict):
+    #: Pause between two cycles of each loop.
+    interval: Seconds = Field(default=5, ge=0)
+    #: Jobs the matchmaker publishes per cycle at most.
+    batch_size: int = Field(default=2000, gt=0)
+
+
+class MonitorSettings(Strict):
+    #: An attempt whose last heartbeat is older than this is lost.
+    heartbeat_timeout: Seconds = Field(default=600, gt=0)
+    #: How often pilots send a heartbeat (handed to each pilot).
+    heartbeat_interval: Seconds = Field(default=60, gt=0)
+    #: A pilot submitted this long ago that never registered is lost.
+    registration_timeout: Seconds = Field(default=3600, gt=0)
+
+
+class StorageSettings(Strict):
+    #: Named destinations: `local:/path` (more schemes come with more transfer backends).
+    destinations: dict[str, str] = Field(default_factory=dict)
+    #: Destinations a production uses when it names none.
+    default: list[str] = Field(default_factory=list)
+    #: Failed copies are retried after this, doubling per try up to an hour.
+    retry_delay: Seconds = Field(default=30, gt=0)
+
+    @field_validator("destinations")
+    @classmethod
+    def _schemes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if ":" not in url:
+                raise ValueError(f"destination {name!r}: expected 'local:/path', got {url!r}")
+        return value
+
+
+class RetrySettings(Strict):
+    #: Attempts a job gets when its production does not say.
+    max_attempts: int = Field(default=3, gt=0, le=100)
+    #: Wait before the second attempt; doubles with each further one, up to backoff_max.
+    backoff: Seconds = Field(default=30, ge=0)
+    backoff_max: Seconds = Field(default=3600, ge=0)
+
+
+class TowerFile(Strict):
+    """The keys of tower.yaml."""
+
+    database: str | None = None
+    broker: str = "database"
+    sites: str = "sites.yaml"
+    #: Where the tower keeps its own files: pilot logs and scratch of local pilots.
+    work_dir: str = "work"
+    api: ApiSettings = ApiSettings()
+    loops: LoopSettings = LoopSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    storage: StorageSettings = StorageSettings()
+    retry: RetrySettings = RetrySettings()
+
+
+class TowerConfig(Strict):
+    """The loaded configuration, paths resolved, overrides applied."""
+
+    path: Path
+    home: Path
+    database_url: str
+    broker_url: str
+    work_dir: Path
+    api: ApiSettings
+    loops: LoopSettings
+    monitor: MonitorSettings
+    storage: StorageSettings
+    retry: RetrySettings
+    sites: dict[str, SiteConfig]
+
+    @property
+    def api_url(self) -> str:
+        return self.api.url or f"http://{self.api.bind}:{self.api.port}"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The path of tower.yaml: explicit, else $TOWER_CONFIG, else $TOWER_HOME/tower.yaml."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get("TOWER_CONFIG"):
+        return Path(os.environ["TOWER_CONFIG"]).expanduser()
+    home = Path(os.environ.get("TOWER_HOME", str(DEFAULT_HOME))).expanduser()
+    return home / "tower.yaml"
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any) -> TowerConfig:
+    """Load tower.yaml and its sites file; raise ConfigError naming file and key."""
+    path = find_config(explicit).resolve()
+    if not path.exists():
+        raise ConfigError(f"{path}: no such configuration file (run `tower init DIR`, "
+                          "or give --config or TOWER_CONFIG)")
+    raw = build(TowerFile, read_yaml(path), str(path))
+    home = path.parent
+    database = os.environ.get("TOWER_DATABASE_URL") or raw.database
+    if not database:
+        database = f"sqlite:///{home / 'tower.db'}"
+    broker = os.environ.get("TOWER_BROKER_URL") or raw.broker
+    storage = raw.storage.model_copy(update={
+        "destinations": {name: _resolve_local(url, home)
+                         for name, url in raw.storage.destinations.items()},
+    })
+    for name in storage.default:
+        if name not in storage.destinations:
+            raise ConfigError(f"{path}: storage.default: {name!r} is not a destination "
+                              f"(known: {', '.join(storage.destinations) or 'none'})",
+                              field="storage.default")
+    values: dict[str, Any] = {
+        "path": path, "home": home, "database_url": _resolve_sqlite(database, home),
+        "broker_url": broker, "work_dir": _resolve(raw.work_dir, home), "api": raw.api,
+        "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
+        "retry": raw.retry,
+        "sites": load_sites(_resolve(raw.sites, home)),
+    }
+    values.update(overrides)
+    return TowerConfig(**values)
+
+
+def _resolve(value: str, home: Path) -> Path:
+    return (home / Path(value).expanduser()).resolve()
+
+
+def _resolve_local(url: str, home: Path) -> str:
+    scheme, _, rest = url.partition(":")
+    return f"local:{_resolve(rest, home)}" if scheme == "local" else url
+
+
+def _resolve_sqlite(url: str, home: Path) -> str:
+    # a relative SQLite path is relative to the config file, not to the caller's cwd
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(_resolve(url[len(prefix):], home))
+    return url

@@ -1,0 +1,81 @@
+"""`tower run`: the loops of the tower, each a `run_once` in a thin thread with a stop event."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from tower import factory, fleet, matchmaker, monitor, stager
+from tower.models import Job
+from tower.runtime import Runtime
+from tower.states import JOB_TERMINAL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loop:
+    name: str
+    run_once: Callable[[Runtime], Any]
+
+
+LOOPS = (
+    Loop("matchmaker", matchmaker.run_once),
+    Loop("factory", factory.run_once),
+    Loop("monitor", monitor.run_once),
+    Loop("stager", stager.run_once),
+)
+
+
+def run_cycle(runtime: Runtime) -> None:
+    """Every loop once, in order; an error in one is logged and the others still run."""
+    for loop in LOOPS:
+        _guarded(loop, runtime)
+
+
+def _guarded(loop: Loop, runtime: Runtime) -> None:
+    try:
+        loop.run_once(runtime)
+    except Exception:  # the loop boundary: log with traceback, try again next cycle
+        log.exception("loop=%s cycle failed", loop.name)
+
+
+def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Thread]:
+    """Start one thread per loop; they run until `stop` is set."""
+    threads = [threading.Thread(target=_spin, args=(loop, runtime, stop), name=loop.name,
+                                daemon=True) for loop in LOOPS]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _spin(loop: Loop, runtime: Runtime, stop: threading.Event) -> None:
+    while not stop.is_set():
+        _guarded(loop, runtime)
+        stop.wait(runtime.config.loops.interval)
+
+
+def stop_pilots(runtime: Runtime) -> int:
+    """Ask every batch system to end the tower's active pilots; returns how many."""
+    with Session(runtime.engine) as session:
+        pilots = [(pilot.site, pilot.batch_id) for pilot in fleet.active(session)
+                  if pilot.batch_id and pilot.site in runtime.config.sites]
+    by_site: dict[str, list[str]] = {}
+    for site, batch_id in pilots:
+        by_site.setdefault(site, []).append(batch_id)  # type: ignore[arg-type]
+    for site, batch_ids in by_site.items():
+        runtime.batch_system(site).cancel(batch_ids)
+    return len(pilots)
+
+
+def unfinished(runtime: Runtime) -> int:
+    """Jobs not yet in a terminal state."""
+    with Session(runtime.engine) as session:
+        return session.exec(select(func.count()).select_from(Job).where(
+            col(Job.state).not_in(JOB_TERMINAL))).one()

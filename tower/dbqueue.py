@@ -1,0 +1,84 @@
+"""The database-queue broker: messages in a table of the tower's own database.
+
+The embedded default. Pilots cannot reach the database, so they take messages
+through the tower's HTTP API, which calls `lease` / `ack` / `release` here.
+A lease expires: a message taken by a pilot that died returns to the queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, or_, update
+from sqlmodel import Session, col, select
+
+from tower.broker import Message
+from tower.db import transaction
+from tower.models import QueueMessage
+from tower.timeutil import later, utcnow
+
+
+class DatabaseQueue:
+    """Implements `Broker` over the QueueMessage table."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.engine = engine
+
+    def publish(self, queue: str, messages: list[Message]) -> None:
+        if not messages:
+            return
+        with transaction(self.engine) as session:
+            session.execute(insert(QueueMessage),
+                            [{"queue": queue, "body": dict(message)} for message in messages])
+
+    def depth(self, queue: str) -> int | None:
+        with Session(self.engine) as session:
+            return session.exec(select(func.count()).select_from(QueueMessage).where(
+                QueueMessage.queue == queue, _available())).one()
+
+    def pilot_source(self, queue: str) -> dict[str, Any]:
+        return {"kind": "http", "queue": queue}
+
+    def close(self) -> None:
+        pass
+
+
+def lease(session: Session, queue: str, owner: str, limit: int,
+          seconds: float) -> list[tuple[int, dict[str, Any]]]:
+    """Take up to `limit` available messages of `queue` for `seconds`: [(id, body)]."""
+    if limit <= 0:
+        return []
+    ids = session.exec(
+        select(QueueMessage.id).where(QueueMessage.queue == queue, _available())
+        .order_by(col(QueueMessage.id)).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    if not ids:
+        return []
+    rows = session.execute(
+        update(QueueMessage).where(col(QueueMessage.id).in_(ids))
+        .values(leased_until=later(seconds), lease_owner=owner)
+        .returning(col(QueueMessage.id), col(QueueMessage.body))
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted((row[0], row[1]) for row in rows)
+
+
+def ack(session: Session, ids: list[int], owner: str) -> None:
+    """Remove messages `owner` leased and is done with."""
+    if ids:
+        session.execute(delete(QueueMessage).where(
+            col(QueueMessage.id).in_(ids), QueueMessage.lease_owner == owner))
+
+
+def release(session: Session, ids: list[int], owner: str) -> None:
+    """Return messages `owner` leased but will not handle."""
+    if ids:
+        session.execute(
+            update(QueueMessage).where(col(QueueMessage.id).in_(ids),
+                                       QueueMessage.lease_owner == owner)
+            .values(leased_until=None, lease_owner=None)
+            .execution_options(synchronize_session=False))
+
+
+def _available() -> Any:
+    return or_(col(QueueMessage.leased_until).is_(None), col(QueueMessage.leased_until) < utcnow())

@@ -1,0 +1,167 @@
+"""The tower's tables: productions, jobs, attempts, pilots, job events, outputs and the queue.
+
+The catalog's tables live in `catalog.models`; both share SQLModel's metadata.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from tower.states import JobState, PilotState
+from tower.timeutil import utcnow
+
+#: JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def json_column() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+
+
+def state_column(states: type[enum.StrEnum], default: Any = None, index: bool = False) -> Any:
+    """A state stored as its value in a VARCHAR (no database enum type to migrate)."""
+    column_type = SAEnum(states, native_enum=False, create_constraint=False, length=20,
+                         values_callable=lambda members: [member.value for member in members])
+    return Field(default=default, sa_column=Column(column_type, nullable=False, index=index))
+
+
+class Production(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, max_length=200)
+    parent: str | None = Field(default=None, max_length=200)
+    state: str = Field(default="active", max_length=20)  # active | paused | cancelled
+    priority: int = 0
+    queue: str = Field(default="default", max_length=100)
+    events_total: int = Field(sa_type=BigInteger)
+    events_per_job: int
+    dataset: str = Field(max_length=300)
+    template_hash: str = Field(max_length=64)
+    #: The resolved request, every inherited value filled in.
+    spec: dict[str, Any] = json_column()
+    #: For each resolved key, the production it was inherited from.
+    origins: dict[str, Any] = json_column()
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("production_id", "index"),
+        # the matchmaker's scan: defined jobs by priority
+        Index("ix_job_state_priority", "state", "priority", "id"),
+        Index("ix_job_production_state", "production_id", "state"),
+        Index("ix_job_site_state", "site", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int = Field(foreign_key="production.id")
+    index: int
+    seed: int = Field(sa_type=BigInteger)
+    first_event: int = Field(sa_type=BigInteger)
+    events: int
+    state: JobState = state_column(JobState, JobState.DEFINED)
+    priority: int = 0
+    site: str | None = Field(default=None, max_length=100)
+    queue: str = Field(default="default", max_length=100)
+    #: Number of the attempt the job is on; messages carry it, stale ones are refused.
+    attempt: int = 0
+    #: Backoff: not matched to a site before this time.
+    not_before: datetime | None = None
+    message: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Attempt(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("job_id", "number"),
+        Index("ix_attempt_running_heartbeat", "ended_at", "heartbeat_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    number: int
+    pilot_id: str = Field(max_length=64, index=True)
+    site: str = Field(max_length=100)
+    #: Outcome class once ended: success, exit_code, signal, walltime, lost_heartbeat, ...
+    outcome: str | None = Field(default=None, max_length=40)
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = Field(default=None, max_length=500)
+    started_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    log_tail: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Pilot(SQLModel, table=True):
+    __table_args__ = (Index("ix_pilot_site_state", "site", "state"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    site: str = Field(max_length=100)
+    queue: str = Field(default="default", max_length=100)
+    state: PilotState = state_column(PilotState, PilotState.SUBMITTED)
+    batch_id: str | None = Field(default=None, max_length=100)
+    slots: int = 1
+    walltime: int = 0
+    host: str | None = Field(default=None, max_length=255)
+    log_path: str | None = Field(default=None, max_length=1000)
+    message: str | None = Field(default=None, max_length=500)
+    submitted_at: datetime = Field(default_factory=utcnow)
+    registered_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    ended_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class JobEvent(SQLModel, table=True):
+    """One row per job state change: the job's history."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(index=True)
+    production_id: int
+    from_state: JobState = state_column(JobState)
+    to_state: JobState = state_column(JobState)
+    at: datetime = Field(default_factory=utcnow)
+    reason: str = Field(default="", max_length=500)
+
+
+class Output(SQLModel, table=True):
+    """A declared output of a successful attempt, waiting at the site to be staged out."""
+
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    attempt: int
+    name: str = Field(max_length=255)
+    #: Where the pilot left it, in the site's storage.
+    source: str = Field(max_length=2000)
+    size: int = Field(sa_type=BigInteger)
+    adler32: str = Field(max_length=8)
+    staged: bool = Field(default=False, index=True)
+    tries: int = 0
+    next_try_at: datetime | None = None
+    lease_until: datetime | None = None
+    lease_owner: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, max_length=500)
+
+
+class QueueMessage(SQLModel, table=True):
+    """A message of the database-queue broker (the embedded default)."""
+
+    __table_args__ = (Index("ix_queuemessage_queue_lease", "queue", "leased_until", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    queue: str = Field(max_length=200)
+    body: dict[str, Any] = json_column()
+    leased_until: datetime | None = None
+    lease_owner: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)

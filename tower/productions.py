@@ -1,0 +1,173 @@
+"""Productions in the database: submission in bulk, lookup, and per-state counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert
+from sqlmodel import Session, col, select
+
+from catalog.models import Dataset
+from tower.config import TowerConfig
+from tower.errors import NotFound, SpecError
+from tower.models import Job, Production
+from tower.specs import ParentLookup, ProductionSpec, Resolved, load_requests, resolve_all, split
+from tower.states import JobState
+
+#: Rows per INSERT statement when writing a production's jobs.
+INSERT_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class Submission:
+    production: str
+    jobs: int
+    events: int
+    dataset: str
+    destinations: list[str]
+
+
+def parent_lookup(session: Session) -> ParentLookup:
+    """Finds parents among productions already submitted."""
+    def lookup(name: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+        production = session.exec(select(Production).where(Production.name == name)).first()
+        return None if production is None else (dict(production.spec), dict(production.origins))
+    return lookup
+
+
+def plan(session: Session, path: Path, config: TowerConfig) -> list[Resolved]:
+    """Resolve and check every request of `path` against the database; writes nothing."""
+    resolved = resolve_all(load_requests(path), str(path), parent_lookup(session), config.sites,
+                           config.storage.destinations)
+    names = [item.spec.name for item in resolved]
+    taken = session.exec(select(Production.name).where(col(Production.name).in_(names))).all()
+    if taken:
+        raise SpecError(f"{path}: production {taken[0]}: name: a production of this name "
+                        "exists already", field="name")
+    return [_with_destinations(item, config, str(path)) for item in resolved]
+
+
+def _with_destinations(item: Resolved, config: TowerConfig, source: str) -> Resolved:
+    spec = item.spec
+    if spec.destinations or not spec.outputs:
+        return item
+    if not config.storage.default:
+        raise SpecError(f"{source}: production {spec.name}: destinations: the request declares "
+                        "outputs but names no destination, and the tower has no default",
+                        field="destinations")
+    spec = spec.model_copy(update={"destinations": list(config.storage.default)})
+    return Resolved(spec, {**item.origins, "destinations": "(tower default)"})
+
+
+def summarize(item: Resolved) -> Submission:
+    spec = item.spec
+    return Submission(spec.name, spec.job_count, spec.events_total, spec.dataset_name,
+                      spec.destinations)
+
+
+def create(session: Session, item: Resolved) -> Production:
+    """Write one resolved production, its dataset and all its jobs (in bulk)."""
+    spec = item.spec
+    production = Production(
+        name=spec.name, parent=spec.parent, priority=spec.priority, queue=spec.queue,
+        events_total=spec.events_total, events_per_job=spec.events_per_job,
+        dataset=spec.dataset_name, template_hash=spec.template_hash,
+        spec=spec.model_dump(mode="json"), origins=item.origins,
+    )
+    session.add(production)
+    session.flush()
+    assert production.id is not None
+    _ensure_dataset(session, spec, production.id)
+    insert_jobs(session, production.id, spec)
+    return production
+
+
+def insert_jobs(session: Session, production_id: int, spec: ProductionSpec,
+                start_index: int = 0, start_event: int = 0) -> int:
+    """Insert the jobs of `spec` from `start_index` on, INSERT_CHUNK rows a statement."""
+    count = 0
+    for chunk in _chunked(_job_rows(production_id, spec, start_index, start_event)):
+        session.execute(insert(Job), chunk)
+        count += len(chunk)
+    return count
+
+
+def _job_rows(production_id: int, spec: ProductionSpec, start_index: int,
+              start_event: int) -> Iterator[dict[str, Any]]:
+    for job in split(spec, start_index, start_event):
+        yield {"production_id": production_id, "index": job.index, "seed": job.seed,
+               "first_event": job.first_event, "events": job.events,
+               "state": JobState.DEFINED, "priority": spec.priority, "queue": spec.queue,
+               "attempt": 0}
+
+
+def _chunked(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == INSERT_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ensure_dataset(session: Session, spec: ProductionSpec, production_id: int) -> None:
+    if session.exec(select(Dataset).where(Dataset.name == spec.dataset_name)).first():
+        raise SpecError(f"production {spec.name}: dataset: {spec.dataset_name!r} exists already",
+                        field="dataset")
+    session.add(Dataset(
+        name=spec.dataset_name, production_id=production_id,
+        meta={"production": spec.name, "software": spec.software,
+              "parameters": spec.parameters, "template_hash": spec.template_hash,
+              "command": spec.command, "events_total": spec.events_total},
+    ))
+
+
+def get(session: Session, name: str) -> Production:
+    production = session.exec(select(Production).where(Production.name == name)).first()
+    if production is None:
+        raise NotFound(f"no production named {name!r}", field="production")
+    return production
+
+
+def all_productions(session: Session) -> list[Production]:
+    return list(session.exec(select(Production).order_by(col(Production.id))).all())
+
+
+def state_counts(session: Session, production_id: int | None = None) -> dict[int, dict[str, int]]:
+    """{production id: {state: jobs}} for one production or all."""
+    query = select(Job.production_id, Job.state, func.count()).group_by(
+        col(Job.production_id), col(Job.state))
+    if production_id is not None:
+        query = query.where(Job.production_id == production_id)
+    counts: dict[int, dict[str, int]] = {}
+    for pid, state, count in session.exec(query).all():
+        counts.setdefault(pid, {})[str(state)] = count
+    return counts
+
+
+def events_done(session: Session, production_id: int) -> int:
+    total = session.exec(select(func.coalesce(func.sum(Job.events), 0)).where(
+        Job.production_id == production_id, Job.state == JobState.DONE)).one()
+    return int(total)
+
+
+def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]:
+    """One production (or all) with its jobs per state and events done."""
+    chosen = [get(session, name)] if name else all_productions(session)
+    counts = state_counts(session, chosen[0].id if name else None)
+    result = []
+    for production in chosen:
+        states = counts.get(production.id or 0, {})
+        result.append({
+            "name": production.name, "state": production.state, "dataset": production.dataset,
+            "priority": production.priority, "jobs": sum(states.values()), "states": states,
+            "events_total": production.events_total,
+            "events_done": events_done(session, production.id or 0),
+            "created_at": production.created_at.isoformat(timespec="seconds"),
+        })
+    return result

@@ -1,0 +1,48 @@
+"""The tower's composition root: configuration, database, broker and backends, opened once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from sites.batch import BatchSystem, open_batch_system
+from tower.broker import Broker, open_broker
+from tower.config import TowerConfig
+from tower.db import create_schema, make_engine
+from transfer.base import Transfer, open_transfer
+
+
+@dataclass
+class Runtime:
+    config: TowerConfig
+    engine: Engine
+    broker: Broker
+    #: Identifies this tower process in leases, so two towers can share a database.
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _batch: dict[str, BatchSystem] = field(default_factory=dict)
+    _transfers: dict[str, Transfer] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, config: TowerConfig, create: bool = True) -> Runtime:
+        engine = make_engine(config.database_url)
+        if create:
+            create_schema(engine)
+        return cls(config, engine, open_broker(config.broker_url, engine))
+
+    def batch_system(self, site: str) -> BatchSystem:
+        """The batch system of `site`, one instance per site for the life of the tower."""
+        if site not in self._batch:
+            self._batch[site] = open_batch_system(self.config.sites[site])
+        return self._batch[site]
+
+    def transfer(self, destination: str) -> Transfer:
+        if destination not in self._transfers:
+            self._transfers[destination] = open_transfer(
+                self.config.storage.destinations[destination])
+        return self._transfers[destination]
+
+    def close(self) -> None:
+        self.broker.close()
+        self.engine.dispose()

@@ -1,0 +1,74 @@
+"""Reading YAML into typed, frozen settings, with errors that name the file and the key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from pilots.units import parse_duration, parse_memory
+from tower.errors import ConfigError, GridtowerError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+#: Seconds, written as 3600 or "1h".
+Seconds = Annotated[int, BeforeValidator(parse_duration)]
+#: Megabytes, written as 2000 or "2GB".
+Megabytes = Annotated[int, BeforeValidator(parse_memory)]
+
+
+class Strict(BaseModel):
+    """Base of every settings model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def read_yaml(path: Path, error: type[GridtowerError] = ConfigError) -> Any:
+    """Parse a YAML file; a missing file or a syntax error names the file (and line)."""
+    return _parse(path, yaml.safe_load, error)
+
+
+def read_yaml_documents(path: Path, error: type[GridtowerError] = ConfigError) -> list[Any]:
+    """Every non-empty YAML document of a file (`---` separated)."""
+    return _parse(path, lambda text: [d for d in yaml.safe_load_all(text) if d is not None], error)
+
+
+def _parse(path: Path, parse: Callable[[str], Any], error: type[GridtowerError]) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        return parse(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise error(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+
+
+def build(
+    model: type[Model], data: Any, source: str, prefix: str = "",
+    error: type[GridtowerError] = ConfigError,
+) -> Model:
+    """Validate `data` into `model`; the first problem becomes `error` naming source and key."""
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        key = ".".join(str(part) for part in (*filter(None, [prefix]), *problem["loc"]))
+        message = _describe(problem)
+        raise error(f"{source}: {key or '(top level)'}: {message}", field=key or None) from exc
+
+
+def _describe(problem: Any) -> str:
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(problem["msg"])
+    # pydantic prefixes messages of our own validators with "Value error, "
+    return message.removeprefix("Value error, ")

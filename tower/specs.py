@@ -1,0 +1,304 @@
+"""Production requests: the YAML schema, inheritance from parents, checks, and job splitting.
+
+A request is resolved against its parents (in the same file or already in the
+database), validated whole — schema, sites, every template rendered for a
+trial job — and only then turned into rows by `tower.productions`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from pilots.rendering import TemplateProblem, identifiers, render
+from tower.errors import SpecError
+from tower.schema import Megabytes, Seconds, Strict, build, read_yaml_documents
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+#: Keys merged entry by entry with the parent's, instead of replaced whole.
+MERGED_KEYS = ("parameters", "steering", "environment")
+#: Keys that belong to one request and are never inherited.
+OWN_KEYS = ("name", "parent", "abstract")
+
+#: Variables the tower knows for each job.
+JOB_VARIABLES = ("production", "dataset", "software", "index", "seed", "first_event",
+                 "last_event", "events", "attempt", "spec_dir")
+#: Variables only the pilot knows, filled in at the site.
+PILOT_VARIABLES = ("output_dir", "work_dir", "python", "cores", "site", "pilot_id")
+
+
+class RetrySpec(Strict):
+    #: Attempts a job gets; the tower's default when unset.
+    max_attempts: int | None = Field(default=None, gt=0, le=100)
+
+
+class ProductionSpec(Strict):
+    """A production request, resolved (every inherited key filled in)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    parent: str | None = None
+    abstract: bool = False
+    description: str = ""
+    software: str = Field(min_length=1)
+    command: list[str] = Field(min_length=1)
+    steering: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    events_total: int = Field(gt=0)
+    events_per_job: int = Field(gt=0)
+    walltime: Seconds = Field(gt=0)
+    cores: int = Field(default=1, gt=0)
+    memory: Megabytes | None = Field(default=None, gt=0)
+    sites: list[str] = Field(default_factory=list)
+    queue: str = Field(default="default", pattern=NAME_PATTERN)
+    priority: int = 0
+    retry: RetrySpec = RetrySpec()
+    outputs: list[str] = Field(default_factory=list)
+    destinations: list[str] = Field(default_factory=list)
+    dataset: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,299}$")
+    seed_base: int | None = Field(default=None, ge=0)
+    spec_dir: str = ""
+
+    @field_validator("steering")
+    @classmethod
+    def _plain_file_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"{name!r} must be a plain file name")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"{name!r} is not a valid variable name")
+            if name in JOB_VARIABLES or name in PILOT_VARIABLES:
+                raise ValueError(f"{name!r} is a built-in variable and cannot be a parameter")
+        return value
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or self.name
+
+    @property
+    def job_count(self) -> int:
+        return math.ceil(self.events_total / self.events_per_job)
+
+    @property
+    def template_hash(self) -> str:
+        """Identifies what each job runs: software, command, steering and environment."""
+        payload = json.dumps([self.software, self.command, self.steering, self.environment],
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request with its parents applied, and where each value came from."""
+
+    spec: ProductionSpec
+    #: key (or "parameters.x", "steering.f") -> name of the production that set it
+    origins: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    index: int
+    seed: int
+    first_event: int
+    events: int
+
+
+#: Looks up a production already in the database: (resolved spec dict, origins) or None.
+ParentLookup = Callable[[str], tuple[dict[str, Any], dict[str, str]] | None]
+
+
+def load_requests(path: Path) -> list[dict[str, Any]]:
+    """The request documents of a YAML file (one, or several separated by `---`)."""
+    documents = read_yaml_documents(path, error=SpecError)
+    if not documents:
+        raise SpecError(f"{path}: no production request in this file")
+    for number, document in enumerate(documents, 1):
+        if not isinstance(document, dict):
+            raise SpecError(f"{path}: document {number}: expected a mapping of keys")
+        document.setdefault("spec_dir", str(path.parent.resolve()))
+    return documents
+
+
+def resolve_all(
+    documents: list[dict[str, Any]],
+    source: str,
+    lookup: ParentLookup,
+    known_sites: Mapping[str, Any],
+    known_destinations: Mapping[str, Any],
+) -> list[Resolved]:
+    """Resolve and check every non-abstract request; raise SpecError at the first problem."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for number, document in enumerate(documents, 1):
+        name = document.get("name")
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"{source}: document {number}: name: required key is missing",
+                            field="name")
+        if name in by_name:
+            raise SpecError(f"{source}: {name}: name appears twice in this file", field="name")
+        by_name[name] = document
+    resolved = []
+    for name, document in by_name.items():
+        raw, origins = _inherit(name, by_name, lookup, source, chain=())
+        if document.get("abstract"):
+            _check_keys(raw, f"{source}: {name}")
+            continue
+        where = f"{source}: production {name}"
+        spec = build(ProductionSpec, raw, where, error=SpecError)
+        check(spec, where, known_sites, known_destinations)
+        resolved.append(Resolved(spec, origins))
+    if not resolved:
+        raise SpecError(f"{source}: every request in this file is abstract; nothing to submit")
+    return resolved
+
+
+def _inherit(
+    name: str, local: dict[str, dict[str, Any]], lookup: ParentLookup, source: str,
+    chain: tuple[str, ...],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    if name in chain:
+        cycle = " -> ".join((*chain, name))
+        raise SpecError(f"{source}: parent cycle: {cycle}", field="parent")
+    if name in local:
+        document = local[name]
+        parent = document.get("parent")
+        if parent is None:
+            return dict(document), _origins(document, name)
+        if not isinstance(parent, str):
+            raise SpecError(f"{source}: production {name}: parent: expected a name",
+                            field="parent")
+        base, origins = _inherit(parent, local, lookup, source, (*chain, name))
+        return _merge(base, origins, document, name)
+    stored = lookup(name)
+    if stored is None:
+        child = chain[-1] if chain else name
+        raise SpecError(f"{source}: production {child}: parent: no production named {name!r} "
+                        "in this file or in the database", field="parent")
+    return dict(stored[0]), dict(stored[1])
+
+
+def _merge(
+    base: dict[str, Any], origins: dict[str, str], child: dict[str, Any], name: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    merged = {key: value for key, value in base.items() if key not in OWN_KEYS}
+    merged_origins = {key: value for key, value in origins.items()
+                      if key.split(".", 1)[0] not in OWN_KEYS}
+    for key, value in child.items():
+        if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+            merged_origins.update({f"{key}.{entry}": name for entry in value})
+        else:
+            merged[key] = value
+            merged_origins[key] = name
+            if key in MERGED_KEYS and isinstance(value, dict):
+                merged_origins.update({f"{key}.{entry}": name for entry in value})
+    return merged, merged_origins
+
+
+def _origins(document: dict[str, Any], name: str) -> dict[str, str]:
+    origins = {key: name for key in document}
+    for key in MERGED_KEYS:
+        if isinstance(document.get(key), dict):
+            origins.update({f"{key}.{entry}": name for entry in document[key]})
+    return origins
+
+
+def _check_keys(raw: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(raw) - set(ProductionSpec.model_fields))
+    if unknown:
+        raise SpecError(f"{where}: {unknown[0]}: unknown key", field=unknown[0])
+
+
+def check(
+    spec: ProductionSpec, where: str, known_sites: Mapping[str, Any],
+    known_destinations: Mapping[str, Any],
+) -> None:
+    """Checks beyond the schema: sites, destinations, and every template against its variables."""
+    for site in spec.sites:
+        if site not in known_sites:
+            raise SpecError(f"{where}: sites: unknown site {site!r} "
+                            f"(known: {', '.join(sorted(known_sites)) or 'none'})", field="sites")
+    for destination in spec.destinations:
+        if destination not in known_destinations:
+            raise SpecError(
+                f"{where}: destinations: unknown destination {destination!r} "
+                f"(known: {', '.join(sorted(known_destinations)) or 'none'})",
+                field="destinations")
+    if spec.events_per_job > spec.events_total:
+        raise SpecError(f"{where}: events_per_job: larger than events_total "
+                        f"({spec.events_per_job} > {spec.events_total})", field="events_per_job")
+    defined = {*JOB_VARIABLES, *PILOT_VARIABLES, *spec.parameters}
+    for field, text in templates(spec):
+        try:
+            names = identifiers(text)
+        except TemplateProblem as exc:
+            raise SpecError(f"{where}: {field}: {exc}", field=field) from exc
+        for name in names:
+            if name not in defined:
+                raise SpecError(f"{where}: {field}: ${{{name}}} is not defined (known: "
+                                f"{', '.join(sorted(defined))})", field=field)
+
+
+def templates(spec: ProductionSpec) -> Iterator[tuple[str, str]]:
+    """Every template of a request, with the key that holds it."""
+    for position, argument in enumerate(spec.command):
+        yield f"command[{position}]", argument
+    for name, text in spec.steering.items():
+        yield f"steering.{name}", text
+    for name, text in spec.environment.items():
+        yield f"environment.{name}", text
+
+
+def split(spec: ProductionSpec, start_index: int = 0, start_event: int = 0) -> Iterator[JobPlan]:
+    """The jobs of `spec`: events_per_job each, the last one smaller when the total demands."""
+    remaining = spec.events_total - start_event
+    index, first = start_index, start_event
+    while remaining > 0:
+        events = min(spec.events_per_job, remaining)
+        yield JobPlan(index, seed_for(spec, index), first, events)
+        index, first, remaining = index + 1, first + events, remaining - events
+
+
+def seed_for(spec: ProductionSpec, index: int) -> int:
+    """The seed of stream `index`: seed_base + index, or reproducible from the name and index."""
+    if spec.seed_base is not None:
+        return spec.seed_base + index
+    digest = hashlib.sha256(f"{spec.name}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF  # fits any generator's 32-bit seed
+
+
+def job_variables(spec: ProductionSpec, job: JobPlan, attempt: int) -> dict[str, Any]:
+    """The variables the tower hands the pilot for one job."""
+    return {
+        **spec.parameters,
+        "production": spec.name, "dataset": spec.dataset_name, "software": spec.software,
+        "index": job.index, "seed": job.seed, "first_event": job.first_event,
+        "last_event": job.first_event + job.events - 1, "events": job.events,
+        "attempt": attempt, "spec_dir": spec.spec_dir,
+    }
+
+
+
+def preview(spec: ProductionSpec) -> dict[str, Any]:
+    """The first job rendered as a pilot would, with placeholders for what only the site knows."""
+    job = next(split(spec))
+    variables = {**job_variables(spec, job, attempt=1),
+                 **{name: f"<{name}>" for name in PILOT_VARIABLES}}
+    return {
+        "command": [render(argument, variables) for argument in spec.command],
+        "steering": {name: render(text, variables) for name, text in spec.steering.items()},
+        "environment": {name: render(text, variables) for name, text in spec.environment.items()},
+    }

@@ -1,0 +1,168 @@
+"""The state machines of jobs and pilots, and the one function that moves them.
+
+Every status change of a job goes through :func:`move_jobs`: it checks the
+move against the table, applies it as a compare-and-set on the current state
+(so two tower processes cannot both make it), and writes one event row per
+job. An illegal move raises :class:`IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlmodel import Session, col
+
+from tower.errors import IllegalTransition
+from tower.timeutil import utcnow
+
+
+class JobState(enum.StrEnum):
+    DEFINED = "defined"      # waiting to be matched to a site
+    ASSIGNED = "assigned"    # matched, message not yet confirmed by the broker
+    QUEUED = "queued"        # message confirmed in the site's queue
+    RUNNING = "running"      # claimed by a pilot
+    STAGING = "staging"      # payload succeeded, outputs being copied and cataloged
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    HELD = "held"            # waits for a human
+
+
+S = JobState
+
+#: Legal moves: from-state -> the states it may move to.
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.DEFINED: frozenset({S.ASSIGNED, S.CANCELLED, S.HELD}),
+    # back to defined: the site went away before the message was confirmed;
+    # running: a pilot claimed it before the broker's confirm was recorded
+    S.ASSIGNED: frozenset({S.QUEUED, S.RUNNING, S.DEFINED, S.CANCELLED, S.HELD}),
+    S.QUEUED: frozenset({S.RUNNING, S.DEFINED, S.CANCELLED, S.HELD}),
+    # back to defined: the retry policy asked for another attempt
+    S.RUNNING: frozenset({S.STAGING, S.DEFINED, S.FAILED, S.CANCELLED, S.HELD}),
+    S.STAGING: frozenset({S.DONE, S.DEFINED, S.FAILED, S.HELD}),
+    S.HELD: frozenset({S.DEFINED, S.CANCELLED, S.FAILED}),
+    # a production manager may retry what ended badly
+    S.FAILED: frozenset({S.DEFINED}),
+    S.CANCELLED: frozenset({S.DEFINED}),
+    S.DONE: frozenset(),
+}
+
+JOB_TERMINAL: frozenset[JobState] = frozenset({S.DONE, S.FAILED, S.CANCELLED})
+#: States in which a job holds a place in a site's backlog.
+JOB_AT_SITE: frozenset[JobState] = frozenset({S.ASSIGNED, S.QUEUED})
+
+
+class PilotState(enum.StrEnum):
+    SUBMITTED = "submitted"  # handed to the batch system, not yet registered
+    RUNNING = "running"      # registered with the tower
+    DRAINING = "draining"    # takes no new work, finishing what it runs
+    DONE = "done"            # ended and said goodbye
+    LOST = "lost"            # ended without saying goodbye, or never started
+
+
+P = PilotState
+
+PILOT_TRANSITIONS: dict[PilotState, frozenset[PilotState]] = {
+    P.SUBMITTED: frozenset({P.RUNNING, P.DONE, P.LOST}),
+    P.RUNNING: frozenset({P.DRAINING, P.DONE, P.LOST}),
+    P.DRAINING: frozenset({P.DONE, P.LOST}),
+    P.DONE: frozenset(),
+    P.LOST: frozenset(),
+}
+
+PILOT_ACTIVE: frozenset[PilotState] = frozenset({P.SUBMITTED, P.RUNNING, P.DRAINING})
+
+
+def check(table: dict[Any, frozenset[Any]], current: Any, target: Any) -> None:
+    """Raise IllegalTransition unless `table` allows `current` -> `target`."""
+    if target not in table[current]:
+        raise IllegalTransition(f"illegal transition {current} -> {target}")
+
+
+def sources(table: dict[Any, frozenset[Any]], target: Any) -> list[Any]:
+    """Every state from which `target` may be reached."""
+    return [state for state, targets in table.items() if target in targets]
+
+
+def move_jobs(
+    session: Session,
+    job_ids: Sequence[int],
+    current: JobState | Iterable[JobState],
+    target: JobState,
+    reason: str,
+    **fields: Any,
+) -> list[int]:
+    """Move the jobs among `job_ids` that are in `current` to `target`.
+
+    `fields` are set on the same rows in the same statement. Returns the ids
+    that moved: a job no longer in `current` (another process moved it first)
+    is left alone. Raises IllegalTransition when a `current` state may not
+    reach `target`.
+    """
+    from tower.models import Job, JobEvent  # the models import this module's enums
+
+    currents = [current] if isinstance(current, JobState) else list(current)
+    for state in currents:
+        check(JOB_TRANSITIONS, state, target)
+    now = utcnow()
+    events: list[dict[str, Any]] = []
+    for state in currents:
+        for job_id, production_id in _compare_and_set(
+            session, Job, job_ids, state, target, dict(fields, updated_at=now),
+            returning=Job.production_id,
+        ):
+            events.append({"job_id": job_id, "production_id": production_id,
+                           "from_state": state, "to_state": target, "at": now,
+                           "reason": reason[:500]})
+    if events:
+        session.execute(insert(JobEvent), events)
+    return [event["job_id"] for event in events]
+
+
+def move_jobs_from(
+    session: Session, job_ids: Sequence[int], target: JobState, reason: str, **fields: Any
+) -> list[int]:
+    """Move the jobs among `job_ids` to `target` from whichever state may reach it."""
+    return move_jobs(session, job_ids, sources(JOB_TRANSITIONS, target), target, reason, **fields)
+
+
+def move_pilots(
+    session: Session,
+    pilot_ids: Sequence[str],
+    current: PilotState | Iterable[PilotState],
+    target: PilotState,
+    **fields: Any,
+) -> list[str]:
+    """Move the pilots among `pilot_ids` that are in `current` to `target`; returns those moved."""
+    from tower.models import Pilot
+
+    currents = [current] if isinstance(current, PilotState) else list(current)
+    moved: list[str] = []
+    for state in currents:
+        check(PILOT_TRANSITIONS, state, target)
+        rows = _compare_and_set(session, Pilot, pilot_ids, state, target,
+                                dict(fields, updated_at=utcnow()))
+        moved.extend(row[0] for row in rows)
+    return moved
+
+
+def _compare_and_set(
+    session: Session, model: Any, ids: Sequence[Any], current: Any, target: Any,
+    fields: dict[str, Any], returning: Any = None,
+) -> list[Any]:
+    """UPDATE model SET state=target WHERE id IN ids AND state=current, in chunks."""
+    columns = [col(model.id)] + ([col(returning)] if returning is not None else [])
+    rows: list[Any] = []
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start:start + 5000]
+        rows.extend(session.execute(
+            update(model)
+            .where(col(model.id).in_(chunk), col(model.state) == current)
+            .values(state=target, **fields)
+            .returning(*columns)
+            .execution_options(synchronize_session=False)
+        ).all())
+    return rows

@@ -1,0 +1,1 @@
+"""Transfer backends behind one seam: copy a file to a storage destination and verify it."""

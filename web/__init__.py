@@ -1,0 +1,1 @@
+"""The tower's web side: the Flask app factory, the REST API, status pages, authentication."""

@@ -1,0 +1,151 @@
+"""The REST API under /api/v1: the pilot's calls, and read access for people and scripts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from pydantic import Field
+
+from tower import attempts, fleet, productions
+from tower.db import transaction
+from tower.dbqueue import ack, lease, release
+from tower.errors import GridtowerError
+from tower.runtime import Runtime
+from tower.schema import Strict, build
+
+api = Blueprint("api", __name__)
+
+#: Seconds a pilot holds a leased database-queue message before it returns to the queue.
+LEASE_SECONDS = 120
+
+
+class BadRequest(GridtowerError):
+    """The request body is invalid."""
+
+    status = 400
+
+
+class Hello(Strict):
+    host: str | None = Field(default=None, max_length=255)
+
+
+class Lease(Strict):
+    queue: str = Field(max_length=200)
+    max: int = Field(ge=0, le=1000)
+    ack: list[int] = Field(default_factory=list, max_length=10000)
+
+
+class Release(Strict):
+    ids: list[int] = Field(max_length=10000)
+
+
+class Claim(Strict):
+    jobs: list[tuple[int, int]] = Field(max_length=1000)
+
+
+class Heartbeat(Strict):
+    jobs: list[tuple[int, int]] = Field(default_factory=list, max_length=10000)
+
+
+class Reports(Strict):
+    reports: list[attempts.Report] = Field(max_length=1000)
+
+
+class Goodbye(Strict):
+    message: str = Field(default="", max_length=500)
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["gridtower"]  # type: ignore[no-any-return]
+
+
+def _body(model: type[Strict]) -> Any:
+    data = request.get_json(silent=True)
+    if data is None:
+        raise BadRequest("the request body must be a JSON object")
+    return build(model, data, "request body", error=BadRequest)
+
+
+@api.post("/pilots/<pilot_id>/register")
+def register(pilot_id: str) -> Any:
+    body = _body(Hello)
+    with transaction(_runtime().engine) as session:
+        pilot = fleet.register(session, pilot_id, body.host)
+        return jsonify({"pilot": pilot.id, "site": pilot.site, "state": pilot.state})
+
+
+@api.post("/pilots/<pilot_id>/lease")
+def lease_messages(pilot_id: str) -> Any:
+    """Database queue only: acknowledge done messages and lease new ones, in one round trip."""
+    body = _body(Lease)
+    with transaction(_runtime().engine) as session:
+        pilot = fleet.require_working(session, pilot_id)
+        ack(session, body.ack, pilot_id)
+        if not body.queue.startswith(f"{pilot.site}."):
+            raise BadRequest(f"queue {body.queue!r} is not one of site {pilot.site}'s",
+                             field="queue")
+        taken = lease(session, body.queue, pilot_id, body.max, LEASE_SECONDS)
+    return jsonify({"messages": [{"id": mid, **message} for mid, message in taken]})
+
+
+@api.post("/pilots/<pilot_id>/release")
+def release_messages(pilot_id: str) -> Any:
+    body = _body(Release)
+    with transaction(_runtime().engine) as session:
+        fleet.require_working(session, pilot_id)
+        release(session, body.ids, pilot_id)
+    return jsonify({"released": len(body.ids)})
+
+
+@api.post("/pilots/<pilot_id>/claim")
+def claim(pilot_id: str) -> Any:
+    body = _body(Claim)
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        answers = attempts.claim(session, runtime.config, pilot_id, body.jobs)
+    return jsonify({"jobs": answers})
+
+
+@api.post("/pilots/<pilot_id>/heartbeat")
+def heartbeat(pilot_id: str) -> Any:
+    body = _body(Heartbeat)
+    with transaction(_runtime().engine) as session:
+        stop = attempts.heartbeat(session, pilot_id, body.jobs)
+    return jsonify({"stop": stop})
+
+
+@api.post("/pilots/<pilot_id>/report")
+def report(pilot_id: str) -> Any:
+    body = _body(Reports)
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
+    return jsonify({"verdicts": [verdict.as_dict() for verdict in verdicts]})
+
+
+@api.post("/pilots/<pilot_id>/drain")
+def drain(pilot_id: str) -> Any:
+    with transaction(_runtime().engine) as session:
+        fleet.drain(session, pilot_id)
+    return jsonify({"pilot": pilot_id, "state": "draining"})
+
+
+@api.post("/pilots/<pilot_id>/goodbye")
+def goodbye(pilot_id: str) -> Any:
+    body = _body(Goodbye)
+    with transaction(_runtime().engine) as session:
+        fleet.end(session, pilot_id, body.message or "drained")
+    return jsonify({"pilot": pilot_id, "state": "done"})
+
+
+@api.get("/productions")
+def list_productions() -> Any:
+    from sqlmodel import Session
+
+    with Session(_runtime().engine) as session:
+        counts = productions.state_counts(session)
+        return jsonify({"productions": [
+            {"name": p.name, "state": p.state, "dataset": p.dataset,
+             "events_total": p.events_total, "jobs": counts.get(p.id or 0, {})}
+            for p in productions.all_productions(session)]})

@@ -1,0 +1,36 @@
+"""`create_app`: the Flask application of the tower."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from tower.errors import GridtowerError
+from tower.runtime import Runtime
+from web.api import api
+
+log = logging.getLogger(__name__)
+
+#: Largest request body the API accepts.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def create_app(runtime: Runtime) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["gridtower"] = runtime
+    app.register_blueprint(api, url_prefix="/api/v1")
+
+    @app.errorhandler(GridtowerError)
+    def _library_error(error: GridtowerError) -> Any:
+        return jsonify(error.as_dict()), error.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Any:
+        body = {"error": error.name, "message": error.description, "field": None}
+        return jsonify(body), error.code
+
+    return app
