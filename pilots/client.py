@@ -29,7 +29,7 @@ class TowerClient:
 
     def call(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` to the pilot endpoint `action`; retry while the tower is unreachable."""
-        give_up = time.monotonic() + self.patience
+        started = time.monotonic()
         delay = 0.5
         while True:
             try:
@@ -41,7 +41,7 @@ class TowerClient:
                 if response.status_code < 500:
                     return self._answer(action, response)
                 problem = f"HTTP {response.status_code}"
-            if time.monotonic() + delay > give_up:
+            if time.monotonic() + delay > started + self.patience:
                 raise TowerUnreachable(f"{action}: no answer for {self.patience:.0f}s "
                                        f"({problem})")
             log.warning("%s: tower unavailable (%s); retrying in %.1fs", action, problem, delay)
@@ -58,6 +58,10 @@ class TowerClient:
             raise TowerRefused(f"{action}: HTTP {response.status_code}: "
                                f"{data.get('message', data)}")
         return data  # type: ignore[no-any-return]
+
+    def hurry(self, patience: float = 10.0) -> None:
+        """Wait at most `patience` from now on: the pilot is being terminated."""
+        self.patience = min(self.patience, patience)
 
     def close(self) -> None:
         self.session.close()

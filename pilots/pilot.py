@@ -62,6 +62,7 @@ class Pilot:
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
         self.stop_reason = reason
+        self.client.hurry()  # the batch system's SIGKILL follows soon
         self.stop.set()
 
     def run(self) -> str:

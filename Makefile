@@ -1,0 +1,30 @@
+# gridtower: `make demo` runs a whole production on the embedded default;
+# `make test` starts the services the tests need and runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test install lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo.sh
+
+test: install
+	scripts/services.sh
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy tower pilots sites transfer catalog web
+
+clean:
+	rm -rf $(VENV) demo-home *.egg-info

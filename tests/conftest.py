@@ -1,0 +1,80 @@
+"""Shared fixtures: a tower home, a database on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+#: The PostgreSQL server `make test` starts; override with GRIDTOWER_TEST_POSTGRES.
+POSTGRES_ADMIN = os.environ.get(
+    "GRIDTOWER_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
+
+
+def missing_service(what: str) -> None:
+    """Skip locally; in CI a missing service is a failure, never a silent skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is not available, and CI is set")
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"gt_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        missing_service(f"PostgreSQL at {POSTGRES_ADMIN.split('@')[-1]} ({exc})")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tower.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def write_home(directory: Path, database_url: str, site: dict[str, Any] | None = None,
+               **settings: Any) -> Path:
+    """A tower home tuned for tests: fast loops, short timeouts, no backoff."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "database": database_url, "broker": "database", "sites": "sites.yaml",
+        "work_dir": "work", "api": {"bind": "127.0.0.1", "port": 0},
+        "loops": {"interval": 0},
+        "monitor": {"heartbeat_interval": 1, "heartbeat_timeout": 4},
+        "retry": {"max_attempts": 3, "backoff": 0},
+        "storage": {"destinations": {"store": "local:store"}, "default": ["store"],
+                    "retry_delay": 1},
+    }
+    config.update(settings)
+    local = {
+        "batch": "local",
+        "pilot": {"slots": 2, "cores": 2, "walltime": "10m", "drain_margin": 5,
+                  "idle_timeout": 3},
+        "limits": {"max_queued": 2, "max_running": 2, "max_per_cycle": 2},
+        "scratch": str(directory / "scratch"), "storage": str(directory / "site-storage"),
+    }
+    local.update(site or {})
+    (directory / "tower.yaml").write_text(yaml.safe_dump(config))
+    (directory / "sites.yaml").write_text(yaml.safe_dump({"sites": {"local": local}}))
+    return directory / "tower.yaml"
+
+
+@pytest.fixture
+def tower_yaml(tmp_path: Path) -> Path:
+    """A tower home on SQLite."""
+    return write_home(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'tower.db'}")
