@@ -1,0 +1,95 @@
+"""A live tower for integration tests: its API served on loopback, its loops driven by the test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session
+
+from tests.conftest import write_home
+from tower import daemon, productions
+from tower.config import load_config
+from tower.db import transaction
+from tower.runtime import Runtime
+from web.server import start_server
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+class LiveTower:
+    def __init__(self, config_path: Path) -> None:
+        config = load_config(config_path)
+        self.server, url = start_server(config)
+        config = config.model_copy(update={"api": config.api.model_copy(update={"url": url})})
+        self.runtime = Runtime.open(config)
+        self.server.bind(self.runtime)
+        self.home = config_path.parent
+
+    def submit(self, path: Path) -> None:
+        with transaction(self.runtime.engine) as session:
+            for item in productions.plan(session, path, self.runtime.config):
+                productions.create(session, item)
+
+    def drive(self, until: Callable[[], bool], timeout: float, pause: float = 0.2) -> None:
+        """Run tower cycles until `until()` holds; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                pytest.fail(f"not reached within {timeout}s: {self.counts()}")
+            daemon.run_cycle(self.runtime)
+            time.sleep(pause)
+
+    def counts(self) -> dict[str, int]:
+        with Session(self.runtime.engine) as session:
+            total: dict[str, int] = {}
+            for states in productions.state_counts(session).values():
+                for state, count in states.items():
+                    total[state] = total.get(state, 0) + count
+            return total
+
+    def all_ended(self) -> bool:
+        return daemon.unfinished(self.runtime) == 0
+
+    def close(self) -> None:
+        daemon.stop_pilots(self.runtime)
+        self.server.shutdown()
+        self.runtime.close()
+
+
+@pytest.fixture
+def live_tower(tmp_path: Path, database_url: str) -> Iterator[Callable[..., LiveTower]]:
+    made: list[LiveTower] = []
+
+    def make(site: dict[str, Any] | None = None, **settings: Any) -> LiveTower:
+        tower = LiveTower(write_home(tmp_path / "home", database_url, site, **settings))
+        made.append(tower)
+        return tower
+
+    yield make
+    for tower in made:
+        tower.close()
+
+
+def toy_production(directory: Path, name: str = "toy", jobs: int = 6, events: int = 200,
+                   sleep: float = 0.0, **extra: Any) -> Path:
+    """A production of the example toy simulation, `jobs` jobs of `events` events."""
+    import yaml
+
+    command = ["${python}", str(EXAMPLES / "toysim.py"), "--steering", "steering.json",
+               "--output-dir", "${output_dir}"]
+    if sleep:
+        command += ["--sleep-per-event", str(sleep)]
+    request = {
+        "name": name, "software": "toysim 1.0", "command": command,
+        "steering": {"steering.json": '{"seed": ${seed}, "first_event": ${first_event}, '
+                                      '"events": ${events}, "output": "decays_${index}.csv"}'},
+        "events_total": jobs * events, "events_per_job": events, "walltime": "5m",
+        "outputs": ["decays_*.csv"], **extra,
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(request))
+    return path
