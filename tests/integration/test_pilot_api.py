@@ -1,0 +1,132 @@
+"""The pilot's API through Flask's test client on a real database: claims and reports are
+idempotent, stale and late ones are refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlmodel import Session, select
+
+from tests.conftest import write_home
+from tests.integration.conftest import toy_production
+from tower import matchmaker, monitor, productions
+from tower.config import load_config
+from tower.db import transaction
+from tower.models import Attempt, Job, Pilot
+from tower.runtime import Runtime
+from tower.states import JobState
+from tower.timeutil import ago
+from web.app import create_app
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
+    runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url)))
+    with transaction(runtime.engine) as session:
+        for item in productions.plan(session, toy_production(tmp_path, jobs=3),
+                                     runtime.config):
+            productions.create(session, item)
+        session.add(Pilot(id="p1", site="local"))
+        session.add(Pilot(id="p2", site="local"))
+    matchmaker.run_once(runtime)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> FlaskClient:
+    client = create_app(runtime).test_client()
+    for pilot in ("p1", "p2"):
+        assert client.post(f"/api/v1/pilots/{pilot}/register", json={}).status_code == 200
+    return client
+
+
+def post(client: FlaskClient, pilot: str, action: str, body: dict[str, Any]) -> Any:
+    response = client.post(f"/api/v1/pilots/{pilot}/{action}", json=body)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def finished(job: int, attempt: int) -> dict[str, Any]:
+    return {"job": job, "attempt": attempt, "ending": "finished", "exit_code": 1}
+
+
+def test_a_message_is_claimed_once(client: FlaskClient) -> None:
+    [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
+    key = [message["job"], message["attempt"]]
+    [first] = post(client, "p1", "claim", {"jobs": [key]})["jobs"]
+    assert first["granted"] and first["steering"] and first["variables"]["seed"]
+    # the same message redelivered, to this pilot or another
+    [again] = post(client, "p1", "claim", {"jobs": [key]})["jobs"]
+    [other] = post(client, "p2", "claim", {"jobs": [key]})["jobs"]
+    assert not again["granted"] and not other["granted"]
+    assert "running" in other["reason"]
+
+
+def test_a_stale_attempt_is_refused(client: FlaskClient) -> None:
+    [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
+    [answer] = post(client, "p1", "claim",
+                    {"jobs": [[message["job"], message["attempt"] - 1]]})["jobs"]
+    assert not answer["granted"] and answer["reason"].startswith("stale")
+
+
+def test_a_cancelled_job_is_refused(client: FlaskClient, runtime: Runtime) -> None:
+    [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
+    with transaction(runtime.engine) as session:
+        from tower.states import move_jobs_from
+        move_jobs_from(session, [message["job"]], JobState.CANCELLED, "test")
+    [answer] = post(client, "p1", "claim", {"jobs": [[message["job"], message["attempt"]]]})["jobs"]
+    assert not answer["granted"] and answer["reason"] == "the job is cancelled"
+
+
+def test_a_repeated_report_changes_nothing(client: FlaskClient, runtime: Runtime) -> None:
+    [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
+    key = (message["job"], message["attempt"])
+    post(client, "p1", "claim", {"jobs": [list(key)]})
+    [first] = post(client, "p1", "report", {"reports": [finished(*key)]})["verdicts"]
+    [second] = post(client, "p1", "report", {"reports": [finished(*key)]})["verdicts"]
+    assert first["accepted"] and first["reason"] == "exit_code"
+    assert not second["accepted"]
+    with Session(runtime.engine) as session:
+        assert len(session.exec(select(Attempt)).all()) == 1
+        assert session.get(Job, key[0]).state is JobState.DEFINED  # type: ignore[union-attr]
+
+
+def test_a_late_report_from_a_lost_attempt_is_refused(client: FlaskClient,
+                                                      runtime: Runtime) -> None:
+    [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
+    key = (message["job"], message["attempt"])
+    post(client, "p1", "claim", {"jobs": [list(key)]})
+    with transaction(runtime.engine) as session:
+        attempt = session.exec(select(Attempt)).one()
+        attempt.heartbeat_at = ago(3600)
+        session.add(attempt)
+    assert monitor.run_once(runtime)["attempts_lost"] == 1
+    # the heartbeat now tells the pilot to stop it, and its report is refused
+    assert post(client, "p1", "heartbeat", {"jobs": [list(key)]})["stop"] == [list(key)]
+    [verdict] = post(client, "p1", "report", {"reports": [finished(*key)]})["verdicts"]
+    assert not verdict["accepted"]
+    with Session(runtime.engine) as session:
+        job = session.get(Job, key[0])
+        assert job is not None and job.state is JobState.DEFINED
+        assert session.exec(select(Attempt)).one().outcome == "lost_heartbeat"
+
+
+def test_bad_bodies_get_json_errors_naming_the_field(client: FlaskClient) -> None:
+    response = client.post("/api/v1/pilots/p1/claim", json={"jobs": "all"})
+    assert response.status_code == 400
+    assert response.json["field"] == "jobs"
+    response = client.post("/api/v1/pilots/p1/report", json={"reports": [
+        {"job": 1, "attempt": 1, "ending": "exploded"}]})
+    assert response.status_code == 400 and response.json["field"] == "reports.0.ending"
+    response = client.post("/api/v1/pilots/nobody/claim", json={"jobs": []})
+    assert response.status_code == 404
+
+
+def test_a_pilot_may_only_lease_its_own_sites_queues(client: FlaskClient) -> None:
+    response = client.post("/api/v1/pilots/p1/lease", json={"queue": "other.default", "max": 1})
+    assert response.status_code == 400 and response.json["field"] == "queue"
