@@ -130,3 +130,34 @@ def test_bad_bodies_get_json_errors_naming_the_field(client: FlaskClient) -> Non
 def test_a_pilot_may_only_lease_its_own_sites_queues(client: FlaskClient) -> None:
     response = client.post("/api/v1/pilots/p1/lease", json={"queue": "other.default", "max": 1})
     assert response.status_code == 400 and response.json["field"] == "queue"
+
+
+def test_a_lease_expires_and_the_message_returns(client: FlaskClient, runtime: Runtime) -> None:
+    from tower.models import QueueMessage
+
+    taken = post(client, "p1", "lease", {"queue": "local.default", "max": 10})["messages"]
+    assert len(taken) == 3
+    assert post(client, "p2", "lease", {"queue": "local.default", "max": 10})["messages"] == []
+    with transaction(runtime.engine) as session:
+        message = session.get(QueueMessage, taken[0]["id"])
+        assert message is not None
+        message.leased_until = ago(1)
+        session.add(message)
+    again = post(client, "p2", "lease", {"queue": "local.default", "max": 10})["messages"]
+    assert [m["id"] for m in again] == [taken[0]["id"]]
+
+
+def test_released_messages_return_and_acked_ones_are_gone(client: FlaskClient,
+                                                          runtime: Runtime) -> None:
+    taken = post(client, "p1", "lease", {"queue": "local.default", "max": 2})["messages"]
+    post(client, "p1", "release", {"ids": [taken[0]["id"]]})
+    # acks ride on the next lease call
+    again = post(client, "p2", "lease", {"queue": "local.default", "max": 10,
+                                         "ack": [taken[1]["id"]]})["messages"]
+    assert taken[0]["id"] in [m["id"] for m in again]
+    # p2 cannot ack p1's message; p1 can
+    post(client, "p1", "lease", {"queue": "local.default", "max": 0, "ack": [taken[1]["id"]]})
+    assert runtime.broker.depth("local.default") == 0
+    with Session(runtime.engine) as session:
+        from tower.models import QueueMessage
+        assert taken[1]["id"] not in [m.id for m in session.exec(select(QueueMessage)).all()]

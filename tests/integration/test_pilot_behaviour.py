@@ -1,0 +1,99 @@
+"""Real pilot processes: SIGTERM, draining before walltime, a payload past its walltime."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlmodel import Session, col, select
+
+from tests.integration.conftest import LiveTower, toy_production
+from tower.models import Attempt, Job, Pilot, QueueMessage
+from tower.policy import Outcome
+from tower.states import JobState, PilotState
+
+ONE_SLOT = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},
+            "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
+
+
+def ended_attempts(tower: LiveTower) -> list[Attempt]:
+    with Session(tower.runtime.engine) as session:
+        return list(session.exec(select(Attempt).where(col(Attempt.ended_at).is_not(None))))
+
+
+def test_sigterm_kills_the_payload_and_reports_it(live_tower: Callable[..., LiveTower],
+                                                  tmp_path: Path) -> None:
+    tower = live_tower(site=ONE_SLOT)
+    tower.submit(toy_production(tmp_path, jobs=1, events=300, sleep=0.1))
+    running = select(Attempt).where(col(Attempt.ended_at).is_(None))
+
+    def an_attempt_runs() -> bool:
+        with Session(tower.runtime.engine) as session:
+            return session.exec(running).first() is not None
+
+    tower.drive(an_attempt_runs, timeout=60)
+    with Session(tower.runtime.engine) as session:
+        attempt = session.exec(running).one()
+        pilot = session.get(Pilot, attempt.pilot_id)
+    assert pilot is not None and pilot.batch_id
+    os.kill(int(pilot.batch_id), signal.SIGTERM)
+
+    tower.drive(lambda: bool(ended_attempts(tower)), timeout=60)
+    [ended] = ended_attempts(tower)
+    assert ended.outcome == Outcome.PILOT_KILLED and ended.signal == signal.SIGTERM
+    assert "SIGTERM" in (ended.reason or "")
+    with Session(tower.runtime.engine) as session:
+        pilot = session.get(Pilot, attempt.pilot_id)
+        assert pilot is not None and pilot.state is PilotState.DONE and pilot.message == "SIGTERM"
+        job = session.get(Job, attempt.job_id)
+        assert job is not None and job.state in (JobState.DEFINED, JobState.ASSIGNED,
+                                                 JobState.QUEUED, JobState.RUNNING)
+    # the payload's process group is gone with it
+    work_dir = Path(tower.runtime.config.sites["local"].scratch) / attempt.pilot_id
+    assert not any(f"{work_dir}".encode() in _cmdline(pid) for pid in _pids())
+
+
+def test_a_pilot_drains_when_its_walltime_is_too_short(live_tower: Callable[..., LiveTower],
+                                                       tmp_path: Path) -> None:
+    short = {**ONE_SLOT, "pilot": {**ONE_SLOT["pilot"], "walltime": "60s", "drain_margin": 5}}
+    tower = live_tower(site=short)
+    tower.submit(toy_production(tmp_path, jobs=1))  # each job asks for 5 minutes
+
+    def a_pilot_drained() -> bool:
+        with Session(tower.runtime.engine) as session:
+            return session.exec(select(Pilot).where(Pilot.state == PilotState.DONE)).first() \
+                is not None
+
+    tower.drive(a_pilot_drained, timeout=60)
+    with Session(tower.runtime.engine) as session:
+        pilot = session.exec(select(Pilot).where(Pilot.state == PilotState.DONE)).first()
+        assert pilot is not None and "too short for the next job" in (pilot.message or "")
+        assert session.exec(select(Attempt)).all() == []
+        # the message went back to the queue for a pilot with time enough
+        [message] = session.exec(select(QueueMessage)).all()
+        assert message.lease_owner is None
+
+
+def test_a_payload_past_its_walltime_is_killed(live_tower: Callable[..., LiveTower],
+                                               tmp_path: Path) -> None:
+    tower = live_tower(site=ONE_SLOT)
+    tower.submit(toy_production(tmp_path, jobs=1, events=200, sleep=0.1, walltime="2s",
+                                retry={"max_attempts": 1}))
+    tower.drive(tower.all_ended, timeout=60)
+    [ended] = ended_attempts(tower)
+    assert ended.outcome == Outcome.WALLTIME
+    with Session(tower.runtime.engine) as session:
+        assert session.exec(select(Job)).one().state is JobState.FAILED
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
