@@ -27,6 +27,7 @@ def register(session: Session, dataset: str, name: str, size: int, adler32: str,
     if clash is not None:
         raise Conflict(f"{lfn} is registered already, by job {clash}: output names must be "
                        "unique in a dataset (put ${index} in the name)", field="outputs")
+    assert owner.id is not None
     entry = CatalogFile(dataset_id=owner.id, lfn=lfn, name=name, size=size, adler32=adler32,
                         job_id=job_id, attempt=attempt, meta=meta)
     session.add(entry)
@@ -38,7 +39,7 @@ def add_replica(session: Session, entry: CatalogFile, destination: str, url: str
     """Record a verified copy of `entry` at `destination` (once)."""
     exists = session.exec(select(Replica.id).where(
         Replica.file_id == entry.id, Replica.destination == destination)).first()
-    if exists is None:
+    if exists is None and entry.id is not None:
         session.add(Replica(file_id=entry.id, destination=destination, url=url))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,10 +59,8 @@ class LocalBatch:
     def cancel(self, batch_ids: list[str]) -> None:
         for batch_id in batch_ids:
             if batch_id in self._children or _is_pilot(batch_id):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(int(batch_id), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
 
 
 def _is_pilot(batch_id: str) -> bool:

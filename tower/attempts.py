@@ -149,7 +149,7 @@ def heartbeat(session: Session, pilot_id: str,
         return []
     keys = [tuple_(Attempt.job_id, Attempt.number).in_(list(running))]
     session.execute(update(Attempt).where(
-        *keys, Attempt.pilot_id == pilot_id, col(Attempt.ended_at).is_(None),
+        *keys, col(Attempt.pilot_id) == pilot_id, col(Attempt.ended_at).is_(None),
     ).values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
     alive = session.exec(
         select(Attempt.job_id, Attempt.number).join(Job, col(Job.id) == Attempt.job_id).where(

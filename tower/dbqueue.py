@@ -67,7 +67,7 @@ def ack(session: Session, ids: list[int], owner: str) -> None:
     """Remove messages `owner` leased and is done with."""
     if ids:
         session.execute(delete(QueueMessage).where(
-            col(QueueMessage.id).in_(ids), QueueMessage.lease_owner == owner))
+            col(QueueMessage.id).in_(ids), col(QueueMessage.lease_owner) == owner))
 
 
 def release(session: Session, ids: list[int], owner: str) -> None:
@@ -75,7 +75,7 @@ def release(session: Session, ids: list[int], owner: str) -> None:
     if ids:
         session.execute(
             update(QueueMessage).where(col(QueueMessage.id).in_(ids),
-                                       QueueMessage.lease_owner == owner)
+                                       col(QueueMessage.lease_owner) == owner)
             .values(leased_until=None, lease_owner=None)
             .execution_options(synchronize_session=False))
 

@@ -49,7 +49,7 @@ def pilots_to_submit(demand: int, slots: int, pending: int, running: int, draini
 def run_once(runtime: Runtime) -> int:
     """One cycle over every enabled site queue; returns the number of pilots submitted."""
     submitted = 0
-    for name, site in runtime.config.sites.items():
+    for site in runtime.config.sites.values():
         if not site.enabled:
             continue
         for queue in site.queues:

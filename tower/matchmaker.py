@@ -90,10 +90,11 @@ def _room(session: Session, runtime: Runtime) -> dict[tuple[str, str], int]:
 def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
     """For each active production, the enabled sites it allows."""
     enabled = [name for name, site in runtime.config.sites.items() if site.enabled]
-    result = {}
+    result: dict[int, list[str]] = {}
     for production_id, spec in session.exec(
             select(Production.id, Production.spec).where(Production.state == "active")).all():
         allowed = spec.get("sites") or enabled
+        assert production_id is not None
         result[production_id] = [site for site in enabled if site in allowed]
     return result
 
@@ -128,4 +129,5 @@ def _walltimes(runtime: Runtime, production_ids: set[int]) -> dict[int, Any]:
     with Session(runtime.engine) as session:
         rows = session.exec(select(Production.id, Production.spec).where(
             col(Production.id).in_(production_ids))).all()
-    return {production_id: spec["walltime"] for production_id, spec in rows}
+    return {production_id: spec["walltime"] for production_id, spec in rows
+            if production_id is not None}

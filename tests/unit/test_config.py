@@ -96,7 +96,8 @@ def test_init_writes_a_working_home(tmp_path: Path) -> None:
 
     written = init(tmp_path / "new")
     config = load_config(written[0])
-    assert config.sites["local"].scratch == str((tmp_path / "new").resolve() / "sites/local/scratch")
+    expected = (tmp_path / "new").resolve() / "sites/local/scratch"
+    assert config.sites["local"].scratch == str(expected)
     assert yaml.safe_load_all((tmp_path / "new" / "production.yaml").read_text())
     with pytest.raises(Exception, match="exists already"):
         init(tmp_path / "new")
