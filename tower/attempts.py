@@ -164,6 +164,7 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
     pilot = fleet.require_working(session, pilot_id)
     storage = Path(config.sites[pilot.site].storage) if pilot.site in config.sites else None
     verdicts = []
+    specs: dict[int, ProductionSpec] = {}
     for item in reports:
         attempt = _open_attempt(session, item.job, item.attempt, pilot_id)
         if attempt is None:
@@ -172,7 +173,9 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
             continue
         job = session.get(Job, item.job)
         assert job is not None
-        spec = _specs(session, {job.production_id})[job.production_id]
+        if job.production_id not in specs:
+            specs.update(_specs(session, {job.production_id}))
+        spec = specs[job.production_id]
         outcome, reason = classify(item, spec, storage)
         _end(session, attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:

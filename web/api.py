@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field
+from sqlmodel import Session
 
 from tower import attempts, fleet, productions
 from tower.db import transaction
@@ -141,11 +142,11 @@ def goodbye(pilot_id: str) -> Any:
 
 @api.get("/productions")
 def list_productions() -> Any:
-    from sqlmodel import Session
-
     with Session(_runtime().engine) as session:
-        counts = productions.state_counts(session)
-        return jsonify({"productions": [
-            {"name": p.name, "state": p.state, "dataset": p.dataset,
-             "events_total": p.events_total, "jobs": counts.get(p.id or 0, {})}
-            for p in productions.all_productions(session)]})
+        return jsonify({"productions": productions.summaries(session)})
+
+
+@api.get("/productions/<name>")
+def show_production(name: str) -> Any:
+    with Session(_runtime().engine) as session:
+        return jsonify(productions.summaries(session, name)[0])

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from tests.conftest import write_home
 from tower import daemon, productions
 from tower.config import load_config
 from tower.db import transaction
+from tower.models import Attempt, Pilot
 from tower.runtime import Runtime
 from web.server import start_server
 
@@ -50,6 +52,22 @@ class LiveTower:
                 for state, count in states.items():
                     total[state] = total.get(state, 0) + count
             return total
+
+    def signal_running_pilot(self, number: int, timeout: float = 60) -> Attempt:
+        """Wait for an attempt to run, send its pilot process `number`; returns the attempt."""
+        running = select(Attempt).where(col(Attempt.ended_at).is_(None))
+
+        def an_attempt_runs() -> bool:
+            with Session(self.runtime.engine) as session:
+                return session.exec(running).first() is not None
+
+        self.drive(an_attempt_runs, timeout)
+        with Session(self.runtime.engine) as session:
+            attempt = session.exec(running).one()
+            pilot = session.get(Pilot, attempt.pilot_id)
+        assert pilot is not None and pilot.batch_id
+        os.kill(int(pilot.batch_id), number)
+        return attempt
 
     def all_ended(self) -> bool:
         return daemon.unfinished(self.runtime) == 0

@@ -165,3 +165,11 @@ def test_released_messages_return_and_acked_ones_are_gone(client: FlaskClient,
     assert taken[1]["id"] in stored()
     post(client, "p1", "lease", {"queue": "local.default", "max": 0, "ack": [taken[1]["id"]]})
     assert taken[1]["id"] not in stored()
+
+
+def test_productions_are_readable_over_the_api(client: FlaskClient) -> None:
+    [production] = client.get("/api/v1/productions").json["productions"]
+    assert production["name"] == "toy" and production["jobs"] == 3
+    assert client.get("/api/v1/productions/toy").json["states"] == {"queued": 3}
+    missing = client.get("/api/v1/productions/nope")
+    assert missing.status_code == 404 and missing.json["field"] == "production"

@@ -27,18 +27,7 @@ def test_sigterm_kills_the_payload_and_reports_it(live_tower: Callable[..., Live
                                                   tmp_path: Path) -> None:
     tower = live_tower(site=ONE_SLOT)
     tower.submit(toy_production(tmp_path, jobs=1, events=300, sleep=0.1))
-    running = select(Attempt).where(col(Attempt.ended_at).is_(None))
-
-    def an_attempt_runs() -> bool:
-        with Session(tower.runtime.engine) as session:
-            return session.exec(running).first() is not None
-
-    tower.drive(an_attempt_runs, timeout=60)
-    with Session(tower.runtime.engine) as session:
-        attempt = session.exec(running).one()
-        pilot = session.get(Pilot, attempt.pilot_id)
-    assert pilot is not None and pilot.batch_id
-    os.kill(int(pilot.batch_id), signal.SIGTERM)
+    attempt = tower.signal_running_pilot(signal.SIGTERM)
 
     tower.drive(lambda: bool(ended_attempts(tower)), timeout=60)
     [ended] = ended_attempts(tower)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -67,18 +66,7 @@ def test_a_pilot_killed_mid_job_is_recovered_through_the_lost_heartbeat(
     tower = live_tower(site={"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},
                              "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}})
     tower.submit(toy_production(tmp_path, jobs=2, events=100, sleep=0.05))
-    running = select(Attempt).where(col(Attempt.ended_at).is_(None))
-
-    def an_attempt_runs() -> bool:
-        with Session(tower.runtime.engine) as session:
-            return session.exec(running).first() is not None
-
-    tower.drive(an_attempt_runs, timeout=60)
-    with Session(tower.runtime.engine) as session:
-        victim = session.exec(running).one()
-        pilot = session.get(Pilot, victim.pilot_id)
-        assert pilot is not None and pilot.batch_id
-    os.kill(int(pilot.batch_id), signal.SIGKILL)
+    victim = tower.signal_running_pilot(signal.SIGKILL)
 
     tower.drive(tower.all_ended, timeout=120)
     with Session(tower.runtime.engine) as session:
