@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -76,6 +75,3 @@ def lose(session: Session, pilot_ids: list[str], message: str) -> list[str]:
     return move_pilots(session, pilot_ids, PILOT_ACTIVE, PilotState.LOST, ended_at=utcnow(),
                        message=message[:500])
 
-
-def as_dict(pilot: Pilot) -> dict[str, Any]:
-    return pilot.model_dump(mode="json")

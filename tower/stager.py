@@ -9,7 +9,6 @@ with a growing delay; the job stays `staging` meanwhile and fails nothing.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -119,11 +118,3 @@ def _postpone(runtime: Runtime, output: Output, error: Exception) -> None:
             tries=Output.tries + 1, next_try_at=later(delay), lease_until=None,
             last_error=str(error)[:500]).execution_options(synchronize_session=False))
 
-
-def waiting(session: Session) -> dict[str, Any]:
-    """Outputs waiting to be staged, and how many of them wait after a failure."""
-    rows = session.exec(select(Output.tries).where(col(Output.staged).is_(False))).all()
-    counts: dict[str, int] = defaultdict(int)
-    for tries in rows:
-        counts["retrying" if tries else "pending"] += 1
-    return dict(counts)
