@@ -8,6 +8,8 @@ from typing import Any
 
 import requests
 
+from pilots.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -29,8 +31,7 @@ class TowerClient:
 
     def call(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` to the pilot endpoint `action`; retry while the tower is unreachable."""
-        started = time.monotonic()
-        delay = 0.5
+        backoff = Backoff()
         while True:
             try:
                 response = self.session.post(f"{self.base}/{action}", json=body,
@@ -41,12 +42,12 @@ class TowerClient:
                 if response.status_code < 500:
                     return self._answer(action, response)
                 problem = f"HTTP {response.status_code}"
-            if time.monotonic() + delay > started + self.patience:
+            delay = backoff.failed()
+            if backoff.outage() + delay > self.patience:
                 raise TowerUnreachable(f"{action}: no answer for {self.patience:.0f}s "
                                        f"({problem})")
             log.warning("%s: tower unavailable (%s); retrying in %.1fs", action, problem, delay)
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
     @staticmethod
     def _answer(action: str, response: requests.Response) -> dict[str, Any]:

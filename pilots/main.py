@@ -27,7 +27,8 @@ EXIT_OK, EXIT_TOWER, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
 
 REQUIRED = ("tower", "site", "pilot_id", "scratch", "storage")
 DEFAULTS: dict[str, Any] = {
-    "queue": "default", "source": "http", "broker_queue": None, "slots": 1, "cores": 1,
+    "queue": "default", "source": "http", "broker_queue": None, "source_options": {},
+    "slots": 1, "cores": 1,
     "walltime": "1h", "drain_margin": "60s", "idle_timeout": "120s", "heartbeat": "60s",
     "poll": 1.0, "patience": "300s",
 }
@@ -42,8 +43,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--site", help="the site this pilot runs at")
     p.add_argument("--queue", help="the site queue it serves (default: default)")
     p.add_argument("--pilot-id", help="the id the tower gave this pilot")
-    p.add_argument("--source", help="where messages come from: http (database queue)")
+    p.add_argument("--source", help="where messages come from: http (the tower's database "
+                   "queue) or amqp (RabbitMQ; the URL comes in $GRIDTOWER_BROKER_URL)")
     p.add_argument("--broker-queue", help="broker queue name (default: SITE.QUEUE)")
+    p.add_argument("--source-option", action="append", metavar="KEY=VALUE", dest="source_options",
+                   help="a setting of the source, e.g. queue_type=quorum or ca_file=PATH "
+                   "(repeatable)")
     p.add_argument("--slots", type=int, help="payloads run at once (default 1)")
     p.add_argument("--cores", type=int, help="cores of this pilot (default 1)")
     p.add_argument("--walltime", help="the pilot's own walltime, e.g. 3600 or 12h")
@@ -69,8 +74,17 @@ def settings_from(args: argparse.Namespace) -> PilotSettings:
         if unknown:
             raise ValueError(f"{args.config}: {sorted(unknown)[0]}: unknown key")
         values.update(loaded)
+    if not isinstance(values["source_options"] or {}, dict):
+        raise ValueError(f"{args.config}: source_options: expected a mapping")
+    options = dict(values["source_options"] or {})
+    for item in args.source_options or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--source-option {item!r}: expected KEY=VALUE")
+        options[key] = value
     values.update({key: value for key, value in vars(args).items()
-                   if value is not None and key not in ("config", "verbose")})
+                   if value is not None and key not in ("config", "verbose", "source_options")})
+    values["source_options"] = {str(key): str(value) for key, value in options.items()}
     for key in REQUIRED:
         if not values.get(key):
             raise ValueError(f"{key}: required (give --{key.replace('_', '-')})")
@@ -88,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the AMQP source reports connection trouble itself, once, without pika's tracebacks
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = settings_from(args)
         client = TowerClient(settings.tower, settings.pilot_id, patience=settings.patience)
-        source = open_source(settings.source, client, settings.broker_queue)
+        source = open_source(settings.source, client, settings.broker_queue,
+                             settings.source_options, settings.patience)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"pilot: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -18,7 +18,7 @@ from typing import Any
 
 from pilots.client import TowerClient
 from pilots.payload import Payload
-from pilots.sources import Source
+from pilots.sources import Source, SourceLost
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class PilotSettings:
     pilot_id: str
     source: str
     broker_queue: str
+    source_options: dict[str, str]
     slots: int
     cores: int
     walltime: float
@@ -52,6 +53,7 @@ class Pilot:
         self.source = source
         self.deadline = time.monotonic() + settings.walltime
         self.stop = threading.Event()       # SIGTERM: end now
+        self.wake = threading.Event()       # a payload ended, or stop: look again now
         self.stop_reason = ""
         self.draining = False
         self.drain_reason = ""
@@ -64,6 +66,7 @@ class Pilot:
         self.stop_reason = reason
         self.client.hurry()  # the batch system's SIGKILL follows soon
         self.stop.set()
+        self.wake.set()
 
     def run(self) -> str:
         """Run until drained; returns why the pilot ended."""
@@ -91,37 +94,51 @@ class Pilot:
             if self.draining:
                 if not self.running:
                     return self.drain_reason
-                self.stop.wait(self.settings.poll)
+                self._pause()
                 continue
-            started = self._take(free) if free > 0 else 0
+            # asked with 0 free slots too: the source keeps its connection and holds nothing
+            started = self._take(free)
             if started or self.running:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > self.settings.idle_timeout:
                 self._drain(f"idle for {self.settings.idle_timeout:.0f}s")
             if not started:
-                self.stop.wait(self.settings.poll)
+                self._pause()
         return self.stop_reason
+
+    def _pause(self) -> None:
+        """Wait for the next poll, or less if a payload ends first."""
+        self.wake.wait(self.settings.poll)
+        self.wake.clear()
 
     def _take(self, free: int) -> int:
         """Get up to `free` messages, claim their jobs, start the granted ones."""
-        messages = self.source.get(free)
+        try:
+            messages = self.source.get(free)
+        except SourceLost as exc:
+            self._drain(str(exc))
+            return 0
         if not messages:
             return 0
         remaining = self.deadline - time.monotonic()
         fits = [m for m in messages if m["walltime"] + self.settings.drain_margin <= remaining]
-        if len(fits) < len(messages):
-            self.source.release([m for m in messages if m not in fits])
+        short = [m for m in messages if m not in fits]
+        self.source.release(short)
+        started = self._claim(fits) if fits else 0
+        if short:
             self._drain(f"{remaining:.0f}s of walltime left, too short for the next job")
-        if not fits:
-            return 0
-        answer = self.client.call("claim", {"jobs": [[m["job"], m["attempt"]] for m in fits]})
-        self.source.ack(fits)  # right after the claim: never held for a payload's length
+        return started
+
+    def _claim(self, messages: list[dict[str, Any]]) -> int:
+        answer = self.client.call("claim", {"jobs": [[m["job"], m["attempt"]] for m in messages]})
+        self.source.ack(messages)  # right after the claim: never held for a payload's length
         started = 0
         for claim in answer["jobs"]:
-            if claim["granted"]:
+            key = (claim["job"], claim["attempt"])
+            if claim["granted"] and key not in self.running:
                 self._start(claim)
                 started += 1
-            else:
+            elif not claim["granted"]:
                 log.info("job=%s attempt=%s refused: %s", claim["job"], claim["attempt"],
                          claim["reason"])
         return started
@@ -132,8 +149,12 @@ class Pilot:
         payload = Payload(claim, pilot_values, self.scratch, self.settings.storage)
         self.running[payload.key] = payload
         log.info("job=%s attempt=%s started", payload.job, payload.attempt)
-        threading.Thread(target=lambda: self.finished.put(payload.run()), daemon=True,
+        threading.Thread(target=self._run_payload, args=(payload,), daemon=True,
                          name=f"job-{payload.job}").start()
+
+    def _run_payload(self, payload: Payload) -> None:
+        self.finished.put(payload.run())
+        self.wake.set()
 
     def _report(self, block: bool) -> None:
         """Send every finished payload's report in one call."""
@@ -158,6 +179,7 @@ class Pilot:
         if not self.draining:
             self.draining, self.drain_reason = True, reason
             log.info("pilot=%s draining: %s", self.settings.pilot_id, reason)
+            self.source.close()
             self.client.call("drain", {})
 
     def _heartbeats(self) -> None:

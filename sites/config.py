@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,22 @@ class Limits(Strict):
     max_per_cycle: int = Field(default=2, ge=0)
 
 
+class Backlog(Strict):
+    """How many jobs the broker may hold for one site queue (late binding).
+
+    The bound follows the payload slots of the queue's running pilots, so a
+    site takes from the database only what it can start soon, and no job waits
+    in one site's queue while another site idles.
+    """
+
+    #: Jobs per payload slot of the running pilots.
+    per_slot: float = Field(default=2.0, gt=0)
+    #: Never fewer (the first pilot should find work at once); default: one pilot's slots.
+    min: int | None = Field(default=None, gt=0)
+    #: Never more.
+    max: int | None = Field(default=None, gt=0)
+
+
 class SiteConfig(Strict):
     name: str
     batch: str = "local"
@@ -50,8 +67,9 @@ class SiteConfig(Strict):
     scratch: str
     #: Where pilots leave outputs for the tower's stager.
     storage: str
-    #: Messages the broker may hold for this site; default: two per payload slot it may run.
-    backlog: int | None = Field(default=None, gt=0)
+    backlog: Backlog = Backlog()
+    #: The broker's URL as this site's pilots reach it (default: the tower's own).
+    broker_url: str | None = None
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> SiteConfig:
@@ -60,9 +78,11 @@ class SiteConfig(Strict):
                 raise ValueError(f"{key} must be an absolute path at the site")
         return self
 
-    @property
-    def backlog_limit(self) -> int:
-        return self.backlog or 2 * self.pilot.slots * max(self.limits.max_running, 1)
+    def backlog_limit(self, running_slots: int) -> int:
+        """The bound on jobs queued at one of this site's queues, given its running slots."""
+        limit = max(self.backlog.min or self.pilot.slots,
+                    math.ceil(self.backlog.per_slot * running_slots))
+        return min(limit, self.backlog.max) if self.backlog.max else limit
 
 
 def load_sites(path: Path) -> dict[str, SiteConfig]:

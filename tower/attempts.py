@@ -69,7 +69,9 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     """Give the pilot the jobs it may run now, with everything it needs to run them.
 
     A job that is not waiting for this attempt at this pilot's site (stale,
-    cancelled, already claimed) is refused with the reason.
+    cancelled, claimed by another pilot) is refused with the reason. A claim
+    repeated by the pilot that holds the attempt is granted again: claiming is
+    idempotent, and the pilot runs each (job, attempt) once.
     """
     pilot = fleet.require_working(session, pilot_id)
     jobs = _jobs_for_update(session, [job_id for job_id, _ in wanted])
@@ -91,13 +93,29 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
         session.execute(insert(Attempt), [
             {"job_id": job_id, "number": jobs[job_id].attempt, "pilot_id": pilot_id,
              "site": pilot.site, "started_at": now, "heartbeat_at": now} for job_id in moved])
+    # a claim repeated by its own pilot (its answer was lost) is granted again, the same
+    moved |= _claimed_by(session, pilot_id, [key for key in answers
+                                             if _current(jobs.get(key[0]), key[1])])
     specs = _specs(session, {jobs[job_id].production_id for job_id in moved})
     for job_id, number in wanted:
-        if job_id in moved and (job_id, number) not in answers:
+        if job_id in moved and _current(jobs[job_id], number):
             answers[(job_id, number)] = _payload(jobs[job_id], specs[jobs[job_id].production_id])
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]
+
+
+def _current(job: Job | None, number: int) -> bool:
+    return job is not None and job.attempt == number
+
+
+def _claimed_by(session: Session, pilot_id: str, keys: list[tuple[int, int]]) -> set[int]:
+    """The jobs among `keys` whose attempt runs at `pilot_id` and has not ended."""
+    if not keys:
+        return set()
+    return set(session.exec(select(Attempt.job_id).where(
+        tuple_(Attempt.job_id, Attempt.number).in_(keys), Attempt.pilot_id == pilot_id,
+        col(Attempt.ended_at).is_(None))).all())
 
 
 def _refusal(job: Job | None, number: int, site: str) -> str | None:

@@ -7,6 +7,7 @@ a duplicate or stale message is harmless.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
 from sqlalchemy import Engine
@@ -16,6 +17,8 @@ from tower.registry import resolve
 #: URL scheme -> backend.
 BROKERS = {
     "database": "tower.dbqueue:DatabaseQueue",
+    "amqp": "tower.amqp:AmqpBroker",
+    "amqps": "tower.amqp:AmqpBroker",
 }
 
 
@@ -24,6 +27,19 @@ class Message(TypedDict):
     attempt: int
     #: Seconds the job may run; a pilot with less time left does not take it.
     walltime: int
+
+
+@dataclass(frozen=True)
+class PilotSource:
+    """How a pilot consumes one queue: handed to the pilot program by the factory."""
+
+    #: The pilot's source name (pilots.sources.SOURCES).
+    kind: str
+    queue: str
+    #: `--source-option` settings, safe to show on a command line.
+    options: dict[str, str] = field(default_factory=dict)
+    #: Environment variables for the pilot: secrets never go on a command line.
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 class Broker(Protocol):
@@ -36,8 +52,8 @@ class Broker(Protocol):
     def depth(self, queue: str) -> int | None:
         """Messages waiting in `queue` (not taken by a pilot), or None if unknown."""
 
-    def pilot_source(self, queue: str) -> dict[str, Any]:
-        """How a pilot consumes `queue`: the settings handed to the pilot program."""
+    def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
+        """How a pilot consumes `queue`; `url` is the broker's address as the site sees it."""
 
     def close(self) -> None:
         """Release connections."""
@@ -48,8 +64,9 @@ def queue_name(site: str, queue: str) -> str:
     return f"{site}.{queue}"
 
 
-def open_broker(url: str, engine: Engine) -> Broker:
-    """The broker for `url` ("database" for the queue table, later "amqp://...")."""
+def open_broker(url: str, engine: Engine, options: dict[str, Any], source: str) -> Broker:
+    """The broker for `url` ("database", "amqp://...", "amqps://..."); `options` are its
+    `broker_options`, checked by the backend, errors naming `source`."""
     scheme = url.split(":", 1)[0] if "://" in url else url
     backend: Any = resolve(BROKERS, scheme, "broker")
-    return backend(url, engine)  # type: ignore[no-any-return]
+    return backend(url, engine, options, source)  # type: ignore[no-any-return]

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # broker trouble is reported once by gridtower itself, without pika's tracebacks
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         return int(args.handler(args) or 0)
     except GridtowerError as error:
@@ -88,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     sub = command("catalog", cmd_catalog, "browse the catalog: `catalog ls [DATASET]`")
     sub.add_argument("action", choices=["ls"])
     sub.add_argument("dataset", nargs="?")
+
+    command("sites", cmd_sites, "each site queue: pilots, jobs waiting in the database, "
+            "the backlog at the site and its bound, and the broker's message count")
 
     sub = command("run", cmd_run, "run the tower's loops and its API in one process",
                   json_flag=False)
@@ -206,6 +211,31 @@ def cmd_catalog(args: argparse.Namespace) -> int:
             print(f"{row['lfn']}  {row['size']:>10}  adler32:{row['adler32']}  {where}")
         else:
             print(f"{row['name']:<40} {row['files']:>6} files {row['bytes']:>14} bytes")
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from tower.site_status import site_queues
+
+    runtime = _runtime(args)
+    try:
+        rows, problem = site_queues(runtime)
+    finally:
+        runtime.close()
+    if args.json:
+        _print_json({"sites": rows, "broker_error": problem})
+        return 1 if problem else 0
+    print(f"{'site':<16} {'queue':<10} {'batch':<8} {'pilots p/r/d':>12} {'waiting':>8} "
+          f"{'backlog':>9} {'broker':>7}")
+    for row in rows:
+        pilots = "/".join(str(count) for count in row["pilots"].values())
+        held = f"{row['backlog']}/{row['bound']}" if row["enabled"] else "disabled"
+        broker = "?" if row["broker"] is None else str(row["broker"])
+        print(f"{row['site']:<16} {row['queue']:<10} {row['batch']:<8} {pilots:>12} "
+              f"{row['waiting']:>8} {held:>9} {broker:>7}")
+    if problem:
+        print(f"tower: broker unreachable: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

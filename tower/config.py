@@ -32,6 +32,9 @@ class LoopSettings(Strict):
     interval: Seconds = Field(default=5, ge=0)
     #: Jobs the matchmaker publishes per cycle at most.
     batch_size: int = Field(default=2000, gt=0)
+    #: A job left assigned this long (a crash or a broker outage before the confirm), or
+    #: queued this long while its broker queue is empty, is published again.
+    republish_after: Seconds = Field(default=60, gt=0)
 
 
 class MonitorSettings(Strict):
@@ -72,7 +75,11 @@ class TowerFile(Strict):
     """The keys of tower.yaml."""
 
     database: str | None = None
+    #: "database" (the embedded queue) or amqp://user:password@host:port/vhost (amqps:// for TLS).
     broker: str = "database"
+    #: Settings of the broker: for RabbitMQ exchange, queue_type (classic or quorum),
+    #: confirm_timeout, ca_file, cert_file, key_file.
+    broker_options: dict[str, Any] = Field(default_factory=dict)
     sites: str = "sites.yaml"
     #: Where the tower keeps its own files: pilot logs and scratch of local pilots.
     work_dir: str = "work"
@@ -90,6 +97,7 @@ class TowerConfig(Strict):
     home: Path
     database_url: str
     broker_url: str
+    broker_options: dict[str, Any]
     work_dir: Path
     api: ApiSettings
     loops: LoopSettings
@@ -136,7 +144,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
                               field="storage.default")
     values: dict[str, Any] = {
         "path": path, "home": home, "database_url": _resolve_sqlite(database, home),
-        "broker_url": broker, "work_dir": _resolve(raw.work_dir, home), "api": raw.api,
+        "broker_url": broker, "broker_options": raw.broker_options,
+        "work_dir": _resolve(raw.work_dir, home), "api": raw.api,
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
         "retry": raw.retry,
         "sites": load_sites(_resolve(raw.sites, home)),

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, or_, update
 from sqlmodel import Session, col, select
 
-from tower.broker import Message
+from tower.broker import Message, PilotSource
 from tower.db import transaction
+from tower.errors import ConfigError
 from tower.models import QueueMessage
 from tower.timeutil import later, utcnow
 
@@ -21,7 +22,10 @@ from tower.timeutil import later, utcnow
 class DatabaseQueue:
     """Implements `Broker` over the QueueMessage table."""
 
-    def __init__(self, url: str, engine: Engine) -> None:
+    def __init__(self, url: str, engine: Engine, options: dict[str, Any], source: str) -> None:
+        if options:
+            raise ConfigError(f"{source}: broker_options.{sorted(options)[0]}: the database "
+                              "queue takes no options", field="broker_options")
         self.engine = engine
 
     def publish(self, queue: str, messages: list[Message]) -> None:
@@ -36,8 +40,8 @@ class DatabaseQueue:
             return session.exec(select(func.count()).select_from(QueueMessage).where(
                 QueueMessage.queue == queue, _available())).one()
 
-    def pilot_source(self, queue: str) -> dict[str, Any]:
-        return {"kind": "http", "queue": queue}
+    def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
+        return PilotSource("http", queue)
 
     def close(self) -> None:
         pass

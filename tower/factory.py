@@ -20,6 +20,7 @@ import logging
 import math
 import sys
 import uuid
+from pathlib import Path
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -73,15 +74,19 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
 def _demand(session: Session, site: SiteConfig, queue: str) -> int:
     at_site = session.exec(select(func.count()).select_from(Job).where(
         Job.site == site.name, Job.queue == queue, col(Job.state).in_(JOB_AT_SITE))).one()
+    return at_site + waiting(session, site, queue)
+
+
+def waiting(session: Session, site: SiteConfig, queue: str) -> int:
+    """Defined jobs of active productions that this site queue could take."""
     allowing = [pid for pid, spec in session.exec(
         select(Production.id, Production.spec).where(Production.state == "active")).all()
         if not spec.get("sites") or site.name in spec["sites"]]
     if not allowing:
-        return at_site
-    defined = session.exec(select(func.count()).select_from(Job).where(
+        return 0
+    return session.exec(select(func.count()).select_from(Job).where(
         Job.state == JobState.DEFINED, Job.queue == queue,
         col(Job.production_id).in_(allowing))).one()
-    return at_site + defined
 
 
 def _submit(runtime: Runtime, site: SiteConfig, queue: str) -> None:
@@ -91,7 +96,7 @@ def _submit(runtime: Runtime, site: SiteConfig, queue: str) -> None:
     with transaction(runtime.engine) as session:
         session.add(Pilot(id=pilot_id, site=site.name, queue=queue, slots=site.pilot.slots,
                           walltime=site.pilot.walltime, log_path=str(log_path)))
-    request = PilotRequest(pilot_id, pilot_argv(runtime, site, queue, pilot_id), log_path)
+    request = pilot_request(runtime, site, queue, pilot_id, log_path)
     try:
         batch_id = runtime.batch_system(site.name).submit(request)
     except Exception as exc:
@@ -104,22 +109,26 @@ def _submit(runtime: Runtime, site: SiteConfig, queue: str) -> None:
         session.add(pilot)
 
 
-def pilot_argv(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str) -> list[str]:
-    """The pilot's command line at the site."""
+def pilot_request(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str,
+                  log_path: Path) -> PilotRequest:
+    """The pilot's command line at the site, and the environment that carries its secrets."""
     config = runtime.config
-    source = runtime.broker.pilot_source(queue_name(site.name, queue))
+    source = runtime.broker.pilot_source(queue_name(site.name, queue), site.broker_url)
     command = list(site.pilot_command)
     if command == ["pilot"] and site.batch == "local":
         # a local pilot runs with the tower's own interpreter, found or not on PATH
         command = [sys.executable, "-m", "pilots.main"]
-    return [
+    options = [part for key, value in source.options.items()
+               for part in ("--source-option", f"{key}={value}")]
+    argv = [
         *command,
         "--tower", config.api_url, "--site", site.name, "--queue", queue,
-        "--pilot-id", pilot_id, "--source", source["kind"], "--broker-queue", source["queue"],
+        "--pilot-id", pilot_id, "--source", source.kind, "--broker-queue", source.queue,
+        *options,
         "--slots", str(site.pilot.slots), "--cores", str(site.pilot.cores),
         "--walltime", str(site.pilot.walltime), "--drain-margin", str(site.pilot.drain_margin),
         "--idle-timeout", str(site.pilot.idle_timeout),
         "--heartbeat", str(config.monitor.heartbeat_interval),
         "--scratch", site.scratch, "--storage", site.storage,
     ]
-
+    return PilotRequest(pilot_id, argv, log_path, source.environment)

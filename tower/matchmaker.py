@@ -11,40 +11,73 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, or_
+from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
 from tower.broker import Message, queue_name
 from tower.db import transaction
-from tower.models import Job, Production
+from tower.errors import BackendError
+from tower.models import Job, Pilot, Production
 from tower.runtime import Runtime
-from tower.states import JOB_AT_SITE, JobState, move_jobs
+from tower.states import JOB_AT_SITE, JobState, PilotState, move_jobs
 from tower.timeutil import ago, utcnow
 
 log = logging.getLogger(__name__)
 
-#: A job assigned longer ago than this without confirmation is published again.
-REPUBLISH_AFTER = 60
+SiteQueue = tuple[str, str]
 
 
 def run_once(runtime: Runtime) -> int:
-    """One cycle: republish stranded jobs, match new ones, publish; returns jobs queued."""
-    queued = _publish(runtime, _stranded(runtime))
+    """One cycle: republish stranded and vanished jobs, match new ones, publish; returns
+    the jobs queued. While the broker is unreachable nothing is matched, so no job is
+    stranded by the outage."""
+    try:
+        depths = broker_depths(runtime)
+    except BackendError as exc:
+        log.warning("nothing published this cycle: %s", exc)
+        return 0
+    queued = _publish(runtime, _stranded(runtime), JobState.ASSIGNED, "published")
+    _publish(runtime, _vanished(runtime, depths), JobState.QUEUED,
+             "republished (its message was lost)")
     assigned = _match(runtime)
-    return queued + _publish(runtime, assigned)
+    return queued + _publish(runtime, assigned, JobState.ASSIGNED, "published")
+
+
+def broker_depths(runtime: Runtime) -> dict[SiteQueue, int | None]:
+    """Messages waiting in the broker for each enabled site queue (None: not known)."""
+    return {(name, queue): runtime.broker.depth(queue_name(name, queue))
+            for name, site in runtime.config.sites.items() if site.enabled
+            for queue in site.queues}
 
 
 def _stranded(runtime: Runtime) -> list[Job]:
     # left assigned by a crash or a broker outage between match and confirm
     with Session(runtime.engine) as session:
         return list(session.exec(select(Job).where(
-            Job.state == JobState.ASSIGNED, col(Job.updated_at) < ago(REPUBLISH_AFTER))).all())
+            Job.state == JobState.ASSIGNED,
+            col(Job.updated_at) < ago(runtime.config.loops.republish_after))
+            .limit(runtime.config.loops.batch_size)).all())
+
+
+def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Job]:
+    """Queued jobs whose messages are gone (a purged queue, a broker that lost it):
+    their queue is empty, yet they have waited a while. A copy still in a pilot's
+    hands is harmless: the claim decides."""
+    empty = [key for key, depth in depths.items() if depth == 0]
+    if not empty:
+        return []
+    with Session(runtime.engine) as session:
+        return list(session.exec(select(Job).where(
+            Job.state == JobState.QUEUED,
+            col(Job.updated_at) < ago(runtime.config.loops.republish_after),
+            or_(*(and_(col(Job.site) == site, col(Job.queue) == queue) for site, queue in empty)))
+            .limit(runtime.config.loops.batch_size)).all())
 
 
 def _match(runtime: Runtime) -> list[Job]:
     """Assign defined jobs to sites with room, highest priority first."""
     with transaction(runtime.engine) as session:
-        room = _room(session, runtime)
+        room = backlog_room(session, runtime)
         if not any(room.values()):
             return []
         eligible = _eligible_sites(session, runtime)
@@ -74,17 +107,31 @@ def _match(runtime: Runtime) -> list[Job]:
                                  .execution_options(populate_existing=True)).all())
 
 
-def _room(session: Session, runtime: Runtime) -> dict[tuple[str, str], int]:
-    """Free places in each enabled site queue's backlog."""
+def backlog(session: Session) -> dict[SiteQueue, int]:
+    """Jobs held at each site queue: assigned or queued, not yet claimed."""
     rows = session.exec(
         select(Job.site, Job.queue, func.count()).where(col(Job.state).in_(JOB_AT_SITE))
         .group_by(col(Job.site), col(Job.queue))).all()
-    waiting = {(site, queue): count for site, queue, count in rows}
-    return {
-        (name, queue): max(site.backlog_limit - waiting.get((name, queue), 0), 0)
-        for name, site in runtime.config.sites.items() if site.enabled
-        for queue in site.queues
-    }
+    return {(site, queue): count for site, queue, count in rows if site is not None}
+
+
+def backlog_bounds(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
+    """The bound on each enabled site queue's backlog, from its running pilots' slots."""
+    rows = session.exec(
+        select(Pilot.site, Pilot.queue, func.sum(Pilot.slots))
+        .where(Pilot.state == PilotState.RUNNING).group_by(col(Pilot.site), col(Pilot.queue))
+    ).all()
+    slots = {(site, queue): int(total or 0) for site, queue, total in rows}
+    return {(name, queue): site.backlog_limit(slots.get((name, queue), 0))
+            for name, site in runtime.config.sites.items() if site.enabled
+            for queue in site.queues}
+
+
+def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
+    """Free places in each enabled site queue's backlog."""
+    held = backlog(session)
+    return {key: max(bound - held.get(key, 0), 0)
+            for key, bound in backlog_bounds(session, runtime).items()}
 
 
 def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
@@ -99,14 +146,15 @@ def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
     return result
 
 
-def _choose(room: dict[tuple[str, str], int], sites: list[str], queue: str) -> str | None:
+def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | None:
     """The allowed site with the most room for this queue (spreads work across sites)."""
     best = max(sites, key=lambda site: room.get((site, queue), 0), default=None)
     return best if best is not None and room.get((best, queue), 0) > 0 else None
 
 
-def _publish(runtime: Runtime, jobs: list[Job]) -> int:
-    """Publish each job's message, then record it as queued (after the confirm)."""
+def _publish(runtime: Runtime, jobs: list[Job], current: JobState, reason: str) -> int:
+    """Publish each job's message; once the broker confirmed a queue's batch, record its
+    jobs as queued. A queue the broker refuses is skipped: its jobs wait for the next try."""
     by_queue: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         by_queue[queue_name(job.site or "", job.queue)].append(job)
@@ -115,11 +163,15 @@ def _publish(runtime: Runtime, jobs: list[Job]) -> int:
     for queue, members in by_queue.items():
         messages = [Message(job=job.id, attempt=job.attempt,  # type: ignore[typeddict-item]
                             walltime=walltimes[job.production_id]) for job in members]
-        runtime.broker.publish(queue, messages)
+        try:
+            runtime.broker.publish(queue, messages)
+        except BackendError as exc:
+            log.warning("queue=%s: %d jobs not published: %s", queue, len(members), exc)
+            continue
         with transaction(runtime.engine) as session:
             queued += len(move_jobs(session, [job.id for job in members],  # type: ignore[misc]
-                                    JobState.ASSIGNED, JobState.QUEUED, f"published to {queue}"))
-        log.info("published queue=%s jobs=%d", queue, len(members))
+                                    current, JobState.QUEUED, f"{reason} to {queue}"))
+        log.info("%s queue=%s jobs=%d", reason, queue, len(members))
     return queued
 
 

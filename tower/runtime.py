@@ -29,7 +29,8 @@ class Runtime:
         engine = make_engine(config.database_url)
         if create:
             create_schema(engine)
-        return cls(config, engine, open_broker(config.broker_url, engine))
+        return cls(config, engine, open_broker(config.broker_url, engine, config.broker_options,
+                                               str(config.path)))
 
     def batch_system(self, site: str) -> BatchSystem:
         """The batch system of `site`, one instance per site for the life of the tower."""

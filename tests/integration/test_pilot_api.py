@@ -25,7 +25,8 @@ from web.app import create_app
 
 @pytest.fixture
 def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
-    runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url)))
+    home = write_home(tmp_path / "home", database_url, {"backlog": {"min": 10}})
+    runtime = Runtime.open(load_config(home))
     with transaction(runtime.engine) as session:
         for item in productions.plan(session, toy_production(tmp_path, jobs=3),
                                      runtime.config):
@@ -55,16 +56,21 @@ def finished(job: int, attempt: int) -> dict[str, Any]:
     return {"job": job, "attempt": attempt, "ending": "finished", "exit_code": 1}
 
 
-def test_a_message_is_claimed_once(client: FlaskClient) -> None:
+def test_a_message_is_claimed_once(client: FlaskClient, runtime: Runtime) -> None:
     [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
     key = [message["job"], message["attempt"]]
     [first] = post(client, "p1", "claim", {"jobs": [key]})["jobs"]
     assert first["granted"] and first["steering"] and first["variables"]["seed"]
     # the same message redelivered, to this pilot or another
-    [again] = post(client, "p1", "claim", {"jobs": [key]})["jobs"]
+    # the same message redelivered to another pilot: refused
     [other] = post(client, "p2", "claim", {"jobs": [key]})["jobs"]
-    assert not again["granted"] and not other["granted"]
-    assert "running" in other["reason"]
+    assert not other["granted"] and "running" in other["reason"]
+    # the same claim again from its pilot (a retry after a lost answer): granted again,
+    # with the same work, so the pilot loses nothing (it runs each job once by its key)
+    [again] = post(client, "p1", "claim", {"jobs": [key]})["jobs"]
+    assert again["granted"] and again["variables"] == first["variables"]
+    with Session(runtime.engine) as session:
+        assert len(session.exec(select(Attempt).where(Attempt.job_id == key[0])).all()) == 1
 
 
 def test_a_stale_attempt_is_refused(client: FlaskClient) -> None:

@@ -1,0 +1,40 @@
+"""What each site queue holds right now: pilots, jobs waiting in the database, the
+backlog at the site and its bound, and the broker's own count of messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from tower import factory, fleet
+from tower.errors import BackendError
+from tower.matchmaker import backlog, backlog_bounds, broker_depths
+from tower.runtime import Runtime
+from tower.states import PilotState
+
+
+def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
+    """One row per site queue, and why the broker could not be read (None if it could)."""
+    problem = None
+    try:
+        depths = broker_depths(runtime)
+    except BackendError as exc:
+        depths, problem = {}, str(exc)
+    rows = []
+    with Session(runtime.engine) as session:
+        held = backlog(session)
+        bounds = backlog_bounds(session, runtime)
+        for name, site in runtime.config.sites.items():
+            for queue in site.queues:
+                pilots = fleet.counts(session, name, queue)
+                rows.append({
+                    "site": name, "queue": queue, "batch": site.batch, "enabled": site.enabled,
+                    "pilots": {state.value: pilots[state] for state in
+                               (PilotState.SUBMITTED, PilotState.RUNNING, PilotState.DRAINING)},
+                    "waiting": factory.waiting(session, site, queue),
+                    "backlog": held.get((name, queue), 0),
+                    "bound": bounds.get((name, queue)),
+                    "broker": depths.get((name, queue)),
+                })
+    return rows, problem
