@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import ssl
+import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -115,6 +116,7 @@ class AmqpSource:
         #: Delivery tags belong to one channel: counts channels, so stale tags are never acked.
         self._generation = 0
         self._closed = False
+        self._interrupted = threading.Event()
 
     def get(self, limit: int) -> list[dict[str, Any]]:
         if self._closed or (self._channel is None and not self._connect()):
@@ -142,6 +144,27 @@ class AmqpSource:
             self._settle(messages, ack=False)
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
+
+    def wait(self, timeout: float) -> None:
+        if self._waiting:
+            return
+        connection = self._connection
+        if connection is None or self._consumer is None or self._interrupted.is_set():
+            self._interrupted.wait(timeout)
+        else:
+            try:
+                # returns at the first delivery, or at an interrupt's callback
+                connection.process_data_events(time_limit=timeout)
+            except CONNECTION_ERRORS as exc:
+                self._lost(exc)
+        self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                connection.add_callback_threadsafe(lambda: None)
 
     def close(self) -> None:
         if self._closed:

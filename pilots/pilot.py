@@ -53,7 +53,6 @@ class Pilot:
         self.source = source
         self.deadline = time.monotonic() + settings.walltime
         self.stop = threading.Event()       # SIGTERM: end now
-        self.wake = threading.Event()       # a payload ended, or stop: look again now
         self.stop_reason = ""
         self.draining = False
         self.drain_reason = ""
@@ -66,7 +65,7 @@ class Pilot:
         self.stop_reason = reason
         self.client.hurry()  # the batch system's SIGKILL follows soon
         self.stop.set()
-        self.wake.set()
+        self.source.interrupt()
 
     def run(self) -> str:
         """Run until drained; returns why the pilot ended."""
@@ -107,9 +106,8 @@ class Pilot:
         return self.stop_reason
 
     def _pause(self) -> None:
-        """Wait for the next poll, or less if a payload ends first."""
-        self.wake.wait(self.settings.poll)
-        self.wake.clear()
+        """Wait for the next poll, or less if a message comes or a payload ends first."""
+        self.source.wait(self.settings.poll)
 
     def _take(self, free: int) -> int:
         """Get up to `free` messages, claim their jobs, start the granted ones."""
@@ -154,7 +152,7 @@ class Pilot:
 
     def _run_payload(self, payload: Payload) -> None:
         self.finished.put(payload.run())
-        self.wake.set()
+        self.source.interrupt()
 
     def _report(self, block: bool) -> None:
         """Send every finished payload's report in one call."""

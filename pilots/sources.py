@@ -8,6 +8,7 @@ database-queue site never needs the AMQP client.
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import Any, Protocol
 
 from pilots.client import TowerClient
@@ -38,6 +39,13 @@ class Source(Protocol):
     def release(self, messages: list[dict[str, Any]]) -> None:
         """Give these messages back, unhandled, for another pilot."""
 
+    def wait(self, timeout: float) -> None:
+        """Block up to `timeout` seconds, or less once a message may be ready or
+        `interrupt()` was called."""
+
+    def interrupt(self) -> None:
+        """End a `wait` now; safe to call from any thread and from a signal handler."""
+
     def close(self) -> None:
         """Acknowledge what is pending, give back what is held, disconnect. Idempotent."""
 
@@ -52,6 +60,7 @@ class HttpSource:
         self.client = client
         self.queue = queue
         self._acks: list[int] = []
+        self._interrupted = threading.Event()
 
     def get(self, limit: int) -> list[dict[str, Any]]:
         if limit == 0 and not self._acks:
@@ -66,6 +75,14 @@ class HttpSource:
     def release(self, messages: list[dict[str, Any]]) -> None:
         if messages:
             self.client.call("release", {"ids": [message["id"] for message in messages]})
+
+    def wait(self, timeout: float) -> None:
+        # the database queue is polled: only an interrupt shortens the wait
+        self._interrupted.wait(timeout)
+        self._interrupted.clear()
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def close(self) -> None:
         self.get(0)

@@ -37,4 +37,28 @@ postgres() {
     fi
 }
 
+rabbitmq() {
+    if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+        echo "services: rabbitmq already running"
+        return 0
+    fi
+    need_packages rabbitmq-server
+    # loopback only: the node, its distribution port and epmd
+    [ -s /etc/rabbitmq/rabbitmq.conf ] ||
+        echo "listeners.tcp.local = 127.0.0.1:5672" > /etc/rabbitmq/rabbitmq.conf
+    [ -s /etc/rabbitmq/rabbitmq-env.conf ] || cat > /etc/rabbitmq/rabbitmq-env.conf <<'ENV'
+NODENAME=rabbit@localhost
+ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+ENV
+    rabbitmq-server -detached
+    for _ in $(seq 1 60); do
+        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break
+        sleep 1
+    done
+    rabbitmqctl -q await_startup >/dev/null
+    echo "services: rabbitmq started"
+}
+
 postgres
+rabbitmq

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +52,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def write_home(directory: Path, database_url: str, site: dict[str, Any] | None = None,
-               **settings: Any) -> Path:
+               more_sites: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Path:
     """A tower home tuned for tests: fast loops, short timeouts, no backoff."""
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -70,7 +74,11 @@ def write_home(directory: Path, database_url: str, site: dict[str, Any] | None =
     }
     local.update(site or {})
     (directory / "tower.yaml").write_text(yaml.safe_dump(config))
-    (directory / "sites.yaml").write_text(yaml.safe_dump({"sites": {"local": local}}))
+    sites = {"local": local}
+    for name, overrides in (more_sites or {}).items():
+        sites[name] = {**local, "scratch": str(directory / name / "scratch"),
+                       "storage": str(directory / name / "storage"), **overrides}
+    (directory / "sites.yaml").write_text(yaml.safe_dump({"sites": sites}))
     return directory / "tower.yaml"
 
 
@@ -78,3 +86,46 @@ def write_home(directory: Path, database_url: str, site: dict[str, Any] | None =
 def tower_yaml(tmp_path: Path) -> Path:
     """A tower home on SQLite."""
     return write_home(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'tower.db'}")
+
+
+#: The RabbitMQ server `make test` starts (host:port); tests make a vhost of their own there.
+RABBITMQ = os.environ.get("GRIDTOWER_TEST_RABBITMQ", "127.0.0.1:5672")
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl against the local node (needs its Erlang cookie: run as root)."""
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True,
+                          text=True, timeout=120).stdout
+
+
+def rabbitmq_reachable() -> bool:
+    host, _, port = RABBITMQ.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def rabbit_user() -> tuple[str, str]:
+    """A RabbitMQ user with a password, so tests see credentials carried (and never shown)."""
+    if not rabbitmq_reachable() or shutil.which("rabbitmqctl") is None:
+        missing_service(f"RabbitMQ at {RABBITMQ} with rabbitmqctl")
+    name, password = "gridtower-test", secrets.token_hex(12)
+    try:
+        rabbitmqctl("add_user", name, password)
+    except subprocess.CalledProcessError:
+        rabbitmqctl("change_password", name, password)
+    return name, password
+
+
+@pytest.fixture
+def amqp_url(rabbit_user: tuple[str, str]) -> Iterator[str]:
+    """amqp://user:password@host:port/vhost on a fresh vhost, deleted afterwards."""
+    name, password = rabbit_user
+    vhost = f"gt-test-{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
+    yield f"amqp://{name}:{password}@{RABBITMQ}/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from tests.conftest import write_home
@@ -111,3 +112,27 @@ def toy_production(directory: Path, name: str = "toy", jobs: int = 6, events: in
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(request))
     return path
+
+
+def assert_done_exactly_once(engine: Engine, jobs: int, files_per_job: int = 1) -> None:
+    """Every job is done, with one successful attempt, one move to done, and its files
+    cataloged once each."""
+    from collections import Counter
+
+    from catalog.models import CatalogFile
+    from tower.models import Job, JobEvent
+    from tower.policy import Outcome
+    from tower.states import JobState
+
+    with Session(engine) as session:
+        rows = session.exec(select(Job)).all()
+        assert len(rows) == jobs
+        assert {job.state for job in rows} == {JobState.DONE}
+        successes = Counter(a.job_id for a in session.exec(
+            select(Attempt).where(Attempt.outcome == Outcome.SUCCESS)).all())
+        assert sorted(successes.values()) == [1] * jobs
+        done = Counter(e.job_id for e in session.exec(
+            select(JobEvent).where(JobEvent.to_state == JobState.DONE)).all())
+        assert sorted(done.values()) == [1] * jobs
+        files = Counter(f.job_id for f in session.exec(select(CatalogFile)).all())
+        assert sorted(files.values()) == ([files_per_job] * jobs if files_per_job else [])

@@ -1,0 +1,201 @@
+"""Productions through the real RabbitMQ at 127.0.0.1:5672, each test on a vhost of its own:
+nothing lost and nothing run twice, through broker restarts, a killed tower and duplicates."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import text
+from sqlmodel import Session, col, select
+
+from tests.conftest import rabbitmqctl, write_home
+from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
+from tower import daemon
+from tower.broker import Message
+from tower.config import load_config
+from tower.db import make_engine
+from tower.errors import BackendError
+from tower.models import Attempt, Job, Pilot
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_whole_production_runs_through_rabbitmq_once(amqp_url: str,
+                                                       live_tower: Callable[..., LiveTower],
+                                                       tmp_path: Path, queue_type: str) -> None:
+    tower = live_tower(broker=amqp_url, broker_options={"queue_type": queue_type})
+    tower.submit(toy_production(tmp_path, jobs=8))
+    tower.drive(tower.all_ended, timeout=120)
+
+    assert_done_exactly_once(tower.runtime.engine, jobs=8)
+    vhost = amqp_url.rsplit("/", 1)[1]
+    queues = dict(line.split("\t") for line in rabbitmqctl(
+        "list_queues", "-p", vhost, "--no-table-headers", "name", "type").splitlines())
+    assert queues == {"local.default": queue_type}
+    assert tower.runtime.broker.depth("local.default") == 0
+    with Session(tower.runtime.engine) as session:
+        pilots = session.exec(select(Pilot)).all()
+    password = amqp_url.split("@")[0].rsplit(":", 1)[1]
+    logs = [Path(pilot.log_path or "").read_text() for pilot in pilots]
+    assert any("started" in text for text in logs)
+    assert not any(password in text for text in logs)
+
+
+def test_the_broker_restarted_mid_production(amqp_url: str,
+                                             live_tower: Callable[..., LiveTower],
+                                             tmp_path: Path) -> None:
+    tower = live_tower(broker=amqp_url, loops={"interval": 0, "republish_after": 2})
+    tower.submit(toy_production(tmp_path, jobs=12, events=40, sleep=0.02))
+    tower.drive(lambda: tower.counts().get("done", 0) >= 2, timeout=120)
+
+    rabbitmqctl("stop_app")
+    try:
+        # the tower keeps cycling against a broker that is gone; pilots lose theirs
+        stopped = time.monotonic()
+        while time.monotonic() - stopped < 4:
+            daemon.run_cycle(tower.runtime)
+            time.sleep(0.2)
+        with pytest.raises(BackendError, match="broker"):
+            tower.runtime.broker.depth("local.default")
+    finally:
+        rabbitmqctl("start_app")
+    tower.drive(tower.all_ended, timeout=180)
+
+    assert_done_exactly_once(tower.runtime.engine, jobs=12)
+
+
+def test_a_message_published_twice_runs_once(amqp_url: str,
+                                             live_tower: Callable[..., LiveTower],
+                                             tmp_path: Path) -> None:
+    # one pilot at a time, so the copy is read after the original was claimed
+    tower = live_tower(broker=amqp_url,
+                       site={"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},
+                             "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1},
+                             "backlog": {"min": 2}})
+    tower.submit(toy_production(tmp_path, jobs=2))
+    tower.drive(lambda: tower.counts().get("queued", 0) == 2, timeout=60)
+    with Session(tower.runtime.engine) as session:
+        job = session.exec(select(Job).order_by(col(Job.id))).first()
+    assert job is not None and job.id is not None
+    tower.runtime.broker.publish("local.default", [
+        Message(job=job.id, attempt=job.attempt, walltime=300)])
+    assert tower.runtime.broker.depth("local.default") == 3
+
+    tower.drive(tower.all_ended, timeout=120)
+    assert_done_exactly_once(tower.runtime.engine, jobs=2)
+    with Session(tower.runtime.engine) as session:
+        assert len(session.exec(select(Attempt).where(Attempt.job_id == job.id)).all()) == 1
+    # the copy was read, refused by the tower, and acknowledged: nothing is left behind
+    tower.drive(lambda: tower.runtime.broker.depth("local.default") == 0, timeout=30)
+
+
+def test_late_binding_keeps_each_sites_broker_queue_within_its_bound(
+        amqp_url: str, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    # one slot per site and a bound of three: jobs wait in each site's queue, never more
+    bound = 3
+    site = {"backlog": {"per_slot": 3, "min": 1, "max": bound},
+            "pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},
+            "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
+    tower = live_tower(broker=amqp_url, site=site, more_sites={"other": site})
+    tower.submit(toy_production(tmp_path, jobs=16, events=40, sleep=0.01))
+    samples: dict[str, list[int]] = {"local.default": [], "other.default": []}
+
+    def sample_then_check() -> bool:
+        for queue, seen in samples.items():
+            seen.append(tower.runtime.broker.depth(queue) or 0)
+        return tower.all_ended()
+
+    tower.drive(sample_then_check, timeout=180, pause=0.05)
+    assert_done_exactly_once(tower.runtime.engine, jobs=16)
+    for queue, seen in samples.items():
+        assert max(seen) <= bound, (queue, seen)
+    # the bound was reached, so the check above could have failed
+    assert max(max(seen) for seen in samples.values()) == bound
+    with Session(tower.runtime.engine) as session:
+        sites = {a.site for a in session.exec(select(Attempt)).all()}
+    assert sites == {"local", "other"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_tower_killed_while_publishing_a_large_batch(tmp_path: Path, amqp_url: str,
+                                                         postgres_url: str) -> None:
+    jobs = 1000
+    home = tmp_path / "home"
+    # a fixed port: the pilots the first tower started find the second one there
+    config = write_home(
+        home, postgres_url,
+        site={"pilot": {"slots": 8, "walltime": "10m", "idle_timeout": 5},
+              "limits": {"max_queued": 2, "max_running": 2, "max_per_cycle": 2},
+              "backlog": {"min": jobs}},
+        broker=amqp_url, api={"bind": "127.0.0.1", "port": _free_port()},
+        loops={"interval": 1, "batch_size": jobs, "republish_after": 2})
+    request = tmp_path / "trivial.yaml"
+    request.write_text(yaml.safe_dump({
+        "name": "trivial", "software": "coreutils", "command": ["true"],
+        "events_total": jobs, "events_per_job": 1, "walltime": "1m", "outputs": []}))
+    env = {**os.environ, "TOWER_CONFIG": str(config)}
+    tower = [sys.executable, "-m", "tower.cli"]
+    subprocess.run([*tower, "submit", str(request)], env=env, check=True, capture_output=True)
+
+    engine = make_engine(load_config(config).database_url)
+    first = subprocess.Popen([*tower, "run"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        with engine.connect() as connection:
+            while connection.execute(text(
+                    "select count(*) from job where state = 'assigned'")).scalar() == 0:
+                assert time.monotonic() < deadline, "the batch was never matched"
+                assert first.poll() is None, "the tower exited by itself"
+                time.sleep(0.005)
+                connection.commit()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    with engine.connect() as connection:
+        # the kill left the batch matched and not (all) recorded as queued
+        assert connection.execute(text(
+            "select count(*) from job where state = 'assigned'")).scalar() > 0
+
+    second = subprocess.run([*tower, "run", "--until-done", "--timeout", "240"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert_done_exactly_once(engine, jobs=jobs, files_per_job=0)
+    engine.dispose()
+
+
+def test_a_pilot_that_loses_the_broker_drains_and_exits_cleanly(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    tower = live_tower()
+    with Session(tower.runtime.engine) as session:
+        session.add(Pilot(id="lonely", site="local"))
+        session.commit()
+    # port 1 on loopback: nothing listens there, the connection is refused at once
+    env = {**os.environ, "GRIDTOWER_BROKER_URL": "amqp://someone:hunter2@127.0.0.1:1/x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pilots.main", "--tower", tower.runtime.config.api_url,
+         "--site", "local", "--pilot-id", "lonely", "--source", "amqp",
+         "--scratch", str(tmp_path / "scratch"), "--storage", str(tmp_path / "storage"),
+         "--patience", "2", "--idle-timeout", "60", "--poll", "0.2"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "unreachable for" in result.stderr and "hunter2" not in result.stderr
+    with Session(tower.runtime.engine) as session:
+        pilot = session.get(Pilot, "lonely")
+        assert pilot is not None and pilot.state == "done"
+        assert "broker" in (pilot.message or "")
