@@ -36,7 +36,7 @@ def productions_in(config: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("command", ["init", "submit", "status", "jobs", "job", "catalog",
-                                     "run", "serve"])
+                                     "sites", "run", "serve"])
 def test_every_command_has_help(command: str) -> None:
     result = subprocess.run([*TOWER, command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: tower" in result.stdout
@@ -95,3 +95,44 @@ def test_a_config_error_exits_2_and_names_the_key(tmp_path: Path) -> None:
     config = write_home(tmp_path, "sqlite:///x.db", loops={"interval": "whenever"})
     result = tower(config, "status")
     assert result.returncode == 2 and "loops.interval" in result.stderr
+
+
+@pytest.mark.rabbitmq
+def test_sites_shows_the_broker_depth_beside_the_backlog_and_never_the_password(
+        tmp_path: Path, amqp_url: str) -> None:
+    import pika
+
+    config = write_home(tmp_path / "home", f"sqlite:///{tmp_path / 'tower.db'}", broker=amqp_url)
+    password = amqp_url.split("@")[0].rsplit(":", 1)[1]
+    request = tmp_path / "p.yaml"
+    request.write_text(yaml.safe_dump({"name": "p", "software": "coreutils", "command": ["true"],
+                                       "walltime": "1m", "events_total": 5,
+                                       "events_per_job": 1}))
+    assert tower(config, "submit", str(request)).returncode == 0
+    first = tower(config, "-v", "sites", "--json")
+    assert first.returncode == 0, first.stderr
+    [row] = json.loads(first.stdout)["sites"]
+    assert (row["site"], row["queue"], row["waiting"], row["backlog"], row["broker"]) == \
+        ("local", "default", 5, 0, 0)
+    assert row["bound"] == 2  # one pilot's slots while none runs
+
+    # a message in the site's queue (the first call declared it) shows in the broker column
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        connection.channel().basic_publish("", "local.default", b"{}")
+    second = tower(config, "-v", "sites")
+    assert second.returncode == 0, second.stderr
+    [line] = [text for text in second.stdout.splitlines() if text.startswith("local")]
+    assert line.split()[-3:] == ["5", "0/2", "1"]
+    for result in (first, second):
+        assert password not in result.stdout + result.stderr
+
+
+def test_sites_with_an_unreachable_broker_exits_1_without_the_password(tmp_path: Path) -> None:
+    config = write_home(tmp_path / "home", f"sqlite:///{tmp_path / 'tower.db'}",
+                        broker="amqp://user:hunter2@127.0.0.1:1/v")
+    result = tower(config, "-v", "sites")
+    assert result.returncode == 1
+    assert "broker unreachable" in result.stderr and "user:***@127.0.0.1:1" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    [line] = [text for text in result.stdout.splitlines() if text.startswith("local")]
+    assert line.split()[-1] == "?"

@@ -24,7 +24,8 @@ from tower.broker import Message
 from tower.config import load_config
 from tower.db import make_engine
 from tower.errors import BackendError
-from tower.models import Attempt, Job, Pilot
+from tower.models import Attempt, Job, JobEvent, Pilot
+from tower.states import JobState
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -89,7 +90,6 @@ def test_a_message_published_twice_runs_once(amqp_url: str,
     assert job is not None and job.id is not None
     tower.runtime.broker.publish("local.default", [
         Message(job=job.id, attempt=job.attempt, walltime=300)])
-    assert tower.runtime.broker.depth("local.default") == 3
 
     tower.drive(tower.all_ended, timeout=120)
     assert_done_exactly_once(tower.runtime.engine, jobs=2)
@@ -97,6 +97,11 @@ def test_a_message_published_twice_runs_once(amqp_url: str,
         assert len(session.exec(select(Attempt).where(Attempt.job_id == job.id)).all()) == 1
     # the copy was read, refused by the tower, and acknowledged: nothing is left behind
     tower.drive(lambda: tower.runtime.broker.depth("local.default") == 0, timeout=30)
+    with Session(tower.runtime.engine) as session:
+        logs = "".join(Path(p.log_path or "").read_text()
+                       for p in session.exec(select(Pilot)).all())
+    assert logs.count(f"job={job.id} attempt={job.attempt} started") == 1
+    assert f"job={job.id} attempt={job.attempt} refused" in logs
 
 
 def test_late_binding_keeps_each_sites_broker_queue_within_its_bound(
@@ -199,3 +204,24 @@ def test_a_pilot_that_loses_the_broker_drains_and_exits_cleanly(
         pilot = session.get(Pilot, "lonely")
         assert pilot is not None and pilot.state == "done"
         assert "broker" in (pilot.message or "")
+
+
+def test_queued_jobs_whose_messages_vanished_are_published_again(
+        amqp_url: str, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    # no pilots at all: the messages wait in the broker
+    tower = live_tower(broker=amqp_url, loops={"interval": 0, "republish_after": 1},
+                       site={"limits": {"max_queued": 0, "max_running": 0, "max_per_cycle": 0},
+                             "backlog": {"min": 4}})
+    tower.submit(toy_production(tmp_path, jobs=4))
+    tower.drive(lambda: tower.counts().get("queued", 0) == 4, timeout=30)
+    depth = tower.runtime.broker.depth
+    assert depth("local.default") == 4
+
+    rabbitmqctl("purge_queue", "-p", amqp_url.rsplit("/", 1)[1], "local.default")
+    assert depth("local.default") == 0
+    tower.drive(lambda: depth("local.default") == 4, timeout=30)
+    with Session(tower.runtime.engine) as session:
+        again = session.exec(select(JobEvent).where(
+            JobEvent.from_state == JobState.QUEUED, JobEvent.to_state == JobState.QUEUED)).all()
+    assert len(again) == 4 and all("lost" in event.reason for event in again)
+    assert tower.counts() == {"queued": 4}
