@@ -60,5 +60,52 @@ ENV
     echo "services: rabbitmq started"
 }
 
+# A TLS listener on 127.0.0.1:5671 for the amqps:// tests, with a certificate
+# authority of its own; the tests find the authority's certificate in $TLS_DIR.
+TLS_DIR=/etc/rabbitmq/gridtower-tls
+rabbitmq_tls() {
+    if (exec 3<>/dev/tcp/127.0.0.1/5671) 2>/dev/null; then
+        echo "services: rabbitmq tls already listening"
+        return 0
+    fi
+    if [ ! -s "$TLS_DIR/server.pem" ]; then
+        mkdir -p "$TLS_DIR"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=gridtower test CA" \
+            -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$TLS_DIR/san.ext"
+        openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" \
+            -CAkey "$TLS_DIR/ca.key" -CAcreateserial -days 3650 -extfile "$TLS_DIR/san.ext" \
+            -out "$TLS_DIR/server.pem" 2>/dev/null
+        chmod 0600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key"
+        chown -R rabbitmq:rabbitmq "$TLS_DIR" 2>/dev/null || true
+    fi
+    if ! grep -q '^listeners.ssl' /etc/rabbitmq/rabbitmq.conf; then
+        cat >> /etc/rabbitmq/rabbitmq.conf <<CONF
+listeners.ssl.default = 127.0.0.1:5671
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+    fi
+    # a listener is read at boot: restart the node once
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+    for _ in $(seq 1 30); do
+        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || break
+        sleep 1
+    done
+    rabbitmq-server -detached
+    for _ in $(seq 1 60); do
+        (exec 3<>/dev/tcp/127.0.0.1/5671) 2>/dev/null && break
+        sleep 1
+    done
+    rabbitmqctl -q await_startup >/dev/null
+    echo "services: rabbitmq tls listening"
+}
+
 postgres
 rabbitmq
+rabbitmq_tls

@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
-from tests.conftest import rabbitmqctl, write_home
+from tests.conftest import RABBITMQ, missing_service, rabbitmqctl, write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
 from tower import daemon
 from tower.broker import Message
@@ -225,3 +225,34 @@ def test_queued_jobs_whose_messages_vanished_are_published_again(
             JobEvent.from_state == JobState.QUEUED, JobEvent.to_state == JobState.QUEUED)).all()
     assert len(again) == 4 and all("lost" in event.reason for event in again)
     assert tower.counts() == {"queued": 4}
+
+
+#: The authority of the TLS listener `make test` sets up on 127.0.0.1:5671.
+TLS_CA = Path(os.environ.get("GRIDTOWER_TEST_RABBITMQ_TLS_CA",
+                             "/etc/rabbitmq/gridtower-tls/ca.pem"))
+
+
+@pytest.fixture
+def amqps_url(amqp_url: str) -> str:
+    try:
+        socket.create_connection(("127.0.0.1", 5671), timeout=3).close()
+    except OSError:
+        missing_service("RabbitMQ's TLS listener on 127.0.0.1:5671")
+    if not TLS_CA.exists():
+        missing_service(f"the TLS authority {TLS_CA}")
+    return amqp_url.replace("amqp://", "amqps://").replace(f"@{RABBITMQ}/", "@127.0.0.1:5671/")
+
+
+def test_a_production_runs_over_tls(amqps_url: str, live_tower: Callable[..., LiveTower],
+                                    tmp_path: Path) -> None:
+    tower = live_tower(broker=amqps_url, broker_options={"ca_file": str(TLS_CA)})
+    tower.submit(toy_production(tmp_path, jobs=4))
+    tower.drive(tower.all_ended, timeout=120)
+    assert_done_exactly_once(tower.runtime.engine, jobs=4)
+
+
+def test_a_broker_certificate_from_an_unknown_authority_is_refused(
+        amqps_url: str, live_tower: Callable[..., LiveTower]) -> None:
+    tower = live_tower(broker=amqps_url)  # the system's authorities do not know ours
+    with pytest.raises(BackendError, match="CERTIFICATE_VERIFY_FAILED"):
+        tower.runtime.broker.depth("local.default")
