@@ -37,8 +37,22 @@ postgres() {
     fi
 }
 
+listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Start the RabbitMQ node and wait until PORT answers and the node has booted.
+start_rabbitmq() {
+    rabbitmq-server -detached
+    for _ in $(seq 1 60); do
+        listening "$1" && break
+        sleep 1
+    done
+    rabbitmqctl -q await_startup >/dev/null
+}
+
 rabbitmq() {
-    if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    if listening 5672; then
         echo "services: rabbitmq already running"
         return 0
     fi
@@ -51,12 +65,7 @@ NODENAME=rabbit@localhost
 ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
 ENV
-    rabbitmq-server -detached
-    for _ in $(seq 1 60); do
-        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break
-        sleep 1
-    done
-    rabbitmqctl -q await_startup >/dev/null
+    start_rabbitmq 5672
     echo "services: rabbitmq started"
 }
 
@@ -64,7 +73,7 @@ ENV
 # authority of its own; the tests find the authority's certificate in $TLS_DIR.
 TLS_DIR=/etc/rabbitmq/gridtower-tls
 rabbitmq_tls() {
-    if (exec 3<>/dev/tcp/127.0.0.1/5671) 2>/dev/null; then
+    if listening 5671; then
         echo "services: rabbitmq tls already listening"
         return 0
     fi
@@ -94,15 +103,10 @@ CONF
     # a listener is read at boot: restart the node once
     rabbitmqctl -q stop >/dev/null 2>&1 || true
     for _ in $(seq 1 30); do
-        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || break
+        listening 5672 || break
         sleep 1
     done
-    rabbitmq-server -detached
-    for _ in $(seq 1 60); do
-        (exec 3<>/dev/tcp/127.0.0.1/5671) 2>/dev/null && break
-        sleep 1
-    done
-    rabbitmqctl -q await_startup >/dev/null
+    start_rabbitmq 5671
     echo "services: rabbitmq tls listening"
 }
 
