@@ -38,9 +38,14 @@ class BatchStatus:
     exit_code: int | None = None
     #: The batch system's own word for how it ended (TIMEOUT, NODE_FAIL, ...).
     reason: str | None = None
+    #: For an ended pilot: the outcome class its unfinished attempts get
+    #: (tower.policy.Outcome values: preempted, node_failure, out_of_memory, ...).
+    outcome: str | None = None
 
 
 class BatchSystem(Protocol):
+    """One per site; made with (site: SiteConfig, runner: Runner)."""
+
     def submit(self, request: PilotRequest) -> str:
         """Start one pilot; return its batch id. Raises BackendError if the site refuses."""
 
@@ -52,5 +57,7 @@ class BatchSystem(Protocol):
 
 
 def open_batch_system(site: SiteConfig) -> BatchSystem:
+    from sites.runner import open_runner
+
     backend: Any = resolve(BATCH_SYSTEMS, site.batch, "batch system")
-    return backend(site)  # type: ignore[no-any-return]
+    return backend(site, open_runner(site))  # type: ignore[no-any-return]

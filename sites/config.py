@@ -50,11 +50,27 @@ class Backlog(Strict):
     max: int | None = Field(default=None, gt=0)
 
 
+class SshAccess(Strict):
+    """A site reached through an SSH login node; key authentication, known host keys only."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=22, gt=0, le=65535)
+    user: str = Field(min_length=1)
+    #: The private key (0600); no agent, no password.
+    key_file: str
+    #: The site's host key must be here: unknown or changed keys are refused.
+    known_hosts: str = "~/.ssh/known_hosts"
+    #: Seconds for connecting and for each command.
+    timeout: Seconds = Field(default=30, gt=0)
+
+
 class SiteConfig(Strict):
     name: str
     batch: str = "local"
     #: Options of the batch system, checked by it.
     batch_options: dict[str, Any] = Field(default_factory=dict)
+    #: How the tower reaches the site's batch commands: over SSH, or (absent) locally.
+    ssh: SshAccess | None = None
     enabled: bool = True
     queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1)
     pilot: PilotShape = PilotShape()

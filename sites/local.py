@@ -10,13 +10,15 @@ from pathlib import Path
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
 from sites.config import SiteConfig
+from sites.runner import Runner
 from tower.errors import BackendError
 
 
 class LocalBatch:
     """Implements `BatchSystem` with subprocesses; the batch id is the process id."""
 
-    def __init__(self, site: SiteConfig) -> None:
+    def __init__(self, site: SiteConfig, runner: Runner) -> None:
+        # pilots are the tower's own child processes here: no commands to run
         self.site = site
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
