@@ -30,7 +30,7 @@ jobs done:        $jobs
 files cataloged:  $files (size and adler32 verified at the destination)
 outputs:          $home/store/$dataset/
 tower database:   $home/tower.db
-pilot logs:       $home/work/pilots/local/
+pilot logs:       $home/sites/local/scratch/pilot-logs/
 look around:      export TOWER_CONFIG=$home/tower.yaml; tower status; tower jobs; tower job 1
 SUMMARY
 exit $status

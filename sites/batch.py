@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from sites.config import SiteConfig
@@ -13,6 +12,7 @@ from tower.registry import resolve
 #: Batch system name -> backend.
 BATCH_SYSTEMS = {
     "local": "sites.local:LocalBatch",
+    "slurm": "sites.slurm:SlurmBatch",
 }
 
 
@@ -28,7 +28,6 @@ class PilotRequest:
 
     pilot_id: str
     argv: list[str]
-    log_path: Path
     environment: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,6 +44,9 @@ class BatchStatus:
 
 class BatchSystem(Protocol):
     """One per site; made with (site: SiteConfig, runner: Runner)."""
+
+    def log_path(self, pilot_id: str) -> str:
+        """Where the pilot's output goes, at the site."""
 
     def submit(self, request: PilotRequest) -> str:
         """Start one pilot; return its batch id. Raises BackendError if the site refuses."""

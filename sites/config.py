@@ -32,6 +32,8 @@ class Limits(Strict):
     max_queued: int = Field(default=2, ge=0)
     max_running: int = Field(default=4, ge=0)
     max_per_cycle: int = Field(default=2, ge=0)
+    #: A pilot pending longer than this in the batch queue is cancelled and replaced.
+    max_queue_wait: Seconds | None = Field(default=None, gt=0)
 
 
 class Backlog(Strict):

@@ -22,15 +22,19 @@ class LocalBatch:
         self.site = site
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
+    def log_path(self, pilot_id: str) -> str:
+        return f"{self.site.scratch}/pilot-logs/{pilot_id}.log"
+
     def submit(self, request: PilotRequest) -> str:
-        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path = Path(self.log_path(request.pilot_id))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = request.argv
         if self.site.setup:
             # the admin's setup lines are shell by intent; the pilot's argv stays
             # out of the shell text, passed as positional arguments
             argv = ["/bin/sh", "-c", "\n".join([*self.site.setup, 'exec "$@"']), "pilot", *argv]
         try:
-            with open(request.log_path, "ab") as log:
+            with open(log_path, "ab") as log:
                 child = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env={**os.environ, **request.environment}, start_new_session=True,

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytest_plugins = ["tests.cluster"]
+
 #: The PostgreSQL server `make test` starts; override with GRIDTOWER_TEST_POSTGRES.
 POSTGRES_ADMIN = os.environ.get(
     "GRIDTOWER_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/postgres")
@@ -57,7 +59,7 @@ def write_home(directory: Path, database_url: str, site: dict[str, Any] | None =
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "database": database_url, "broker": "database", "sites": "sites.yaml",
-        "work_dir": "work", "api": {"bind": "127.0.0.1", "port": 0},
+        "api": {"bind": "127.0.0.1", "port": 0},
         "loops": {"interval": 0},
         "monitor": {"heartbeat_interval": 1, "heartbeat_timeout": 4},
         "retry": {"max_attempts": 3, "backoff": 0},

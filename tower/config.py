@@ -82,7 +82,6 @@ class TowerFile(Strict):
     broker_options: dict[str, Any] = Field(default_factory=dict)
     sites: str = "sites.yaml"
     #: Where the tower keeps its own files: pilot logs and scratch of local pilots.
-    work_dir: str = "work"
     api: ApiSettings = ApiSettings()
     loops: LoopSettings = LoopSettings()
     monitor: MonitorSettings = MonitorSettings()
@@ -98,7 +97,6 @@ class TowerConfig(Strict):
     database_url: str
     broker_url: str
     broker_options: dict[str, Any]
-    work_dir: Path
     api: ApiSettings
     loops: LoopSettings
     monitor: MonitorSettings
@@ -145,7 +143,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
     values: dict[str, Any] = {
         "path": path, "home": home, "database_url": _resolve_sqlite(database, home),
         "broker_url": broker, "broker_options": raw.broker_options,
-        "work_dir": _resolve(raw.work_dir, home), "api": raw.api,
+        "api": raw.api,
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
         "retry": raw.retry,
         "sites": load_sites(_resolve(raw.sites, home)),

@@ -6,12 +6,20 @@ The rule, per site queue and cycle:
               plus defined jobs of active productions that allow the site
     wanted  = ceil(demand / payload slots per pilot) - pilots pending - pilots running
     submit  = min(wanted,
-                  max_queued - pending,                 # never more than max_queued waiting
-                  max_running + max_queued - active,    # never more alive than both together
-                  max_per_cycle)                        # ramp up gently
+                  max_queued - pending,          # never more than max_queued waiting
+                  max_running - alive,           # every pending pilot may start: never
+                                                 # more than max_running at once
+                  max_per_cycle)                 # ramp up gently
 
-Draining pilots take no new work, so they do not count toward capacity, but
-they still count as alive.
+`alive` is pending + running + draining: draining pilots take no new work, so
+they add no capacity, but they hold their batch slot until they end.
+
+Before deciding, pending pilots are cancelled when no work waits for the site
+queue, and those pending longer than `limits.max_queue_wait` are cancelled and
+replaced. The decision is made under a lock on the site queue's row, and the
+pilots it submits are recorded before they are handed to the batch system, so
+two tower processes together never exceed the limits. Every decision is kept
+with its numbers (`tower sites explain`).
 """
 
 from __future__ import annotations
@@ -20,9 +28,8 @@ import logging
 import math
 import sys
 import uuid
-from pathlib import Path
 
-from sqlalchemy import func
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from sites.batch import PilotRequest
@@ -30,11 +37,16 @@ from sites.config import SiteConfig
 from tower import fleet
 from tower.broker import queue_name
 from tower.db import transaction
-from tower.models import Job, Pilot, Production
+from tower.errors import BackendError
+from tower.models import FactoryDecision, Job, Pilot, Production, SiteQueue
 from tower.runtime import Runtime
-from tower.states import JOB_AT_SITE, JobState, PilotState
+from tower.states import JOB_AT_SITE, JobState, PilotState, move_pilots
+from tower.timeutil import ago, utcnow
 
 log = logging.getLogger(__name__)
+
+#: Factory decisions kept per site queue, for `tower sites explain`.
+DECISIONS_KEPT = 200
 
 
 def pilots_to_submit(demand: int, slots: int, pending: int, running: int, draining: int,
@@ -42,9 +54,9 @@ def pilots_to_submit(demand: int, slots: int, pending: int, running: int, draini
     """How many pilots to submit now (the rule in this module's docstring)."""
     limits = site.limits
     wanted = math.ceil(demand / slots) - pending - running
-    active = pending + running + draining
-    return max(0, min(wanted, limits.max_queued - pending,
-                      limits.max_running + limits.max_queued - active, limits.max_per_cycle))
+    alive = pending + running + draining
+    return max(0, min(wanted, limits.max_queued - pending, limits.max_running - alive,
+                      limits.max_per_cycle))
 
 
 def run_once(runtime: Runtime) -> int:
@@ -54,21 +66,91 @@ def run_once(runtime: Runtime) -> int:
         if not site.enabled:
             continue
         for queue in site.queues:
-            submitted += _supply(runtime, site, queue)
+            try:
+                submitted += _supply(runtime, site, queue)
+            except BackendError as exc:
+                # one site's trouble must not starve the others: record it, go on
+                log.warning("site=%s queue=%s: %s", site.name, queue, exc)
+                with transaction(runtime.engine) as session:
+                    note_error(session, site.name, queue, str(exc))
     return submitted
 
 
 def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
-    with Session(runtime.engine) as session:
+    """Decide under the site queue's lock, reserving the pilots to submit; then submit
+    them and cancel the ones no longer wanted, outside the lock."""
+    batch = runtime.batch_system(site.name)
+    with transaction(runtime.engine) as session:
+        _lock(session, site.name, queue)
         demand = _demand(session, site, queue)
+        cancel = _unwanted(session, site, queue, demand)
         counts = fleet.counts(session, site.name, queue)
-    count = pilots_to_submit(demand, site.pilot.slots, counts[PilotState.SUBMITTED],
-                             counts[PilotState.RUNNING], counts[PilotState.DRAINING], site)
-    for _ in range(count):
-        _submit(runtime, site, queue)
-    if count:
-        log.info("site=%s queue=%s demand=%d submitted=%d pilots", site.name, queue, demand, count)
+        pending, running = counts[PilotState.SUBMITTED], counts[PilotState.RUNNING]
+        draining = counts[PilotState.DRAINING]
+        count = pilots_to_submit(demand, site.pilot.slots, pending, running, draining, site)
+        reserved = [uuid.uuid4().hex for _ in range(count)]
+        for pilot_id in reserved:
+            session.add(Pilot(id=pilot_id, site=site.name, queue=queue, slots=site.pilot.slots,
+                              walltime=site.pilot.walltime, log_path=batch.log_path(pilot_id)))
+        limits = site.limits
+        note = (f"pending {pending}/{limits.max_queued}, running {running}/{limits.max_running}"
+                f", draining {draining}, backlog {demand}: submit {count}"
+                + (f", cancel {len(cancel)} ({cancel[0][1]})" if cancel else ""))
+        _record(session, FactoryDecision(site=site.name, queue=queue, demand=demand,
+                                         pending=pending, running=running, draining=draining,
+                                         submit=count, cancel=len(cancel), note=note))
+    if cancel:
+        batch.cancel([batch_id for batch_id, _ in cancel])
+    for pilot_id in reserved:
+        _submit(runtime, site, queue, pilot_id)
+    if count or cancel:
+        log.info("site=%s queue=%s %s", site.name, queue, note)
     return count
+
+
+def _lock(session: Session, site: str, queue: str) -> None:
+    """Hold the site queue's row until the transaction ends (created on first use)."""
+    if session.exec(select(SiteQueue).where(SiteQueue.site == site, SiteQueue.queue == queue)
+                    .with_for_update()).first() is None:
+        session.add(SiteQueue(site=site, queue=queue))
+        session.flush()  # a second tower creating it at once fails here and retries next cycle
+
+
+def _unwanted(session: Session, site: SiteConfig, queue: str,
+              demand: int) -> list[tuple[str, str]]:
+    """Pending pilots to cancel, ended here: all of them when no work waits, else those
+    pending longer than max_queue_wait (they are replaced in this same cycle)."""
+    query = select(Pilot).where(Pilot.site == site.name, Pilot.queue == queue,
+                                Pilot.state == PilotState.SUBMITTED,
+                                col(Pilot.batch_id).is_not(None))
+    if demand == 0:
+        reason = "no backlog left"
+    elif site.limits.max_queue_wait:
+        reason = f"pending longer than {site.limits.max_queue_wait:.0f}s"
+        query = query.where(col(Pilot.submitted_at) < ago(site.limits.max_queue_wait))
+    else:
+        return []
+    pilots = {pilot.id: pilot.batch_id for pilot in session.exec(query).all()}
+    ended = move_pilots(session, list(pilots), PilotState.SUBMITTED, PilotState.DONE,
+                        ended_at=utcnow(), message=f"cancelled while pending: {reason}")
+    return [(pilots[pilot_id] or "", reason) for pilot_id in ended]
+
+
+def _record(session: Session, decision: FactoryDecision) -> None:
+    """Keep the last DECISIONS_KEPT decisions of each site queue."""
+    session.add(decision)
+    session.flush()
+    assert decision.id is not None
+    session.execute(delete(FactoryDecision).where(
+        col(FactoryDecision.site) == decision.site, col(FactoryDecision.queue) == decision.queue,
+        col(FactoryDecision.id) <= decision.id - DECISIONS_KEPT))
+
+
+def note_error(session: Session, site: str, queue: str, error: str) -> None:
+    """Remember the last error of a site queue, for `tower sites`."""
+    row = session.get(SiteQueue, (site, queue)) or SiteQueue(site=site, queue=queue)
+    row.last_error, row.last_error_at = error[:1000], utcnow()
+    session.add(row)
 
 
 def _demand(session: Session, site: SiteConfig, queue: str) -> int:
@@ -89,14 +171,9 @@ def waiting(session: Session, site: SiteConfig, queue: str) -> int:
         col(Job.production_id).in_(allowing))).one()
 
 
-def _submit(runtime: Runtime, site: SiteConfig, queue: str) -> None:
-    """Record a pilot, then hand it to the batch system; a refusal leaves it lost with why."""
-    pilot_id = uuid.uuid4().hex
-    log_path = runtime.config.work_dir / "pilots" / site.name / f"{pilot_id}.log"
-    with transaction(runtime.engine) as session:
-        session.add(Pilot(id=pilot_id, site=site.name, queue=queue, slots=site.pilot.slots,
-                          walltime=site.pilot.walltime, log_path=str(log_path)))
-    request = pilot_request(runtime, site, queue, pilot_id, log_path)
+def _submit(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str) -> None:
+    """Hand a reserved pilot to the batch system; a refusal leaves it lost, with why."""
+    request = pilot_request(runtime, site, queue, pilot_id)
     try:
         batch_id = runtime.batch_system(site.name).submit(request)
     except Exception as exc:
@@ -104,13 +181,12 @@ def _submit(runtime: Runtime, site: SiteConfig, queue: str) -> None:
             fleet.lose(session, [pilot_id], f"submission failed: {exc}")
         raise
     with transaction(runtime.engine) as session:
-        pilot = fleet.get(session, pilot_id)
-        pilot.batch_id = batch_id
-        session.add(pilot)
+        session.execute(update(Pilot).where(col(Pilot.id) == pilot_id)
+                        .values(batch_id=batch_id, updated_at=utcnow()))
 
 
-def pilot_request(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str,
-                  log_path: Path) -> PilotRequest:
+def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
+                  pilot_id: str) -> PilotRequest:
     """The pilot's command line at the site, and the environment that carries its secrets."""
     config = runtime.config
     source = runtime.broker.pilot_source(queue_name(site.name, queue), site.broker_url)
@@ -131,4 +207,4 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str,
         "--heartbeat", str(config.monitor.heartbeat_interval),
         "--scratch", site.scratch, "--storage", site.storage,
     ]
-    return PilotRequest(pilot_id, argv, log_path, source.environment)
+    return PilotRequest(pilot_id, argv, source.environment)

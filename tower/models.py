@@ -121,6 +121,34 @@ class Pilot(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class SiteQueue(SQLModel, table=True):
+    """One site queue as the factory sees it. Its row is the factory's lock, so two
+    tower processes never decide for the same site queue at once."""
+
+    site: str = Field(primary_key=True, max_length=100)
+    queue: str = Field(primary_key=True, max_length=100)
+    last_error: str | None = Field(default=None, max_length=1000)
+    last_error_at: datetime | None = None
+
+
+class FactoryDecision(SQLModel, table=True):
+    """What one factory cycle decided for one site queue, and the numbers behind it."""
+
+    __table_args__ = (Index("ix_factorydecision_site_queue_id", "site", "queue", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site: str = Field(max_length=100)
+    queue: str = Field(max_length=100)
+    at: datetime = Field(default_factory=utcnow)
+    demand: int
+    pending: int
+    running: int
+    draining: int
+    submit: int
+    cancel: int
+    note: str = Field(max_length=1000)
+
+
 class JobEvent(SQLModel, table=True):
     """One row per job state change: the job's history."""
 

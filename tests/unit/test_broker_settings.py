@@ -92,7 +92,7 @@ def test_the_pilot_gets_the_broker_url_in_its_environment_not_its_argv(tmp_path:
                         broker_options={"queue_type": "quorum"})
     runtime = Runtime.open(load_config(config), create=False)  # opening does not connect
     site = runtime.config.sites["local"]
-    request = pilot_request(runtime, site, "default", "p1", tmp_path / "p1.log")
+    request = pilot_request(runtime, site, "default", "p1")
     assert not any("s3cret" in part for part in request.argv)
     assert request.argv[request.argv.index("--source") + 1] == "amqp"
     assert "queue_type=quorum" in request.argv
@@ -103,6 +103,5 @@ def test_a_site_may_reach_the_broker_by_another_address(tmp_path: Path) -> None:
     outside = "amqps://pilot:pw@broker.example.org/production"
     config = write_home(tmp_path, "sqlite:///x.db", {"broker_url": outside}, broker=URL)
     runtime = Runtime.open(load_config(config), create=False)
-    request = pilot_request(runtime, runtime.config.sites["local"], "default", "p1",
-                            tmp_path / "p1.log")
+    request = pilot_request(runtime, runtime.config.sites["local"], "default", "p1")
     assert request.environment == {"GRIDTOWER_BROKER_URL": outside}

@@ -16,7 +16,6 @@ def test_a_starter_home_loads(tower_yaml: Path) -> None:
     config = load_config(tower_yaml)
     assert config.sites["local"].pilot.walltime == 600
     assert config.storage.destinations["store"] == f"local:{tower_yaml.parent / 'store'}"
-    assert config.work_dir == tower_yaml.parent / "work"
 
 
 def test_found_by_flag_then_environment_then_home(tmp_path: Path,

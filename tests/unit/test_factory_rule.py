@@ -20,10 +20,12 @@ SITE = SiteConfig.model_validate({
     (100, 0, 0, 0, 2),    # capped by max_per_cycle and max_queued
     (100, 1, 0, 0, 1),    # one already waits: room for one more in the queue
     (100, 2, 0, 0, 0),    # max_queued reached
-    (100, 0, 3, 0, 2),    # all running: queue two behind them
-    (100, 1, 3, 1, 0),    # alive = 5 = max_running + max_queued
+    (100, 0, 1, 0, 2),    # one runs: two more may wait, and all three may run at once
+    (100, 0, 2, 0, 1),    # two run: a third may start, no more (max_running 3)
+    (100, 0, 3, 0, 0),    # max_running reached: a pending pilot could start beyond it
+    (100, 1, 1, 1, 0),    # a draining pilot still holds its batch slot
     (8, 0, 2, 0, 0),      # two running pilots already cover eight jobs
-    (9, 0, 2, 1, 1),      # a draining pilot does not count toward capacity
+    (9, 0, 1, 1, 1),      # a draining pilot does not count toward capacity
 ])
 def test_pilots_to_submit(demand: int, pending: int, running: int, draining: int,
                           expected: int) -> None:

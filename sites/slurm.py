@@ -1,0 +1,226 @@
+"""The `slurm` batch system: pilots as SLURM batch jobs, through the site's runner.
+
+A pilot is a batch script piped to `sbatch --parsable`: `#SBATCH` lines from
+the site's config, the pilot's secrets exported, the admin's setup lines, then
+`exec` of the pilot's argv. Every value that reaches the script is quoted with
+shlex or refused (a newline in a `#SBATCH` value would be a new line of
+script), and the script travels on stdin, never on a command line.
+
+Status comes from `squeue`; a job squeue no longer lists is looked up in
+`sacct` where accounting runs, else in `scontrol show job` (which remembers a
+job for MinJobAge after it ended).
+
+| SLURM state                                   | pilot   | outcome of its unfinished attempts |
+|-----------------------------------------------|---------|------------------------------------|
+| PENDING, CONFIGURING, REQUEUED, REQUEUE_HOLD, REQUEUE_FED, RESV_DEL_HOLD | pending | |
+| RUNNING, COMPLETING, STAGE_OUT, SIGNALING, RESIZING, SUSPENDED, STOPPED | running | |
+| COMPLETED, FAILED                             | ended   | pilot_vanished                     |
+| TIMEOUT, DEADLINE                             | ended   | walltime (the pilot's own)         |
+| PREEMPTED                                     | ended   | preempted                          |
+| NODE_FAIL, BOOT_FAIL                          | ended   | node_failure                       |
+| OUT_OF_MEMORY                                 | ended   | out_of_memory                      |
+| CANCELLED, REVOKED, SPECIAL_EXIT              | ended   | cancelled                          |
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pydantic import Field, field_validator
+
+from sites.batch import BatchState, BatchStatus, PilotRequest
+from sites.config import SiteConfig
+from sites.runner import Completed, Runner
+from tower.errors import BackendError
+from tower.schema import Strict, build
+
+PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+           "RESV_DEL_HOLD"}
+RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED",
+           "STOPPED"}
+#: Ended states -> the outcome class of the attempts the pilot left unfinished.
+OUTCOMES = {
+    "COMPLETED": "pilot_vanished", "FAILED": "pilot_vanished",
+    "TIMEOUT": "walltime", "DEADLINE": "walltime",
+    "PREEMPTED": "preempted",
+    "NODE_FAIL": "node_failure", "BOOT_FAIL": "node_failure",
+    "OUT_OF_MEMORY": "out_of_memory",
+    "CANCELLED": "cancelled", "REVOKED": "cancelled", "SPECIAL_EXIT": "cancelled",
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain(value: str) -> str:
+    # an #SBATCH line is read up to its end: a newline would start a new line of script
+    if _CONTROL.search(value):
+        raise ValueError("must not contain newlines or other control characters")
+    return value
+
+
+class SlurmOptions(Strict):
+    """`batch_options` of a SLURM site."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    reservation: str | None = None
+    #: More sbatch options, one per item, e.g. "--licenses=scratch" or "--gpus=1".
+    extra: list[str] = Field(default_factory=list)
+    #: Where pilot logs go at the site; default: SCRATCH/pilot-logs.
+    log_dir: str | None = None
+    #: The script's interpreter.
+    shell: str = "/bin/bash"
+
+    @field_validator("partition", "account", "qos", "constraint", "reservation", "log_dir",
+                     "shell")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        return None if value is None else _plain(value)
+
+    @field_validator("extra")
+    @classmethod
+    def _options(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _plain(item).startswith("-"):
+                raise ValueError(f"{item!r}: each item is one sbatch option, starting with -")
+        return value
+
+
+class SlurmBatch:
+    """Implements `BatchSystem` with sbatch, squeue, sacct/scontrol and scancel."""
+
+    def __init__(self, site: SiteConfig, runner: Runner) -> None:
+        self.site = site
+        self.runner = runner
+        self.options = build(SlurmOptions, site.batch_options, "sites.yaml",
+                             prefix=f"sites.{site.name}.batch_options")
+        self.log_dir = self.options.log_dir or f"{site.scratch}/pilot-logs"
+        self._made_log_dir = False
+
+    def log_path(self, pilot_id: str) -> str:
+        return f"{self.log_dir}/{pilot_id}.log"
+
+
+    def script(self, request: PilotRequest) -> str:
+        """The batch script of one pilot."""
+        shape = self.site.pilot
+        directives = [
+            f"--job-name=gridtower-{self.site.name}-{request.pilot_id[:12]}",
+            f"--time={_minutes(shape.walltime)}",
+            "--nodes=1", "--ntasks=1", f"--cpus-per-task={shape.cores}",
+            f"--output={self.log_path(request.pilot_id)}",
+            *([f"--mem={int(shape.memory)}M"] if shape.memory else []),
+            *(f"--{key}={value}" for key, value in (
+                ("partition", self.options.partition), ("account", self.options.account),
+                ("qos", self.options.qos), ("constraint", self.options.constraint),
+                ("reservation", self.options.reservation)) if value),
+            *self.options.extra,
+        ]
+        lines = [f"#!{self.options.shell}", *(f"#SBATCH {_plain(d)}" for d in directives)]
+        for name, value in request.environment.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise BackendError(f"environment variable name {name!r} is not a shell name")
+            lines.append(f"export {name}={shlex.quote(value)}")
+        # the admin's setup lines are shell by intent (module load, a container wrapper)
+        lines += self.site.setup
+        lines.append(f"exec {shlex.join(request.argv)}")
+        return "\n".join(lines) + "\n"
+
+    def submit(self, request: PilotRequest) -> str:
+        if not self._made_log_dir:
+            self._checked(["mkdir", "-p", "--", self.log_dir])
+            self._made_log_dir = True
+        done = self._checked(["sbatch", "--parsable"], input=self.script(request))
+        batch_id = done.stdout.strip().split(";", 1)[0]  # "ID" or "ID;cluster"
+        if not batch_id.isdigit():
+            raise BackendError(f"site={self.site.name}: sbatch answered {done.stdout!r}, "
+                               "not a job id")
+        return batch_id
+
+    def statuses(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        if not batch_ids:
+            return {}
+        found = self._squeue(batch_ids)
+        missing = [batch_id for batch_id in batch_ids if batch_id not in found]
+        if missing:
+            found.update(self._sacct(missing) or self._scontrol(missing))
+        return {batch_id: found.get(batch_id) or BatchStatus(
+                    BatchState.ENDED, reason="unknown to squeue, sacct and scontrol",
+                    outcome="pilot_vanished")
+                for batch_id in batch_ids}
+
+    def cancel(self, batch_ids: list[str]) -> None:
+        if batch_ids:
+            # scancel sends SIGTERM, and SIGKILL after the cluster's KillWait
+            self._checked(["scancel", "--", *batch_ids])
+
+    def _squeue(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        done = self.runner.run(["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
+                                f"--jobs={','.join(batch_ids)}"])
+        if done.code != 0:
+            if "Invalid job id" in done.stderr:
+                return {}  # none of them is in the queue any more
+            raise self._error("squeue", done)
+        found = {}
+        for line in done.stdout.splitlines():
+            batch_id, _, rest = line.strip().partition("|")
+            state, _, reason = rest.partition("|")
+            found[batch_id] = status(state, reason=reason)
+        return found
+
+    def _sacct(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        done = self.runner.run(["sacct", "--noheader", "--parsable2", "--allocations",
+                                "--format=JobID,State,ExitCode", f"--jobs={','.join(batch_ids)}"])
+        if done.code != 0:
+            return {}  # no accounting at this site: scontrol is asked instead
+        found = {}
+        for line in done.stdout.splitlines():
+            batch_id, state, exit_code = (line.split("|") + ["", ""])[:3]
+            code, _, _ = exit_code.partition(":")
+            found[batch_id] = status(state, int(code) if code.isdigit() else None)
+        return found
+
+    def _scontrol(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        found = {}
+        for batch_id in batch_ids:
+            done = self.runner.run(["scontrol", "--oneliner", "show", "job", batch_id])
+            if done.code != 0:
+                continue  # forgotten (older than MinJobAge)
+            fields = dict(part.split("=", 1) for part in done.stdout.split() if "=" in part)
+            code, _, _ = fields.get("ExitCode", "").partition(":")
+            found[batch_id] = status(fields.get("JobState", ""),
+                                     int(code) if code.isdigit() else None,
+                                     fields.get("Reason", ""))
+        return found
+
+    def _checked(self, argv: list[str], input: str | None = None) -> Completed:
+        done = self.runner.run(argv, input=input)
+        if done.code != 0:
+            raise self._error(argv[0], done)
+        return done
+
+    def _error(self, command: str, done: Completed) -> BackendError:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        return BackendError(f"site={self.site.name} ({self.runner.where}): {command} exited "
+                            f"{done.code}: {detail[-1] if detail else 'no message'}")
+
+
+def status(state: str, exit_code: int | None = None, reason: str = "") -> BatchStatus:
+    """Our view of a SLURM state ("CANCELLED by 0" is CANCELLED)."""
+    word = state.split()[0].rstrip("+") if state.strip() else "UNKNOWN"
+    if word in PENDING:
+        return BatchStatus(BatchState.PENDING, reason=reason if reason != "None" else None)
+    if word in RUNNING:
+        return BatchStatus(BatchState.RUNNING)
+    return BatchStatus(BatchState.ENDED, exit_code=exit_code, reason=word,
+                       outcome=OUTCOMES.get(word, "pilot_vanished"))
+
+
+def _minutes(seconds: float) -> str:
+    """SLURM's --time as D-HH:MM:SS, rounded up to whole minutes."""
+    minutes = max(1, -(-int(seconds) // 60))
+    days, rest = divmod(minutes, 24 * 60)
+    return f"{days}-{rest // 60:02d}:{rest % 60:02d}:00"
