@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pilots.batchenv import time_left
 from pilots.client import TowerClient
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
@@ -51,7 +52,9 @@ class Pilot:
         self.settings = settings
         self.client = client
         self.source = source
-        self.deadline = time.monotonic() + settings.walltime
+        batch_left = time_left()
+        walltime = min(settings.walltime, batch_left) if batch_left else settings.walltime
+        self.deadline = time.monotonic() + walltime
         self.stop = threading.Event()       # SIGTERM: end now
         self.stop_reason = ""
         self.draining = False
@@ -70,9 +73,9 @@ class Pilot:
     def run(self) -> str:
         """Run until drained; returns why the pilot ended."""
         self.client.call("register", {"host": socket.getfqdn()})
-        log.info("pilot=%s site=%s registered, %d slots, walltime %.0fs",
+        log.info("pilot=%s site=%s registered, %d slots, walltime %.0fs left",
                  self.settings.pilot_id, self.settings.site, self.settings.slots,
-                 self.settings.walltime)
+                 self.deadline - time.monotonic())
         beating = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
         beating.start()
         why = self._work()

@@ -110,6 +110,28 @@ CONF
     echo "services: rabbitmq tls listening"
 }
 
+# The SLURM and SSH tests start their own slurmctld, slurmd, munged and sshd on
+# loopback (tests/cluster.py), with configs in temporary directories: only install.
+slurm_packages() {
+    local packages=(slurm-wlm munge openssh-server)
+    if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
+        echo "services: slurm, munge and openssh-server already installed"
+        return 0
+    fi
+    # the packages' scripts would start sshd on 0.0.0.0:22, munged and slurmctld
+    # with their system configs; a policy-rc.d refusing every start prevents it
+    # (Docker images ship one; elsewhere put one in place for this script's run)
+    local policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 0755 "$policy"
+        trap "rm -f $policy" EXIT
+    fi
+    need_packages "${packages[@]}"
+    echo "services: slurm, munge and openssh-server installed"
+}
+
 postgres
 rabbitmq
 rabbitmq_tls
+slurm_packages

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sites.config import SiteConfig
+from sites.runner import Runner
 from tower.registry import resolve
 
 #: Batch system name -> backend.
@@ -48,6 +49,9 @@ class BatchSystem(Protocol):
     def log_path(self, pilot_id: str) -> str:
         """Where the pilot's output goes, at the site."""
 
+    def probes(self) -> list[list[str]]:
+        """Harmless commands that show the batch system answers (`tower sites check`)."""
+
     def submit(self, request: PilotRequest) -> str:
         """Start one pilot; return its batch id. Raises BackendError if the site refuses."""
 
@@ -58,8 +62,6 @@ class BatchSystem(Protocol):
         """Ask the system to end these pilots (they get SIGTERM first)."""
 
 
-def open_batch_system(site: SiteConfig) -> BatchSystem:
-    from sites.runner import open_runner
-
+def open_batch_system(site: SiteConfig, runner: Runner) -> BatchSystem:
     backend: Any = resolve(BATCH_SYSTEMS, site.batch, "batch system")
-    return backend(site, open_runner(site))  # type: ignore[no-any-return]
+    return backend(site, runner)  # type: ignore[no-any-return]

@@ -25,6 +25,9 @@ class LocalBatch:
     def log_path(self, pilot_id: str) -> str:
         return f"{self.site.scratch}/pilot-logs/{pilot_id}.log"
 
+    def probes(self) -> list[list[str]]:
+        return []  # pilots are the tower's own processes
+
     def submit(self, request: PilotRequest) -> str:
         log_path = Path(self.log_path(request.pilot_id))
         log_path.parent.mkdir(parents=True, exist_ok=True)

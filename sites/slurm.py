@@ -104,6 +104,11 @@ class SlurmBatch:
         return f"{self.log_dir}/{pilot_id}.log"
 
 
+    def probes(self) -> list[list[str]]:
+        # squeue asks the controller: it proves the cluster answers and authenticates us
+        return [["sbatch", "--version"], ["squeue", "--noheader", "--me"],
+                ["scancel", "--version"]]
+
     def script(self, request: PilotRequest) -> str:
         """The batch script of one pilot."""
         shape = self.site.pilot

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+pytest_plugins = ["tests.cluster"]
 
 #: The PostgreSQL server `make test` starts; override with GRIDTOWER_TEST_POSTGRES.
 POSTGRES_ADMIN = os.environ.get(

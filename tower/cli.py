@@ -17,17 +17,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from catalog import files
+from sites.config import SiteConfig
 from tower import daemon, fleet, home, jobs, productions
 from tower.config import load_config
 from tower.db import transaction
-from tower.errors import GridtowerError
+from tower.errors import ConfigError, GridtowerError, NotFound
+from tower.models import FactoryDecision
 from tower.progress import bar
 from tower.runtime import Runtime
 from tower.specs import preview
-from tower.states import JobState
+from tower.states import JobState, PilotState
 
 log = logging.getLogger("tower")
 
@@ -91,8 +93,18 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("action", choices=["ls"])
     sub.add_argument("dataset", nargs="?")
 
-    command("sites", cmd_sites, "each site queue: pilots, jobs waiting in the database, "
-            "the backlog at the site and its bound, and the broker's message count")
+    sub = command("sites", cmd_sites, "sites: `sites` lists each site queue (pilots, jobs "
+                  "waiting, backlog and bound, broker depth, last error); `sites check NAME` "
+                  "tests access, batch commands, pilot program and paths; `sites explain NAME` "
+                  "shows the factory's recent decisions")
+    sub.add_argument("action", nargs="?", default="list", choices=["list", "check", "explain"])
+    sub.add_argument("name", nargs="?", metavar="NAME", help="the site (check, explain)")
+    sub.add_argument("--limit", type=int, default=20, help="explain: decisions shown")
+
+    sub = command("pilots", cmd_pilots, "pilots, newest first")
+    sub.add_argument("--site")
+    sub.add_argument("--state", choices=[state.value for state in PilotState])
+    sub.add_argument("--limit", type=int, default=50)
 
     sub = command("run", cmd_run, "run the tower's loops and its API in one process",
                   json_flag=False)
@@ -215,6 +227,10 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
+    if args.action != "list":
+        if not args.name:
+            raise ConfigError(f"sites {args.action}: give the site's NAME", field="name")
+        return _site_check(args) if args.action == "check" else _site_explain(args)
     from tower.site_status import site_queues
 
     runtime = _runtime(args)
@@ -225,17 +241,80 @@ def cmd_sites(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"sites": rows, "broker_error": problem})
         return 1 if problem else 0
-    print(f"{'site':<16} {'queue':<10} {'batch':<8} {'pilots p/r/d':>12} {'waiting':>8} "
+    print(f"{'site':<16} {'queue':<10} {'batch':<8} {'pilots p/r/d/e/l':>16} {'waiting':>8} "
           f"{'backlog':>9} {'broker':>7}")
     for row in rows:
-        pilots = "/".join(str(count) for count in row["pilots"].values())
+        pilots = "/".join(str(row["pilots"][state]) for state in PilotState)
         held = f"{row['backlog']}/{row['bound']}" if row["enabled"] else "disabled"
         broker = "?" if row["broker"] is None else str(row["broker"])
-        print(f"{row['site']:<16} {row['queue']:<10} {row['batch']:<8} {pilots:>12} "
+        print(f"{row['site']:<16} {row['queue']:<10} {row['batch']:<8} {pilots:>16} "
               f"{row['waiting']:>8} {held:>9} {broker:>7}")
+        if row["last_error"]:
+            print(f"{'':<16} last error {row['last_error_at']:%Y-%m-%d %H:%M:%S}: "
+                  f"{row['last_error']}")
     if problem:
         print(f"tower: broker unreachable: {problem}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _site(runtime: Runtime, name: str) -> SiteConfig:
+    if name not in runtime.config.sites:
+        raise NotFound(f"no site {name!r} (known: {', '.join(runtime.config.sites)})",
+                       field="name")
+    return runtime.config.sites[name]
+
+
+def _site_check(args: argparse.Namespace) -> int:
+    from tower.factory import pilot_command
+    from tower.site_check import check_site
+
+    runtime = _runtime(args)
+    try:
+        site = _site(runtime, args.name)
+        batch = runtime.batch_system(site.name)
+        checks = check_site(site, batch, runtime.runner(site.name), pilot_command(site))
+    finally:
+        runtime.close()
+    if args.json:
+        _print_json({"site": site.name, "checks": [vars(check) for check in checks]})
+    else:
+        for check in checks:
+            print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail}")
+    return 0 if all(check.passed for check in checks) else 1
+
+
+def _site_explain(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        _site(runtime, args.name)
+        rows = [row.model_dump(mode="json") for row in session.exec(
+            select(FactoryDecision).where(FactoryDecision.site == args.name)
+            .order_by(col(FactoryDecision.id).desc()).limit(args.limit)).all()]
+    if args.json:
+        _print_json({"site": args.name, "decisions": rows})
+        return 0
+    if not rows:
+        print(f"site {args.name}: no factory decision yet (is `tower run` running, and the "
+              "site enabled?)")
+    for row in reversed(rows):
+        print(f"{row['at'][:19]}  {row['queue']:<10} {row['note']}")
+    return 0
+
+
+def cmd_pilots(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        rows = fleet.listing(session, args.site, args.state, args.limit)
+    if args.json:
+        _print_json({"pilots": rows})
+        return 0
+    print(f"{'pilot':<12} {'site':<12} {'queue':<10} {'state':<9} {'batch id':<10} "
+          f"{'submitted':<19}  message")
+    for row in rows:
+        print(f"{row['id'][:12]:<12} {row['site']:<12} {row['queue']:<10} {row['state']:<9} "
+              f"{row['batch_id'] or '-':<10} {row['submitted_at'][:19]:<19}  "
+              f"{row['message'] or ''}")
     return 0
 
 

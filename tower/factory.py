@@ -185,15 +185,20 @@ def _submit(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str) -> No
                         .values(batch_id=batch_id, updated_at=utcnow()))
 
 
+def pilot_command(site: SiteConfig) -> list[str]:
+    """The pilot program at the site, as an argv prefix."""
+    if site.pilot_command == ["pilot"] and site.batch == "local":
+        # a local pilot runs with the tower's own interpreter, found or not on PATH
+        return [sys.executable, "-m", "pilots.main"]
+    return list(site.pilot_command)
+
+
 def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
                   pilot_id: str) -> PilotRequest:
     """The pilot's command line at the site, and the environment that carries its secrets."""
     config = runtime.config
     source = runtime.broker.pilot_source(queue_name(site.name, queue), site.broker_url)
-    command = list(site.pilot_command)
-    if command == ["pilot"] and site.batch == "local":
-        # a local pilot runs with the tower's own interpreter, found or not on PATH
-        command = [sys.executable, "-m", "pilots.main"]
+    command = pilot_command(site)
     options = [part for key, value in source.options.items()
                for part in ("--source-option", f"{key}={value}")]
     argv = [

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from tower.errors import Conflict, NotFound
@@ -27,11 +29,25 @@ def active(session: Session, site: str | None = None) -> list[Pilot]:
     return list(session.exec(query).all())
 
 
-def counts(session: Session, site: str, queue: str) -> Counter[PilotState]:
-    """Active pilots of one site queue by state."""
-    rows = session.exec(select(Pilot.state).where(
-        Pilot.site == site, Pilot.queue == queue, col(Pilot.state).in_(PILOT_ACTIVE))).all()
-    return Counter(PilotState(state) for state in rows)
+def counts(session: Session, site: str, queue: str,
+           ended_since: datetime | None = None) -> Counter[PilotState]:
+    """Pilots of one site queue by state: the active ones, and those ended since a time."""
+    alive = col(Pilot.state).in_(PILOT_ACTIVE)
+    which = alive if ended_since is None else or_(alive, col(Pilot.ended_at) >= ended_since)
+    rows = session.exec(select(Pilot.state, func.count()).where(
+        Pilot.site == site, Pilot.queue == queue, which).group_by(col(Pilot.state))).all()
+    return Counter({PilotState(state): count for state, count in rows})
+
+
+def listing(session: Session, site: str | None = None, state: str | None = None,
+            limit: int = 50) -> list[dict[str, Any]]:
+    """The newest pilots first, filtered, as plain rows."""
+    query = select(Pilot).order_by(col(Pilot.submitted_at).desc()).limit(limit)
+    if site is not None:
+        query = query.where(Pilot.site == site)
+    if state is not None:
+        query = query.where(Pilot.state == state)
+    return [pilot.model_dump(mode="json") for pilot in session.exec(query).all()]
 
 
 def register(session: Session, pilot_id: str, host: str | None) -> Pilot:

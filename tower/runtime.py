@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from sites.batch import BatchSystem, open_batch_system
+from sites.runner import Runner, open_runner
 from tower.broker import Broker, open_broker
 from tower.config import TowerConfig
 from tower.db import create_schema, make_engine
@@ -21,6 +22,7 @@ class Runtime:
     broker: Broker
     #: Identifies this tower process in leases, so two towers can share a database.
     instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _runners: dict[str, Runner] = field(default_factory=dict)
     _batch: dict[str, BatchSystem] = field(default_factory=dict)
     _transfers: dict[str, Transfer] = field(default_factory=dict)
 
@@ -32,10 +34,16 @@ class Runtime:
         return cls(config, engine, open_broker(config.broker_url, engine, config.broker_options,
                                                str(config.path)))
 
+    def runner(self, site: str) -> Runner:
+        """How commands run at `site` (locally or over SSH), one per site, reused."""
+        if site not in self._runners:
+            self._runners[site] = open_runner(self.config.sites[site])
+        return self._runners[site]
+
     def batch_system(self, site: str) -> BatchSystem:
         """The batch system of `site`, one instance per site for the life of the tower."""
         if site not in self._batch:
-            self._batch[site] = open_batch_system(self.config.sites[site])
+            self._batch[site] = open_batch_system(self.config.sites[site], self.runner(site))
         return self._batch[site]
 
     def transfer(self, destination: str) -> Transfer:
@@ -45,5 +53,7 @@ class Runtime:
         return self._transfers[destination]
 
     def close(self) -> None:
+        for runner in self._runners.values():
+            runner.close()
         self.broker.close()
         self.engine.dispose()

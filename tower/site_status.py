@@ -1,5 +1,6 @@
-"""What each site queue holds right now: pilots, jobs waiting in the database, the
-backlog at the site and its bound, and the broker's own count of messages."""
+"""What each site queue holds right now: pilots (active, and ended in the last day),
+jobs waiting in the database, the backlog at the site and its bound, the broker's own
+count of messages, and the last error the factory met there."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from sqlmodel import Session
 from tower import factory, fleet
 from tower.errors import BackendError
 from tower.matchmaker import backlog, backlog_bounds, broker_depths
+from tower.models import SiteQueue
 from tower.runtime import Runtime
 from tower.states import PilotState
+from tower.timeutil import ago
+
+#: Pilots that ended within this many seconds are counted (done, lost).
+RECENT = 24 * 3600
 
 
 def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
@@ -27,14 +33,16 @@ def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
         bounds = backlog_bounds(session, runtime)
         for name, site in runtime.config.sites.items():
             for queue in site.queues:
-                pilots = fleet.counts(session, name, queue)
+                pilots = fleet.counts(session, name, queue, ended_since=ago(RECENT))
+                status = session.get(SiteQueue, (name, queue))
                 rows.append({
                     "site": name, "queue": queue, "batch": site.batch, "enabled": site.enabled,
-                    "pilots": {state.value: pilots[state] for state in
-                               (PilotState.SUBMITTED, PilotState.RUNNING, PilotState.DRAINING)},
+                    "pilots": {state.value: pilots[state] for state in PilotState},
                     "waiting": factory.waiting(session, site, queue),
                     "backlog": held.get((name, queue), 0),
                     "bound": bounds.get((name, queue)),
                     "broker": depths.get((name, queue)),
+                    "last_error": status.last_error if status else None,
+                    "last_error_at": status.last_error_at if status else None,
                 })
     return rows, problem

@@ -83,11 +83,12 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
 
 def test_an_unknown_batch_system_suggests_the_right_one(tmp_path: Path) -> None:
     from sites.batch import open_batch_system
+    from sites.runner import LocalRunner
 
-    path = write_home(tmp_path, "sqlite:///x.db", site={"batch": "locl"})
+    path = write_home(tmp_path, "sqlite:///x.db", site={"batch": "slrum"})
     config = load_config(path)
-    with pytest.raises(ConfigError, match="did you mean 'local'"):
-        open_batch_system(config.sites["local"])
+    with pytest.raises(ConfigError, match="did you mean 'slurm'"):
+        open_batch_system(config.sites["local"], LocalRunner())
 
 
 def test_init_writes_a_working_home(tmp_path: Path) -> None:

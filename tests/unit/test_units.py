@@ -31,3 +31,12 @@ def test_memory(text: object, megabytes: int) -> None:
 def test_bad_memory_is_refused(text: object) -> None:
     with pytest.raises(ValueError, match="memory"):
         parse_memory(text)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("59", 59 * 60), ("4:05", 245), ("1:02:03", 3723), ("2-03:00:00", 183600),
+    ("2-03", 183600), ("1-00:30", 88200), ("UNLIMITED", None), ("INVALID", None), ("", None)])
+def test_slurm_times(text: str, seconds: float | None) -> None:
+    from pilots.batchenv import parse_slurm_time
+
+    assert parse_slurm_time(text) == seconds

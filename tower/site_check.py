@@ -1,0 +1,55 @@
+"""`tower sites check NAME`: can the tower work with this site? One line per check.
+
+Every probe runs through the site's own runner, exactly as the factory will:
+reaching the site, its batch commands, the pilot program, and writing to the
+scratch and storage paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sites.batch import BatchSystem
+from sites.config import SiteConfig
+from sites.runner import Runner
+from tower.errors import BackendError
+
+#: Creates the directory if needed, writes and removes a file in it; the path is an
+#: argument ($1), never part of the script text.
+WRITABLE = 'mkdir -p -- "$1" && f="$1/.gridtower-check.$$" && : > "$f" && rm -f -- "$f"'
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def check_site(site: SiteConfig, batch: BatchSystem, runner: Runner,
+               pilot_command: list[str]) -> list[Check]:
+    """Every check of `site`; once the site cannot be reached, the rest are not tried."""
+    access = _probe("access", runner, ["true"], f"reached {runner.where}")
+    if not access.passed:
+        return [access]
+    checks = [access]
+    for argv in batch.probes():
+        checks.append(_probe(f"command {argv[0]}", runner, argv, "runs"))
+    checks.append(_probe("pilot program", runner, [*pilot_command, "--help"],
+                         " ".join(pilot_command)))
+    for key in ("scratch", "storage"):
+        path = getattr(site, key)
+        checks.append(_probe(f"{key} writable", runner, ["sh", "-c", WRITABLE, "check", path],
+                             path))
+    return checks
+
+
+def _probe(name: str, runner: Runner, argv: list[str], success: str) -> Check:
+    try:
+        done = runner.run(argv, timeout=60)
+    except BackendError as exc:
+        return Check(name, False, str(exc))
+    if done.code != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return Check(name, False, f"exit {done.code}: {lines[-1] if lines else 'no message'}")
+    return Check(name, True, success)
