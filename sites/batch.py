@@ -14,6 +14,7 @@ from tower.registry import resolve
 BATCH_SYSTEMS = {
     "local": "sites.local:LocalBatch",
     "slurm": "sites.slurm:SlurmBatch",
+    "condor": "sites.condor:CondorBatch",
 }
 
 

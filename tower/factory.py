@@ -36,7 +36,7 @@ from sites.batch import PilotRequest
 from sites.config import SiteConfig
 from tower import fleet
 from tower.broker import queue_name
-from tower.db import transaction
+from tower.db import insert_missing, transaction
 from tower.errors import BackendError
 from tower.models import FactoryDecision, Job, Pilot, Production, SiteQueue
 from tower.runtime import Runtime
@@ -72,7 +72,7 @@ def run_once(runtime: Runtime) -> int:
                 # one site's trouble must not starve the others: record it, go on
                 log.warning("site=%s queue=%s: %s", site.name, queue, exc)
                 with transaction(runtime.engine) as session:
-                    note_error(session, site.name, queue, str(exc))
+                    _note_error(session, site.name, queue, str(exc))
     return submitted
 
 
@@ -110,10 +110,9 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
 
 def _lock(session: Session, site: str, queue: str) -> None:
     """Hold the site queue's row until the transaction ends (created on first use)."""
-    if session.exec(select(SiteQueue).where(SiteQueue.site == site, SiteQueue.queue == queue)
-                    .with_for_update()).first() is None:
-        session.add(SiteQueue(site=site, queue=queue))
-        session.flush()  # a second tower creating it at once fails here and retries next cycle
+    insert_missing(session, SiteQueue, site=site, queue=queue)
+    session.exec(select(SiteQueue).where(SiteQueue.site == site, SiteQueue.queue == queue)
+                 .with_for_update()).one()
 
 
 def _unwanted(session: Session, site: SiteConfig, queue: str,
@@ -146,11 +145,12 @@ def _record(session: Session, decision: FactoryDecision) -> None:
         col(FactoryDecision.id) <= decision.id - DECISIONS_KEPT))
 
 
-def note_error(session: Session, site: str, queue: str, error: str) -> None:
+def _note_error(session: Session, site: str, queue: str, error: str) -> None:
     """Remember the last error of a site queue, for `tower sites`."""
-    row = session.get(SiteQueue, (site, queue)) or SiteQueue(site=site, queue=queue)
-    row.last_error, row.last_error_at = error[:1000], utcnow()
-    session.add(row)
+    insert_missing(session, SiteQueue, site=site, queue=queue)
+    session.execute(update(SiteQueue).where(col(SiteQueue.site) == site,
+                                            col(SiteQueue.queue) == queue)
+                    .values(last_error=error[:1000], last_error_at=utcnow()))
 
 
 def _demand(session: Session, site: SiteConfig, queue: str) -> int:
