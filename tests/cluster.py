@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,10 +161,18 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """munged, slurmctld and slurmd as root, from a temporary directory; the node idle."""
-    commands = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
-    if not all(shutil.which(c) for c in commands):
-        missing_service(f"SLURM and munge ({', '.join(commands)}; run scripts/services.sh)")
-    directory = tmp_path_factory.mktemp("slurm")
+    if not all(shutil.which(c) for c in COMMANDS):
+        missing_service(f"SLURM and munge ({', '.join(COMMANDS)}; run scripts/services.sh)")
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
+
+
+@contextmanager
+def running_cluster(directory: Path) -> Iterator[SlurmCluster]:
+    """A cluster whose files live in `directory`, up until the block ends (bench/ uses it)."""
     log_dir = directory / "log"
     for sub in ("state", "spool", "log"):
         (directory / sub).mkdir()
@@ -192,19 +201,19 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
                    log_dir / "slurmd.out", env)
     daemons = [munged, slurmctld, slurmd]
     logs = [munge_log, log_dir / "slurmctld.log", log_dir / "slurmd.out"]
-
-    wait_for(lambda: query(env, "sinfo", "-h", "-N", "-o", "%t") == "idle", daemons,
-             "the SLURM cluster", logs)
-    yield cluster
-
-    # jobs left running would outlive slurmd: their slurmstepd is a daemon of its own
-    subprocess.run(["scancel", f"--partition={cluster.partition}"], env=env, timeout=30,
-                   capture_output=True)
-    deadline = time.monotonic() + SHUTDOWN_TIMEOUT
-    while time.monotonic() < deadline and query(env, "squeue", "-h"):
-        time.sleep(0.5)
-    for daemon in (slurmd, slurmctld, munged):
-        stop(daemon)
+    try:
+        wait_for(lambda: query(env, "sinfo", "-h", "-N", "-o", "%t") == "idle", daemons,
+                 "the SLURM cluster", logs)
+        yield cluster
+    finally:
+        # jobs left running would outlive slurmd: their slurmstepd is a daemon of its own
+        subprocess.run(["scancel", f"--partition={cluster.partition}"], env=env, timeout=30,
+                       capture_output=True)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        while time.monotonic() < deadline and query(env, "squeue", "-h"):
+            time.sleep(0.5)
+        for daemon in (slurmd, slurmctld, munged):
+            stop(daemon)
 
 
 def ssh_keygen(path: Path) -> str:
