@@ -36,7 +36,7 @@ def productions_in(config: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("command", ["init", "submit", "status", "jobs", "job", "catalog",
-                                     "sites", "run", "serve"])
+                                     "sites", "pilots", "run", "serve"])
 def test_every_command_has_help(command: str) -> None:
     result = subprocess.run([*TOWER, command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: tower" in result.stdout

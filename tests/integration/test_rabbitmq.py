@@ -17,6 +17,7 @@ import yaml
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
+from tests.cluster import free_port
 from tests.conftest import RABBITMQ, missing_service, rabbitmqctl, write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
 from tower import daemon
@@ -131,12 +132,6 @@ def test_late_binding_keeps_each_sites_broker_queue_within_its_bound(
     assert sites == {"local", "other"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_the_tower_killed_while_publishing_a_large_batch(tmp_path: Path, amqp_url: str,
                                                          postgres_url: str) -> None:
     jobs = 1000
@@ -147,7 +142,7 @@ def test_the_tower_killed_while_publishing_a_large_batch(tmp_path: Path, amqp_ur
         site={"pilot": {"slots": 8, "walltime": "10m", "idle_timeout": 5},
               "limits": {"max_queued": 2, "max_running": 2, "max_per_cycle": 2},
               "backlog": {"min": jobs}},
-        broker=amqp_url, api={"bind": "127.0.0.1", "port": _free_port()},
+        broker=amqp_url, api={"bind": "127.0.0.1", "port": free_port()},
         loops={"interval": 1, "batch_size": jobs, "republish_after": 2})
     request = tmp_path / "trivial.yaml"
     request.write_text(yaml.safe_dump({
