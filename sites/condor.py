@@ -50,10 +50,9 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
-from sites.config import SiteConfig
-from sites.runner import Completed, Runner
+from sites.commanded import CommandedBatch
 from tower.errors import BackendError
-from tower.schema import Strict, build
+from tower.schema import Strict
 
 #: What statuses() asks condor_q and condor_history for.
 ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal",
@@ -128,19 +127,10 @@ class CondorOptions(Strict):
         return value
 
 
-class CondorBatch:
+class CondorBatch(CommandedBatch):
     """Implements `BatchSystem` with condor_submit, condor_q, condor_history and condor_rm."""
 
-    def __init__(self, site: SiteConfig, runner: Runner) -> None:
-        self.site = site
-        self.runner = runner
-        self.options = build(CondorOptions, site.batch_options, "sites.yaml",
-                             prefix=f"sites.{site.name}.batch_options")
-        self.log_dir = self.options.log_dir or f"{site.scratch}/pilot-logs"
-        self._made_log_dir = False
-
-    def log_path(self, pilot_id: str) -> str:
-        return f"{self.log_dir}/{pilot_id}.log"
+    options_model = CondorOptions
 
     def description(self, request: PilotRequest) -> str:
         """The submit description of one pilot; it holds the pilot's secrets."""
@@ -182,13 +172,13 @@ class CondorBatch:
 
     def submit(self, request: PilotRequest) -> str:
         description = self.description(request)
-        if not self._made_log_dir:
-            self._checked(["mkdir", "-p", "--", self.log_dir])
-            self._made_log_dir = True
+        self._prepare()
         done = self.runner.run(["condor_submit", "-terse", "-"], input=description)
         if done.code != 0:
             # condor_submit may quote the line it refuses: keep the secrets out of the message
-            raise self._error("condor_submit", done, secrets=request.environment.values())
+            raise self._error("condor_submit", done, secrets=[
+                form for secret in request.environment.values()
+                for form in (secret, _dollars(secret.replace("'", "''").replace('"', '""')))])
         ranges = _TERSE.findall(done.stdout)
         if len(ranges) != 1 or ranges[0][0] != ranges[0][1]:
             raise BackendError(f"site={self.site.name} ({self.runner.where}): condor_submit "
@@ -247,21 +237,6 @@ class CondorBatch:
             return value
         # the message names the field, never the value: it may be a secret
         raise BackendError(f"site={self.site.name}: {field}: {problem}", field=field)
-
-    def _checked(self, argv: list[str]) -> Completed:
-        done = self.runner.run(argv)
-        if done.code != 0:
-            raise self._error(argv[0], done)
-        return done
-
-    def _error(self, command: str, done: Completed, secrets: Iterable[str] = ()) -> BackendError:
-        detail = "; ".join(line.strip() for line in (done.stderr or done.stdout).splitlines()
-                           if line.strip())
-        for secret in filter(None, secrets):
-            for form in (secret, _dollars(secret.replace("'", "''").replace('"', '""'))):
-                detail = detail.replace(form, "***")
-        return BackendError(f"site={self.site.name} ({self.runner.where}): {command} exited "
-                            f"{done.code}: {detail[:500] or 'no message'}")
 
 
 def status(ad: dict[str, Any]) -> BatchStatus:

@@ -30,10 +30,9 @@ import shlex
 from pydantic import Field, field_validator
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
-from sites.config import SiteConfig
-from sites.runner import Completed, Runner
+from sites.commanded import CommandedBatch
 from tower.errors import BackendError
-from tower.schema import Strict, build
+from tower.schema import Strict
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
            "RESV_DEL_HOLD"}
@@ -89,19 +88,10 @@ class SlurmOptions(Strict):
         return value
 
 
-class SlurmBatch:
+class SlurmBatch(CommandedBatch):
     """Implements `BatchSystem` with sbatch, squeue, sacct/scontrol and scancel."""
 
-    def __init__(self, site: SiteConfig, runner: Runner) -> None:
-        self.site = site
-        self.runner = runner
-        self.options = build(SlurmOptions, site.batch_options, "sites.yaml",
-                             prefix=f"sites.{site.name}.batch_options")
-        self.log_dir = self.options.log_dir or f"{site.scratch}/pilot-logs"
-        self._made_log_dir = False
-
-    def log_path(self, pilot_id: str) -> str:
-        return f"{self.log_dir}/{pilot_id}.log"
+    options_model = SlurmOptions
 
 
     def probes(self) -> list[list[str]]:
@@ -135,9 +125,7 @@ class SlurmBatch:
         return "\n".join(lines) + "\n"
 
     def submit(self, request: PilotRequest) -> str:
-        if not self._made_log_dir:
-            self._checked(["mkdir", "-p", "--", self.log_dir])
-            self._made_log_dir = True
+        self._prepare()
         done = self._checked(["sbatch", "--parsable"], input=self.script(request))
         batch_id = done.stdout.strip().split(";", 1)[0]  # "ID" or "ID;cluster"
         if not batch_id.isdigit():
@@ -200,17 +188,6 @@ class SlurmBatch:
                                      int(code) if code.isdigit() else None,
                                      fields.get("Reason", ""))
         return found
-
-    def _checked(self, argv: list[str], input: str | None = None) -> Completed:
-        done = self.runner.run(argv, input=input)
-        if done.code != 0:
-            raise self._error(argv[0], done)
-        return done
-
-    def _error(self, command: str, done: Completed) -> BackendError:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        return BackendError(f"site={self.site.name} ({self.runner.where}): {command} exited "
-                            f"{done.code}: {detail[-1] if detail else 'no message'}")
 
 
 def status(state: str, exit_code: int | None = None, reason: str = "") -> BatchStatus:

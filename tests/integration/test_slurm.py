@@ -129,6 +129,8 @@ def test_a_cancelled_pilot_is_replaced_within_one_factory_cycle(
     assert_done_exactly_once(tower.runtime.engine, jobs=6)
 
 
+# a minute of SLURM walltime per run: once, on PostgreSQL, is enough
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_pilot_with_a_short_walltime_drains_and_exits_before_timeout(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     # SLURM's least --time is a minute; jobs of 20s walltime fit only in its first half
