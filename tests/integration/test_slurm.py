@@ -4,6 +4,7 @@ host keys, and site values that must not become shell."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from tests.cluster import SlurmCluster, SshServer
@@ -264,3 +266,55 @@ def test_site_values_with_shell_metacharacters_never_run(
     finally:
         runtime.close()
     assert not marker.exists()
+
+
+def test_pending_pilots_are_cancelled_when_unwanted_and_the_decisions_explained(
+        on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    # --hold keeps the pilots pending in SLURM for as long as the test needs
+    tower = live_tower(site=slurm_site(batch_options={"partition": "debug", "extra": ["--hold"]},
+                                       limits={**LIMITS, "max_queue_wait": "2s"}))
+    tower.submit(toy_production(tmp_path, jobs=20))
+    assert factory.run_once(tower.runtime) == 2
+
+    def pilots() -> dict[str, str]:
+        with Session(tower.runtime.engine) as session:
+            return {p.batch_id or "": p.state for p in session.exec(select(Pilot)).all()}
+
+    first = pilots()
+    assert set(first.values()) == {PilotState.SUBMITTED}
+    # pending past max_queue_wait: cancelled, and replaced in the same cycle
+    time.sleep(2.5)
+    assert factory.run_once(tower.runtime) == 2
+    second = pilots()
+    assert all(second[batch_id] == PilotState.DONE for batch_id in first)
+    assert sorted(second.values()).count(PilotState.SUBMITTED) == 2
+    # no work left: every pending pilot is cancelled, none submitted
+    with Session(tower.runtime.engine) as session:
+        session.execute(text("update job set state = 'cancelled'"))
+        session.commit()
+    assert factory.run_once(tower.runtime) == 0
+    assert set(pilots().values()) == {PilotState.DONE}
+
+    def in_squeue() -> list[str]:
+        return [line for line in on_slurm.run("squeue", "--noheader", "--format=%i").stdout
+                .split() if line in second]
+
+    deadline = time.monotonic() + 30
+    while in_squeue():
+        assert time.monotonic() < deadline, "cancelled pilots stayed in SLURM's queue"
+        time.sleep(0.3)
+
+    explained = subprocess.run(
+        [sys.executable, "-m", "tower.cli", "--config", str(tower.runtime.config.path),
+         "sites", "explain", "local"], capture_output=True, text=True, timeout=60)
+    assert explained.returncode == 0, explained.stderr
+    notes = explained.stdout.splitlines()
+    assert len(notes) == 3
+    assert "pending 0/2, running 0/3, draining 0, backlog 20: submit 2" in notes[0]
+    assert "submit 2, cancel 2 (pending longer than 2s)" in notes[1]
+    assert "backlog 0: submit 0, cancel 2 (no backlog left)" in notes[2]
+    listed = subprocess.run(
+        [sys.executable, "-m", "tower.cli", "--config", str(tower.runtime.config.path),
+         "pilots", "--json"], capture_output=True, text=True, timeout=60)
+    rows = json.loads(listed.stdout)["pilots"]
+    assert len(rows) == 4 and all("cancelled while pending" in row["message"] for row in rows)
