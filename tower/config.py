@@ -42,8 +42,6 @@ class MonitorSettings(Strict):
     heartbeat_timeout: Seconds = Field(default=600, gt=0)
     #: How often pilots send a heartbeat (handed to each pilot).
     heartbeat_interval: Seconds = Field(default=60, gt=0)
-    #: A pilot submitted this long ago that never registered is lost.
-    registration_timeout: Seconds = Field(default=3600, gt=0)
 
 
 class StorageSettings(Strict):
