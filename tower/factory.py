@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: Factory decisions kept per site queue, for `tower sites explain`.
 DECISIONS_KEPT = 200
+#: A reserved pilot still without a batch id this long after its reservation was
+#: left by a tower that died between deciding and submitting.
+UNSUBMITTED_AFTER = 300
 
 
 def pilots_to_submit(demand: int, slots: int, pending: int, running: int, draining: int,
@@ -82,6 +85,7 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
     batch = runtime.batch_system(site.name)
     with transaction(runtime.engine) as session:
         _lock(session, site.name, queue)
+        _forget_unsubmitted(session, site.name, queue)
         demand = _demand(session, site, queue)
         cancel = _unwanted(session, site, queue, demand)
         counts = fleet.counts(session, site.name, queue)
@@ -101,8 +105,15 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
                                          submit=count, cancel=len(cancel), note=note))
     if cancel:
         batch.cancel([batch_id for batch_id, _ in cancel])
-    for pilot_id in reserved:
-        _submit(runtime, site, queue, pilot_id)
+    for index, pilot_id in enumerate(reserved):
+        try:
+            _submit(runtime, site, queue, pilot_id)
+        except Exception:
+            # the site refuses: the rest of this cycle's reservations are not tried
+            with transaction(runtime.engine) as session:
+                fleet.lose(session, reserved[index + 1:], "not submitted: an earlier "
+                           "submission in the same cycle failed")
+            raise
     if count or cancel:
         log.info("site=%s queue=%s %s", site.name, queue, note)
     return count
@@ -113,6 +124,15 @@ def _lock(session: Session, site: str, queue: str) -> None:
     insert_missing(session, SiteQueue, site=site, queue=queue)
     session.exec(select(SiteQueue).where(SiteQueue.site == site, SiteQueue.queue == queue)
                  .with_for_update()).one()
+
+
+def _forget_unsubmitted(session: Session, site: str, queue: str) -> None:
+    """Pilots reserved by a tower that died before submitting them count no more."""
+    stale = session.exec(select(Pilot.id).where(
+        Pilot.site == site, Pilot.queue == queue, Pilot.state == PilotState.SUBMITTED,
+        col(Pilot.batch_id).is_(None), col(Pilot.submitted_at) < ago(UNSUBMITTED_AFTER))).all()
+    if stale:
+        fleet.lose(session, list(stale), "reserved but never handed to the batch system")
 
 
 def _unwanted(session: Session, site: SiteConfig, queue: str,

@@ -12,11 +12,13 @@ from sqlmodel import Session, select
 
 from tests.conftest import write_home
 from tests.integration.conftest import toy_production
-from tower import factory, productions
+from tower import daemon, factory, productions
 from tower.config import load_config
 from tower.db import transaction
-from tower.models import FactoryDecision, Pilot
+from tower.models import FactoryDecision, Pilot, SiteQueue
 from tower.runtime import Runtime
+from tower.states import PilotState
+from tower.timeutil import ago
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def make_runtime(tmp_path: Path, database_url: str) -> Iterator[Any]:
 
     yield make
     for runtime in opened:
+        daemon.stop_pilots(runtime)  # pilots started here have no tower to talk to
         runtime.close()
 
 
@@ -56,3 +59,29 @@ def test_an_empty_backlog_gets_no_pilot_and_says_so(make_runtime: Any) -> None:
         assert session.exec(select(Pilot)).all() == []
         [decision] = session.exec(select(FactoryDecision)).all()
     assert decision.note == "pending 0/2, running 0/2, draining 0, backlog 0: submit 0"
+
+
+def test_a_refused_submission_leaves_no_reservation_behind(make_runtime: Any,
+                                                           tmp_path: Path) -> None:
+    runtime = make_runtime(pilot_command=[str(tmp_path / "no-such-pilot")],
+                           pilot={"slots": 1})
+    submit(runtime, tmp_path)
+    assert factory.run_once(runtime) == 0  # the error is recorded, the loop goes on
+    with Session(runtime.engine) as session:
+        pilots = session.exec(select(Pilot)).all()
+        status = session.get(SiteQueue, ("local", "default"))
+    assert [p.state for p in pilots] == [PilotState.LOST, PilotState.LOST]
+    assert sorted(p.message or "" for p in pilots)[0].startswith("not submitted")
+    assert status is not None and "cannot start pilot" in (status.last_error or "")
+
+
+def test_a_reservation_a_dead_tower_left_is_forgotten(make_runtime: Any,
+                                                      tmp_path: Path) -> None:
+    runtime = make_runtime(limits={"max_queued": 1, "max_running": 1, "max_per_cycle": 1})
+    with transaction(runtime.engine) as session:
+        session.add(Pilot(id="orphan", site="local", submitted_at=ago(3600)))
+    submit(runtime, tmp_path)
+    assert factory.run_once(runtime) == 1  # the orphan no longer fills max_queued
+    with Session(runtime.engine) as session:
+        orphan = session.get(Pilot, "orphan")
+    assert orphan is not None and orphan.state == PilotState.LOST
