@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from typing import Any
 
 import requests
@@ -28,6 +28,7 @@ class TowerClient:
         self.patience = patience
         self.timeout = timeout
         self.session = requests.Session()
+        self._hurried = threading.Event()
 
     def call(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` to the pilot endpoint `action`; retry while the tower is unreachable."""
@@ -47,7 +48,8 @@ class TowerClient:
                 raise TowerUnreachable(f"{action}: no answer for {self.patience:.0f}s "
                                        f"({problem})")
             log.warning("%s: tower unavailable (%s); retrying in %.1fs", action, problem, delay)
-            time.sleep(delay)
+            if self._hurried.wait(delay):
+                self._hurried.clear()  # woken once by hurry(): the patience is shorter now
 
     @staticmethod
     def _answer(action: str, response: requests.Response) -> dict[str, Any]:
@@ -63,6 +65,7 @@ class TowerClient:
     def hurry(self, patience: float = 10.0) -> None:
         """Wait at most `patience` from now on: the pilot is being terminated."""
         self.patience = min(self.patience, patience)
+        self._hurried.set()
 
     def close(self) -> None:
         self.session.close()
