@@ -351,21 +351,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _wait_done(runtime: Runtime, timeout: float | None) -> int:
     deadline = time.monotonic() + timeout if timeout else None
     tty = sys.stderr.isatty()
+    turn = 0
     while True:
         with Session(runtime.engine) as session:
             counts: dict[str, int] = {}
             for row in productions.summaries(session):
                 for state, count in row["states"].items():
                     counts[state] = counts.get(state, 0) + count
-        line = f"{bar(counts)}  " + " ".join(f"{s} {n}" for s, n in sorted(counts.items()))
-        print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
-        if daemon.unfinished(runtime) == 0:
+        ended = daemon.unfinished(runtime) == 0
+        # checked every second; a log that is not a terminal gets a line every 5 s
+        if tty or ended or turn % 5 == 0:
+            line = f"{bar(counts)}  " + " ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+            print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr,
+                  flush=True)
+        if ended:
             print(file=sys.stderr) if tty else None
             return 0 if set(counts) <= {"done"} else 1
         if deadline is not None and time.monotonic() > deadline:
             print(f"\ntower: gave up after {timeout:.0f}s", file=sys.stderr)
             return 1
-        time.sleep(1 if tty else 5)
+        time.sleep(1)
+        turn += 1
 
 
 def _end_pilots(runtime: Runtime, patience: float = 30.0) -> None:
