@@ -153,7 +153,12 @@ def test_a_pilot_with_a_short_walltime_drains_and_exits_before_timeout(
     assert pilot is not None and pilot.batch_id
     assert pilot.state == PilotState.DONE and "too short for the next job" in (pilot.message
                                                                                or "")
-    [status] = tower.runtime.batch_system("local").statuses([pilot.batch_id]).values()
+    # the goodbye comes just before the process exits: wait for SLURM to see the end
+    batch = tower.runtime.batch_system("local")
+    deadline = time.monotonic() + 60
+    while (status := batch.statuses([pilot.batch_id])[pilot.batch_id]).state != "ended":
+        assert time.monotonic() < deadline, f"SLURM still has the pilot: {status}"
+        time.sleep(0.5)
     assert status.reason == "COMPLETED"  # it left by itself: not TIMEOUT
 
 
