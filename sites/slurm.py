@@ -92,6 +92,8 @@ class SlurmBatch(CommandedBatch):
     """Implements `BatchSystem` with sbatch, squeue, sacct/scontrol and scancel."""
 
     options_model = SlurmOptions
+    #: Whether sacct answers here; learnt from its first refusal.
+    _accounting = True
 
 
     def probes(self) -> list[list[str]]:
@@ -165,29 +167,41 @@ class SlurmBatch(CommandedBatch):
         return found
 
     def _sacct(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        if not self._accounting:
+            return {}
         done = self.runner.run(["sacct", "--noheader", "--parsable2", "--allocations",
                                 "--format=JobID,State,ExitCode", f"--jobs={','.join(batch_ids)}"])
         if done.code != 0:
-            return {}  # no accounting at this site: scontrol is asked instead
+            # no accounting at this site: ask scontrol from now on
+            self._accounting = False
+            return {}
         found = {}
         for line in done.stdout.splitlines():
             batch_id, state, exit_code = (line.split("|") + ["", ""])[:3]
-            code, _, _ = exit_code.partition(":")
-            found[batch_id] = status(state, int(code) if code.isdigit() else None)
+            found[batch_id] = status(state, _exit_code(exit_code))
         return found
 
     def _scontrol(self, batch_ids: list[str]) -> dict[str, BatchStatus]:
+        """Jobs the controller still remembers (for MinJobAge after they ended): one call,
+        every job on a line of its own."""
+        done = self.runner.run(["scontrol", "--oneliner", "show", "job"])
+        if done.code != 0:
+            raise self._error("scontrol", done)
+        wanted = set(batch_ids)
         found = {}
-        for batch_id in batch_ids:
-            done = self.runner.run(["scontrol", "--oneliner", "show", "job", batch_id])
-            if done.code != 0:
-                continue  # forgotten (older than MinJobAge)
-            fields = dict(part.split("=", 1) for part in done.stdout.split() if "=" in part)
-            code, _, _ = fields.get("ExitCode", "").partition(":")
-            found[batch_id] = status(fields.get("JobState", ""),
-                                     int(code) if code.isdigit() else None,
-                                     fields.get("Reason", ""))
+        for line in done.stdout.splitlines():
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            if fields.get("JobId") in wanted:
+                found[fields["JobId"]] = status(fields.get("JobState", ""),
+                                                _exit_code(fields.get("ExitCode", "")),
+                                                fields.get("Reason", ""))
         return found
+
+
+def _exit_code(text: str) -> int | None:
+    """SLURM's "CODE:SIGNAL" exit code; None when it has none."""
+    code, _, _ = text.partition(":")
+    return int(code) if code.isdigit() else None
 
 
 def status(state: str, exit_code: int | None = None, reason: str = "") -> BatchStatus:

@@ -17,15 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from catalog import files
 from sites.config import SiteConfig
-from tower import daemon, fleet, home, jobs, productions
+from tower import daemon, factory, fleet, home, jobs, productions
 from tower.config import load_config
 from tower.db import transaction
 from tower.errors import ConfigError, GridtowerError, NotFound
-from tower.models import FactoryDecision
 from tower.progress import bar
 from tower.runtime import Runtime
 from tower.specs import preview
@@ -288,9 +287,8 @@ def _site_explain(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
     with Session(runtime.engine) as session:
         _site(runtime, args.name)
-        rows = [row.model_dump(mode="json") for row in session.exec(
-            select(FactoryDecision).where(FactoryDecision.site == args.name)
-            .order_by(col(FactoryDecision.id).desc()).limit(args.limit)).all()]
+        rows = [row.model_dump(mode="json")
+                for row in factory.recent_decisions(session, args.name, args.limit)]
     if args.json:
         _print_json({"site": args.name, "decisions": rows})
         return 0

@@ -165,6 +165,12 @@ def _record(session: Session, decision: FactoryDecision) -> None:
         col(FactoryDecision.id) <= decision.id - DECISIONS_KEPT))
 
 
+def recent_decisions(session: Session, site: str, limit: int) -> list[FactoryDecision]:
+    """The last `limit` decisions for `site` (all its queues), newest first."""
+    return list(session.exec(select(FactoryDecision).where(FactoryDecision.site == site)
+                             .order_by(col(FactoryDecision.id).desc()).limit(limit)).all())
+
+
 def _note_error(session: Session, site: str, queue: str, error: str) -> None:
     """Remember the last error of a site queue, for `tower sites`."""
     insert_missing(session, SiteQueue, site=site, queue=queue)
