@@ -26,13 +26,13 @@ Status comes from `condor_q -json`; a job no longer queued is looked up with
 | Output, 7 Suspended        |                                         |         |                |
 | 4 Completed                | exit code or signal                     | ended   | pilot_vanished |
 | 3 Removed                  | by our periodic_remove (evicted)        | ended   | preempted      |
-| 3 Removed                  | via condor_rm                           | ended   | cancelled      |
+| 3 Removed                  | via condor_rm                           | ended   | pilot_killed   |
 | 3 Removed                  | otherwise (the site's policy)           | ended   | pilot_vanished |
 | 5 Held                     | HoldReasonCode 15, 16 (submitted on     | pending |                |
 |                            | hold, spooling input)                   |         |                |
-| 5 Held                     | 46, 47 (allowed job/execute duration)   | ended   | walltime       |
+| 5 Held                     | 46, 47 (allowed job/execute duration)   | ended   | pilot_killed   |
 | 5 Held                     | 34 (over its memory)                    | ended   | out_of_memory  |
-| 5 Held                     | 1 (condor_hold)                         | ended   | cancelled      |
+| 5 Held                     | 1 (condor_hold)                         | ended   | pilot_killed   |
 | 5 Held                     | 6-14, 18, 19, 21-23, 35, 45, 48 (could  | ended   | node_failure   |
 |                            | not start, open files or transfer them) |         |                |
 | 5 Held                     | any other code (job or site policy)     | ended   | pilot_vanished |
@@ -63,7 +63,7 @@ IDLE, RUNNING, REMOVED, COMPLETED, HELD, TRANSFERRING_OUTPUT, SUSPENDED = range(
 HOLDS_PENDING = frozenset({15, 16})
 #: HoldReasonCode -> the outcome class of the attempts the pilot left unfinished.
 HOLD_OUTCOMES = {
-    46: "walltime", 47: "walltime", 34: "out_of_memory", 1: "cancelled",
+    46: "pilot_killed", 47: "pilot_killed", 34: "out_of_memory", 1: "pilot_killed",
     **dict.fromkeys((6, 7, 8, 9, 10, 11, 12, 13, 14, 18, 19, 21, 22, 23, 35, 45, 48),
                     "node_failure"),
 }
@@ -270,7 +270,7 @@ def status(ad: dict[str, Any]) -> BatchStatus:
         if removed.startswith("The job attribute PeriodicRemove expression"):
             outcome = "preempted"  # ours is the only periodic_remove: it takes evicted pilots
         elif removed.startswith("via condor_rm"):
-            outcome = "cancelled"
+            outcome = "pilot_killed"
         else:
             outcome = "pilot_vanished"
         return BatchStatus(BatchState.ENDED, reason=_reason("Removed", removed),

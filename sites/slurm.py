@@ -15,11 +15,11 @@ job for MinJobAge after it ended).
 | PENDING, CONFIGURING, REQUEUED, REQUEUE_HOLD, REQUEUE_FED, RESV_DEL_HOLD | pending | |
 | RUNNING, COMPLETING, STAGE_OUT, SIGNALING, RESIZING, SUSPENDED, STOPPED | running | |
 | COMPLETED, FAILED                             | ended   | pilot_vanished                     |
-| TIMEOUT, DEADLINE                             | ended   | walltime (the pilot's own)         |
+| TIMEOUT, DEADLINE                             | ended   | pilot_killed (its own walltime)    |
 | PREEMPTED                                     | ended   | preempted                          |
 | NODE_FAIL, BOOT_FAIL                          | ended   | node_failure                       |
 | OUT_OF_MEMORY                                 | ended   | out_of_memory                      |
-| CANCELLED, REVOKED, SPECIAL_EXIT              | ended   | cancelled                          |
+| CANCELLED, REVOKED, SPECIAL_EXIT              | ended   | pilot_killed                       |
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPE
 #: Ended states -> the outcome class of the attempts the pilot left unfinished.
 OUTCOMES = {
     "COMPLETED": "pilot_vanished", "FAILED": "pilot_vanished",
-    "TIMEOUT": "walltime", "DEADLINE": "walltime",
+    "TIMEOUT": "pilot_killed", "DEADLINE": "pilot_killed",
     "PREEMPTED": "preempted",
     "NODE_FAIL": "node_failure", "BOOT_FAIL": "node_failure",
     "OUT_OF_MEMORY": "out_of_memory",
-    "CANCELLED": "cancelled", "REVOKED": "cancelled", "SPECIAL_EXIT": "cancelled",
+    "CANCELLED": "pilot_killed", "REVOKED": "pilot_killed", "SPECIAL_EXIT": "pilot_killed",
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

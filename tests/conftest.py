@@ -62,7 +62,9 @@ def write_home(directory: Path, database_url: str, site: dict[str, Any] | None =
         "api": {"bind": "127.0.0.1", "port": 0},
         "loops": {"interval": 0},
         "monitor": {"heartbeat_interval": 1, "heartbeat_timeout": 4},
-        "retry": {"max_attempts": 3, "backoff": 0},
+        # the shipped standard policy, without its waits
+        "retry": {"policy": "quick", "policies": {"quick": {
+            "extends": "standard", "backoff": {"initial": 0, "max": 0}}}},
         "storage": {"destinations": {"store": "local:store"}, "default": ["store"],
                     "retry_delay": 1},
     }

@@ -1,7 +1,8 @@
 """The life of an attempt: claimed by a pilot, kept alive by heartbeats, ended by a report
 or by the monitor — and then handed to the retry policy.
 
-Every call takes many jobs at once: the pilot API is batch-shaped.
+Every call takes many jobs at once: the pilot API is batch-shaped. What follows an
+attempt that did not succeed is `tower.retry`'s business.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,14 @@ from pydantic import Field
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select, tuple_
 
-from tower import fleet
+from tower import fleet, retry
 from tower.config import TowerConfig
 from tower.models import Attempt, Job, Output, Production
-from tower.policy import Outcome, decide
+from tower.outcomes import Outcome
 from tower.schema import Strict
 from tower.specs import JobPlan, ProductionSpec, job_variables
 from tower.states import JobState, move_jobs
-from tower.timeutil import later, utcnow
+from tower.timeutil import utcnow
 
 #: Characters of a payload's log tail the tower keeps.
 LOG_TAIL_LIMIT = 8000
@@ -149,8 +149,8 @@ def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
         "job": job.id, "attempt": job.attempt, "granted": True,
         "production": spec.name, "command": spec.command, "steering": spec.steering,
         "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
-        "outputs": spec.outputs, "walltime": spec.walltime, "cores": spec.cores,
-        "memory": spec.memory,
+        "outputs": spec.outputs, "walltime": job.walltime or spec.walltime, "cores": spec.cores,
+        "memory": job.memory or spec.memory,
     }
 
 
@@ -195,11 +195,11 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
             specs.update(_specs(session, {job.production_id}))
         spec = specs[job.production_id]
         outcome, reason = classify(item, spec, storage)
-        _end(session, attempt, outcome, reason, item)
+        _end(attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:
             _start_staging(session, job, item)
         else:
-            apply_policy(session, config, job, spec, outcome)
+            retry.settle(session, config, job, spec, attempt)
         verdicts.append(Verdict(item.job, item.attempt, True, str(outcome)))
     return verdicts
 
@@ -234,16 +234,11 @@ def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[
     return Outcome.SUCCESS, "finished"
 
 
-def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
-         item: Report | None) -> None:
-    attempt.outcome = outcome
-    attempt.reason = reason[:500]
-    attempt.ended_at = utcnow()
-    if item is not None:
-        attempt.exit_code = item.exit_code
-        attempt.signal = item.signal
-        attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
-    session.add(attempt)
+def _end(attempt: Attempt, outcome: Outcome, reason: str, item: Report) -> None:
+    retry.end_attempt(attempt, outcome, reason)
+    attempt.exit_code = item.exit_code
+    attempt.signal = item.signal
+    attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 
 
 def _start_staging(session: Session, job: Job, item: Report) -> None:
@@ -259,35 +254,3 @@ def _start_staging(session: Session, job: Job, item: Report) -> None:
             for output in item.outputs])
     else:
         move_jobs(session, [job.id], JobState.STAGING, JobState.DONE, "no outputs to stage")
-
-
-def apply_policy(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec,
-                 outcome: Outcome) -> None:
-    """Retry or fail a job whose attempt did not succeed."""
-    assert job.id is not None
-    used = len(session.exec(select(Attempt.id).where(Attempt.job_id == job.id)).all())
-    max_attempts = spec.retry.max_attempts or config.retry.max_attempts
-    decision = decide(outcome, used, max_attempts, config.retry)
-    if decision.retry:
-        move_jobs(session, [job.id], JobState.RUNNING, JobState.DEFINED, decision.reason,
-                  site=None, not_before=later(decision.delay), message=decision.reason)
-    else:
-        move_jobs(session, [job.id], JobState.RUNNING, JobState.FAILED, decision.reason,
-                  message=decision.reason)
-
-
-def lose_silent(session: Session, config: TowerConfig, older_than: datetime) -> list[int]:
-    """Attempts whose last heartbeat is older than `older_than` become lost; returns job ids."""
-    silent = session.exec(select(Attempt).where(
-        col(Attempt.ended_at).is_(None), col(Attempt.heartbeat_at) < older_than)
-        .with_for_update(skip_locked=True)).all()
-    lost = []
-    for attempt in silent:
-        _end(session, attempt, Outcome.LOST_HEARTBEAT,
-             f"no heartbeat since {attempt.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC", None)
-        job = session.get(Job, attempt.job_id)
-        if job is not None and job.state is JobState.RUNNING and job.attempt == attempt.number:
-            spec = _specs(session, {job.production_id})[job.production_id]
-            apply_policy(session, config, job, spec, Outcome.LOST_HEARTBEAT)
-            lost.append(attempt.job_id)
-    return lost

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from sites.config import SiteConfig, load_sites
 from tower.errors import ConfigError
+from tower.policy import STANDARD, Policy, load_policies
 from tower.schema import Seconds, Strict, build, read_yaml
 
 DEFAULT_HOME = Path("~/.gridtower")
@@ -42,6 +43,9 @@ class MonitorSettings(Strict):
     heartbeat_timeout: Seconds = Field(default=600, gt=0)
     #: How often pilots send a heartbeat (handed to each pilot).
     heartbeat_interval: Seconds = Field(default=60, gt=0)
+    #: A job queued at a site this long without a pilot claiming it goes back to the
+    #: retry policy (class claim_timeout), to run elsewhere.
+    claim_timeout: Seconds = Field(default=4 * 3600, gt=0)
 
 
 class StorageSettings(Strict):
@@ -62,11 +66,24 @@ class StorageSettings(Strict):
 
 
 class RetrySettings(Strict):
-    #: Attempts a job gets when its production does not say.
-    max_attempts: int = Field(default=3, gt=0, le=100)
-    #: Wait before the second attempt; doubles with each further one, up to backoff_max.
-    backoff: Seconds = Field(default=30, ge=0)
-    backoff_max: Seconds = Field(default=3600, ge=0)
+    #: The tower's own retry policies: a YAML file (whose `policies` key maps names to
+    #: policies) or such a mapping inline. They join the shipped ones (tower/policies.yaml).
+    policies: str | dict[str, Any] | None = None
+    #: The policy of productions that name none.
+    policy: str = Field(default=STANDARD, min_length=1)
+
+
+class HealthSettings(Strict):
+    """When a site is taken out of brokering for failing for infrastructure reasons."""
+
+    #: Attempts that ended within this window count.
+    window: Seconds = Field(default=1800, gt=0)
+    #: Fewer ended attempts than this say nothing about a site.
+    min_attempts: int = Field(default=5, gt=0)
+    #: The share of those attempts failed by the site itself that starts a cool-down.
+    threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    #: How long a site stays out of brokering; it comes back by itself afterwards.
+    cooldown: Seconds = Field(default=900, gt=0)
 
 
 class TowerFile(Strict):
@@ -79,12 +96,12 @@ class TowerFile(Strict):
     #: confirm_timeout, ca_file, cert_file, key_file.
     broker_options: dict[str, Any] = Field(default_factory=dict)
     sites: str = "sites.yaml"
-    #: Where the tower keeps its own files: pilot logs and scratch of local pilots.
     api: ApiSettings = ApiSettings()
     loops: LoopSettings = LoopSettings()
     monitor: MonitorSettings = MonitorSettings()
     storage: StorageSettings = StorageSettings()
     retry: RetrySettings = RetrySettings()
+    health: HealthSettings = HealthSettings()
 
 
 class TowerConfig(Strict):
@@ -100,11 +117,18 @@ class TowerConfig(Strict):
     monitor: MonitorSettings
     storage: StorageSettings
     retry: RetrySettings
+    health: HealthSettings
+    #: Every retry policy by name: the shipped ones and the tower's own.
+    policies: dict[str, Policy]
     sites: dict[str, SiteConfig]
 
     @property
     def api_url(self) -> str:
         return self.api.url or f"http://{self.api.bind}:{self.api.port}"
+
+    def policy(self, name: str | None) -> Policy:
+        """The named policy; the tower's default for None, or for a name since removed."""
+        return self.policies.get(name or self.retry.policy) or self.policies[self.retry.policy]
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -138,12 +162,16 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
             raise ConfigError(f"{path}: storage.default: {name!r} is not a destination "
                               f"(known: {', '.join(storage.destinations) or 'none'})",
                               field="storage.default")
+    policies = load_policies(raw.retry.policies, home)
+    if raw.retry.policy not in policies:
+        raise ConfigError(f"{path}: retry.policy: no policy named {raw.retry.policy!r} "
+                          f"(known: {', '.join(sorted(policies))})", field="retry.policy")
     values: dict[str, Any] = {
         "path": path, "home": home, "database_url": _resolve_sqlite(database, home),
         "broker_url": broker, "broker_options": raw.broker_options,
         "api": raw.api,
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
-        "retry": raw.retry,
+        "retry": raw.retry, "health": raw.health, "policies": policies,
         "sites": load_sites(_resolve(raw.sites, home)),
     }
     values.update(overrides)

@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from sites.batch import PilotRequest
 from sites.config import SiteConfig
-from tower import fleet
+from tower import fleet, health
 from tower.broker import queue_name
 from tower.db import insert_missing, transaction
 from tower.errors import BackendError
@@ -186,7 +186,10 @@ def _demand(session: Session, site: SiteConfig, queue: str) -> int:
 
 
 def waiting(session: Session, site: SiteConfig, queue: str) -> int:
-    """Defined jobs of active productions that this site queue could take."""
+    """Defined jobs of active productions that this site queue could take (none while the
+    site cools down)."""
+    if site.name in health.cooling(session):
+        return 0
     allowing = [pid for pid, spec in session.exec(
         select(Production.id, Production.spec).where(Production.state == "active")).all()
         if not spec.get("sites") or site.name in spec["sites"]]

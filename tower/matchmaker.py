@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
+from tower import health
 from tower.broker import Message, queue_name
 from tower.db import transaction
 from tower.errors import BackendError
@@ -91,7 +92,7 @@ def _match(runtime: Runtime) -> list[Job]:
         ).all()
         by_site: dict[str, list[int]] = defaultdict(list)
         for job in candidates:
-            site = _choose(room, eligible.get(job.production_id, []), job.queue)
+            site = _choose(room, placed(job, eligible.get(job.production_id, [])), job.queue)
             if site is not None:
                 by_site[site].append(job.id)  # type: ignore[arg-type]
                 room[(site, job.queue)] -= 1
@@ -135,8 +136,10 @@ def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
 
 
 def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
-    """For each active production, the enabled sites it allows."""
-    enabled = [name for name, site in runtime.config.sites.items() if site.enabled]
+    """For each active production, the enabled sites it allows that are not cooling down."""
+    cooling = health.cooling(session)
+    enabled = [name for name, site in runtime.config.sites.items()
+               if site.enabled and name not in cooling]
     result: dict[int, list[str]] = {}
     for production_id, spec in session.exec(
             select(Production.id, Production.spec).where(Production.state == "active")).all():
@@ -144,6 +147,15 @@ def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
         assert production_id is not None
         result[production_id] = [site for site in enabled if site in allowed]
     return result
+
+
+def placed(job: Job, sites: list[str]) -> list[str]:
+    """The sites the retry policy lets this job's next attempt go to: only the one it
+    must stay at, or all but those it failed at (unless that leaves none)."""
+    if job.only_site is not None:
+        return [site for site in sites if site == job.only_site]
+    others = [site for site in sites if site not in (job.avoid_sites or [])]
+    return others or sites
 
 
 def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | None:
@@ -162,7 +174,8 @@ def _publish(runtime: Runtime, jobs: list[Job], current: JobState, reason: str) 
     queued = 0
     for queue, members in by_queue.items():
         messages = [Message(job=job.id, attempt=job.attempt,  # type: ignore[typeddict-item]
-                            walltime=walltimes[job.production_id]) for job in members]
+                            walltime=job.walltime or walltimes[job.production_id])
+                    for job in members]
         try:
             runtime.broker.publish(queue, messages)
         except BackendError as exc:

@@ -75,6 +75,15 @@ class Job(SQLModel, table=True):
     #: Backoff: not matched to a site before this time.
     not_before: datetime | None = None
     message: str | None = Field(default=None, max_length=500)
+    #: Set by the retry policy: the job's own walltime (s) and memory (MB), when grown
+    #: beyond its production's; where the next attempt must run, or must not.
+    walltime: int | None = None
+    memory: int | None = None
+    only_site: str | None = Field(default=None, max_length=100)
+    avoid_sites: list[str] | None = Field(default=None, sa_column=Column(JSONType))
+    #: Attempts up to this number do not count against the policy's limits any more
+    #: (a manager retried or released the job).
+    budget_from: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -88,9 +97,10 @@ class Attempt(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="job.id", index=True)
     number: int
-    pilot_id: str = Field(max_length=64, index=True)
+    #: None for an attempt no pilot claimed (claim_timeout).
+    pilot_id: str | None = Field(default=None, max_length=64, index=True)
     site: str = Field(max_length=100)
-    #: Outcome class once ended: success, exit_code, signal, walltime, lost_heartbeat, ...
+    #: Outcome class once ended (tower.outcomes.Outcome).
     outcome: str | None = Field(default=None, max_length=40)
     exit_code: int | None = None
     signal: int | None = None
@@ -147,6 +157,39 @@ class FactoryDecision(SQLModel, table=True):
     submit: int
     cancel: int
     note: str = Field(max_length=1000)
+
+
+class SiteHealth(SQLModel, table=True):
+    """A site taken out of brokering for failing too many attempts itself, until a time."""
+
+    site: str = Field(primary_key=True, max_length=100)
+    cooldown_until: datetime
+    reason: str = Field(max_length=1000)
+    since: datetime = Field(default_factory=utcnow)
+
+
+class RetryDecision(SQLModel, table=True):
+    """What was decided about a job after one of its attempts ended badly, and why: by
+    the retry policy (passive rules included), or by a person (retry, release, hold)."""
+
+    __table_args__ = (Index("ix_retrydecision_production_id", "production_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(index=True)
+    production_id: int
+    #: The attempt whose end was decided on (the job's current one for a person's action).
+    attempt: int
+    #: "policy", or who acted.
+    actor: str = Field(default="policy", max_length=200)
+    policy: str | None = Field(default=None, max_length=100)
+    rule: str | None = Field(default=None, max_length=100)
+    outcome: str | None = Field(default=None, max_length=40)
+    action: str = Field(max_length=40)
+    #: A passive rule's decision: recorded, not acted on.
+    passive: bool = False
+    delay: int = 0
+    reason: str = Field(default="", max_length=500)
+    at: datetime = Field(default_factory=utcnow)
 
 
 class JobEvent(SQLModel, table=True):

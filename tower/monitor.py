@@ -1,7 +1,11 @@
-"""The monitor loop: follow pilots in their batch systems, and find attempts gone silent.
+"""The monitor loop: follow pilots in their batch systems, find lost work, watch site health.
 
-A pilot that ended without saying goodbye is lost. An attempt whose
-heartbeat is older than the timeout is lost, and goes to the retry policy.
+Work is lost three ways, and each lost attempt goes to the retry policy:
+a pilot whose batch job ended without a goodbye leaves its unfinished
+attempts with the outcome the batch system gives (preempted, node failure,
+out of memory, pilot killed, or pilot vanished); an attempt whose heartbeat
+is older than the timeout is lost_heartbeat; a job queued at a site that no
+pilot claimed within `monitor.claim_timeout` is claim_timeout.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from collections import defaultdict
 
 from sqlmodel import Session
 
-from sites.batch import BatchState
-from tower import attempts, fleet
+from sites.batch import BatchState, BatchStatus
+from tower import fleet, health, retry
 from tower.db import transaction
+from tower.outcomes import Outcome
 from tower.runtime import Runtime
 from tower.timeutil import ago
 
@@ -21,40 +26,53 @@ log = logging.getLogger(__name__)
 
 
 def run_once(runtime: Runtime) -> dict[str, int]:
-    """One cycle; returns how many pilots and attempts it found lost."""
-    return {"pilots_lost": _sync_pilots(runtime), "attempts_lost": _lose_silent(runtime)}
+    """One cycle; returns how many pilots and attempts it found lost, and sites cooled."""
+    pilots_lost, orphaned = _sync_pilots(runtime)
+    with transaction(runtime.engine) as session:
+        silent = retry.lose_silent(session, runtime.config,
+                                   ago(runtime.config.monitor.heartbeat_timeout))
+        unclaimed = retry.time_out_claims(session, runtime.config,
+                                          ago(runtime.config.monitor.claim_timeout))
+        cooled = health.evaluate(session, runtime.config)
+    for job_id in silent:
+        log.warning("job=%s attempt lost: no heartbeat for %ss", job_id,
+                    runtime.config.monitor.heartbeat_timeout)
+    for job_id in unclaimed:
+        log.warning("job=%s not claimed within %ss", job_id, runtime.config.monitor.claim_timeout)
+    return {"pilots_lost": pilots_lost, "attempts_lost": orphaned + len(silent),
+            "claims_timed_out": len(unclaimed), "sites_cooled": len(cooled)}
 
 
-def _sync_pilots(runtime: Runtime) -> int:
+def lost_outcome(status: BatchStatus) -> Outcome:
+    """The class of the attempts a pilot left unfinished, from how its batch job ended."""
+    try:
+        return Outcome(status.outcome or Outcome.PILOT_VANISHED)
+    except ValueError:
+        return Outcome.PILOT_VANISHED
+
+
+def _sync_pilots(runtime: Runtime) -> tuple[int, int]:
     with Session(runtime.engine) as session:
         by_site: dict[str, dict[str, str]] = defaultdict(dict)
         for pilot in fleet.active(session):
             if pilot.batch_id and pilot.site in runtime.config.sites:
                 by_site[pilot.site][pilot.batch_id] = pilot.id
-    lost = 0
+    lost = orphaned = 0
     for site, pilots in by_site.items():
         statuses = runtime.batch_system(site).statuses(list(pilots))
         ended = {batch_id: status for batch_id, status in statuses.items()
                  if status.state is BatchState.ENDED}
-        if not ended:
-            continue
-        with transaction(runtime.engine) as session:
-            for batch_id, status in ended.items():
-                why = status.reason or (f"exit code {status.exit_code}"
-                                        if status.exit_code is not None else "gone")
-                if fleet.lose(session, [pilots[batch_id]], f"batch job ended ({why}) "
-                              "without a goodbye"):
-                    lost += 1
-                    log.warning("site=%s pilot=%s lost: batch job %s ended (%s)",
-                                site, pilots[batch_id], batch_id, why)
-    return lost
-
-
-def _lose_silent(runtime: Runtime) -> int:
-    with transaction(runtime.engine) as session:
-        jobs = attempts.lose_silent(session, runtime.config,
-                                    ago(runtime.config.monitor.heartbeat_timeout))
-    for job_id in jobs:
-        log.warning("job=%s attempt lost: no heartbeat for %ss", job_id,
-                    runtime.config.monitor.heartbeat_timeout)
-    return len(jobs)
+        for batch_id, status in ended.items():
+            why = status.reason or (f"exit code {status.exit_code}"
+                                    if status.exit_code is not None else "gone")
+            message = f"batch job {batch_id} ended ({why}) without a goodbye"
+            with transaction(runtime.engine) as session:
+                if not fleet.lose(session, [pilots[batch_id]], message):
+                    continue
+                jobs = retry.lose_pilot_work(session, runtime.config, pilots[batch_id],
+                                             lost_outcome(status), message)
+            lost += 1
+            orphaned += len(jobs)
+            log.warning("site=%s pilot=%s lost: %s; its jobs %s go to the retry policy",
+                        site, pilots[batch_id], message, jobs or "(none)")
+    return lost, orphaned

@@ -41,7 +41,7 @@ def parent_lookup(session: Session) -> ParentLookup:
 def plan(session: Session, path: Path, config: TowerConfig) -> list[Resolved]:
     """Resolve and check every request of `path` against the database; writes nothing."""
     resolved = resolve_all(load_requests(path), str(path), parent_lookup(session), config.sites,
-                           config.storage.destinations)
+                           config.storage.destinations, config.policies)
     names = [item.spec.name for item in resolved]
     taken = session.exec(select(Production.name).where(col(Production.name).in_(names))).all()
     if taken:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ PILOT_VARIABLES = ("output_dir", "work_dir", "python", "cores", "site", "pilot_i
 
 
 class RetrySpec(Strict):
-    #: Attempts a job gets; the tower's default when unset.
+    #: The retry policy (tower.yaml's retry.policy when unset).
+    policy: str | None = Field(default=None, min_length=1)
+    #: Attempts a job gets at most, below the policy's own max_attempts.
     max_attempts: int | None = Field(default=None, gt=0, le=100)
 
 
@@ -139,6 +141,7 @@ def resolve_all(
     lookup: ParentLookup,
     known_sites: Mapping[str, Any],
     known_destinations: Mapping[str, Any],
+    known_policies: Collection[str],
 ) -> list[Resolved]:
     """Resolve and check every non-abstract request; raise SpecError at the first problem."""
     by_name: dict[str, dict[str, Any]] = {}
@@ -158,7 +161,7 @@ def resolve_all(
             continue
         where = f"{source}: production {name}"
         spec = build(ProductionSpec, raw, where, error=SpecError)
-        check(spec, where, known_sites, known_destinations)
+        check(spec, where, known_sites, known_destinations, known_policies)
         resolved.append(Resolved(spec, origins))
     if not resolved:
         raise SpecError(f"{source}: every request in this file is abstract; nothing to submit")
@@ -224,9 +227,13 @@ def _check_keys(raw: dict[str, Any], where: str) -> None:
 
 def check(
     spec: ProductionSpec, where: str, known_sites: Mapping[str, Any],
-    known_destinations: Mapping[str, Any],
+    known_destinations: Mapping[str, Any], known_policies: Collection[str],
 ) -> None:
-    """Checks beyond the schema: sites, destinations, and every template against its variables."""
+    """Checks beyond the schema: sites, destinations, the retry policy, and every template
+    against its variables."""
+    if spec.retry.policy is not None and spec.retry.policy not in known_policies:
+        raise SpecError(f"{where}: retry.policy: no policy named {spec.retry.policy!r} "
+                        f"(known: {', '.join(sorted(known_policies))})", field="retry.policy")
     for site in spec.sites:
         if site not in known_sites:
             raise SpecError(f"{where}: sites: unknown site {site!r} "

@@ -39,8 +39,9 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # back to defined: the site went away before the message was confirmed;
     # running: a pilot claimed it before the broker's confirm was recorded
     S.ASSIGNED: frozenset({S.QUEUED, S.RUNNING, S.DEFINED, S.CANCELLED, S.HELD}),
-    # queued again: its message vanished from the broker and was published anew
-    S.QUEUED: frozenset({S.RUNNING, S.QUEUED, S.DEFINED, S.CANCELLED, S.HELD}),
+    # queued again: its message vanished from the broker and was published anew;
+    # defined, held or failed: no pilot claimed it in time, and the policy decided
+    S.QUEUED: frozenset({S.RUNNING, S.QUEUED, S.DEFINED, S.CANCELLED, S.HELD, S.FAILED}),
     # back to defined: the retry policy asked for another attempt
     S.RUNNING: frozenset({S.STAGING, S.DEFINED, S.FAILED, S.CANCELLED, S.HELD}),
     S.STAGING: frozenset({S.DONE, S.DEFINED, S.FAILED, S.HELD}),

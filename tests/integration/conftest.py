@@ -121,7 +121,7 @@ def assert_done_exactly_once(engine: Engine, jobs: int, files_per_job: int = 1) 
 
     from catalog.models import CatalogFile
     from tower.models import Job, JobEvent
-    from tower.policy import Outcome
+    from tower.outcomes import Outcome
     from tower.states import JobState
 
     with Session(engine) as session:

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower, toy_production
 from tower.models import Attempt, Job, Pilot, QueueMessage
-from tower.policy import Outcome
+from tower.outcomes import Outcome
 from tower.states import JobState, PilotState
 
 ONE_SLOT = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},

@@ -12,7 +12,7 @@ from catalog.models import CatalogFile, Replica
 from pilots.checksums import adler32_file
 from tests.integration.conftest import LiveTower, toy_production
 from tower.models import Attempt, Job, JobEvent, Pilot
-from tower.policy import Outcome
+from tower.outcomes import Outcome
 from tower.states import JobState
 
 

@@ -24,7 +24,7 @@ from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_
 from tower import factory, monitor
 from tower.config import load_config
 from tower.models import Attempt, FactoryDecision, Pilot
-from tower.policy import Outcome
+from tower.outcomes import Outcome
 from tower.runtime import Runtime
 from tower.states import PILOT_ACTIVE, PilotState
 

@@ -311,9 +311,9 @@ def test_statuses_ask_condor_q_then_condor_history_for_the_rest() -> None:
     assert {batch_id: (found[batch_id].state, found[batch_id].outcome) for batch_id in ids} == {
         "4223.0": (BatchState.RUNNING, None),
         "4224.0": (BatchState.PENDING, None),
-        "4225.0": (BatchState.ENDED, "walltime"),
+        "4225.0": (BatchState.ENDED, "pilot_killed"),
         "4226.0": (BatchState.ENDED, "pilot_vanished"),
-        "4227.0": (BatchState.ENDED, "cancelled"),
+        "4227.0": (BatchState.ENDED, "pilot_killed"),
         "4228.0": (BatchState.ENDED, "pilot_vanished"),
     }
     assert found["4226.0"].exit_code == 3
@@ -384,20 +384,20 @@ def ad(job_status: int, **attributes: Any) -> dict[str, Any]:
     (ad(4, ExitBySignal=True, ExitSignal=9), BatchState.ENDED, "pilot_vanished"),
     (ad(3, RemoveReason="The job attribute PeriodicRemove expression '( JobStatus == 1 && "
                         "NumJobStarts > 0 )' evaluated to TRUE"), BatchState.ENDED, "preempted"),
-    (ad(3, RemoveReason="via condor_rm (by user prodpilot)"), BatchState.ENDED, "cancelled"),
+    (ad(3, RemoveReason="via condor_rm (by user prodpilot)"), BatchState.ENDED, "pilot_killed"),
     (ad(3, RemoveReason="The system macro SYSTEM_PERIODIC_REMOVE expression '( MemoryUsage > "
                         "RequestMemory )' evaluated to TRUE"), BatchState.ENDED, "pilot_vanished"),
     (ad(5, HoldReasonCode=15, HoldReason="submitted on hold at user's request"),
      BatchState.PENDING, None),
     (ad(5, HoldReasonCode=16, HoldReason="Spooling input data files"), BatchState.PENDING, None),
-    (ad(5, HoldReasonCode=46), BatchState.ENDED, "walltime"),
-    (ad(5, HoldReasonCode=47), BatchState.ENDED, "walltime"),
+    (ad(5, HoldReasonCode=46), BatchState.ENDED, "pilot_killed"),
+    (ad(5, HoldReasonCode=47), BatchState.ENDED, "pilot_killed"),
     (ad(5, HoldReasonCode=34, HoldReasonSubCode=102,
         HoldReason="Job has gone over cgroup memory limit of 16000 megabytes. Last measured "
                    "usage: 16234 megabytes.  Consider resubmitting with a higher request_memory."),
      BatchState.ENDED, "out_of_memory"),
     (ad(5, HoldReasonCode=1, HoldReason="via condor_hold (by user admin)"),
-     BatchState.ENDED, "cancelled"),
+     BatchState.ENDED, "pilot_killed"),
     (ad(5, HoldReasonCode=12, HoldReason="Error from slot1_3@wn042.example.org: STARTER at "
                                          "10.0.0.42 failed to send file(s)"),
      BatchState.ENDED, "node_failure"),

@@ -32,7 +32,8 @@ BASE: dict[str, Any] = {
 
 
 def resolve(*documents: dict[str, Any], lookup: Any = lambda name: None) -> list[Resolved]:
-    return resolve_all([dict(d) for d in documents], "prod.yaml", lookup, SITES, DESTINATIONS)
+    return resolve_all([dict(d) for d in documents], "prod.yaml", lookup, SITES, DESTINATIONS,
+                       {"standard"})
 
 
 def test_a_valid_request_resolves() -> None:
