@@ -59,3 +59,7 @@ class BackendError(GridtowerError):
 
 class TransferError(BackendError):
     """A transfer failed."""
+
+
+class SourceError(TransferError):
+    """The file to copy is missing at its source, or differs from what was recorded."""

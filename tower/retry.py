@@ -233,7 +233,7 @@ def hold(session: Session, job_ids: Sequence[int], by: str) -> list[int]:
     reason = "held by " + by
     moved = move_jobs(session, job_ids, [JobState.DEFINED, JobState.ASSIGNED, JobState.QUEUED],
                       JobState.HELD, reason, message=reason)
-    _record_people(session, moved, by, "hold", reason)
+    record_action(session, moved, by, "hold", reason)
     return moved
 
 
@@ -245,12 +245,13 @@ def _restart(session: Session, job_ids: Sequence[int], current: JobState, by: st
         # the budget counts from the job's current attempt on
         moved += move_jobs(session, chunk, current, JobState.DEFINED, reason, site=None,
                            not_before=None, message=reason, budget_from=Job.attempt)
-    _record_people(session, moved, by, action, reason)
+    record_action(session, moved, by, action, reason)
     return moved
 
 
-def _record_people(session: Session, job_ids: list[int], by: str, action: str,
-                   reason: str) -> None:
+def record_action(session: Session, job_ids: list[int], by: str, action: str,
+                  reason: str) -> None:
+    """Record what a person (or the tower's own stager) did to these jobs, and why."""
     if not job_ids:
         return
     rows = session.exec(select(Job.id, Job.production_id, Job.attempt).where(

@@ -4,19 +4,29 @@ Outside the job: pilots never wait on transfers. A copy counts only once the
 size and adler32 read back from the destination match what the pilot
 measured. A destination that is down holds the outputs at the site, retried
 with a growing delay; the job stays `staging` meanwhile and fails nothing.
+
+An output that is gone from the site, or differs there from what the pilot
+measured, cannot be staged by waiting: the attempt becomes a stage-out
+failure and goes to the retry policy. An output whose name another job of
+the dataset registered already is a fault of the production: the job is
+held for its manager.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from catalog import files
+from pilots.checksums import adler32_file
+from tower import retry
 from tower.db import transaction
-from tower.errors import GridtowerError, TransferError
+from tower.errors import Conflict, GridtowerError, SourceError, TransferError
 from tower.models import Job, Output, Production
 from tower.runtime import Runtime
 from tower.states import JobState, move_jobs
@@ -37,6 +47,10 @@ def run_once(runtime: Runtime) -> int:
         try:
             _stage(runtime, output)
             staged += 1
+        except SourceError as exc:
+            _fail(runtime, output, str(exc))
+        except Conflict as exc:
+            _hold(runtime, output, str(exc))
         except GridtowerError as exc:
             _postpone(runtime, output, exc)
     return staged
@@ -74,6 +88,7 @@ def _stage(runtime: Runtime, output: Output) -> None:
         if info is None or (info.size, info.adler32) != (output.size, output.adler32):
             info = transfer.put(output.source, path)
         if (info.size, info.adler32) != (output.size, output.adler32):
+            _check_source(output)
             raise TransferError(
                 f"{destination}:{path}: copy differs from the source (size {info.size} "
                 f"adler32 {info.adler32}, expected {output.size} {output.adler32})")
@@ -107,6 +122,39 @@ def _metadata(job: Job, production: Production) -> dict[str, Any]:
             "parameters": spec.get("parameters", {}), "template_hash": production.template_hash,
             "index": job.index, "seed": job.seed, "first_event": job.first_event,
             "events": job.events}
+
+
+def _check_source(output: Output) -> None:
+    """Raise SourceError if the file at the site is not what the pilot measured."""
+    try:
+        found = (os.stat(output.source).st_size, adler32_file(Path(output.source)))
+    except OSError as exc:
+        raise SourceError(f"{output.source}: {exc.strerror or exc}") from exc
+    if found != (output.size, output.adler32):
+        raise SourceError(f"{output.source} at the site is {found[0]} bytes, adler32 "
+                          f"{found[1]}; the pilot reported {output.size}, {output.adler32}")
+
+
+def _fail(runtime: Runtime, output: Output, reason: str) -> None:
+    """The attempt's outputs cannot be staged: the policy decides what follows."""
+    log.warning("job=%s output=%s cannot be staged out: %s", output.job_id, output.name, reason)
+    with transaction(runtime.engine) as session:
+        session.execute(delete(Output).where(
+            col(Output.job_id) == output.job_id, col(Output.attempt) == output.attempt,
+            col(Output.staged).is_(False)))
+        retry.fail_stageout(session, runtime.config, output.job_id, output.attempt,
+                            f"stage-out of {output.name}: {reason}")
+
+
+def _hold(runtime: Runtime, output: Output, reason: str) -> None:
+    log.warning("job=%s output=%s held: %s", output.job_id, output.name, reason)
+    with transaction(runtime.engine) as session:
+        session.execute(update(Output).where(col(Output.id) == output.id).values(
+            lease_until=None, last_error=reason[:500]).execution_options(
+            synchronize_session=False))
+        moved = move_jobs(session, [output.job_id], JobState.STAGING, JobState.HELD,
+                          reason, message=reason)
+        retry.record_action(session, moved, "stager", "hold", reason)
 
 
 def _postpone(runtime: Runtime, output: Output, error: Exception) -> None:

@@ -24,7 +24,8 @@ class Transfer(Protocol):
         """Copy local file `source` to `path` under the destination's root.
 
         The copy appears under its final name only when complete. Returns size
-        and adler32 as read back from the destination. Raises TransferError.
+        and adler32 as read back from the destination. Raises SourceError when `source`
+        cannot be read, TransferError when the destination fails.
         """
 
     def stat(self, path: str) -> FileInfo | None:

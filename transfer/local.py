@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from pilots.checksums import adler32_file
-from tower.errors import TransferError
+from tower.errors import SourceError, TransferError
 from transfer.base import FileInfo
 
 
@@ -28,8 +28,12 @@ class LocalTransfer:
         target = self._target(path)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
+            reader = open(source, "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:
+            raise SourceError(f"cannot read {source}: {exc.strerror or exc}") from exc
+        try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(source, "rb") as reader, open(partial, "wb") as writer:
+            with reader, open(partial, "wb") as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
                 writer.flush()
                 os.fsync(writer.fileno())
