@@ -17,14 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from sqlmodel import Session
 
 from catalog import files
 from sites.config import SiteConfig
-from tower import daemon, factory, fleet, home, jobs, productions
+from tower import daemon, factory, failures, fleet, home, jobs, productions, replay, retry, why
 from tower.config import load_config
 from tower.db import transaction
 from tower.errors import ConfigError, GridtowerError, NotFound
+from tower.outcomes import Outcome
+from tower.policy import load_policies
 from tower.progress import bar
 from tower.runtime import Runtime
 from tower.specs import preview
@@ -87,6 +90,41 @@ def parser() -> argparse.ArgumentParser:
 
     sub = command("job", cmd_job, "one job with all its attempts")
     sub.add_argument("job_id", type=int, metavar="JOB")
+
+    sub = command("failures", cmd_failures, "failed attempts of a production grouped by class, "
+                  "exit code or signal, and site, with counts, decisions and a sample log tail")
+    sub.add_argument("production", metavar="PRODUCTION")
+
+    sub = command("retry", cmd_retry, "give failed jobs of a production a fresh start (their "
+                  "earlier attempts no longer count against the retry policy)")
+    sub.add_argument("production", metavar="PRODUCTION")
+    sub.add_argument("--class", dest="classes", action="append", default=[],
+                     choices=[str(outcome) for outcome in Outcome], metavar="CLASS",
+                     help="only jobs whose last attempt ended in this class (repeatable)")
+    sub.add_argument("--exit-code", type=int, help="only jobs whose last attempt exited so")
+    sub.add_argument("--dry-run", action="store_true", help="show what would be retried")
+
+    sub = command("held", cmd_held, "held jobs, with who or which rule held them, and why")
+    sub.add_argument("production", nargs="?", metavar="PRODUCTION")
+    sub.add_argument("--limit", type=int, default=100)
+
+    for name, handler, verb in (("hold", cmd_hold, "hold jobs that have not started: they "
+                                 "wait for `tower release`"),
+                                ("release", cmd_release, "let held jobs run again, with a "
+                                 "fresh retry budget")):
+        sub = command(name, handler, verb)
+        sub.add_argument("jobs", nargs="*", type=int, metavar="JOB")
+        sub.add_argument("--production", help="every such job of this production")
+
+    sub = command("why", cmd_why, "why a job is where it is: what it waits for, which rule "
+                  "retried or held it, and its history")
+    sub.add_argument("job_id", type=int, metavar="JOB")
+
+    sub = command("policy", cmd_policy, "retry policies: `policy list`, `policy show NAME`, "
+                  "`policy check FILE`, `policy simulate NAME --production P`")
+    sub.add_argument("action", choices=["list", "show", "check", "simulate"])
+    sub.add_argument("name", nargs="?", metavar="NAME|FILE")
+    sub.add_argument("--production", help="simulate: the production whose attempts to replay")
 
     sub = command("catalog", cmd_catalog, "browse the catalog: `catalog ls [DATASET]`")
     sub.add_argument("action", choices=["ls"])
@@ -206,6 +244,169 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(f"  attempt {attempt['number']} on {attempt['site']} pilot "
               f"{attempt['pilot_id'][:8]}: {attempt['outcome'] or 'running'} "
               f"{attempt['reason'] or ''}")
+    return 0
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        data = failures.report(session, productions.get(session, args.production))
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"{data['production']}: {data['failed_attempts']} of {data['attempts']} ended "
+          "attempts failed")
+    if data["groups"]:
+        print(f"{'attempts':>8}  {'class':<15} {'code':>5}  {'site':<12} {'blame':<15} decided")
+    for group in data["groups"]:
+        code = group["exit_code"] if group["exit_code"] is not None else (
+            f"sig{group['signal']}" if group["signal"] else "-")
+        decided = ", ".join(f"{action} {count}" for action, count in group["decisions"].items())
+        print(f"{group['attempts']:>8}  {group['class']:<15} {code:>5}  {group['site']:<12} "
+              f"{group['blame']:<15} {decided or '-'}")
+        sample = group["sample"]
+        print(f"{'':>10}e.g. job {sample['job']} attempt {sample['attempt']}: "
+              f"{sample['reason'] or ''}")
+        for line in sample["log_tail"].splitlines():
+            print(f"{'':>12}| {line}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with transaction(runtime.engine) as session:
+        production = productions.get(session, args.production)
+        retried = retry.retry_failed(session, production, retry.actor(), args.classes,
+                                     args.exit_code)
+        if args.dry_run:
+            session.rollback()
+    return _report_moved(args, "retried", retried)
+
+
+def _report_moved(args: argparse.Namespace, verb: str, moved: list[int]) -> int:
+    if getattr(args, "dry_run", False):
+        verb = f"would be {verb}"
+    if args.json:
+        _print_json({verb.replace(" ", "_"): moved, "count": len(moved)})
+    else:
+        shown = ", ".join(map(str, moved[:20])) + (" ..." if len(moved) > 20 else "")
+        print(f"{len(moved)} jobs {verb}" + (f": {shown}" if moved else ""))
+    return 0
+
+
+def cmd_held(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        production = productions.get(session, args.production) if args.production else None
+        rows = retry.held(session, production, args.limit)
+    if args.json:
+        _print_json({"held": rows})
+        return 0
+    if not rows:
+        print("no held jobs")
+    for row in rows:
+        print(f"job {row['id']} (stream {row['index']}, attempt {row['attempt']}) held by "
+              f"{row['held_by']} since {row['since'].replace('T', ' ')}: {row['reason']}")
+    return 0
+
+
+def _chosen_jobs(session: Session, args: argparse.Namespace, states: list[JobState]) -> list[int]:
+    if not args.jobs and not args.production:
+        raise ConfigError(f"{args.command}: give JOB ids or --production", field="jobs")
+    chosen = list(args.jobs)
+    if args.production:
+        chosen += jobs.ids_in(session, productions.get(session, args.production), states)
+    return chosen
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with transaction(runtime.engine) as session:
+        chosen = _chosen_jobs(session, args, [JobState.DEFINED, JobState.ASSIGNED,
+                                              JobState.QUEUED])
+        moved = retry.hold(session, chosen, retry.actor())
+    return _report_moved(args, "held", moved)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with transaction(runtime.engine) as session:
+        moved = retry.release(session, _chosen_jobs(session, args, [JobState.HELD]),
+                              retry.actor())
+    return _report_moved(args, "released", moved)
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    runtime = _runtime(args)
+    with Session(runtime.engine) as session:
+        data = why.explain(session, runtime.config, args.job_id)
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"job {data['job']} of {data['production']} is {data['state']} "
+          f"(attempt {data['attempt']}{', site ' + data['site'] if data['site'] else ''})")
+    for line in data["why"]:
+        print(f"  {line}")
+    if data["decisions"]:
+        print("decisions:")
+    for row in data["decisions"]:
+        print(f"  {row['at'][:19]}  after attempt {row['attempt']}: "
+              f"{'(passive) ' if row['passive'] else ''}{row['by']}: {row['reason']}")
+    print("history:")
+    for event in data["history"]:
+        print(f"  {event['at'][:19]}  {event['from']:>9} -> {event['to']:<9} {event['reason']}")
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        if not args.name:
+            raise ConfigError("policy check: give the FILE", field="name")
+        path = Path(args.name).resolve()
+        names = sorted(load_policies(str(path), path.parent))
+        if args.json:
+            _print_json({"file": str(path), "policies": names})
+        else:
+            print(f"{path}: valid; policies: {', '.join(names)}")
+        return 0
+    config = load_config(args.config)
+    if args.action == "list":
+        rows = [{"name": name, "default": name == config.retry.policy,
+                 "description": policy.description} for name, policy in config.policies.items()]
+        if args.json:
+            _print_json({"policies": rows})
+        for row in [] if args.json else rows:
+            print(f"{row['name']:<16}{' (default)' if row['default'] else ''}  "
+                  f"{row['description']}")
+        return 0
+    if not args.name or args.name not in config.policies:
+        raise NotFound(f"policy {args.action}: no policy named {args.name!r} (known: "
+                       f"{', '.join(sorted(config.policies))})", field="name")
+    if args.action == "show":
+        body = config.policies[args.name].model_dump(mode="json", by_alias=True,
+                                                     exclude_none=True)
+        if args.json:
+            _print_json({"name": args.name, "policy": body})
+        else:
+            print(yaml.safe_dump({args.name: body}, sort_keys=False), end="")
+        return 0
+    if not args.production:
+        raise ConfigError("policy simulate: give --production", field="production")
+    runtime = Runtime.open(config)
+    with Session(runtime.engine) as session:
+        data = replay.simulate(session, productions.get(session, args.production), args.name,
+                               config.policies[args.name])
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"{data['production']} replayed through policy {data['policy']}: "
+          f"{data['different']} of {data['decisions']} decisions would differ")
+    for change in data["changes"]:
+        print(f"  {change['count']:>6}  {change['class']:<15} {change['recorded']} -> "
+              f"{change['simulated']}")
+    for example in data["examples"]:
+        print(f"  job {example['job']} attempt {example['attempt']}:\n"
+              f"      was      {example['recorded']}\n      would be {example['simulated']}")
     return 0
 
 

@@ -14,6 +14,8 @@ from tower.outcomes import NOT_FAILURES, blame
 
 #: Lines of the sample log tail shown per group.
 TAIL_LINES = 10
+#: What failed attempts are grouped by.
+GROUP = (col(Attempt.outcome), col(Attempt.exit_code), col(Attempt.signal), col(Attempt.site))
 
 
 def report(session: Session, production: Production) -> dict[str, Any]:
@@ -21,12 +23,10 @@ def report(session: Session, production: Production) -> dict[str, Any]:
     failed = col(Attempt.outcome).not_in([str(outcome) for outcome in NOT_FAILURES])
     ended = col(Attempt.ended_at).is_not(None)
     rows = session.execute(
-        select(Attempt.outcome, Attempt.exit_code, Attempt.signal, Attempt.site,
-               func.count(), func.max(Attempt.id))
+        select(*GROUP, func.count(), func.max(col(Attempt.id)))
         .join(Job, col(Job.id) == Attempt.job_id)
-        .where(Job.production_id == production.id, failed, ended)
-        .group_by(col(Attempt.outcome), col(Attempt.exit_code), col(Attempt.signal),
-                  col(Attempt.site))).all()
+        .where(col(Job.production_id) == production.id, failed, ended)
+        .group_by(*GROUP)).all()
     actions = _actions(session, production)
     groups = []
     for outcome, exit_code, signal, site, count, newest in rows:
@@ -42,7 +42,7 @@ def report(session: Session, production: Production) -> dict[str, Any]:
     groups.sort(key=lambda group: (-group["attempts"], group["class"], group["site"] or ""))
     totals = session.execute(
         select(func.count()).select_from(Attempt).join(Job, col(Job.id) == Attempt.job_id)
-        .where(Job.production_id == production.id, ended)).scalar_one()
+        .where(col(Job.production_id) == production.id, ended)).scalar_one()
     return {"production": production.name, "attempts": totals,
             "failed_attempts": sum(group["attempts"] for group in groups), "groups": groups}
 
@@ -51,14 +51,12 @@ def _actions(session: Session, production: Production
              ) -> dict[tuple[Any, ...], Counter[str]]:
     """What the policy decided after each group's attempts (passive rules left out)."""
     rows = session.execute(
-        select(Attempt.outcome, Attempt.exit_code, Attempt.signal, Attempt.site,
-               RetryDecision.action, func.count())
+        select(*GROUP, col(RetryDecision.action), func.count())
         .join(RetryDecision, (col(RetryDecision.job_id) == Attempt.job_id)
               & (col(RetryDecision.attempt) == Attempt.number))
-        .where(RetryDecision.production_id == production.id, RetryDecision.actor == "policy",
-               col(RetryDecision.passive).is_(False))
-        .group_by(col(Attempt.outcome), col(Attempt.exit_code), col(Attempt.signal),
-                  col(Attempt.site), col(RetryDecision.action))).all()
+        .where(col(RetryDecision.production_id) == production.id,
+               col(RetryDecision.actor) == "policy", col(RetryDecision.passive).is_(False))
+        .group_by(*GROUP, col(RetryDecision.action))).all()
     result: dict[tuple[Any, ...], Counter[str]] = {}
     for outcome, exit_code, signal, site, action, count in rows:
         result.setdefault((outcome, exit_code, signal, site), Counter())[action] += count

@@ -40,3 +40,10 @@ def _job_dict(job: Job, production: str) -> dict[str, Any]:
             "site": job.site, "attempt": job.attempt, "seed": job.seed,
             "first_event": job.first_event, "events": job.events, "message": job.message,
             "updated_at": job.updated_at.isoformat(timespec="seconds")}
+
+
+def ids_in(session: Session, production: Production, states: list[JobState]) -> list[int]:
+    """The ids of a production's jobs in `states`."""
+    return [job_id for job_id in session.exec(select(Job.id).where(
+        Job.production_id == production.id, col(Job.state).in_(states))).all()
+        if job_id is not None]

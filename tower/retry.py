@@ -283,5 +283,5 @@ def held(session: Session, production: Production | None = None,
               else f"rule {decision.rule!r} of policy {decision.policy}" if decision else "?")
         result.append({"id": job.id, "production_id": job.production_id, "index": job.index,
                        "attempt": job.attempt, "held_by": by, "reason": job.message,
-                       "since": job.updated_at})
+                       "since": job.updated_at.isoformat(timespec="seconds")})
     return result

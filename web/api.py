@@ -8,10 +8,11 @@ from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field
 from sqlmodel import Session
 
-from tower import attempts, fleet, productions
+from tower import attempts, failures, fleet, productions, replay, retry, why
 from tower.db import transaction
 from tower.dbqueue import ack, lease, release
-from tower.errors import GridtowerError
+from tower.errors import GridtowerError, NotFound
+from tower.outcomes import Outcome
 from tower.runtime import Runtime
 from tower.schema import Strict, build
 
@@ -51,6 +52,15 @@ class Heartbeat(Strict):
 
 class Reports(Strict):
     reports: list[attempts.Report] = Field(max_length=1000)
+
+
+class RetryRequest(Strict):
+    classes: list[Outcome] = Field(default_factory=list)
+    exit_code: int | None = None
+
+
+class JobIds(Strict):
+    jobs: list[int] = Field(min_length=1, max_length=100000)
 
 
 class Goodbye(Strict):
@@ -150,3 +160,74 @@ def list_productions() -> Any:
 def show_production(name: str) -> Any:
     with Session(_runtime().engine) as session:
         return jsonify(productions.summaries(session, name)[0])
+
+
+#: Who acts through the API, until certificates name the person.
+API_ACTOR = "api"
+
+
+@api.get("/productions/<name>/failures")
+def production_failures(name: str) -> Any:
+    with Session(_runtime().engine) as session:
+        return jsonify(failures.report(session, productions.get(session, name)))
+
+
+@api.post("/productions/<name>/retry")
+def retry_production(name: str) -> Any:
+    body = _body(RetryRequest)
+    with transaction(_runtime().engine) as session:
+        moved = retry.retry_failed(session, productions.get(session, name), API_ACTOR,
+                                   [str(c) for c in body.classes], body.exit_code)
+    return jsonify({"retried": moved, "count": len(moved)})
+
+
+@api.get("/held")
+def held_jobs() -> Any:
+    name = request.args.get("production")
+    with Session(_runtime().engine) as session:
+        production = productions.get(session, name) if name else None
+        return jsonify({"held": retry.held(session, production)})
+
+
+@api.post("/jobs/hold")
+def hold_jobs() -> Any:
+    body = _body(JobIds)
+    with transaction(_runtime().engine) as session:
+        moved = retry.hold(session, body.jobs, API_ACTOR)
+    return jsonify({"held": moved, "count": len(moved)})
+
+
+@api.post("/jobs/release")
+def release_jobs() -> Any:
+    body = _body(JobIds)
+    with transaction(_runtime().engine) as session:
+        moved = retry.release(session, body.jobs, API_ACTOR)
+    return jsonify({"released": moved, "count": len(moved)})
+
+
+@api.get("/jobs/<int:job_id>/why")
+def job_why(job_id: int) -> Any:
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        return jsonify(why.explain(session, runtime.config, job_id))
+
+
+@api.get("/policies")
+def list_policies() -> Any:
+    config = _runtime().config
+    return jsonify({"default": config.retry.policy, "policies": {
+        name: policy.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for name, policy in config.policies.items()}})
+
+
+@api.get("/policies/<name>/simulate")
+def simulate_policy(name: str) -> Any:
+    runtime = _runtime()
+    if name not in runtime.config.policies:
+        raise NotFound(f"no policy named {name!r}", field="policy")
+    production = request.args.get("production")
+    if not production:
+        raise BadRequest("give ?production=NAME", field="production")
+    with Session(runtime.engine) as session:
+        return jsonify(replay.simulate(session, productions.get(session, production), name,
+                                       runtime.config.policies[name]))
