@@ -445,10 +445,14 @@ def cmd_sites(args: argparse.Namespace) -> int:
           f"{'backlog':>9} {'broker':>7}")
     for row in rows:
         pilots = "/".join(str(row["pilots"][state]) for state in PilotState)
-        held = f"{row['backlog']}/{row['bound']}" if row["enabled"] else "disabled"
+        held = ("disabled" if not row["enabled"] else "cooling" if row["cooling_until"]
+                else f"{row['backlog']}/{row['bound']}")
         broker = "?" if row["broker"] is None else str(row["broker"])
         print(f"{row['site']:<16} {row['queue']:<10} {row['batch']:<8} {pilots:>16} "
               f"{row['waiting']:>8} {held:>9} {broker:>7}")
+        if row["cooling_until"]:
+            print(f"{'':<16} out of brokering until {row['cooling_until']:%H:%M:%S} UTC: "
+                  f"{row['cooling_reason']}")
         if row["last_error"]:
             print(f"{'':<16} last error {row['last_error_at']:%Y-%m-%d %H:%M:%S}: "
                   f"{row['last_error']}")

@@ -29,6 +29,13 @@ def active(session: Session, site: str | None = None) -> list[Pilot]:
     return list(session.exec(query).all())
 
 
+def silent(session: Session, since: datetime) -> list[Pilot]:
+    """Registered pilots whose last heartbeat is older than `since`."""
+    return list(session.exec(select(Pilot).where(
+        col(Pilot.state).in_([PilotState.RUNNING, PilotState.DRAINING]),
+        col(Pilot.heartbeat_at) < since)).all())
+
+
 def counts(session: Session, site: str, queue: str,
            ended_since: datetime | None = None) -> Counter[PilotState]:
     """Pilots of one site queue by state: the active ones, and those ended since a time."""

@@ -1,11 +1,14 @@
 """The monitor loop: follow pilots in their batch systems, find lost work, watch site health.
 
-Work is lost three ways, and each lost attempt goes to the retry policy:
+Work is lost four ways, and each lost attempt goes to the retry policy:
 a pilot whose batch job ended without a goodbye leaves its unfinished
 attempts with the outcome the batch system gives (preempted, node failure,
-out of memory, pilot killed, or pilot vanished); an attempt whose heartbeat
-is older than the timeout is lost_heartbeat; a job queued at a site that no
-pilot claimed within `monitor.claim_timeout` is claim_timeout.
+out of memory, pilot killed, or pilot vanished); a registered pilot silent
+for longer than the heartbeat timeout (hung, or killed under a wrapper that
+keeps its batch job alive) is lost and cancelled, so it holds no slot, and
+its attempts are lost_heartbeat, as is any attempt whose own heartbeat is
+that old; a job queued at a site that no pilot claimed within
+`monitor.claim_timeout` is claim_timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 def run_once(runtime: Runtime) -> dict[str, int]:
     """One cycle; returns how many pilots and attempts it found lost, and sites cooled."""
     pilots_lost, orphaned = _sync_pilots(runtime)
+    silenced, abandoned = _lose_silent_pilots(runtime)
+    pilots_lost += silenced
+    orphaned += abandoned
     with transaction(runtime.engine) as session:
         silent = retry.lose_silent(session, runtime.config,
                                    ago(runtime.config.monitor.heartbeat_timeout))
@@ -76,3 +82,22 @@ def _sync_pilots(runtime: Runtime) -> tuple[int, int]:
             log.warning("site=%s pilot=%s lost: %s; its jobs %s go to the retry policy",
                         site, pilots[batch_id], message, jobs or "(none)")
     return lost, orphaned
+
+
+def _lose_silent_pilots(runtime: Runtime) -> tuple[int, int]:
+    timeout = runtime.config.monitor.heartbeat_timeout
+    message = f"no heartbeat for {timeout}s: written off and cancelled"
+    with transaction(runtime.engine) as session:
+        silent = fleet.silent(session, ago(timeout))
+        lost = set(fleet.lose(session, [pilot.id for pilot in silent], message))
+        orphaned = sum(len(retry.lose_pilot_work(session, runtime.config, pilot_id,
+                                                 Outcome.LOST_HEARTBEAT, message))
+                       for pilot_id in lost)
+    by_site: dict[str, list[str]] = defaultdict(list)
+    for pilot in silent:
+        if pilot.id in lost and pilot.batch_id and pilot.site in runtime.config.sites:
+            by_site[pilot.site].append(pilot.batch_id)
+            log.warning("site=%s pilot=%s lost: %s", pilot.site, pilot.id, message)
+    for site, batch_ids in by_site.items():
+        runtime.batch_system(site).cancel(batch_ids)
+    return len(lost), orphaned

@@ -1,6 +1,7 @@
 """What each site queue holds right now: pilots (active, and ended in the last day),
 jobs waiting in the database, the backlog at the site and its bound, the broker's own
-count of messages, and the last error the factory met there."""
+count of messages, the last error the factory met there, and a cool-down if the site is
+out of brokering."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from tower import factory, fleet
+from tower import factory, fleet, health
 from tower.errors import BackendError
 from tower.matchmaker import backlog, backlog_bounds, broker_depths
 from tower.models import SiteQueue
@@ -29,12 +30,14 @@ def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
         depths, problem = {}, str(exc)
     rows = []
     with Session(runtime.engine) as session:
+        cooling = health.cooling(session)
         held = backlog(session)
         bounds = backlog_bounds(session, runtime)
         for name, site in runtime.config.sites.items():
             for queue in site.queues:
                 pilots = fleet.counts(session, name, queue, ended_since=ago(RECENT))
                 status = session.get(SiteQueue, (name, queue))
+                cool = cooling.get(name)
                 rows.append({
                     "site": name, "queue": queue, "batch": site.batch, "enabled": site.enabled,
                     "pilots": {state.value: pilots[state] for state in PilotState},
@@ -44,5 +47,7 @@ def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
                     "broker": depths.get((name, queue)),
                     "last_error": status.last_error if status else None,
                     "last_error_at": status.last_error_at if status else None,
+                    "cooling_until": cool.cooldown_until if cool else None,
+                    "cooling_reason": cool.reason if cool else None,
                 })
     return rows, problem
