@@ -191,7 +191,9 @@ def test_a_pilot_killed_without_a_word_loses_its_job_after_the_heartbeat_timeout
     with Session(tower.runtime.engine) as session:
         victim = session.exec(running).first()
     assert victim is not None
-    found = subprocess.run(["pgrep", "-f", f"pilots.main.*--pilot-id {victim.pilot_id}"],
+    # the pilot's own process, not the wrapping shell whose command line names it too
+    found = subprocess.run(["pgrep", "-f", f"^{sys.executable} -m pilots.main .*"
+                            f"--pilot-id {victim.pilot_id}"],
                            capture_output=True, text=True, check=True).stdout.split()
     for pid in found:
         os.kill(int(pid), signal.SIGKILL)
@@ -199,7 +201,7 @@ def test_a_pilot_killed_without_a_word_loses_its_job_after_the_heartbeat_timeout
 
     tries = attempts_by_job(tower)[victim.job_id]
     assert [a.outcome for a in tries] == [Outcome.LOST_HEARTBEAT, Outcome.SUCCESS]
-    assert "no heartbeat since" in (tries[0].reason or "")
+    assert "no heartbeat" in (tries[0].reason or "")
     with Session(tower.runtime.engine) as session:
         pilot = session.get(Pilot, victim.pilot_id)
     # its batch job lived on: the silence told, and the tower cancelled what was left
@@ -213,8 +215,8 @@ def test_a_pilot_killed_without_a_word_loses_its_job_after_the_heartbeat_timeout
 def test_a_site_that_fails_every_job_cools_down_and_the_other_site_finishes(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    # the broken site's pilots die three seconds in, whatever they run
-    killer = ["sh", "-c", f'{sys.executable} -m pilots.main "$@" & p=$!; sleep 3; '
+    # the broken site's pilots die six seconds in, whatever they run
+    killer = ["sh", "-c", f'{sys.executable} -m pilots.main "$@" & p=$!; sleep 6; '
               'kill -9 $p; exit 1', "killer"]
     small = {"slots": 2, "cores": 1, "walltime": "10m", "drain_margin": 5, "idle_timeout": 4}
     tower = live_tower(site=slurm_site(pilot_command=killer, pilot=small),
@@ -222,7 +224,7 @@ def test_a_site_that_fails_every_job_cools_down_and_the_other_site_finishes(
                        health={"window": "10m", "min_attempts": 3, "threshold": 0.5,
                                "cooldown": "10m"},
                        retry=RETRY)
-    tower.submit(flaky_production(tmp_path, jobs=8, sleep=5))
+    tower.submit(flaky_production(tmp_path, jobs=8, sleep=8))
     tower.drive(tower.all_ended, timeout=240, pause=0.3)
 
     assert_done_exactly_once(tower.runtime.engine, jobs=8)

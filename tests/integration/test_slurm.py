@@ -23,7 +23,7 @@ from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
 from tower import factory, monitor
 from tower.config import load_config
-from tower.models import Attempt, FactoryDecision, Pilot
+from tower.models import Attempt, FactoryDecision, Pilot, RetryDecision
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
 from tower.states import PILOT_ACTIVE, PilotState
@@ -129,6 +129,11 @@ def test_a_cancelled_pilot_is_replaced_within_one_factory_cycle(
     assert "SIGTERM" in (attempt.reason or "")
     tower.drive(tower.all_ended, timeout=180)
     assert_done_exactly_once(tower.runtime.engine, jobs=6)
+    # the standard policy retried it at once: the site's fault, not the payload's
+    with Session(tower.runtime.engine) as session:
+        decision = session.exec(select(RetryDecision).where(
+            RetryDecision.job_id == victim.job_id)).one()
+    assert (decision.rule, decision.action, decision.delay) == ("preempted", "retry", 0)
 
 
 # a minute of SLURM walltime per run: once, on PostgreSQL, is enough
