@@ -126,10 +126,6 @@ class TowerConfig(Strict):
     def api_url(self) -> str:
         return self.api.url or f"http://{self.api.bind}:{self.api.port}"
 
-    def policy(self, name: str | None) -> Policy:
-        """The named policy; the tower's default for None, or for a name since removed."""
-        return self.policies.get(name or self.retry.policy) or self.policies[self.retry.policy]
-
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The path of tower.yaml: explicit, else $TOWER_CONFIG, else $TOWER_HOME/tower.yaml."""

@@ -50,6 +50,8 @@ def history(session: Session, job: Job) -> list[Ended]:
 
 
 def policy_of(config: TowerConfig, spec: ProductionSpec) -> tuple[str, Policy]:
+    """The production's policy; the tower's default when it names none (or one since
+    removed from tower.yaml)."""
     name = spec.retry.policy if spec.retry.policy in config.policies else config.retry.policy
     return name, config.policies[name]
 

@@ -54,8 +54,8 @@ class LiveTower:
                     total[state] = total.get(state, 0) + count
             return total
 
-    def signal_running_pilot(self, number: int, timeout: float = 60) -> Attempt:
-        """Wait for an attempt to run, send its pilot process `number`; returns the attempt."""
+    def running_attempt(self, timeout: float = 60) -> Attempt:
+        """Drive the tower until an attempt runs; returns the first one."""
         running = select(Attempt).where(col(Attempt.ended_at).is_(None))
 
         def an_attempt_runs() -> bool:
@@ -64,7 +64,14 @@ class LiveTower:
 
         self.drive(an_attempt_runs, timeout)
         with Session(self.runtime.engine) as session:
-            attempt = session.exec(running).one()
+            attempt = session.exec(running).first()
+        assert attempt is not None
+        return attempt
+
+    def signal_running_pilot(self, number: int, timeout: float = 60) -> Attempt:
+        """Wait for an attempt to run, send its pilot process `number`; returns the attempt."""
+        attempt = self.running_attempt(timeout)
+        with Session(self.runtime.engine) as session:
             pilot = session.get(Pilot, attempt.pilot_id)
         assert pilot is not None and pilot.batch_id
         os.kill(int(pilot.batch_id), number)

@@ -181,16 +181,7 @@ def test_a_pilot_killed_without_a_word_loses_its_job_after_the_heartbeat_timeout
         "slots": 1, "cores": 1, "walltime": "10m", "drain_margin": 5, "idle_timeout": 4}),
         retry=RETRY)
     tower.submit(flaky_production(tmp_path, jobs=2, sleep=6))
-    running = select(Attempt).where(col(Attempt.ended_at).is_(None))
-
-    def an_attempt_runs() -> bool:
-        with Session(tower.runtime.engine) as session:
-            return session.exec(running).first() is not None
-
-    tower.drive(an_attempt_runs, timeout=120)
-    with Session(tower.runtime.engine) as session:
-        victim = session.exec(running).first()
-    assert victim is not None
+    victim = tower.running_attempt(timeout=120)
     # the pilot's own process, not the wrapping shell whose command line names it too
     found = subprocess.run(["pgrep", "-f", f"^{sys.executable} -m pilots.main .*"
                             f"--pilot-id {victim.pilot_id}"],
@@ -383,3 +374,29 @@ def test_failure_report_groups_by_class_code_and_site(
     [group] = report["groups"]
     assert (group["attempts"], group["exit_code"], group["blame"]) == (9, 9, "payload")
     assert group["decisions"] == {"retry": 6, "fail": 3}
+
+
+def test_why_tells_what_a_waiting_job_waits_for(
+        live_tower: Callable[..., LiveTower], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import timedelta
+
+    from tower import matchmaker
+    from tower.db import transaction
+    from tower.timeutil import utcnow
+
+    tower = live_tower(more_sites={"other": {"enabled": False}})
+    tower.submit(flaky_production(tmp_path, jobs=1))
+    with transaction(tower.runtime.engine) as session:
+        session.add(SiteHealth(site="local", cooldown_until=utcnow() + timedelta(minutes=5),
+                               reason="4 of the 5 attempts failed at the site (node_failure 4)"))
+    # nothing is matched to a cooling site, and `why` says so, site by site
+    assert matchmaker.run_once(tower.runtime) == 0
+    explained = run_cli(tower, capsys, "why", "1")
+    assert explained["state"] == "defined"
+    lines = " ".join(explained["why"])
+    assert "Site local is out of brokering until" in lines and "node_failure 4" in lines
+    assert "Site other is disabled" in lines
+    sites = {row["site"]: row for row in run_cli(tower, capsys, "sites")["sites"]}
+    assert sites["local"]["cooling_reason"].startswith("4 of the 5")
+    assert sites["other"]["cooling_until"] is None

@@ -95,16 +95,8 @@ def test_a_cancelled_pilot_is_replaced_within_one_factory_cycle(
     tower = live_tower(site=slurm_site(limits={"max_queued": 1, "max_running": 1,
                                                "max_per_cycle": 1}))
     tower.submit(toy_production(tmp_path, jobs=6, events=200, sleep=0.01))
-    running = select(Attempt).where(col(Attempt.ended_at).is_(None))
-
-    def an_attempt_runs() -> bool:
-        with Session(tower.runtime.engine) as session:
-            return session.exec(running).first() is not None
-
-    tower.drive(an_attempt_runs, timeout=120)
+    victim = tower.running_attempt(timeout=120)
     with Session(tower.runtime.engine) as session:
-        victim = session.exec(running).first()
-        assert victim is not None
         pilot = session.get(Pilot, victim.pilot_id)
     assert pilot is not None and pilot.batch_id
     on_slurm.run("scancel", pilot.batch_id)
