@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -48,6 +49,26 @@ def postgres_database(admin: str) -> tuple[str, str]:
     return f"{admin.rsplit('/', 1)[0]}/{name}", name
 
 
+def timed_runs(kind: str, admin: str, repeat: int,
+               run: Callable[[str, Path], float]) -> list[float]:
+    """`run(database_url, scratch_dir)` `repeat` times on a fresh database of `kind`
+    (sqlite, or postgresql made and dropped through `admin`); returns its timings."""
+    times = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as scratch:
+            directory = Path(scratch)
+            if kind == "sqlite":
+                times.append(run(f"sqlite:///{directory / 'b.db'}", directory))
+                continue
+            url, name = postgres_database(admin)
+            try:
+                times.append(run(url, directory))
+            finally:
+                with psycopg.connect(admin, autocommit=True) as connection:
+                    connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,19 +78,8 @@ def main() -> None:
                         default="postgresql://postgres:postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     for kind in ("sqlite", "postgresql"):
-        times = []
-        for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory() as scratch:
-                directory = Path(scratch)
-                if kind == "sqlite":
-                    times.append(once(f"sqlite:///{directory / 'b.db'}", args.jobs, directory))
-                    continue
-                url, name = postgres_database(args.postgres)
-                try:
-                    times.append(once(url, args.jobs, directory))
-                finally:
-                    with psycopg.connect(args.postgres, autocommit=True) as connection:
-                        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        times = timed_runs(kind, args.postgres, args.repeat,
+                           lambda url, directory: once(url, args.jobs, directory))
         median = statistics.median(times)
         print(f"{kind:<11} {args.jobs} jobs: median {median:.2f}s "
               f"(min {min(times):.2f}, max {max(times):.2f}, n={len(times)}) "

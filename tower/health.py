@@ -4,7 +4,8 @@ brokering for a cool-down, and comes back by itself when the cool-down is over.
 Counted are the attempts that ended at the site within `health.window` (and
 after its last cool-down ended, so the failures that started one cannot start
 the next). When at least `health.min_attempts` ended and the share of them
-failed by the site itself (tower.outcomes.INFRASTRUCTURE) reaches
+failed by the site itself (tower.outcomes.SITE_FAULTS: node failures, lost
+pilots, stage-out; not preemption, which is the batch system at work) reaches
 `health.threshold`, the site cools down: the matchmaker gives it no jobs, the
 factory no pilots, and the jobs waiting in its queue go back to be matched
 elsewhere.
@@ -22,7 +23,7 @@ from sqlmodel import Session, col, select
 from tower.config import TowerConfig
 from tower.db import insert_missing
 from tower.models import Attempt, Job, SiteHealth
-from tower.outcomes import INFRASTRUCTURE, Outcome
+from tower.outcomes import SITE_FAULTS, Outcome
 from tower.states import JOB_AT_SITE, JobState, move_jobs
 from tower.timeutil import utcnow
 
@@ -50,7 +51,7 @@ def evaluate(session: Session, config: TowerConfig) -> list[str]:
         outcomes = _outcomes(session, site, since)
         total = sum(outcomes.values())
         failed = {outcome: count for outcome, count in outcomes.items()
-                  if outcome in INFRASTRUCTURE}
+                  if outcome in SITE_FAULTS}
         if total < settings.min_attempts or sum(failed.values()) < settings.threshold * total:
             continue
         classes = ", ".join(f"{outcome} {count}" for outcome, count in

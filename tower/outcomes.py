@@ -34,6 +34,9 @@ INFRASTRUCTURE: frozenset[Outcome] = frozenset({
     Outcome.SETUP, Outcome.PILOT_KILLED, Outcome.PREEMPTED, Outcome.NODE_FAILURE,
     Outcome.LOST_HEARTBEAT, Outcome.PILOT_VANISHED, Outcome.STAGEOUT, Outcome.CLAIM_TIMEOUT,
 })
+#: Failures that say a site is broken (site health counts these). A pilot told to stop
+#: (preemption, its walltime, an admin's scancel) is the batch system at work.
+SITE_FAULTS: frozenset[Outcome] = INFRASTRUCTURE - {Outcome.PILOT_KILLED, Outcome.PREEMPTED}
 #: Classes that are not failures, and never go to the policy.
 NOT_FAILURES: frozenset[Outcome] = frozenset({Outcome.SUCCESS, Outcome.CANCELLED})
 

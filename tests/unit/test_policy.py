@@ -167,3 +167,10 @@ def test_a_policy_file_that_is_not_a_mapping_of_policies_is_refused(tmp_path: Pa
     (tmp_path / "p.yaml").write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="p.yaml: policies: expected a mapping"):
         load_policies("p.yaml", tmp_path)
+
+
+def test_preemption_is_not_a_sign_of_a_broken_site() -> None:
+    from tower.outcomes import SITE_FAULTS
+
+    assert Outcome.PREEMPTED not in SITE_FAULTS and Outcome.PILOT_KILLED not in SITE_FAULTS
+    assert {Outcome.NODE_FAILURE, Outcome.PILOT_VANISHED, Outcome.LOST_HEARTBEAT} <= SITE_FAULTS
