@@ -37,9 +37,11 @@ class Payload:
         self.claim = claim
         self.work_dir = scratch / f"{self.job}.{self.attempt}"
         self.output_dir = self.work_dir / "output"
+        self.input_dir = self.work_dir / "inputs"
         self.stage_dir = storage / claim["production"] / f"{self.job}.{self.attempt}"
         self.variables = {**claim["variables"], **pilot, "work_dir": self.work_dir,
-                          "output_dir": self.output_dir, "python": sys.executable}
+                          "output_dir": self.output_dir, "input_dir": self.input_dir,
+                          "python": sys.executable}
         self.ending = "finished"
         self.reason: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -75,6 +77,10 @@ class Payload:
 
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.input_dir.mkdir(exist_ok=True)
+        # the job reads its inputs where the site's storage element holds them
+        for item in self.claim.get("inputs", []):
+            (self.input_dir / Path(item["name"]).name).symlink_to(item["path"])
         for name, text in self.claim["steering"].items():
             (self.work_dir / name).write_text(render(text, self.variables))
         argv = [render(argument, self.variables) for argument in self.claim["command"]]

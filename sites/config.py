@@ -66,6 +66,16 @@ class SshAccess(Strict):
     timeout: Seconds = Field(default=30, gt=0)
 
 
+class SiteData(Strict):
+    """The storage element a site's jobs read input data from: a destination of
+    tower.yaml, mounted at the site. A file the catalog holds there is at the site."""
+
+    #: The destination (in tower.yaml's storage.destinations).
+    destination: str = Field(min_length=1)
+    #: Where the site's jobs see that destination's root.
+    path: str
+
+
 class SiteConfig(Strict):
     name: str
     batch: str = "local"
@@ -88,11 +98,15 @@ class SiteConfig(Strict):
     backlog: Backlog = Backlog()
     #: The broker's URL as this site's pilots reach it (default: the tower's own).
     broker_url: str | None = None
+    #: Input data held at the site: jobs needing it are brokered here, or it is staged in.
+    data: SiteData | None = None
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> SiteConfig:
-        for key in ("scratch", "storage"):
-            if not Path(getattr(self, key)).is_absolute():
+        paths = {"scratch": self.scratch, "storage": self.storage,
+                 **({"data.path": self.data.path} if self.data else {})}
+        for key, value in paths.items():
+            if not Path(value).is_absolute():
                 raise ValueError(f"{key} must be an absolute path at the site")
         return self
 

@@ -14,10 +14,10 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from sites.config import SiteConfig, SshAccess
+from sites.ssh import connect, endpoint
 from tower.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class SshRunner:
 
     def __init__(self, access: SshAccess) -> None:
         self.access = access
-        self.where = f"ssh://{access.user}@{access.host}:{access.port}"
+        self.where = endpoint(access)
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -118,41 +118,12 @@ class SshRunner:
             raise AssertionError("unreachable")
 
     def _connect(self) -> Any:
-        import paramiko
-
         transport = self._client.get_transport() if self._client is not None else None
         if transport is not None and transport.is_active():
             return self._client
         self._disconnect()
-        client = paramiko.SSHClient()
-        known_hosts = Path(self.access.known_hosts).expanduser()
-        try:
-            client.load_host_keys(str(known_hosts))
-        except OSError as exc:
-            raise BackendError(f"{self.where}: known_hosts {known_hosts}: {exc.strerror}",
-                               field="ssh.known_hosts") from None
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(self.access.host, port=self.access.port, username=self.access.user,
-                           key_filename=str(Path(self.access.key_file).expanduser()),
-                           timeout=self.access.timeout, banner_timeout=self.access.timeout,
-                           auth_timeout=self.access.timeout, allow_agent=False,
-                           look_for_keys=False)
-        except paramiko.BadHostKeyException:
-            raise BackendError(f"{self.where}: the host key differs from the one in "
-                               f"{known_hosts}: refused (it may have been replaced, or this "
-                               "is not the host it claims to be)",
-                               field="ssh.known_hosts") from None
-        except paramiko.SSHException as exc:
-            if "not found in known_hosts" in str(exc):
-                raise BackendError(f"{self.where}: host key unknown: add it to {known_hosts} "
-                                   "(gridtower never accepts an unknown key)",
-                                   field="ssh.known_hosts") from None
-            raise BackendError(f"{self.where}: {exc}") from None
-        except OSError as exc:
-            raise BackendError(f"{self.where}: {exc}") from None
-        self._client = client
-        return client
+        self._client = connect(self.access, self.where)
+        return self._client
 
     def _disconnect(self) -> None:
         client, self._client = self._client, None

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,23 +224,32 @@ def ssh_keygen(path: Path) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory,
-         slurm_cluster: SlurmCluster) -> Iterator[SshServer]:
-    """sshd on 127.0.0.1, root logging in by key only, SLURM_CONF set for every command."""
+def require_sshd() -> None:
     if not Path("/usr/sbin/sshd").exists() or shutil.which("ssh-keygen") is None:
         missing_service("OpenSSH server (/usr/sbin/sshd; run scripts/services.sh)")
-    directory = tmp_path_factory.mktemp("sshd")
-    host, port = "127.0.0.1", free_port()
-    host_key = ssh_keygen(directory / "host_key")
-    client_key = ssh_keygen(directory / "client_key")
-    other_key = ssh_keygen(directory / "other_key")
-    authorized = directory / "authorized_keys"
-    authorized.write_text(client_key + "\n")
-    config = directory / "sshd_config"
-    # UsePAM no: sshd checks the key itself, without the system's PAM stack; then root's
-    # password field must be "*" (as in Debian images), not locked with "!"
-    config.write_text(f"""\
+
+
+class SshDaemon:
+    """sshd on 127.0.0.1 serving from `directory`, root logging in by key only, with SFTP.
+
+    stop() ends the listener and every session it serves, as a crash of the
+    server would; start() brings it back on the same port with the same host
+    key. pause() freezes them all (SIGSTOP), as a hung server, until resume()
+    or stop().
+    """
+
+    def __init__(self, directory: Path, settings: str = "") -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        host, port = "127.0.0.1", free_port()
+        host_key = ssh_keygen(directory / "host_key")
+        client_key = ssh_keygen(directory / "client_key")
+        other_key = ssh_keygen(directory / "other_key")
+        authorized = directory / "authorized_keys"
+        authorized.write_text(client_key + "\n")
+        self.config = directory / "sshd_config"
+        # UsePAM no: sshd checks the key itself, without the system's PAM stack; then root's
+        # password field must be "*" (as in Debian images), not locked with "!"
+        self.config.write_text(f"""\
 ListenAddress {host}
 Port {port}
 HostKey {directory}/host_key
@@ -251,31 +261,110 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-SetEnv SLURM_CONF={slurm_cluster.conf}
-""")
-    endpoint = f"[{host}]:{port}"
-    known_hosts = directory / "known_hosts"
-    known_hosts.write_text(f"{endpoint} {host_key}\n")
-    wrong_known_hosts = directory / "wrong_known_hosts"
-    wrong_known_hosts.write_text(f"{endpoint} {other_key}\n")
-    empty_known_hosts = directory / "empty_known_hosts"
-    empty_known_hosts.touch()
+Subsystem sftp internal-sftp
+{settings}""")
+        endpoint = f"[{host}]:{port}"
+        known_hosts = directory / "known_hosts"
+        known_hosts.write_text(f"{endpoint} {host_key}\n")
+        wrong_known_hosts = directory / "wrong_known_hosts"
+        wrong_known_hosts.write_text(f"{endpoint} {other_key}\n")
+        empty_known_hosts = directory / "empty_known_hosts"
+        empty_known_hosts.touch()
+        self.server = SshServer(host=host, port=port, user="root",
+                                key_file=directory / "client_key", known_hosts=known_hosts,
+                                wrong_known_hosts=wrong_known_hosts,
+                                empty_known_hosts=empty_known_hosts)
+        self.log = directory / "sshd.log"
+        self._process: subprocess.Popen[bytes] | None = None
 
-    # sshd's privilege separation directory; a system without sshd running may lack it
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log = directory / "sshd.log"
-    # an absolute path: sshd re-executes itself for every connection
-    server = start(["/usr/sbin/sshd", "-D", "-f", str(config), "-E", str(log)], log)
+    def start(self) -> None:
+        """Listen (again), and return once the server answers with its banner."""
+        assert self._process is None, "sshd runs already"
+        # sshd's privilege separation directory; a system without sshd running may lack it
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        # an absolute path: sshd re-executes itself for every connection
+        self._process = start(["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E",
+                               str(self.log)], self.log)
+        host, port = self.server.host, self.server.port
 
-    def banner() -> bool:
+        def banner() -> bool:
+            try:
+                with socket.create_connection((host, port), timeout=2) as connection:
+                    return connection.recv(64).startswith(b"SSH-2.0-")
+            except OSError:
+                return False
+
+        wait_for(banner, [self._process], f"sshd on {host}:{port}", [self.log])
+
+    def stop(self) -> None:
+        """Kill every session (they outlive the listener otherwise), then the listener."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        for pid in descendants(process.pid):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.terminate()
+        with suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)  # a paused listener acts on SIGTERM only now
+        stop(process)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        assert self._process is not None, "sshd does not run"
+        for pid in [self._process.pid, *descendants(self._process.pid)]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, number)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, children first (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            with socket.create_connection((host, port), timeout=2) as connection:
-                return connection.recv(64).startswith(b"SSH-2.0-")
-        except OSError:
-            return False
+            # after "(comm)": state, then the parent's pid
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found.extend(below)
+        todo.extend(below)
+    return found
 
-    wait_for(banner, [server], f"sshd on {host}:{port}", [log])
-    yield SshServer(host=host, port=port, user="root", key_file=directory / "client_key",
-                    known_hosts=known_hosts, wrong_known_hosts=wrong_known_hosts,
-                    empty_known_hosts=empty_known_hosts)
-    stop(server)
+
+@contextmanager
+def running_sshd(directory: Path, settings: str = "") -> Iterator[SshDaemon]:
+    """An SshDaemon up until the block ends; `settings` are more sshd_config lines."""
+    require_sshd()
+    daemon = SshDaemon(directory, settings)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory,
+         slurm_cluster: SlurmCluster) -> Iterator[SshServer]:
+    """sshd on 127.0.0.1, root logging in by key only, SLURM_CONF set for every command."""
+    with running_sshd(tmp_path_factory.mktemp("sshd"),
+                      f"SetEnv SLURM_CONF={slurm_cluster.conf}\n") as daemon:
+        yield daemon.server
+
+
+@pytest.fixture
+def sftp_server(tmp_path: Path) -> Iterator[SshDaemon]:
+    """An sshd of the test's own, to stop, pause and start at will."""
+    with running_sshd(tmp_path / "sshd") as daemon:
+        yield daemon

@@ -17,7 +17,7 @@ from pydantic import Field
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select, tuple_
 
-from tower import fleet, retry
+from tower import fleet, placement, retry
 from tower.config import TowerConfig
 from tower.models import Attempt, Job, Output, Production
 from tower.outcomes import Outcome
@@ -97,9 +97,12 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     moved |= _claimed_by(session, pilot_id, [key for key in answers
                                              if _current(jobs.get(key[0]), key[1])])
     specs = _specs(session, {jobs[job_id].production_id for job_id in moved})
+    inputs = _inputs(session, config, set(specs), pilot.site)
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
-            answers[(job_id, number)] = _payload(jobs[job_id], specs[jobs[job_id].production_id])
+            production_id = jobs[job_id].production_id
+            answers[(job_id, number)] = {**_payload(jobs[job_id], specs[production_id]),
+                                         "inputs": inputs.get(production_id, [])}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]
@@ -141,6 +144,17 @@ def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSp
         return {}
     rows = session.exec(select(Production).where(col(Production.id).in_(production_ids))).all()
     return {row.id: ProductionSpec.model_validate(row.spec) for row in rows if row.id}
+
+
+def _inputs(session: Session, config: TowerConfig, production_ids: set[int],
+            site: str) -> dict[int, list[dict[str, Any]]]:
+    """For each production that reads input data, where the site's jobs find it."""
+    if not production_ids:
+        return {}
+    rows = session.exec(select(Production.id, Production.inputs).where(
+        col(Production.id).in_(production_ids))).all()
+    return {production_id: placement.input_paths(session, config, lfns, site)
+            for production_id, lfns in rows if production_id is not None and lfns}
 
 
 def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:

@@ -126,9 +126,18 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("name", nargs="?", metavar="NAME|FILE")
     sub.add_argument("--production", help="simulate: the production whose attempts to replay")
 
-    sub = command("catalog", cmd_catalog, "browse the catalog: `catalog ls [DATASET]`")
-    sub.add_argument("action", choices=["ls"])
-    sub.add_argument("dataset", nargs="?")
+    sub = command("catalog", cmd_catalog, "the catalog: `catalog ls [DATASET]` lists datasets, "
+                  "or the files of one; `catalog find KEY=VALUE...` finds files by metadata; "
+                  "`catalog export DATASET` prints its file list; `catalog verify DATASET` "
+                  "checks every replica at its destination (exit 1 unless all are good)")
+    sub.add_argument("action", choices=["ls", "find", "export", "verify"])
+    sub.add_argument("terms", nargs="*", metavar="DATASET|KEY=VALUE",
+                     help="the dataset; for find, conditions that must all hold, such as "
+                     "software=toysim, source=Rn222 (a parameter), dataset=NAME, size>1000, "
+                     "events>=100")
+    sub.add_argument("--format", choices=["json", "names"], default="json",
+                     help="export: rows with size, adler32, events and good replicas "
+                     "(json), or the LFNs alone (names)")
 
     sub = command("sites", cmd_sites, "sites: `sites` lists each site queue (pilots, jobs "
                   "waiting, backlog and bound, broker depth, last error); `sites check NAME` "
@@ -211,6 +220,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{row['name']:<30} {row['state']:<9} {bar(row['states'])}  "
               f"{row['events_done']}/{row['events_total']} events")
         print(f"{'':<30} {row['jobs']} jobs: {states}")
+        for destination, held in row["outputs_waiting"].items():
+            print(f"{'':<30} {held['outputs']} outputs ({held['bytes']} bytes) wait at their "
+                  f"sites for {destination}" + (f": {held['last_error']}"
+                                                if held["last_error"] else ""))
     return 0
 
 
@@ -411,19 +424,67 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
+    from catalog import queries
+    from tower.catalog_verify import verify_dataset
+
+    conditions = queries.parse_conditions(args.terms) if args.action == "find" else []
+    if args.action != "find" and (len(args.terms) > 1 or
+                                  (args.action != "ls" and not args.terms)):
+        wanted = "at most one DATASET" if args.action == "ls" else "one DATASET"
+        raise ConfigError(f"catalog {args.action}: give {wanted}", field="dataset")
+    dataset = args.terms[0] if args.terms and not conditions else None
     runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        rows = files.files(session, args.dataset) if args.dataset else files.datasets(session)
-    if args.json:
-        _print_json({"files" if args.dataset else "datasets": rows})
-        return 0
-    for row in rows:
-        if args.dataset:
-            where = ", ".join(r["url"] for r in row["replicas"]) or "no replica"
-            print(f"{row['lfn']}  {row['size']:>10}  adler32:{row['adler32']}  {where}")
-        else:
+    try:
+        if args.action == "verify":
+            return _print_verification(verify_dataset(runtime, args.terms[0]), args.json)
+        with Session(runtime.engine) as session:
+            if args.action == "export":
+                rows = queries.export(session, args.terms[0], args.format)
+            elif conditions:
+                rows = queries.find(session, conditions)
+            else:
+                rows = files.files(session, dataset) if dataset else files.datasets(session)
+    finally:
+        runtime.close()
+    if args.action == "export" and args.format == "names" and not args.json:
+        print("\n".join(rows))
+    elif args.action == "export":
+        _print_json({"dataset": dataset, "names" if args.format == "names" else "files": rows})
+    elif args.json:
+        _print_json({"datasets": rows} if args.action == "ls" and not dataset
+                    else {"files": rows})
+    elif dataset or conditions:
+        _print_files(rows)
+    else:
+        for row in rows:
             print(f"{row['name']:<40} {row['files']:>6} files {row['bytes']:>14} bytes")
     return 0
+
+
+def _print_files(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        where = ", ".join(r["url"] if r["state"] == "good" else f"{r['url']} ({r['state']})"
+                          for r in row["replicas"]) or "no replica"
+        events = "" if row["events"] is None else f"  {row['events']} events"
+        print(f"{row['lfn']}  {row['size']:>10}  adler32:{row['adler32']}{events}  {where}")
+
+
+def _print_verification(summary: dict[str, Any], as_json: bool) -> int:
+    """Exit 1 unless every replica was reached and is good."""
+    failed = bool(summary["bad"] or summary["missing"] or summary["unreachable"])
+    if as_json:
+        _print_json(summary)
+        return int(failed)
+    print(f"{summary['dataset']}: {summary['checked']} of {summary['replicas']} replicas "
+          f"checked: {summary['good']} good, {summary['bad']} bad, "
+          f"{summary['missing']} missing")
+    for problem in summary["problems"]:
+        print(f"  {problem['state']:<8} {problem['destination']}:{problem['path']}  "
+              f"{problem['error']}")
+    for place in summary["unreachable"]:
+        print(f"  unreachable {place['destination']} ({place['replicas']} replicas not "
+              f"checked): {place['error']}")
+    return int(failed)
 
 
 def cmd_sites(args: argparse.Namespace) -> int:

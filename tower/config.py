@@ -8,15 +8,19 @@ override the file's database and broker.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import stat
+import unicodedata
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from sites.config import SiteConfig, load_sites
+from sites.config import SiteConfig, SshAccess, load_sites
 from tower.errors import ConfigError
 from tower.policy import STANDARD, Policy, load_policies
 from tower.schema import Seconds, Strict, build, read_yaml
+from transfer.base import TRANSFERS
 
 DEFAULT_HOME = Path("~/.gridtower")
 
@@ -48,20 +52,115 @@ class MonitorSettings(Strict):
     claim_timeout: Seconds = Field(default=4 * 3600, gt=0)
 
 
+class DestinationSettings(Strict):
+    """One named place outputs go to, and how the tower reaches it.
+
+    Written as a URL alone (`local:/path`, `sftp://user@host:port/path`) or as
+    a mapping with `url` and the keys below; both load as this.
+    """
+
+    #: `local:PATH` (relative: to tower.yaml) or `sftp://user@host[:port]/absolute/path`.
+    url: str
+    #: sftp: the private key (mode 0600; no agent, no password).
+    key_file: str | None = Field(default=None, validate_default=True)
+    #: sftp: the server's host key must be here; an unknown or changed key is refused.
+    known_hosts: str = "~/.ssh/known_hosts"
+    #: sftp: the longest any one wait may last (connecting, a request, a block of data).
+    timeout: Seconds = Field(default=60, gt=0)
+    #: Transfers to this destination at once (sftp: one connection each).
+    parallel: int = Field(default=4, gt=0, le=64)
+    #: Whether the site's copy may be deleted once this destination holds it, verified.
+    remove_source: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition(":")[0]
+
+    @property
+    def root(self) -> str:
+        """The destination's directory: the path of a local destination, or on the server."""
+        if self.scheme == "sftp":
+            return str(PurePosixPath(unquote(urlsplit(self.url).path)))
+        return self.url.partition(":")[2]
+
+    def ssh_access(self) -> SshAccess:
+        """How to reach an sftp destination's server (sites/ssh.py connects with it)."""
+        if self.scheme != "sftp" or self.key_file is None:
+            raise ValueError(f"{self.scheme}: not an sftp destination")
+        parts = urlsplit(self.url)
+        return SshAccess(host=parts.hostname or "", port=parts.port or 22,
+                         user=unquote(parts.username or ""), key_file=self.key_file,
+                         known_hosts=self.known_hosts, timeout=self.timeout)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        scheme, colon, rest = url.partition(":")
+        if not colon or not scheme:
+            raise ValueError("expected SCHEME:..., such as 'local:/path' or "
+                             "'sftp://user@host/path'")
+        if scheme not in TRANSFERS:
+            raise ValueError(f"unknown scheme {scheme!r} (known: {', '.join(sorted(TRANSFERS))})")
+        if scheme == "local" and not rest:
+            raise ValueError("expected a directory after 'local:'")
+        if scheme == "sftp":
+            _check_sftp_url(url)
+        return url
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, key_file: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("url")  # absent when the url itself was refused
+        if url is None:
+            return key_file
+        sftp = url.partition(":")[0] == "sftp"
+        if sftp and not key_file:
+            raise ValueError("an sftp destination needs a private key (mode 0600)")
+        if key_file and not sftp:
+            raise ValueError("only sftp destinations use a key")
+        return key_file
+
+
+def _check_sftp_url(url: str) -> None:
+    """The shape `sftp://user@host[:port]/path`; a password is refused, it would end up in logs."""
+    usage = "expected sftp://user@host[:port]/path"
+    if not url.startswith("sftp://"):
+        raise ValueError(usage)
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ValueError("a password does not belong in the URL: sftp destinations log in "
+                         "with key_file")
+    if not parts.username:
+        raise ValueError(f"no user: {usage}")
+    if not parts.hostname:
+        raise ValueError(f"no host: {usage}")
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port when it is read)
+    except ValueError:
+        raise ValueError(f"the port must be a number from 1 to 65535: {usage}") from None
+    if unquote(parts.path).strip("/") == "":
+        raise ValueError(f"no path: {usage}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"no query or fragment: {usage}")
+    if any(unicodedata.category(char) == "Cc" for char in unquote(url)):
+        raise ValueError("control characters in the URL")
+
+
 class StorageSettings(Strict):
-    #: Named destinations: `local:/path` (more schemes come with more transfer backends).
-    destinations: dict[str, str] = Field(default_factory=dict)
+    #: Named destinations, each a URL or a mapping (see DestinationSettings).
+    destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
     #: Destinations a production uses when it names none.
     default: list[str] = Field(default_factory=list)
     #: Failed copies are retried after this, doubling per try up to an hour.
     retry_delay: Seconds = Field(default=30, gt=0)
 
-    @field_validator("destinations")
+    @field_validator("destinations", mode="before")
     @classmethod
-    def _schemes(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, url in value.items():
-            if ":" not in url:
-                raise ValueError(f"destination {name!r}: expected 'local:/path', got {url!r}")
+    def _urls(cls, value: Any) -> Any:
+        # a URL alone is short for {url: URL}
+        if isinstance(value, dict):
+            return {name: {"url": entry} if isinstance(entry, str) else entry
+                    for name, entry in value.items()}
         return value
 
 
@@ -150,8 +249,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         database = f"sqlite:///{home / 'tower.db'}"
     broker = os.environ.get("TOWER_BROKER_URL") or raw.broker
     storage = raw.storage.model_copy(update={
-        "destinations": {name: _resolve_local(url, home)
-                         for name, url in raw.storage.destinations.items()},
+        "destinations": {name: _resolve_destination(name, destination, home, path)
+                         for name, destination in raw.storage.destinations.items()},
     })
     for name in storage.default:
         if name not in storage.destinations:
@@ -178,9 +277,28 @@ def _resolve(value: str, home: Path) -> Path:
     return (home / Path(value).expanduser()).resolve()
 
 
-def _resolve_local(url: str, home: Path) -> str:
-    scheme, _, rest = url.partition(":")
-    return f"local:{_resolve(rest, home)}" if scheme == "local" else url
+def _resolve_destination(name: str, destination: DestinationSettings, home: Path,
+                         source: Path) -> DestinationSettings:
+    """Local paths, key_file and known_hosts made absolute; the private key checked."""
+    update = {"known_hosts": str(_resolve(destination.known_hosts, home))}
+    if destination.scheme == "local":
+        update["url"] = f"local:{_resolve(destination.root, home)}"
+    if destination.key_file is not None:
+        key_file = _resolve(destination.key_file, home)
+        _check_private_key(key_file, f"storage.destinations.{name}.key_file", source)
+        update["key_file"] = str(key_file)
+    return destination.model_copy(update=update)
+
+
+def _check_private_key(path: Path, key: str, source: Path) -> None:
+    """Refuse a private key others may read, as ssh itself does."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key}: {path}: {exc.strerror}", field=key) from None
+    if mode & 0o077:
+        raise ConfigError(f"{source}: {key}: {path} has mode {mode:04o}: a private key must "
+                          f"be readable by its owner alone (chmod 600 {path})", field=key)
 
 
 def _resolve_sqlite(url: str, home: Path) -> str:

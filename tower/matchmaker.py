@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
-from tower import health
+from tower import health, placement
 from tower.broker import Message, queue_name
 from tower.db import transaction
 from tower.errors import BackendError
@@ -136,16 +136,27 @@ def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
 
 
 def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
-    """For each active production, the enabled sites it allows that are not cooling down."""
+    """For each active production, the enabled sites it allows that are not cooling down
+    and, if it reads input data, hold all of it (else the data is asked to be staged in
+    to one of them, and no site is eligible until it is there)."""
     cooling = health.cooling(session)
     enabled = [name for name, site in runtime.config.sites.items()
                if site.enabled and name not in cooling]
     result: dict[int, list[str]] = {}
-    for production_id, spec in session.exec(
-            select(Production.id, Production.spec).where(Production.state == "active")).all():
+    for production_id, spec, inputs in session.exec(
+            select(Production.id, Production.spec, Production.inputs)
+            .where(Production.state == "active")).all():
         allowed = spec.get("sites") or enabled
         assert production_id is not None
-        result[production_id] = [site for site in enabled if site in allowed]
+        sites = [site for site in enabled if site in allowed]
+        if inputs:
+            holding = placement.holding_sites(session, runtime.config, inputs, sites)
+            if not holding and placement.request_stage_in(session, runtime.config, inputs,
+                                                          sites) is None:
+                log.warning("production=%s: no allowed site has a storage element for its "
+                            "inputs (sites.yaml `data`)", spec.get("name"))
+            sites = holding
+        result[production_id] = sites
     return result
 
 

@@ -47,6 +47,8 @@ class Production(SQLModel, table=True):
     spec: dict[str, Any] = json_column()
     #: For each resolved key, the production it was inherited from.
     origins: dict[str, Any] = json_column()
+    #: The catalog files (LFNs) every job reads, resolved from the request's `inputs`.
+    inputs: list[str] | None = Field(default=None, sa_column=Column(JSONType))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -218,11 +220,26 @@ class Output(SQLModel, table=True):
     size: int = Field(sa_type=BigInteger)
     adler32: str = Field(max_length=8)
     staged: bool = Field(default=False, index=True)
+    #: Destinations that hold a verified copy already (a restart copies only the rest).
+    copied: list[str] | None = Field(default=None, sa_column=Column(JSONType))
     tries: int = 0
     next_try_at: datetime | None = None
     lease_until: datetime | None = None
     lease_owner: str | None = Field(default=None, max_length=64)
     last_error: str | None = Field(default=None, max_length=500)
+
+
+class StageIn(SQLModel, table=True):
+    """An input file to copy to a destination (a site's storage element) before the jobs
+    that read it are brokered there."""
+
+    lfn: str = Field(primary_key=True, max_length=1000)
+    destination: str = Field(primary_key=True, max_length=100)
+    done: bool = False
+    tries: int = 0
+    next_try_at: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    requested_at: datetime = Field(default_factory=utcnow)
 
 
 class QueueMessage(SQLModel, table=True):

@@ -18,6 +18,7 @@ class Outcome(enum.StrEnum):
     WALLTIME = "walltime"              # the payload ran past the job's walltime
     OUT_OF_MEMORY = "out_of_memory"    # the batch system killed the pilot for its memory
     MISSING_OUTPUT = "missing_output"  # exit 0 but a declared output pattern matched nothing
+    VALIDATION = "validation"          # the production's post step rejected an output
     SETUP = "setup"                    # the pilot could not prepare the job (work dir)
     PILOT_KILLED = "pilot_killed"      # the pilot was told to stop (SIGTERM, scancel)
     PREEMPTED = "preempted"            # the batch system preempted the pilot

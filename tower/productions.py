@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from catalog.models import Dataset
+from catalog.models import CatalogFile, Dataset
 from tower.config import TowerConfig
 from tower.errors import NotFound, SpecError
-from tower.models import Job, Production
+from tower.models import Job, Output, Production
 from tower.specs import ParentLookup, ProductionSpec, Resolved, load_requests, resolve_all, split
 from tower.states import JobState
 
@@ -47,7 +48,27 @@ def plan(session: Session, path: Path, config: TowerConfig) -> list[Resolved]:
     if taken:
         raise SpecError(f"{path}: production {taken[0]}: name: a production of this name "
                         "exists already", field="name")
+    for item in resolved:
+        resolve_inputs(session, item.spec, f"{path}: production {item.spec.name}")
     return [_with_destinations(item, config, str(path)) for item in resolved]
+
+
+def resolve_inputs(session: Session, spec: ProductionSpec, where: str) -> list[str]:
+    """The LFNs of a request's `inputs`: each a logical name, or a dataset's every file.
+    Raises SpecError naming the entry that the catalog does not hold."""
+    lfns: list[str] = []
+    for position, entry in enumerate(spec.inputs):
+        if entry.startswith("/"):
+            found = session.exec(select(CatalogFile.lfn).where(CatalogFile.lfn == entry)).all()
+        else:
+            found = session.exec(select(CatalogFile.lfn).join(
+                Dataset, col(Dataset.id) == CatalogFile.dataset_id).where(
+                Dataset.name == entry).order_by(col(CatalogFile.lfn))).all()
+        if not found:
+            raise SpecError(f"{where}: inputs[{position}]: the catalog holds no file or "
+                            f"dataset {entry!r}", field=f"inputs[{position}]")
+        lfns += [lfn for lfn in found if lfn not in lfns]
+    return lfns
 
 
 def _with_destinations(item: Resolved, config: TowerConfig, source: str) -> Resolved:
@@ -76,6 +97,7 @@ def create(session: Session, item: Resolved) -> Production:
         events_total=spec.events_total, events_per_job=spec.events_per_job,
         dataset=spec.dataset_name, template_hash=spec.template_hash,
         spec=spec.model_dump(mode="json"), origins=item.origins,
+        inputs=resolve_inputs(session, spec, spec.name) or None,
     )
     session.add(production)
     session.flush()
@@ -156,14 +178,42 @@ def events_done(session: Session, production_id: int) -> int:
     return int(total)
 
 
+def held_outputs(session: Session, production_id: int | None = None
+                 ) -> dict[int, dict[str, dict[str, Any]]]:
+    """{production id: {destination: {"outputs": n, "bytes": b, "last_error": e}}} for the
+    outputs still waiting at their sites for a destination (down, or not reached yet)."""
+    query = (sa_select(col(Output.copied), col(Output.size), col(Output.last_error),
+                       col(Job.production_id), col(Production.spec))
+             .join(Job, col(Job.id) == Output.job_id)
+             .join(Production, col(Production.id) == Job.production_id)
+             .where(col(Output.staged).is_(False)))
+    if production_id is not None:
+        query = query.where(col(Job.production_id) == production_id)
+    held: dict[int, dict[str, dict[str, Any]]] = {}
+    for copied, size, error, pid, spec in session.execute(query).all():
+        for destination in spec.get("destinations", []):
+            if destination in (copied or []):
+                continue
+            entry = held.setdefault(pid, {}).setdefault(
+                destination, {"outputs": 0, "bytes": 0, "last_error": None})
+            entry["outputs"] += 1
+            entry["bytes"] += size
+            if error and destination in error:
+                entry["last_error"] = error
+    return held
+
+
 def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]:
-    """One production (or all) with its jobs per state and events done."""
+    """One production (or all) with its jobs per state, events done, and the outputs
+    waiting at the sites for each destination."""
     chosen = [get(session, name)] if name else all_productions(session)
     counts = state_counts(session, chosen[0].id if name else None)
+    held = held_outputs(session, chosen[0].id if name else None)
     result = []
     for production in chosen:
         states = counts.get(production.id or 0, {})
         result.append({
+            "outputs_waiting": held.get(production.id or 0, {}),
             "name": production.name, "state": production.state, "dataset": production.dataset,
             "priority": production.priority, "jobs": sum(states.values()), "states": states,
             "events_total": production.events_total,

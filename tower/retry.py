@@ -180,15 +180,15 @@ def time_out_claims(session: Session, config: TowerConfig, older_than: datetime)
     return _settle_ended(session, config, timed_out)
 
 
-def fail_stageout(session: Session, config: TowerConfig, job_id: int, number: int,
-                  reason: str) -> bool:
-    """The outputs of a successful attempt cannot be staged out: the attempt counts as a
-    stage-out failure after all, and goes to the policy."""
+def fail_after_success(session: Session, config: TowerConfig, job_id: int, number: int,
+                       outcome: Outcome, reason: str) -> bool:
+    """The outputs of a successful attempt cannot be used (not staged out, or rejected by
+    the post step): the attempt counts as failed after all, and goes to the policy."""
     attempt = session.exec(select(Attempt).where(
         Attempt.job_id == job_id, Attempt.number == number).with_for_update()).first()
     if attempt is None:
         return False
-    end_attempt(attempt, Outcome.STAGEOUT, reason)
+    end_attempt(attempt, outcome, reason)
     return bool(_settle_ended(session, config, [attempt]))
 
 

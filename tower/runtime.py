@@ -47,6 +47,8 @@ class Runtime:
         return self._batch[site]
 
     def transfer(self, destination: str) -> Transfer:
+        """The backend of a named destination, one per destination, reused (it keeps its
+        connections)."""
         if destination not in self._transfers:
             self._transfers[destination] = open_transfer(
                 self.config.storage.destinations[destination])
@@ -55,5 +57,7 @@ class Runtime:
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
+        for transfer in self._transfers.values():
+            transfer.close()
         self.broker.close()
         self.engine.dispose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,10 @@ OWN_KEYS = ("name", "parent", "abstract")
 JOB_VARIABLES = ("production", "dataset", "software", "index", "seed", "first_event",
                  "last_event", "events", "attempt", "spec_dir")
 #: Variables only the pilot knows, filled in at the site.
-PILOT_VARIABLES = ("output_dir", "work_dir", "python", "cores", "site", "pilot_id")
+PILOT_VARIABLES = ("output_dir", "work_dir", "input_dir", "python", "cores", "site",
+                   "pilot_id")
+#: Variables of the post step: the staged output's local path and its name.
+POST_VARIABLES = ("file", "name")
 
 
 class RetrySpec(Strict):
@@ -62,7 +65,13 @@ class ProductionSpec(Strict):
     queue: str = Field(default="default", pattern=NAME_PATTERN)
     priority: int = 0
     retry: RetrySpec = RetrySpec()
+    #: Catalog files every job reads: logical names (/dataset/file) or dataset names.
+    inputs: list[str] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
+    #: Run by the tower for each output once it is staged and cataloged (a template, like
+    #: `command`, with ${file} and ${name} too); a non-zero exit rejects the output.
+    post: list[str] = Field(default_factory=list)
+    post_timeout: Seconds = Field(default=600, gt=0)
     destinations: list[str] = Field(default_factory=list)
     dataset: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,299}$")
     seed_base: int | None = Field(default=None, ge=0)
@@ -82,7 +91,7 @@ class ProductionSpec(Strict):
         for name in value:
             if not name.isidentifier():
                 raise ValueError(f"{name!r} is not a valid variable name")
-            if name in JOB_VARIABLES or name in PILOT_VARIABLES:
+            if name in JOB_VARIABLES or name in PILOT_VARIABLES or name in POST_VARIABLES:
                 raise ValueError(f"{name!r} is a built-in variable and cannot be a parameter")
         return value
 
@@ -247,8 +256,15 @@ def check(
     if spec.events_per_job > spec.events_total:
         raise SpecError(f"{where}: events_per_job: larger than events_total "
                         f"({spec.events_per_job} > {spec.events_total})", field="events_per_job")
-    defined = {*JOB_VARIABLES, *PILOT_VARIABLES, *spec.parameters}
-    for field, text in templates(spec):
+    _check_templates(where, templates(spec), {*JOB_VARIABLES, *PILOT_VARIABLES,
+                                              *spec.parameters})
+    # the post step runs at the tower, on the staged file: no pilot variables there
+    _check_templates(where, ((f"post[{n}]", text) for n, text in enumerate(spec.post)),
+                     {*JOB_VARIABLES, *POST_VARIABLES, *spec.parameters})
+
+
+def _check_templates(where: str, items: Iterable[tuple[str, str]], defined: set[str]) -> None:
+    for field, text in items:
         try:
             names = identifiers(text)
         except TemplateProblem as exc:

@@ -2,13 +2,22 @@
 
 Outside the job: pilots never wait on transfers. A copy counts only once the
 size and adler32 read back from the destination match what the pilot
-measured. A destination that is down holds the outputs at the site, retried
-with a growing delay; the job stays `staging` meanwhile and fails nothing.
+measured; each destination's verified copy is recorded as it is made, so a
+restart copies only what is missing, and a copy found differing (a partial
+or altered file) is made again. The source is never removed before every
+destination holds a verified copy, and then only if a destination asks for
+it (`remove_source`). A destination that is down holds the outputs at the
+site, retried with a growing delay, while the others go on; the job stays
+`staging` meanwhile and fails nothing, and `tower status` shows what waits
+for which destination.
 
-An output that is gone from the site, or differs there from what the pilot
-measured, cannot be staged by waiting: the attempt becomes a stage-out
-failure and goes to the retry policy. An output whose name another job of
-the dataset registered already is a fault of the production: the job is
+When every copy is made, the production's post step (if any) validates the
+output; then the file is cataloged with its replicas. A rejected output is
+cataloged with its replicas marked bad, and the attempt goes to the retry
+policy (class `validation`). An output gone from the site, or differing
+there from what the pilot measured, cannot be staged by waiting: the attempt
+becomes a stage-out failure for the policy. An output whose name another job
+of the dataset registered already is a fault of the production: the job is
 held for its manager.
 """
 
@@ -16,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +34,15 @@ from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from catalog import files
+from catalog.models import CatalogFile
 from pilots.checksums import adler32_file
-from tower import retry
+from tower import placement, post, retry
 from tower.db import transaction
 from tower.errors import Conflict, GridtowerError, SourceError, TransferError
-from tower.models import Job, Output, Production
+from tower.models import Job, Output, Production, StageIn
+from tower.outcomes import Outcome
 from tower.runtime import Runtime
+from tower.specs import ProductionSpec
 from tower.states import JobState, move_jobs
 from tower.timeutil import later, utcnow
 
@@ -36,24 +50,97 @@ log = logging.getLogger(__name__)
 
 #: Outputs one cycle leases at most.
 BATCH = 200
+#: Outputs staged at once.
+PARALLEL = 8
 #: A lease outlives a slow copy; after it, another tower process may take the output.
 LEASE_SECONDS = 900
 
 
 def run_once(runtime: Runtime) -> int:
-    """One cycle; returns the number of outputs staged and cataloged."""
-    staged = 0
-    for output in _lease(runtime):
+    """One cycle: input data staged in first, then outputs out; returns the number of
+    outputs staged and cataloged. Outputs are staged in parallel (each destination
+    bounds its own connections)."""
+    _stage_in(runtime)
+    leased = _lease(runtime)
+    if not leased:
+        return 0
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(leased)),
+                            thread_name_prefix="stager") as pool:
+        return sum(pool.map(lambda output: _guarded(runtime, output), leased))
+
+
+def _guarded(runtime: Runtime, output: Output) -> int:
+    try:
+        _stage(runtime, output)
+        return 1
+    except SourceError as exc:
+        _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name}: {exc}")
+    except files.StaleAttempt as exc:
+        _drop(runtime, output, str(exc))
+    except Conflict as exc:
+        _hold(runtime, output, str(exc))
+    except GridtowerError as exc:
+        _postpone(runtime, output, exc)
+    return 0
+
+
+def _stage_in(runtime: Runtime) -> int:
+    """Copy requested input files to the storage elements that asked for them."""
+    now = utcnow()
+    with Session(runtime.engine) as session:
+        requests = session.exec(select(StageIn).where(
+            col(StageIn.done).is_(False),
+            or_(col(StageIn.next_try_at).is_(None), col(StageIn.next_try_at) <= now))
+            .limit(BATCH)).all()
+    copied = 0
+    for request in requests:
         try:
-            _stage(runtime, output)
-            staged += 1
-        except SourceError as exc:
-            _fail(runtime, output, str(exc))
-        except Conflict as exc:
-            _hold(runtime, output, str(exc))
+            _copy_in(runtime, request.lfn, request.destination)
+            copied += 1
         except GridtowerError as exc:
-            _postpone(runtime, output, exc)
-    return staged
+            delay = min(runtime.config.storage.retry_delay * 2 ** request.tries, 3600)
+            log.warning("stage-in of %s to %s failed, retry in %ss: %s", request.lfn,
+                        request.destination, delay, exc)
+            with transaction(runtime.engine) as session:
+                session.execute(update(StageIn).where(
+                    col(StageIn.lfn) == request.lfn,
+                    col(StageIn.destination) == request.destination).values(
+                    tries=StageIn.tries + 1, next_try_at=later(delay),
+                    last_error=str(exc)[:500]))
+    return copied
+
+
+def _copy_in(runtime: Runtime, lfn: str, target: str) -> None:
+    """Fetch a good replica of `lfn` from another destination, put it at `target`, verify
+    both copies against the catalog, and record the new replica."""
+    with Session(runtime.engine) as session:
+        sources = [row for row in placement.replicas_of(session, lfn) if row[0] != target]
+    if not sources:
+        raise TransferError(f"{lfn}: no good replica to stage in from")
+    problems = []
+    for destination, path, size, adler32 in sources:
+        with tempfile.TemporaryDirectory(prefix="gridtower-stage-in-") as scratch:
+            local = str(Path(scratch) / Path(path).name)
+            try:
+                fetched = runtime.transfer(destination).get(path, local)
+                if (fetched.size, fetched.adler32) != (size, adler32):
+                    raise TransferError(f"{destination}:{path} differs from the catalog")
+                placed = runtime.transfer(target).put(local, path)
+                if (placed.size, placed.adler32) != (size, adler32):
+                    raise TransferError(f"{target}:{path}: copy differs from the source")
+            except GridtowerError as exc:
+                problems.append(str(exc))
+                continue
+        with transaction(runtime.engine) as session:
+            entry = session.exec(select(CatalogFile).where(CatalogFile.lfn == lfn)).one()
+            files.add_replica(session, entry, target, runtime.transfer(target).url(path),
+                              path=path)
+            session.execute(update(StageIn).where(
+                col(StageIn.lfn) == lfn, col(StageIn.destination) == target).values(
+                done=True, last_error=None))
+        log.info("staged in %s from %s to %s", lfn, destination, target)
+        return
+    raise TransferError("; ".join(problems))
 
 
 def _lease(runtime: Runtime) -> list[Output]:
@@ -74,37 +161,77 @@ def _lease(runtime: Runtime) -> list[Output]:
 
 
 def _stage(runtime: Runtime, output: Output) -> None:
+    """Copy to each destination still lacking a verified copy, recording each as it is
+    done; once all hold one, validate, catalog, and let the source go if asked."""
     with Session(runtime.engine) as session:
         job = session.get(Job, output.job_id)
         assert job is not None
         production = session.get(Production, job.production_id)
         assert production is not None
-    dataset = production.dataset
-    replicas: dict[str, str] = {}
-    for destination in production.spec.get("destinations", []):
-        transfer = runtime.transfer(destination)
-        path = f"{dataset}/{output.name}"
-        info = transfer.stat(path)
-        if info is None or (info.size, info.adler32) != (output.size, output.adler32):
-            info = transfer.put(output.source, path)
-        if (info.size, info.adler32) != (output.size, output.adler32):
-            _check_source(output)
-            raise TransferError(
-                f"{destination}:{path}: copy differs from the source (size {info.size} "
-                f"adler32 {info.adler32}, expected {output.size} {output.adler32})")
-        replicas[destination] = transfer.url(path)
-    _register(runtime, output, job, production, replicas)
-    log.info("job=%s staged %s to %s", job.id, output.name, ", ".join(replicas) or "nowhere")
+    spec = ProductionSpec.model_validate(production.spec)
+    path = f"{production.dataset}/{output.name}"
+    copied = list(output.copied or [])
+    problems = []
+    for destination in spec.destinations:
+        if destination in copied:
+            continue
+        try:
+            _copy(runtime, output, destination, path)
+        except SourceError:
+            raise
+        except GridtowerError as exc:  # this destination is down: the others go on
+            problems.append(f"{destination}: {exc}")
+            continue
+        copied.append(destination)
+        _note_copied(runtime, output, copied)
+    if problems:
+        raise TransferError("; ".join(problems))
+    rejected = post.rejection(spec, job, output.attempt, Path(output.source), output.name)
+    replicas = {destination: (path, runtime.transfer(destination).url(path))
+                for destination in spec.destinations}
+    _register(runtime, output, job, production, replicas, rejected)
+    if rejected:
+        _fail(runtime, output, Outcome.VALIDATION, rejected)
+        return
+    if any(runtime.config.storage.destinations[name].remove_source
+           for name in spec.destinations):
+        Path(output.source).unlink(missing_ok=True)  # every copy is verified by now
+    log.info("job=%s staged %s to %s", job.id, output.name,
+             ", ".join(spec.destinations) or "nowhere")
+
+
+def _copy(runtime: Runtime, output: Output, destination: str, path: str) -> None:
+    """A verified copy of the output at `destination`: what is there already counts if it
+    matches; anything else is copied again. The source is checked when a copy differs."""
+    transfer = runtime.transfer(destination)
+    expected = (output.size, output.adler32)
+    info = transfer.stat(path)
+    if info is None or (info.size, info.adler32) != expected:
+        info = transfer.put(output.source, path)
+    if (info.size, info.adler32) != expected:
+        _check_source(output)
+        raise TransferError(f"{destination}:{path}: copy differs from the source (size "
+                            f"{info.size} adler32 {info.adler32}, expected {output.size} "
+                            f"{output.adler32})")
+
+
+def _note_copied(runtime: Runtime, output: Output, copied: list[str]) -> None:
+    with transaction(runtime.engine) as session:
+        session.execute(update(Output).where(col(Output.id) == output.id).values(
+            copied=list(copied)).execution_options(synchronize_session=False))
 
 
 def _register(runtime: Runtime, output: Output, job: Job, production: Production,
-              replicas: dict[str, str]) -> None:
+              replicas: dict[str, tuple[str, str]], rejected: str | None) -> None:
     with transaction(runtime.engine) as session:
         entry = files.register(session, production.dataset, output.name, output.size,
                                output.adler32, job.id, output.attempt,  # type: ignore[arg-type]
                                _metadata(job, production))
-        for destination, url in replicas.items():
-            files.add_replica(session, entry, destination, url)
+        for destination, (path, url) in replicas.items():
+            files.add_replica(session, entry, destination, url, path=path)
+        if rejected:
+            files.mark_bad(session, entry, rejected)
+            return
         session.execute(update(Output).where(col(Output.id) == output.id).values(
             staged=True, lease_until=None, last_error=None)
             .execution_options(synchronize_session=False))
@@ -135,15 +262,23 @@ def _check_source(output: Output) -> None:
                           f"{found[1]}; the pilot reported {output.size}, {output.adler32}")
 
 
-def _fail(runtime: Runtime, output: Output, reason: str) -> None:
-    """The attempt's outputs cannot be staged: the policy decides what follows."""
-    log.warning("job=%s output=%s cannot be staged out: %s", output.job_id, output.name, reason)
+def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> None:
+    """The attempt's outputs cannot be used: the policy decides what follows."""
+    log.warning("job=%s output=%s %s: %s", output.job_id, output.name, outcome, reason)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(
             col(Output.job_id) == output.job_id, col(Output.attempt) == output.attempt,
             col(Output.staged).is_(False)))
-        retry.fail_stageout(session, runtime.config, output.job_id, output.attempt,
-                            f"stage-out of {output.name}: {reason}")
+        retry.fail_after_success(session, runtime.config, output.job_id, output.attempt,
+                                 outcome, reason)
+
+
+def _drop(runtime: Runtime, output: Output, reason: str) -> None:
+    """A newer attempt of the job is cataloged already: this older output is not wanted."""
+    log.info("job=%s output=%s of attempt %s dropped: %s", output.job_id, output.name,
+             output.attempt, reason)
+    with transaction(runtime.engine) as session:
+        session.execute(delete(Output).where(col(Output.id) == output.id))
 
 
 def _hold(runtime: Runtime, output: Output, reason: str) -> None:

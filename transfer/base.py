@@ -1,15 +1,34 @@
-"""The `Transfer` seam: put a file at a destination under a temporary name, then rename."""
+"""The `Transfer` seam: files to and from a destination, always complete under their final name.
+
+A backend is one module and one line in `TRANSFERS`. Every path it is given
+is relative to the destination's root and checked here, in one place, before
+anything is touched: nothing may leave the root or carry a name that would
+break a listing, a log line or a catalog entry.
+"""
 
 from __future__ import annotations
 
+import os
+import unicodedata
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from pilots.checksums import CHUNK
+from tower.errors import SourceError, TransferError
 from tower.registry import resolve
 
-#: URL scheme -> backend.
+if TYPE_CHECKING:
+    from tower.config import DestinationSettings
+
+T = TypeVar("T")
+
+#: URL scheme -> backend, constructed with the destination's `DestinationSettings`.
 TRANSFERS = {
     "local": "transfer.local:LocalTransfer",
+    "sftp": "transfer.sftp:SftpTransfer",
 }
 
 
@@ -20,23 +39,124 @@ class FileInfo:
 
 
 class Transfer(Protocol):
+    """One destination. Implementations are safe to call from several threads at once."""
+
     def put(self, source: str, path: str) -> FileInfo:
         """Copy local file `source` to `path` under the destination's root.
 
-        The copy appears under its final name only when complete. Returns size
-        and adler32 as read back from the destination. Raises SourceError when `source`
-        cannot be read, TransferError when the destination fails.
+        The copy is written under a temporary name in the same directory and
+        renamed, so it appears under its final name only when complete; a
+        failed put leaves nothing under that name. Missing directories are
+        made. Returns size and adler32 as read back from the destination.
+        Raises SourceError when `source` cannot be read, TransferError when
+        the destination fails.
+        """
+
+    def get(self, path: str, target: str) -> FileInfo:
+        """Copy `path` from the destination to local file `target` (temporary name, rename).
+
+        Returns size and adler32 of what was read. TransferError when either side fails.
         """
 
     def stat(self, path: str) -> FileInfo | None:
         """Size and adler32 of `path` at the destination, or None if absent."""
 
+    def remove(self, path: str) -> None:
+        """Delete `path` at the destination; a missing file is not an error."""
+
     def url(self, path: str) -> str:
         """Where `path` lives, as the catalog records it."""
 
+    def close(self) -> None:
+        """Release connections; a later call opens them again."""
 
-def open_transfer(url: str) -> Transfer:
-    """The backend for a destination URL such as `local:/data/store`."""
-    scheme, _, rest = url.partition(":")
-    backend: Any = resolve(TRANSFERS, scheme, "transfer backend")
-    return backend(rest)  # type: ignore[no-any-return]
+
+def open_transfer(settings: DestinationSettings) -> Transfer:
+    """The backend for a destination, chosen by its URL's scheme (`local:`, `sftp://`)."""
+    backend: Any = resolve(TRANSFERS, settings.scheme, "transfer backend")
+    return backend(settings)  # type: ignore[no-any-return]
+
+
+def checked_path(where: str, path: str) -> PurePosixPath:
+    """`path` as a relative path below the root, or TransferError naming `where` and `path`.
+
+    Refused: absolute paths, `..` and `.` parts, empty parts (`a//b`, a trailing
+    `/`), and control characters (NUL, newline, tab, DEL, C1) anywhere.
+    """
+    def refuse(why: str) -> TransferError:
+        return TransferError(f"{where}: {path!r}: refused: {why}")
+
+    if not isinstance(path, str) or not path:
+        raise refuse("an empty name")
+    if any(unicodedata.category(char) == "Cc" for char in path):
+        raise refuse("control characters in the name")
+    if path.startswith("/"):
+        raise refuse("an absolute path; paths are relative to the destination's root")
+    parts = path.split("/")
+    if ".." in parts:
+        raise refuse("'..' would leave the destination's root")
+    if "" in parts or "." in parts:
+        raise refuse("an empty or '.' part in the path")
+    return PurePosixPath(*parts)
+
+
+def partial_name(name: str) -> str:
+    """The temporary name a copy is written under, next to its final `name`.
+
+    Hidden and unique, so two copies of one file never write the same temporary.
+    """
+    return f".{name}.{uuid.uuid4().hex[:8]}.part"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as the end of a message: the system's own words, never empty."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, EOFError):
+        return "the connection closed"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def copy_source(reader: IO[bytes], writer: IO[bytes], source: str) -> None:
+    """Copy all of `reader` to `writer`: a failed read is the source's fault (SourceError),
+    a failed write the destination's (the writer's own exception)."""
+    while True:
+        try:
+            chunk = reader.read(CHUNK)
+        except OSError as exc:
+            raise SourceError(f"cannot read {source}: {describe(exc)}") from exc
+        if not chunk:
+            return
+        writer.write(chunk)
+
+
+def write_complete(target: Path, write: Callable[[IO[bytes]], T], what: str) -> T:
+    """Write local file `target` through `write` under a temporary name, fsync, rename.
+
+    Nothing appears under the final name unless every byte is on disk; on any
+    failure the temporary is removed. An OSError becomes TransferError(`what`: reason).
+    """
+    partial = target.with_name(partial_name(target.name))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as writer:
+            result = write(writer)
+            writer.flush()
+            os.fsync(writer.fileno())
+        os.replace(partial, target)
+        _fsync_directory(target.parent)
+    except BaseException as exc:
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise TransferError(f"{what}: {describe(exc)}") from exc
+        raise
+    return result
+
+
+def _fsync_directory(directory: Path) -> None:
+    # the rename is durable only once the directory entry is on disk
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

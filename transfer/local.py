@@ -2,49 +2,54 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
-from pilots.checksums import adler32_file
+from pilots.checksums import adler32_file, adler32_stream
+from tower.config import DestinationSettings
 from tower.errors import SourceError, TransferError
-from transfer.base import FileInfo
+from transfer.base import FileInfo, checked_path, copy_source, describe, write_complete
 
 
 class LocalTransfer:
-    """Implements `Transfer` with a copy to a temporary name, fsync, and rename."""
+    """Implements `Transfer` with a copy to a temporary name, fsync, and rename.
 
-    def __init__(self, root: str) -> None:
-        self.root = Path(root)
+    It keeps no state between calls, so threads may share it freely.
+    """
+
+    def __init__(self, settings: DestinationSettings) -> None:
+        self.root = Path(settings.root)
 
     def _target(self, path: str) -> Path:
-        target = (self.root / path).resolve()
+        target = (self.root / checked_path(str(self.root), path)).resolve()
+        # a symbolic link inside the root may still point out of it
         if not target.is_relative_to(self.root.resolve()):
-            raise TransferError(f"{path!r} leaves the destination root {self.root}")
+            raise TransferError(f"{self.root}: {path!r} leaves the destination's root")
         return target
 
     def put(self, source: str, path: str) -> FileInfo:
         target = self._target(path)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
             reader = open(source, "rb")  # noqa: SIM115 (closed by the with below)
         except OSError as exc:
-            raise SourceError(f"cannot read {source}: {exc.strerror or exc}") from exc
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with reader, open(partial, "wb") as writer:
-                shutil.copyfileobj(reader, writer, 1 << 20)
-                writer.flush()
-                os.fsync(writer.fileno())
-            os.replace(partial, target)
-            _fsync_directory(target.parent)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise TransferError(f"copy {source} -> {target}: {exc.strerror or exc}") from exc
+            raise SourceError(f"cannot read {source}: {describe(exc)}") from exc
+        with reader:
+            write_complete(target, lambda writer: copy_source(reader, writer, source),
+                           f"copy {source} -> {target}")
         info = self.stat(path)
         assert info is not None
         return info
+
+    def get(self, path: str, target: str) -> FileInfo:
+        stored = self._target(path)
+        try:
+            reader = open(stored, "rb")  # noqa: SIM115 (closed by the with below)
+        except OSError as exc:
+            raise TransferError(f"cannot read {stored}: {describe(exc)}") from exc
+        with reader:
+            size, adler32 = write_complete(Path(target),
+                                           lambda writer: adler32_stream(reader, writer),
+                                           f"copy {stored} -> {target}")
+        return FileInfo(size, adler32)
 
     def stat(self, path: str) -> FileInfo | None:
         target = self._target(path)
@@ -53,16 +58,17 @@ class LocalTransfer:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise TransferError(f"stat {target}: {exc.strerror or exc}") from exc
+            raise TransferError(f"stat {target}: {describe(exc)}") from exc
+
+    def remove(self, path: str) -> None:
+        target = self._target(path)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TransferError(f"remove {target}: {describe(exc)}") from exc
 
     def url(self, path: str) -> str:
         return f"file://{self._target(path)}"
 
-
-def _fsync_directory(directory: Path) -> None:
-    # the rename is durable only once the directory entry is on disk
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    def close(self) -> None:
+        pass

@@ -8,7 +8,9 @@ from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field
 from sqlmodel import Session
 
+from catalog import files, queries
 from tower import attempts, failures, fleet, productions, replay, retry, why
+from tower.catalog_verify import verify_dataset
 from tower.db import transaction
 from tower.dbqueue import ack, lease, release
 from tower.errors import GridtowerError, NotFound
@@ -231,3 +233,34 @@ def simulate_policy(name: str) -> Any:
     with Session(runtime.engine) as session:
         return jsonify(replay.simulate(session, productions.get(session, production), name,
                                        runtime.config.policies[name]))
+
+
+# -- catalog
+
+
+@api.get("/catalog/datasets")
+def catalog_datasets() -> Any:
+    with Session(_runtime().engine) as session:
+        return jsonify({"datasets": files.datasets(session)})
+
+
+@api.get("/catalog/datasets/<path:name>/files")
+def catalog_dataset_files(name: str) -> Any:
+    """The file list of `catalog export`: `?format=json` (the default) or `names`."""
+    fmt = request.args.get("format", "json")
+    with Session(_runtime().engine) as session:
+        rows = queries.export(session, name, fmt)
+    return jsonify({"dataset": name, "names" if fmt == "names" else "files": rows})
+
+
+@api.get("/catalog/find")
+def catalog_find() -> Any:
+    """Files matching every `?q=KEY=VALUE` condition (see catalog.queries)."""
+    conditions = queries.parse_conditions(request.args.getlist("q"))
+    with Session(_runtime().engine) as session:
+        return jsonify({"files": queries.find(session, conditions)})
+
+
+@api.post("/catalog/datasets/<path:name>/verify")
+def catalog_verify(name: str) -> Any:
+    return jsonify(verify_dataset(_runtime(), name))

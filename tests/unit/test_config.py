@@ -15,7 +15,7 @@ from tower.errors import ConfigError
 def test_a_starter_home_loads(tower_yaml: Path) -> None:
     config = load_config(tower_yaml)
     assert config.sites["local"].pilot.walltime == 600
-    assert config.storage.destinations["store"] == f"local:{tower_yaml.parent / 'store'}"
+    assert config.storage.destinations["store"].url == f"local:{tower_yaml.parent / 'store'}"
 
 
 def test_found_by_flag_then_environment_then_home(tmp_path: Path,
@@ -42,7 +42,7 @@ def test_environment_overrides_database_and_broker(tower_yaml: Path,
     ({"colour": "blue"}, "colour: unknown key"),
     ({"api": {"port": 70000}}, "api.port: Input should be less than or equal to 65535"),
     ({"storage": {"destinations": {"x": "nowhere"}}},
-     "storage.destinations: destination 'x': expected 'local:/path'"),
+     "storage.destinations.x.url: expected SCHEME:..., such as 'local:/path'"),
     ({"storage": {"default": ["nope"]}}, "storage.default: 'nope' is not a destination"),
 ])
 def test_tower_yaml_errors_name_file_and_key(tmp_path: Path, change: dict[str, object],
