@@ -257,6 +257,13 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
             raise ConfigError(f"{path}: storage.default: {name!r} is not a destination "
                               f"(known: {', '.join(storage.destinations) or 'none'})",
                               field="storage.default")
+    sites = load_sites(_resolve(raw.sites, home))
+    for site in sites.values():
+        if site.data is not None and site.data.destination not in storage.destinations:
+            raise ConfigError(f"{_resolve(raw.sites, home)}: sites.{site.name}.data.destination: "
+                              f"{site.data.destination!r} is not a destination of {path} "
+                              f"(known: {', '.join(storage.destinations) or 'none'})",
+                              field=f"sites.{site.name}.data.destination")
     policies = load_policies(raw.retry.policies, home)
     if raw.retry.policy not in policies:
         raise ConfigError(f"{path}: retry.policy: no policy named {raw.retry.policy!r} "
@@ -267,7 +274,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         "api": raw.api,
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
         "retry": raw.retry, "health": raw.health, "policies": policies,
-        "sites": load_sites(_resolve(raw.sites, home)),
+        "sites": sites,
     }
     values.update(overrides)
     return TowerConfig(**values)

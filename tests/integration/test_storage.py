@@ -1,0 +1,229 @@
+"""Output staging to real SFTP destinations, held output while one is down, corrupted copies,
+the post step, and input data: brokering to the site that holds it, or staging it in."""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlmodel import Session, select
+
+from catalog import files
+from catalog.models import CatalogFile, Dataset, Replica
+from tests.cluster import SshDaemon
+from tests.integration.conftest import LiveTower, assert_done_exactly_once
+from tests.integration.test_failures import RETRY, attempts_by_job, decisions, flaky_production
+from tower import productions
+from tower.db import insert_missing, transaction
+from tower.models import Attempt, Job, Output, StageIn
+from tower.outcomes import Outcome
+
+TIMEOUT = 3
+
+
+def sftp_destination(server: SshDaemon, root: Path, **more: Any) -> dict[str, Any]:
+    access = server.server
+    return {"url": f"sftp://{access.user}@{access.host}:{access.port}{root}",
+            "key_file": str(access.key_file), "known_hosts": str(access.known_hosts),
+            "timeout": TIMEOUT, **more}
+
+
+def adler32(path: Path) -> str:
+    return f"{zlib.adler32(path.read_bytes()):08x}"
+
+
+def storage(destinations: dict[str, Any], default: list[str]) -> dict[str, Any]:
+    return {"destinations": destinations, "default": default, "retry_delay": 1}
+
+
+def replicas_match_disk(tower: LiveTower, roots: dict[str, Path]) -> int:
+    """Every replica's file on disk has the catalog's size and adler32; returns how many."""
+    with Session(tower.runtime.engine) as session:
+        rows = session.exec(select(Replica, CatalogFile).where(
+            Replica.file_id == CatalogFile.id)).all()
+    for replica, entry in rows:
+        on_disk = roots[replica.destination] / replica.path
+        assert (on_disk.stat().st_size, adler32(on_disk)) == (entry.size, entry.adler32)
+        assert replica.state == "good"
+    return len(rows)
+
+
+def test_outputs_go_to_two_sftp_destinations_verified_and_cataloged(
+        sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    roots = {"us": tmp_path / "us", "uk": tmp_path / "uk"}
+    tower = live_tower(retry=RETRY, storage=storage(
+        {name: sftp_destination(sftp_server, root) for name, root in roots.items()},
+        ["us", "uk"]))
+    tower.submit(flaky_production(tmp_path, jobs=6))
+    tower.drive(tower.all_ended, timeout=90)
+
+    assert_done_exactly_once(tower.runtime.engine, jobs=6)
+    assert replicas_match_disk(tower, roots) == 12
+
+
+def test_a_destination_down_mid_production_holds_outputs_until_it_returns(
+        sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    roots = {"us": tmp_path / "us", "uk": tmp_path / "uk"}
+    tower = live_tower(retry=RETRY, storage=storage(
+        {"us": f"local:{roots['us']}", "uk": sftp_destination(sftp_server, roots["uk"])},
+        ["us", "uk"]))
+    tower.submit(flaky_production(tmp_path, jobs=6, sleep=0.5))
+    tower.drive(lambda: tower.counts().get("done", 0) >= 1, timeout=60)
+    sftp_server.stop()
+
+    def held_for_uk() -> bool:
+        with Session(tower.runtime.engine) as session:
+            [row] = productions.summaries(session, "flaky")
+        held = row["outputs_waiting"]
+        # tried already: at us, not at uk
+        return ("us" not in held and held.get("uk", {}).get("outputs", 0) >= 2
+                and bool(held["uk"]["last_error"]))
+
+    # the jobs run on; their outputs reach us, and wait at the site for uk
+    tower.drive(held_for_uk, timeout=90)
+    with Session(tower.runtime.engine) as session:
+        [row] = productions.summaries(session, "flaky")
+        waiting = session.exec(select(Output).where(Output.staged == False)).all()  # noqa: E712
+    assert "us" not in row["outputs_waiting"] and row["states"].get("failed") is None
+    assert all(output.copied == ["us"] and Path(output.source).exists() for output in waiting)
+    assert "uk" in (row["outputs_waiting"]["uk"]["last_error"] or "")
+
+    # a new tower process takes over (the first one "restarted"); the server comes back
+    sftp_server.start()
+    tower.drive(tower.all_ended, timeout=120)
+    assert_done_exactly_once(tower.runtime.engine, jobs=6)
+    assert replicas_match_disk(tower, roots) == 12
+
+
+def test_a_corrupted_copy_at_the_destination_is_detected_and_made_again(
+        sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    tower = live_tower(retry=RETRY, storage=storage(
+        {"store": sftp_destination(sftp_server, root)}, ["store"]))
+    tower.submit(flaky_production(tmp_path, jobs=1))
+    # a copy was left at the destination with one byte altered (an interrupted or damaged
+    # transfer): it is found differing, and copied again
+    damaged = root / "flaky" / "out_0.txt"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text("job 0 attempt 9\n")
+    tower.drive(tower.all_ended, timeout=60)
+
+    assert_done_exactly_once(tower.runtime.engine, jobs=1)
+    assert damaged.read_text() == "job 0 attempt 1\n"
+    assert replicas_match_disk(tower, {"store": root}) == 1
+
+
+def test_sources_are_removed_only_when_asked_and_after_verification(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    tower = live_tower(retry=RETRY, storage=storage(
+        {"keep": f"local:{tmp_path / 'keep'}",
+         "move": {"url": f"local:{tmp_path / 'move'}", "remove_source": True}},
+        ["keep"]))
+    tower.submit(flaky_production(tmp_path, name="kept", jobs=2))
+    tower.submit(flaky_production(tmp_path, name="moved", jobs=2,
+                                  destinations=["keep", "move"]))
+    tower.drive(tower.all_ended, timeout=60)
+    with Session(tower.runtime.engine) as session:
+        sources = {output.job_id: Path(output.source)
+                   for output in session.exec(select(Output)).all()}
+        moved = {job.id for job in session.exec(select(Job).where(Job.production_id == 2))}
+    assert {job for job, path in sources.items() if not path.exists()} == moved
+    assert replicas_match_disk(tower, {"keep": tmp_path / "keep",
+                                       "move": tmp_path / "move"}) == 6
+
+
+def test_a_rejected_output_is_marked_bad_and_the_job_retried(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    checker = tmp_path / "check.py"
+    # accepts an output only from the second attempt on
+    checker.write_text("import sys\ntext = open(sys.argv[1]).read()\n"
+                       "sys.exit(0 if 'attempt 1' not in text else 7)\n")
+    tower = live_tower(retry=RETRY)
+    tower.submit(flaky_production(tmp_path, jobs=1,
+                                  post=[sys.executable, str(checker), "${file}"]))
+    tower.drive(tower.all_ended, timeout=60)
+
+    [rows] = attempts_by_job(tower).values()
+    assert [a.outcome for a in rows] == [Outcome.VALIDATION, Outcome.SUCCESS]
+    assert "exit code 7" in (rows[0].reason or "")
+    assert [(d.rule, d.action) for d in decisions(tower)] == [("payload", "retry")]
+    with Session(tower.runtime.engine) as session:
+        [entry] = session.exec(select(CatalogFile)).all()
+        [replica] = session.exec(select(Replica)).all()
+    # the catalog holds the second attempt's file, good again
+    assert entry.attempt == 2 and replica.state == "good"
+
+
+def catalog_input(tower: LiveTower, root: Path, destination: str, name: str = "geometry.gdml",
+                  data: bytes = b"<gdml>lz</gdml>\n") -> str:
+    """Register an input file with one replica at `destination` (whose root is `root`)."""
+    path = f"inputs/{name}"
+    (root / "inputs").mkdir(parents=True, exist_ok=True)
+    (root / path).write_bytes(data)
+    with transaction(tower.runtime.engine) as session:
+        insert_missing(session, Dataset, name="inputs", meta={})
+        entry = files.register(session, "inputs", name, len(data),
+                               f"{zlib.adler32(data):08x}", None, 0, {})
+        files.add_replica(session, entry, destination, f"file://{root / path}", path=path)
+    return entry.lfn
+
+
+def reading_production(directory: Path, name: str, lfn: str, jobs: int = 4) -> Path:
+    request = {
+        "name": name, "software": "reader 1", "events_total": jobs, "events_per_job": 1,
+        "walltime": "1m", "inputs": [lfn], "outputs": ["out_*.txt"],
+        "command": ["sh", "-c", 'cat "$$1"/* > "$$2/out_$$3.txt"', "reader",
+                    "${input_dir}", "${output_dir}", "${index}"],
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(request))
+    return path
+
+
+def test_jobs_go_to_the_site_that_holds_their_input_or_it_is_staged_in_first(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    roots = {name: tmp_path / name for name in ("se_a", "se_b", "archive")}
+    tower = live_tower(
+        site={"data": {"destination": "se_a", "path": str(roots["se_a"])}},
+        more_sites={"b": {"pilot_command": ["pilot"],
+                          "data": {"destination": "se_b", "path": str(roots["se_b"])}}},
+        retry=RETRY,
+        storage=storage({name: f"local:{root}" for name, root in roots.items()}, ["archive"]))
+    lfn = catalog_input(tower, roots["se_a"], "se_a")
+    tower.submit(reading_production(tmp_path, "held", lfn))
+    tower.drive(tower.all_ended, timeout=90)
+    with Session(tower.runtime.engine) as session:
+        sites = {a.site for a in session.exec(select(Attempt)).all()}
+    assert sites == {"local"}  # the site whose storage element holds the input
+    output = next((tmp_path / "archive" / "held").iterdir())
+    assert output.read_bytes() == b"<gdml>lz</gdml>\n"
+
+    # an input held at neither site: staged in to one, and the jobs run there
+    other = catalog_input(tower, roots["archive"], "archive", name="fieldmap.dat",
+                          data=b"B=1.2T\n")
+    tower.submit(reading_production(tmp_path, "staged", other))
+    tower.drive(tower.all_ended, timeout=90)
+    with Session(tower.runtime.engine) as session:
+        [request] = session.exec(select(StageIn)).all()
+        replicas = {r.destination for r in session.exec(select(Replica).join(
+            CatalogFile, CatalogFile.id == Replica.file_id).where(CatalogFile.lfn == other))}
+        staged_sites = {a.site for a in session.exec(select(Attempt).join(
+            Job, Job.id == Attempt.job_id).where(Job.production_id == 2)).all()}
+    assert request.done and replicas == {"archive", request.destination}
+    assert staged_sites == {"local" if request.destination == "se_a" else "b"}
+    copy = roots[request.destination] / "inputs" / "fieldmap.dat"
+    assert copy.read_bytes() == b"B=1.2T\n"
+
+
+def test_an_input_the_catalog_lacks_is_refused_at_submit(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    from tower.errors import SpecError
+
+    tower = live_tower(retry=RETRY)
+    with pytest.raises(SpecError, match=r"inputs\[0\]: the catalog holds no file or dataset"):
+        tower.submit(reading_production(tmp_path, "nothing", "/inputs/absent.dat"))
