@@ -146,6 +146,16 @@ def _check_sftp_url(url: str) -> None:
         raise ValueError("control characters in the URL")
 
 
+def site_storage(site: SiteConfig) -> DestinationSettings:
+    """A site's storage root as a storage element: local, or SFTP through its SSH access."""
+    if site.ssh is None:
+        return DestinationSettings(url=f"local:{site.storage}")
+    access = site.ssh
+    return DestinationSettings(url=f"sftp://{access.user}@{access.host}:{access.port}"
+                                   f"{site.storage}", key_file=access.key_file,
+                               known_hosts=access.known_hosts, timeout=access.timeout)
+
+
 class StorageSettings(Strict):
     #: Named destinations, each a URL or a mapping (see DestinationSettings).
     destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
@@ -153,6 +163,9 @@ class StorageSettings(Strict):
     default: list[str] = Field(default_factory=list)
     #: Failed copies are retried after this, doubling per try up to an hour.
     retry_delay: Seconds = Field(default=30, gt=0)
+    #: An output being staged is leased this long, and the lease renewed while its copies
+    #: run; outputs a dead tower leased go to another after this.
+    lease: Seconds = Field(default=120, gt=0)
 
     @field_validator("destinations", mode="before")
     @classmethod

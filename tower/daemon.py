@@ -36,10 +36,10 @@ LOOPS = (
 def run_cycle(runtime: Runtime) -> None:
     """Every loop once, in order; an error in one is logged and the others still run."""
     for loop in LOOPS:
-        _guarded(loop, runtime)
+        run_guarded(loop, runtime)
 
 
-def _guarded(loop: Loop, runtime: Runtime) -> None:
+def run_guarded(loop: Loop, runtime: Runtime) -> None:
     try:
         loop.run_once(runtime)
     except Exception:  # the loop boundary: log with traceback, try again next cycle
@@ -57,7 +57,7 @@ def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Threa
 
 def _spin(loop: Loop, runtime: Runtime, stop: threading.Event) -> None:
     while not stop.is_set():
-        _guarded(loop, runtime)
+        run_guarded(loop, runtime)
         stop.wait(runtime.config.loops.interval)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ from sqlalchemy import Engine
 from sites.batch import BatchSystem, open_batch_system
 from sites.runner import Runner, open_runner
 from tower.broker import Broker, open_broker
-from tower.config import TowerConfig
+from tower.config import DestinationSettings, TowerConfig, site_storage
 from tower.db import create_schema, make_engine
 from transfer.base import Transfer, open_transfer
 
@@ -25,6 +26,7 @@ class Runtime:
     _runners: dict[str, Runner] = field(default_factory=dict)
     _batch: dict[str, BatchSystem] = field(default_factory=dict)
     _transfers: dict[str, Transfer] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, config: TowerConfig, create: bool = True) -> Runtime:
@@ -49,10 +51,19 @@ class Runtime:
     def transfer(self, destination: str) -> Transfer:
         """The backend of a named destination, one per destination, reused (it keeps its
         connections)."""
-        if destination not in self._transfers:
-            self._transfers[destination] = open_transfer(
-                self.config.storage.destinations[destination])
-        return self._transfers[destination]
+        return self._transfer(destination, self.config.storage.destinations.get(destination))
+
+    def site_storage(self, site: str) -> Transfer:
+        """Where `site`'s pilots leave outputs: over SFTP for a site reached by SSH."""
+        return self._transfer(f"site {site}", site_storage(self.config.sites[site]))
+
+    def _transfer(self, key: str, settings: DestinationSettings | None) -> Transfer:
+        with self._lock:  # the stager's threads share one backend per destination
+            if key not in self._transfers:
+                if settings is None:
+                    raise KeyError(key)
+                self._transfers[key] = open_transfer(settings)
+            return self._transfers[key]
 
     def close(self) -> None:
         for runner in self._runners.values():

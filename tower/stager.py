@@ -24,10 +24,12 @@ held for its manager.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import delete, or_, update
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 BATCH = 200
 #: Outputs staged at once.
 PARALLEL = 8
-#: A lease outlives a slow copy; after it, another tower process may take the output.
-LEASE_SECONDS = 900
 
 
 def run_once(runtime: Runtime) -> int:
@@ -64,9 +64,28 @@ def run_once(runtime: Runtime) -> int:
     leased = _lease(runtime)
     if not leased:
         return 0
-    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(leased)),
-                            thread_name_prefix="stager") as pool:
-        return sum(pool.map(lambda output: _guarded(runtime, output), leased))
+    done = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(runtime, [o.id for o in leased], done),
+                               name="stager-lease", daemon=True)
+    renewer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=min(PARALLEL, len(leased)),
+                                thread_name_prefix="stager") as pool:
+            return sum(pool.map(lambda output: _guarded(runtime, output), leased))
+    finally:
+        done.set()
+        renewer.join()
+
+
+def _renew(runtime: Runtime, ids: list[int | None], done: threading.Event) -> None:
+    """Keep this tower's leases alive while its copies run, however long they take."""
+    lease = runtime.config.storage.lease
+    while not done.wait(lease / 3):
+        with transaction(runtime.engine) as session:
+            session.execute(update(Output).where(
+                col(Output.id).in_(ids), col(Output.lease_owner) == runtime.instance,
+                col(Output.staged).is_(False)).values(lease_until=later(lease))
+                .execution_options(synchronize_session=False))
 
 
 def _guarded(runtime: Runtime, output: Output) -> int:
@@ -155,7 +174,7 @@ def _lease(runtime: Runtime) -> list[Output]:
         if not ids:
             return []
         session.execute(update(Output).where(col(Output.id).in_(ids)).values(
-            lease_until=later(LEASE_SECONDS), lease_owner=runtime.instance)
+            lease_until=later(runtime.config.storage.lease), lease_owner=runtime.instance)
             .execution_options(synchronize_session=False))
         return list(session.exec(select(Output).where(col(Output.id).in_(ids))).all())
 
@@ -170,46 +189,88 @@ def _stage(runtime: Runtime, output: Output) -> None:
         assert production is not None
     spec = ProductionSpec.model_validate(production.spec)
     path = f"{production.dataset}/{output.name}"
-    copied = list(output.copied or [])
-    problems = []
-    for destination in spec.destinations:
-        if destination in copied:
-            continue
-        try:
-            _copy(runtime, output, destination, path)
-        except SourceError:
-            raise
-        except GridtowerError as exc:  # this destination is down: the others go on
-            problems.append(f"{destination}: {exc}")
-            continue
-        copied.append(destination)
-        _note_copied(runtime, output, copied)
-    if problems:
-        raise TransferError("; ".join(problems))
-    rejected = post.rejection(spec, job, output.attempt, Path(output.source), output.name)
+    with _fetched(runtime, job.site, output) as local:
+        _copy_all(runtime, output, spec.destinations, path, local)
+        rejected = post.rejection(spec, job, output.attempt, local, output.name)
     replicas = {destination: (path, runtime.transfer(destination).url(path))
                 for destination in spec.destinations}
     _register(runtime, output, job, production, replicas, rejected)
     if rejected:
         _fail(runtime, output, Outcome.VALIDATION, rejected)
         return
-    if any(runtime.config.storage.destinations[name].remove_source
-           for name in spec.destinations):
-        Path(output.source).unlink(missing_ok=True)  # every copy is verified by now
+    if job.site and any(runtime.config.storage.destinations[name].remove_source
+                        for name in spec.destinations):
+        # every copy is verified by now
+        runtime.site_storage(job.site).remove(_at_site(runtime, job.site, output))
     log.info("job=%s staged %s to %s", job.id, output.name,
              ", ".join(spec.destinations) or "nowhere")
 
 
-def _copy(runtime: Runtime, output: Output, destination: str, path: str) -> None:
+def _at_site(runtime: Runtime, site: str, output: Output) -> str:
+    """The output's path relative to its site's storage root."""
+    root = PurePosixPath(runtime.config.sites[site].storage)
+    try:
+        return str(PurePosixPath(output.source).relative_to(root))
+    except ValueError:
+        raise SourceError(f"{output.source} is not under site {site}'s storage {root}") from None
+
+
+@contextmanager
+def _fetched(runtime: Runtime, site: str | None, output: Output) -> Iterator[Path]:
+    """The output as a local file: read in place at a local site, fetched over SFTP (and
+    checked against what the pilot measured) from a site reached by SSH."""
+    if site is None or runtime.config.sites[site].ssh is None:
+        yield Path(output.source)
+        return
+    storage = runtime.site_storage(site)
+    relative = _at_site(runtime, site, output)
+    with tempfile.TemporaryDirectory(prefix="gridtower-stage-out-") as scratch:
+        local = Path(scratch) / output.name
+        try:
+            info = storage.get(relative, str(local))
+        except GridtowerError:
+            if storage.stat(relative) is None:
+                raise SourceError(f"{output.source}: no such file at site {site}") from None
+            raise
+        if (info.size, info.adler32) != (output.size, output.adler32):
+            raise SourceError(f"{output.source} at site {site} is {info.size} bytes, adler32 "
+                              f"{info.adler32}; the pilot reported {output.size}, "
+                              f"{output.adler32}")
+        yield local
+
+
+def _copy_all(runtime: Runtime, output: Output, destinations: list[str], path: str,
+              local: Path) -> None:
+    """A verified copy at each destination still lacking one, each recorded as it is made;
+    a destination that is down does not stop the others."""
+    copied = list(output.copied or [])
+    problems = []
+    for destination in destinations:
+        if destination in copied:
+            continue
+        try:
+            _copy(runtime, output, destination, path, local)
+        except SourceError:
+            raise
+        except GridtowerError as exc:
+            problems.append(f"{destination}: {exc}")
+            continue
+        copied.append(destination)
+        _note_copied(runtime, output, copied)
+    if problems:
+        raise TransferError("; ".join(problems))
+
+
+def _copy(runtime: Runtime, output: Output, destination: str, path: str, local: Path) -> None:
     """A verified copy of the output at `destination`: what is there already counts if it
     matches; anything else is copied again. The source is checked when a copy differs."""
     transfer = runtime.transfer(destination)
     expected = (output.size, output.adler32)
     info = transfer.stat(path)
     if info is None or (info.size, info.adler32) != expected:
-        info = transfer.put(output.source, path)
+        info = transfer.put(str(local), path)
     if (info.size, info.adler32) != expected:
-        _check_source(output)
+        _check_source(output, local)
         raise TransferError(f"{destination}:{path}: copy differs from the source (size "
                             f"{info.size} adler32 {info.adler32}, expected {output.size} "
                             f"{output.adler32})")
@@ -251,10 +312,10 @@ def _metadata(job: Job, production: Production) -> dict[str, Any]:
             "events": job.events}
 
 
-def _check_source(output: Output) -> None:
+def _check_source(output: Output, local: Path) -> None:
     """Raise SourceError if the file at the site is not what the pilot measured."""
     try:
-        found = (os.stat(output.source).st_size, adler32_file(Path(output.source)))
+        found = (local.stat().st_size, adler32_file(local))
     except OSError as exc:
         raise SourceError(f"{output.source}: {exc.strerror or exc}") from exc
     if found != (output.size, output.adler32):

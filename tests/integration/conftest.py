@@ -37,13 +37,17 @@ class LiveTower:
             for item in productions.plan(session, path, self.runtime.config):
                 productions.create(session, item)
 
-    def drive(self, until: Callable[[], bool], timeout: float, pause: float = 0.2) -> None:
-        """Run tower cycles until `until()` holds; fail after `timeout` seconds."""
+    def drive(self, until: Callable[[], bool], timeout: float, pause: float = 0.2,
+              without: tuple[str, ...] = ()) -> None:
+        """Run tower cycles (every loop but those named in `without`) until `until()`
+        holds; fail after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while not until():
             if time.monotonic() > deadline:
                 pytest.fail(f"not reached within {timeout}s: {self.counts()}")
-            daemon.run_cycle(self.runtime)
+            for loop in daemon.LOOPS:
+                if loop.name not in without:
+                    daemon.run_guarded(loop, self.runtime)
             time.sleep(pause)
 
     def counts(self) -> dict[str, int]:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +68,11 @@ def attempts_by_job(tower: LiveTower) -> dict[int, list[Attempt]]:
     for attempt in rows:
         result.setdefault(attempt.job_id, []).append(attempt)
     return result
+
+
+def outputs_waiting(tower: LiveTower) -> int:
+    with Session(tower.runtime.engine) as session:
+        return len(session.exec(select(Output).where(col(Output.staged).is_(False))).all())
 
 
 def decisions(tower: LiveTower) -> list[RetryDecision]:
@@ -290,20 +294,7 @@ def test_an_output_gone_from_the_site_is_a_stageout_failure_and_is_retried(
     tower = live_tower(retry=RETRY)
     tower.submit(flaky_production(tmp_path, jobs=1))
     # run without the stager until the output waits at the site, then lose it there
-    from tower import daemon
-
-    loops = [loop for loop in daemon.LOOPS if loop.name != "stager"]
-
-    def output_waits() -> bool:
-        for loop in loops:
-            loop.run_once(tower.runtime)
-        with Session(tower.runtime.engine) as session:
-            return session.exec(select(Output)).first() is not None
-
-    deadline = time.monotonic() + 60
-    while not output_waits():
-        assert time.monotonic() < deadline, tower.counts()
-        time.sleep(0.2)
+    tower.drive(lambda: outputs_waiting(tower) == 1, timeout=60, without=("stager",))
     with Session(tower.runtime.engine) as session:
         output = session.exec(select(Output)).one()
     Path(output.source).unlink()

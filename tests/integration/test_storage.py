@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from catalog import files
@@ -18,7 +19,7 @@ from catalog.models import CatalogFile, Dataset, Replica
 from tests.cluster import SshDaemon
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
 from tests.integration.test_failures import RETRY, attempts_by_job, decisions, flaky_production
-from tower import productions
+from tower import productions, stager
 from tower.db import insert_missing, transaction
 from tower.models import Attempt, Job, Output, StageIn
 from tower.outcomes import Outcome
@@ -227,3 +228,54 @@ def test_an_input_the_catalog_lacks_is_refused_at_submit(
     tower = live_tower(retry=RETRY)
     with pytest.raises(SpecError, match=r"inputs\[0\]: the catalog holds no file or dataset"):
         tower.submit(reading_production(tmp_path, "nothing", "/inputs/absent.dat"))
+
+
+def test_outputs_of_a_site_reached_by_ssh_are_fetched_over_sftp(
+        sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    access = sftp_server.server
+    ssh = {"host": access.host, "port": access.port, "user": access.user,
+           "key_file": str(access.key_file), "known_hosts": str(access.known_hosts)}
+    tower = live_tower(site={"ssh": ssh}, retry=RETRY, storage=storage(
+        {"store": {"url": f"local:{tmp_path / 'store'}", "remove_source": True}}, ["store"]))
+    tower.submit(flaky_production(tmp_path, jobs=3))
+    tower.drive(lambda: tower.counts() == {"staging": 3}, timeout=60, without=("stager",))
+    # the stager reads the site's storage through its SSH access: with the server
+    # down, nothing can be staged, though the files lie on this very machine
+    sftp_server.stop()
+    assert stager.run_once(tower.runtime) == 0
+    with Session(tower.runtime.engine) as session:
+        errors = {output.last_error for output in session.exec(select(Output)).all()}
+    assert all(error and f"{access.host}:{access.port}" in error for error in errors)
+    sftp_server.start()
+    with transaction(tower.runtime.engine) as session:  # no waiting for the retry delay
+        session.execute(update(Output).values(next_try_at=None))
+    tower.drive(tower.all_ended, timeout=60)
+
+    assert_done_exactly_once(tower.runtime.engine, jobs=3)
+    assert replicas_match_disk(tower, {"store": tmp_path / "store"}) == 3
+    with Session(tower.runtime.engine) as session:
+        sources = [Path(output.source) for output in session.exec(select(Output)).all()]
+    # removed at the site once the copy was verified
+    assert len(sources) == 3 and not any(path.exists() for path in sources)
+
+
+def test_outputs_a_dead_tower_was_staging_are_taken_over_and_cataloged_once(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    from tower.runtime import Runtime
+
+    store = tmp_path / "store"
+    tower = live_tower(retry=RETRY, storage={**storage({"store": f"local:{store}"}, ["store"]),
+                                             "lease": 2})
+    tower.submit(flaky_production(tmp_path, jobs=3))
+    tower.drive(lambda: tower.counts() == {"staging": 3}, timeout=60, without=("stager",))
+    # another tower process leased them, began a copy (a partial file) and died
+    dead = Runtime.open(tower.runtime.config, create=False)
+    assert len(stager._lease(dead)) == 3
+    (store / "flaky").mkdir(parents=True)
+    (store / "flaky" / ".out_0.txt.deadbeef.part").write_text("job 0 at")
+    dead.close()
+    assert stager.run_once(tower.runtime) == 0  # leased by the dead one, for now
+
+    tower.drive(tower.all_ended, timeout=60)
+    assert_done_exactly_once(tower.runtime.engine, jobs=3)
+    assert replicas_match_disk(tower, {"store": store}) == 3
