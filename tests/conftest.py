@@ -61,7 +61,7 @@ def write_home(directory: Path, database_url: str, site: dict[str, Any] | None =
         "database": database_url, "broker": "database", "sites": "sites.yaml",
         "api": {"bind": "127.0.0.1", "port": 0},
         "loops": {"interval": 0},
-        "monitor": {"heartbeat_interval": 1, "heartbeat_timeout": 4},
+        "monitor": {"heartbeat_interval": 1, "heartbeat_timeout": 6},
         # the shipped standard policy, without its waits
         "retry": {"policy": "quick", "policies": {"quick": {
             "extends": "standard", "backoff": {"initial": 0, "max": 0}}}},

@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from catalog import files
 from sites.config import SiteConfig
-from tower import daemon, factory, failures, fleet, home, jobs, productions, replay, retry, why
+from tower import ca, daemon, factory, failures, fleet, home, jobs, productions, replay, retry, why
 from tower.config import load_config
 from tower.db import transaction
 from tower.errors import ConfigError, GridtowerError, NotFound
@@ -30,7 +30,6 @@ from tower.outcomes import Outcome
 from tower.policy import load_policies
 from tower.progress import bar
 from tower.runtime import Runtime
-from tower.specs import preview
 from tower.states import JobState, PilotState
 
 log = logging.getLogger("tower")
@@ -61,8 +60,10 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int | None],
-                help: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+                help: str, json_flag: bool = True,
+                within: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+                ) -> argparse.ArgumentParser:
+        sub = within.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
         if json_flag:
             sub.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -160,6 +161,40 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-api", action="store_true", help="do not serve the API here")
 
     command("serve", cmd_serve, "serve the API only", json_flag=False)
+
+    ca_help = ("a small certificate authority for the API's HTTPS: `ca init DIR`, "
+               "`ca issue KIND NAME --ca DIR`, `ca revoke`, `ca crl`, `ca list`")
+    ca_actions = commands.add_parser("ca", help=ca_help, description=ca_help).add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    sub = command("init", cmd_ca_init, "make a CA in DIR: its key (0600), certificate, an "
+                  "empty CRL and the index of issued certificates", within=ca_actions)
+    sub.add_argument("directory", type=Path, metavar="DIR")
+    sub.add_argument("--name", default="gridtower CA", help="the CA's common name")
+    sub.add_argument("--days", type=int, default=ca.CA_DAYS, help="validity (%(default)s)")
+    issue = command("issue", cmd_ca_issue, "issue a certificate and its key (0600): for a "
+                    "person (user), a script (robot) or a server (host)", within=ca_actions)
+    issue.add_argument("kind", choices=["user", "robot", "host"])
+    issue.add_argument("name", metavar="NAME", help="the subject's common name; also the "
+                       "file names NAME.crt and NAME.key")
+    issue.add_argument("--out", type=Path, metavar="DIR", help="where to write (default: "
+                       "the CA's issued/)")
+    issue.add_argument("--days", type=int, default=ca.CERT_DAYS, help="validity (%(default)s)")
+    issue.add_argument("--host", dest="hosts", action="append", default=[], metavar="H",
+                       help="host: a DNS name or IP address it serves (repeatable; default "
+                       "NAME)")
+    revoke = command("revoke", cmd_ca_revoke, "revoke a certificate, by serial or file; the "
+                     "CRL is written anew (servers read it within seconds)", within=ca_actions)
+    revoke.add_argument("target", metavar="SERIAL|CERT",
+                        help="the serial in hex, as `ca list` shows it, or the certificate file")
+    crl = command("crl", cmd_ca_crl, "sign the CRL anew; do so before it expires, or "
+                  "servers refuse every client", within=ca_actions)
+    crl.add_argument("--days", type=int, help="validity (default: as last time, first "
+                     f"{ca.CRL_DAYS})")
+    listing = command("list", cmd_ca_list, "certificates issued, with their state",
+                      within=ca_actions)
+    for sub in (issue, revoke, crl, listing):
+        sub.add_argument("--ca", type=Path, required=True, metavar="DIR",
+                         help="the CA directory")
     return top
 
 
@@ -183,23 +218,18 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
     with transaction(runtime.engine) as session:
-        plans = productions.plan(session, args.file, runtime.config)
-        summaries = [productions.summarize(item) for item in plans]
-        if not args.dry_run:
-            for item in plans:
-                productions.create(session, item)
+        data = productions.submit(session, productions.plan(session, args.file, runtime.config),
+                                  args.dry_run)
     if args.json:
-        _print_json({"dry_run": args.dry_run, "productions": [
-            {**vars(summary), **({"first_job": preview(item.spec)} if args.dry_run else {})}
-            for summary, item in zip(summaries, plans, strict=True)]})
+        _print_json(data)
         return 0
     verb = "would create" if args.dry_run else "created"
-    for summary, item in zip(summaries, plans, strict=True):
-        print(f"{verb} production {summary.production}: {summary.jobs} jobs, "
-              f"{summary.events} events -> dataset {summary.dataset} "
-              f"({', '.join(summary.destinations) or 'no outputs'})")
+    for row in data["productions"]:
+        print(f"{verb} production {row['production']}: {row['jobs']} jobs, "
+              f"{row['events']} events -> dataset {row['dataset']} "
+              f"({', '.join(row['destinations']) or 'no outputs'})")
         if args.dry_run:
-            first = preview(item.spec)
+            first = row["first_job"]
             print("  first job runs: " + " ".join(first["command"]))
             for name, text in first["steering"].items():
                 print(f"  {name}:\n" + "\n".join(f"    {line}" for line in text.splitlines()))
@@ -660,6 +690,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.thread.join()
     finally:
         server.shutdown()
+    return 0
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    made = ca.init_ca(args.directory, args.name, args.days)
+    paths = {"cert": str(made.cert), "key": str(made.key), "crl": str(made.crl),
+             "index": str(made.index)}
+    if args.json:
+        _print_json(paths)
+    else:
+        print("\n".join(f"wrote {path}" for path in paths.values()))
+    return 0
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    cert, key = ca.issue(args.ca, args.kind, args.name, args.days, hosts=args.hosts,
+                         out=args.out)
+    if args.json:
+        _print_json({"cert": str(cert), "key": str(key)})
+    else:
+        print(f"wrote {cert}\nwrote {key}")
+    return 0
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> int:
+    serial = ca.revoke(args.ca, args.target)
+    crl = ca.CaFiles(args.ca).crl
+    if args.json:
+        _print_json({"revoked": f"{serial:x}", "crl": str(crl)})
+    else:
+        print(f"revoked serial {serial:x}; wrote {crl}")
+    return 0
+
+
+def cmd_ca_crl(args: argparse.Namespace) -> int:
+    crl = ca.write_crl(args.ca, args.days)
+    if args.json:
+        _print_json({"crl": str(crl)})
+    else:
+        print(f"wrote {crl}")
+    return 0
+
+
+def cmd_ca_list(args: argparse.Namespace) -> int:
+    rows = ca.listing(args.ca)
+    if args.json:
+        _print_json({"certificates": rows})
+        return 0
+    if not rows:
+        print("no certificates issued")
+    for row in rows:
+        print(f"{row['serial']:<40} {row['kind']:<6} {row['state']:<8} "
+              f"until {row['not_after'][:16]}  {row['subject']}")
     return 0
 
 

@@ -7,6 +7,7 @@ override the file's database and broker.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import unicodedata
@@ -17,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, ValidationInfo, field_validator
 
 from sites.config import SiteConfig, SshAccess, load_sites
+from tower.access import AccessSettings
 from tower.errors import ConfigError
 from tower.policy import STANDARD, Policy, load_policies
 from tower.schema import Seconds, Strict, build, read_yaml
@@ -25,11 +27,41 @@ from transfer.base import TRANSFERS
 DEFAULT_HOME = Path("~/.gridtower")
 
 
+class TlsSettings(Strict):
+    """HTTPS for the API, with client certificates. Paths are relative to tower.yaml."""
+
+    #: The server's certificate (PEM, followed by its chain if any) and its key (mode 0600).
+    cert: Path
+    key: Path
+    #: The CAs whose client certificates are accepted: a PEM file, or a directory whose
+    #: *.pem and *.crt files are read (a grid CA bundle such as /etc/grid-security/certificates).
+    ca_bundle: Path
+    #: Revocation lists checked for every client certificate: a PEM file, or a directory of
+    #: them (*.pem, *.crl, and *.r0 as fetch-crl writes); re-read when they change. With it,
+    #: a client whose CA has no CRL here is refused.
+    crl: Path | None = None
+
+
 class ApiSettings(Strict):
     bind: str = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535)
     #: The URL pilots use to reach the API; derived from bind and port when unset.
     url: str | None = None
+    #: HTTPS with client certificates; absent, the API speaks plain HTTP.
+    tls: TlsSettings | None = None
+    #: Addresses of reverse proxies that verify client certificates themselves and pass the
+    #: subject in `identity_header`; from any other address that header is ignored.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    identity_header: str = Field(default="X-Client-DN", pattern=r"^[A-Za-z0-9-]+$")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, proxies: list[str]) -> list[str]:
+        # written as the server sees REMOTE_ADDR, so they compare as strings
+        try:
+            return [str(ipaddress.ip_address(proxy)) for proxy in proxies]
+        except ValueError as exc:
+            raise ValueError(f"{exc} (give the proxies' IP addresses)") from None
 
 
 class LoopSettings(Strict):
@@ -214,6 +246,8 @@ class TowerFile(Strict):
     storage: StorageSettings = StorageSettings()
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
+    #: Who may do what through the API (with api.tls): roles by certificate subject.
+    access: AccessSettings = AccessSettings()
 
 
 class TowerConfig(Strict):
@@ -230,13 +264,15 @@ class TowerConfig(Strict):
     storage: StorageSettings
     retry: RetrySettings
     health: HealthSettings
+    access: AccessSettings
     #: Every retry policy by name: the shipped ones and the tower's own.
     policies: dict[str, Policy]
     sites: dict[str, SiteConfig]
 
     @property
     def api_url(self) -> str:
-        return self.api.url or f"http://{self.api.bind}:{self.api.port}"
+        scheme = "https" if self.api.tls else "http"
+        return self.api.url or f"{scheme}://{self.api.bind}:{self.api.port}"
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -284,9 +320,9 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
     values: dict[str, Any] = {
         "path": path, "home": home, "database_url": _resolve_sqlite(database, home),
         "broker_url": broker, "broker_options": raw.broker_options,
-        "api": raw.api,
+        "api": _resolve_api(raw.api, home, path),
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
-        "retry": raw.retry, "health": raw.health, "policies": policies,
+        "retry": raw.retry, "health": raw.health, "policies": policies, "access": raw.access,
         "sites": sites,
     }
     values.update(overrides)
@@ -308,6 +344,21 @@ def _resolve_destination(name: str, destination: DestinationSettings, home: Path
         _check_private_key(key_file, f"storage.destinations.{name}.key_file", source)
         update["key_file"] = str(key_file)
     return destination.model_copy(update=update)
+
+
+def _resolve_api(api: ApiSettings, home: Path, source: Path) -> ApiSettings:
+    """TLS paths made absolute and checked: each there, the private key 0600."""
+    if api.tls is None:
+        return api
+    paths = {name: _resolve(str(value), home) for name, value in api.tls
+             if value is not None}
+    for name, path in paths.items():
+        key = f"api.tls.{name}"
+        if name == "key":
+            _check_private_key(path, key, source)
+        elif not path.exists():
+            raise ConfigError(f"{source}: {key}: {path}: no such file or directory", field=key)
+    return api.model_copy(update={"tls": api.tls.model_copy(update=paths)})
 
 
 def _check_private_key(path: Path, key: str, source: Path) -> None:

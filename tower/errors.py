@@ -51,6 +51,19 @@ class IllegalTransition(Conflict):
     """This state change is not allowed."""
 
 
+class Forbidden(GridtowerError):
+    """The certificate's roles do not allow this."""
+
+    status = 403
+    exit_code = 5
+
+
+class Unauthorized(Forbidden):
+    """A client certificate is required."""
+
+    status = 401
+
+
 class BackendError(GridtowerError):
     """A backend (batch system, broker, transfer) failed."""
 

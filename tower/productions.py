@@ -15,7 +15,15 @@ from catalog.models import CatalogFile, Dataset
 from tower.config import TowerConfig
 from tower.errors import NotFound, SpecError
 from tower.models import Job, Output, Production
-from tower.specs import ParentLookup, ProductionSpec, Resolved, load_requests, resolve_all, split
+from tower.specs import (
+    ParentLookup,
+    ProductionSpec,
+    Resolved,
+    load_requests,
+    preview,
+    resolve_all,
+    split,
+)
 from tower.states import JobState
 
 #: Rows per INSERT statement when writing a production's jobs.
@@ -41,7 +49,13 @@ def parent_lookup(session: Session) -> ParentLookup:
 
 def plan(session: Session, path: Path, config: TowerConfig) -> list[Resolved]:
     """Resolve and check every request of `path` against the database; writes nothing."""
-    resolved = resolve_all(load_requests(path), str(path), parent_lookup(session), config.sites,
+    return plan_documents(session, load_requests(path), str(path), config)
+
+
+def plan_documents(session: Session, documents: list[dict[str, Any]], path: str,
+                   config: TowerConfig) -> list[Resolved]:
+    """Resolve and check request documents (from `path`, for errors); writes nothing."""
+    resolved = resolve_all(documents, path, parent_lookup(session), config.sites,
                            config.storage.destinations, config.policies)
     names = [item.spec.name for item in resolved]
     taken = session.exec(select(Production.name).where(col(Production.name).in_(names))).all()
@@ -87,6 +101,20 @@ def summarize(item: Resolved) -> Submission:
     spec = item.spec
     return Submission(spec.name, spec.job_count, spec.events_total, spec.dataset_name,
                       spec.destinations)
+
+
+def submit(session: Session, plans: list[Resolved], dry_run: bool) -> dict[str, Any]:
+    """Create the planned productions (unless `dry_run`); what was (or would be) made,
+    with the first job rendered for a dry run."""
+    rows = []
+    for item in plans:
+        row: dict[str, Any] = dict(vars(summarize(item)))
+        if dry_run:
+            row["first_job"] = preview(item.spec)
+        else:
+            create(session, item)
+        rows.append(row)
+    return {"dry_run": dry_run, "productions": rows}
 
 
 def create(session: Session, item: Resolved) -> Production:

@@ -33,7 +33,17 @@ def read_yaml(path: Path, error: type[GridtowerError] = ConfigError) -> Any:
 
 def read_yaml_documents(path: Path, error: type[GridtowerError] = ConfigError) -> list[Any]:
     """Every non-empty YAML document of a file (`---` separated)."""
-    return _parse(path, lambda text: [d for d in yaml.safe_load_all(text) if d is not None], error)
+    return _parse(path, _documents, error)
+
+
+def yaml_documents(text: str, source: str,
+                   error: type[GridtowerError] = ConfigError) -> list[Any]:
+    """Every non-empty YAML document of `text`, which came from `source` (for errors)."""
+    return _parse_text(text, source, _documents, error)
+
+
+def _documents(text: str) -> list[Any]:
+    return [document for document in yaml.safe_load_all(text) if document is not None]
 
 
 def _parse(path: Path, parse: Callable[[str], Any], error: type[GridtowerError]) -> Any:
@@ -41,12 +51,18 @@ def _parse(path: Path, parse: Callable[[str], Any], error: type[GridtowerError])
         text = path.read_text()
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror}") from exc
+    return _parse_text(text, str(path), parse, error)
+
+
+def _parse_text(text: str, source: str, parse: Callable[[str], Any],
+                error: type[GridtowerError]) -> Any:
     try:
         return parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise error(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+        raise error(f"{source}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"
+                    ) from exc
 
 
 def build(

@@ -134,13 +134,19 @@ ParentLookup = Callable[[str], tuple[dict[str, Any], dict[str, str]] | None]
 
 def load_requests(path: Path) -> list[dict[str, Any]]:
     """The request documents of a YAML file (one, or several separated by `---`)."""
-    documents = read_yaml_documents(path, error=SpecError)
+    return parse_requests(read_yaml_documents(path, error=SpecError), str(path),
+                          str(path.parent.resolve()))
+
+
+def parse_requests(documents: list[Any], source: str, spec_dir: str) -> list[dict[str, Any]]:
+    """Check that `documents` are request mappings; relative paths in them are relative to
+    `spec_dir` (the request file's directory)."""
     if not documents:
-        raise SpecError(f"{path}: no production request in this file")
+        raise SpecError(f"{source}: no production request in this file")
     for number, document in enumerate(documents, 1):
         if not isinstance(document, dict):
-            raise SpecError(f"{path}: document {number}: expected a mapping of keys")
-        document.setdefault("spec_dir", str(path.parent.resolve()))
+            raise SpecError(f"{source}: document {number}: expected a mapping of keys")
+        document.setdefault("spec_dir", spec_dir)
     return documents
 
 

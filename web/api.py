@@ -9,14 +9,19 @@ from pydantic import Field
 from sqlmodel import Session
 
 from catalog import files, queries
-from tower import attempts, failures, fleet, productions, replay, retry, why
+from tower import attempts, factory, failures, fleet, jobs, productions, replay, retry, why
+from tower.access import Permission
 from tower.catalog_verify import verify_dataset
 from tower.db import transaction
 from tower.dbqueue import ack, lease, release
-from tower.errors import GridtowerError, NotFound
+from tower.errors import GridtowerError, NotFound, SpecError
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.schema import Strict, build
+from tower.schema import Strict, build, yaml_documents
+from tower.site_status import site_queues
+from tower.specs import parse_requests
+from tower.states import JobState
+from web.auth import body_model, caller, needs
 
 api = Blueprint("api", __name__)
 
@@ -65,6 +70,18 @@ class JobIds(Strict):
     jobs: list[int] = Field(min_length=1, max_length=100000)
 
 
+class Submission(Strict):
+    """Production requests as the `tower submit` file holds them."""
+
+    #: The YAML text (one or more documents).
+    text: str = Field(min_length=1, max_length=1_000_000)
+    #: The file's name, for error messages.
+    source: str = Field(default="request.yaml", max_length=500)
+    #: Where relative paths in the requests point, at the tower.
+    spec_dir: str = Field(default="", max_length=2000)
+    dry_run: bool = False
+
+
 class Goodbye(Strict):
     message: str = Field(default="", max_length=500)
 
@@ -73,7 +90,10 @@ def _runtime() -> Runtime:
     return current_app.extensions["gridtower"]  # type: ignore[no-any-return]
 
 
-def _body(model: type[Strict]) -> Any:
+def _body() -> Any:
+    """The request's JSON body, validated by the model its view declares."""
+    model = body_model(current_app.view_functions[request.endpoint or ""])
+    assert model is not None, "the view declares no body model"
     data = request.get_json(silent=True)
     if data is None:
         raise BadRequest("the request body must be a JSON object")
@@ -81,17 +101,19 @@ def _body(model: type[Strict]) -> Any:
 
 
 @api.post("/pilots/<pilot_id>/register")
+@needs(Permission.PILOT, body=Hello)
 def register(pilot_id: str) -> Any:
-    body = _body(Hello)
+    body = _body()
     with transaction(_runtime().engine) as session:
         pilot = fleet.register(session, pilot_id, body.host)
         return jsonify({"pilot": pilot.id, "site": pilot.site, "state": pilot.state})
 
 
 @api.post("/pilots/<pilot_id>/lease")
+@needs(Permission.PILOT, body=Lease)
 def lease_messages(pilot_id: str) -> Any:
     """Database queue only: acknowledge done messages and lease new ones, in one round trip."""
-    body = _body(Lease)
+    body = _body()
     with transaction(_runtime().engine) as session:
         pilot = fleet.require_working(session, pilot_id)
         ack(session, body.ack, pilot_id)
@@ -103,8 +125,9 @@ def lease_messages(pilot_id: str) -> Any:
 
 
 @api.post("/pilots/<pilot_id>/release")
+@needs(Permission.PILOT, body=Release)
 def release_messages(pilot_id: str) -> Any:
-    body = _body(Release)
+    body = _body()
     with transaction(_runtime().engine) as session:
         fleet.require_working(session, pilot_id)
         release(session, body.ids, pilot_id)
@@ -112,8 +135,9 @@ def release_messages(pilot_id: str) -> Any:
 
 
 @api.post("/pilots/<pilot_id>/claim")
+@needs(Permission.PILOT, body=Claim)
 def claim(pilot_id: str) -> Any:
-    body = _body(Claim)
+    body = _body()
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         answers = attempts.claim(session, runtime.config, pilot_id, body.jobs)
@@ -121,16 +145,18 @@ def claim(pilot_id: str) -> Any:
 
 
 @api.post("/pilots/<pilot_id>/heartbeat")
+@needs(Permission.PILOT, body=Heartbeat)
 def heartbeat(pilot_id: str) -> Any:
-    body = _body(Heartbeat)
+    body = _body()
     with transaction(_runtime().engine) as session:
         stop = attempts.heartbeat(session, pilot_id, body.jobs)
     return jsonify({"stop": stop})
 
 
 @api.post("/pilots/<pilot_id>/report")
+@needs(Permission.PILOT, body=Reports)
 def report(pilot_id: str) -> Any:
-    body = _body(Reports)
+    body = _body()
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
@@ -138,6 +164,7 @@ def report(pilot_id: str) -> Any:
 
 
 @api.post("/pilots/<pilot_id>/drain")
+@needs(Permission.PILOT)
 def drain(pilot_id: str) -> Any:
     with transaction(_runtime().engine) as session:
         fleet.drain(session, pilot_id)
@@ -145,45 +172,139 @@ def drain(pilot_id: str) -> Any:
 
 
 @api.post("/pilots/<pilot_id>/goodbye")
+@needs(Permission.PILOT, body=Goodbye)
 def goodbye(pilot_id: str) -> Any:
-    body = _body(Goodbye)
+    body = _body()
     with transaction(_runtime().engine) as session:
         fleet.end(session, pilot_id, body.message or "drained")
     return jsonify({"pilot": pilot_id, "state": "done"})
 
 
+@api.get("/openapi.json")
+@needs(Permission.READ)
+def openapi() -> Any:
+    """This document: every endpoint, its parameters, permission and body."""
+    from web.openapi import document
+
+    return jsonify(document(current_app))
+
+
 @api.get("/productions")
+@needs(Permission.READ)
 def list_productions() -> Any:
     with Session(_runtime().engine) as session:
         return jsonify({"productions": productions.summaries(session)})
 
 
+@api.post("/productions")
+@needs(Permission.MANAGE, body=Submission)
+def submit_productions() -> Any:
+    """Validate production requests and create their jobs (or, dry run, show them)."""
+    body = _body()
+    runtime = _runtime()
+    documents = parse_requests(yaml_documents(body.text, body.source, error=SpecError),
+                               body.source, body.spec_dir)
+    with transaction(runtime.engine) as session:
+        return jsonify(productions.submit(session, productions.plan_documents(
+            session, documents, body.source, runtime.config), body.dry_run))
+
+
+@api.get("/jobs")
+@needs(Permission.READ)
+def list_jobs() -> Any:
+    """Jobs in id order, filtered by production, state and site; page with ?after=ID."""
+    args = request.args
+    state = args.get("state")
+    if state is not None and state not in {str(s) for s in JobState}:
+        raise BadRequest(f"state: no state {state!r}", field="state")
+    after, limit = _integer("after", 0, 0), _integer("limit", 100, 1, 1000)
+    with Session(_runtime().engine) as session:
+        rows = jobs.list_jobs(session, args.get("production"), state, args.get("site"),
+                              after, limit)
+    return jsonify({"jobs": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None})
+
+
+def _integer(name: str, default: int, low: int, high: int | None = None) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+        raise BadRequest(f"{name}: expected a whole number from {low}"
+                         + (f" to {high}" if high is not None else ""), field=name)
+    return int(text)
+
+
+@api.get("/jobs/<int:job_id>")
+@needs(Permission.READ)
+def show_job(job_id: int) -> Any:
+    """One job with all its attempts."""
+    with Session(_runtime().engine) as session:
+        return jsonify(jobs.show(session, job_id))
+
+
+@api.get("/pilots")
+@needs(Permission.READ)
+def list_pilots() -> Any:
+    """Pilots, newest first, filtered by site and state."""
+    limit = _integer("limit", 50, 1, 1000)
+    with Session(_runtime().engine) as session:
+        return jsonify({"pilots": fleet.listing(session, request.args.get("site"),
+                                                request.args.get("state"), limit)})
+
+
+@api.get("/sites")
+@needs(Permission.READ)
+def list_sites() -> Any:
+    """Each site queue: pilots, jobs waiting, backlog and bound, broker depth, cool-down."""
+    rows, problem = site_queues(_runtime())
+    return jsonify({"sites": rows, "broker_error": problem})
+
+
+@api.get("/sites/<name>/decisions")
+@needs(Permission.READ)
+def site_decisions(name: str) -> Any:
+    """The factory's recent decisions for a site."""
+    runtime = _runtime()
+    if name not in runtime.config.sites:
+        raise NotFound(f"no site {name!r}", field="site")
+    limit = _integer("limit", 20, 1, 200)
+    with Session(runtime.engine) as session:
+        return jsonify({"site": name, "decisions": [
+            row.model_dump(mode="json") for row in factory.recent_decisions(session, name,
+                                                                            limit)]})
+
+
 @api.get("/productions/<name>")
+@needs(Permission.READ)
 def show_production(name: str) -> Any:
     with Session(_runtime().engine) as session:
         return jsonify(productions.summaries(session, name)[0])
 
 
-#: Who acts through the API, until certificates name the person.
-API_ACTOR = "api"
+def _actor() -> str:
+    """Who acts, as recorded in decisions: the certificate's subject."""
+    return caller().dn or "anonymous"
 
 
 @api.get("/productions/<name>/failures")
+@needs(Permission.READ)
 def production_failures(name: str) -> Any:
     with Session(_runtime().engine) as session:
         return jsonify(failures.report(session, productions.get(session, name)))
 
 
 @api.post("/productions/<name>/retry")
+@needs(Permission.MANAGE, body=RetryRequest)
 def retry_production(name: str) -> Any:
-    body = _body(RetryRequest)
+    body = _body()
     with transaction(_runtime().engine) as session:
-        moved = retry.retry_failed(session, productions.get(session, name), API_ACTOR,
+        moved = retry.retry_failed(session, productions.get(session, name), _actor(),
                                    [str(c) for c in body.classes], body.exit_code)
     return jsonify({"retried": moved, "count": len(moved)})
 
 
 @api.get("/held")
+@needs(Permission.READ)
 def held_jobs() -> Any:
     name = request.args.get("production")
     with Session(_runtime().engine) as session:
@@ -192,22 +313,25 @@ def held_jobs() -> Any:
 
 
 @api.post("/jobs/hold")
+@needs(Permission.MANAGE, body=JobIds)
 def hold_jobs() -> Any:
-    body = _body(JobIds)
+    body = _body()
     with transaction(_runtime().engine) as session:
-        moved = retry.hold(session, body.jobs, API_ACTOR)
+        moved = retry.hold(session, body.jobs, _actor())
     return jsonify({"held": moved, "count": len(moved)})
 
 
 @api.post("/jobs/release")
+@needs(Permission.MANAGE, body=JobIds)
 def release_jobs() -> Any:
-    body = _body(JobIds)
+    body = _body()
     with transaction(_runtime().engine) as session:
-        moved = retry.release(session, body.jobs, API_ACTOR)
+        moved = retry.release(session, body.jobs, _actor())
     return jsonify({"released": moved, "count": len(moved)})
 
 
 @api.get("/jobs/<int:job_id>/why")
+@needs(Permission.READ)
 def job_why(job_id: int) -> Any:
     runtime = _runtime()
     with Session(runtime.engine) as session:
@@ -215,6 +339,7 @@ def job_why(job_id: int) -> Any:
 
 
 @api.get("/policies")
+@needs(Permission.READ)
 def list_policies() -> Any:
     config = _runtime().config
     return jsonify({"default": config.retry.policy, "policies": {
@@ -223,6 +348,7 @@ def list_policies() -> Any:
 
 
 @api.get("/policies/<name>/simulate")
+@needs(Permission.READ)
 def simulate_policy(name: str) -> Any:
     runtime = _runtime()
     if name not in runtime.config.policies:
@@ -239,12 +365,14 @@ def simulate_policy(name: str) -> Any:
 
 
 @api.get("/catalog/datasets")
+@needs(Permission.READ)
 def catalog_datasets() -> Any:
     with Session(_runtime().engine) as session:
         return jsonify({"datasets": files.datasets(session)})
 
 
 @api.get("/catalog/datasets/<path:name>/files")
+@needs(Permission.READ)
 def catalog_dataset_files(name: str) -> Any:
     """The file list of `catalog export`: `?format=json` (the default) or `names`."""
     fmt = request.args.get("format", "json")
@@ -254,6 +382,7 @@ def catalog_dataset_files(name: str) -> Any:
 
 
 @api.get("/catalog/find")
+@needs(Permission.READ)
 def catalog_find() -> Any:
     """Files matching every `?q=KEY=VALUE` condition (see catalog.queries)."""
     conditions = queries.parse_conditions(request.args.getlist("q"))
@@ -262,5 +391,6 @@ def catalog_find() -> Any:
 
 
 @api.post("/catalog/datasets/<path:name>/verify")
+@needs(Permission.MANAGE)
 def catalog_verify(name: str) -> Any:
     return jsonify(verify_dataset(_runtime(), name))

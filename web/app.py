@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 
 from tower.errors import GridtowerError
 from tower.runtime import Runtime
+from web import auth
 from web.api import api
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["gridtower"] = runtime
     app.register_blueprint(api, url_prefix="/api/v1")
+    auth.install(app)
 
     @app.errorhandler(GridtowerError)
     def _library_error(error: GridtowerError) -> Any:

@@ -1,0 +1,65 @@
+"""The OpenAPI 3.1 document of the API, made from the routes themselves: every route under
+/api/v1 with its method, path parameters, the permission it needs, its request body's
+JSON schema (from the view's pydantic model) and the JSON error answers."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from typing import Any
+
+from flask import Flask
+
+from web.auth import body_model, permission_of
+
+PREFIX = "/api/v1"
+_PARAMETER = re.compile(r"<(?:(\w+):)?(\w+)>")
+_TYPES = {"int": {"type": "integer"}, "path": {"type": "string"}, None: {"type": "string"}}
+ERROR = {"type": "object", "required": ["error", "message"], "properties": {
+    "error": {"type": "string"}, "message": {"type": "string"},
+    "field": {"type": ["string", "null"], "description": "the offending field"}}}
+ANSWERS = {"400": "invalid request (the message names the field)",
+           "401": "a client certificate is required",
+           "403": "the certificate's roles do not allow this",
+           "404": "no such object", "409": "conflict with the object's state"}
+
+
+def document(app: Flask) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if not rule.rule.startswith(PREFIX + "/"):
+            continue
+        view = app.view_functions[rule.endpoint]
+        path = _PARAMETER.sub(r"{\2}", rule.rule[len(PREFIX):])
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(rule.rule, rule.endpoint,
+                                                                    view)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "gridtower API", "version": version("gridtower")},
+        "servers": [{"url": PREFIX}],
+        "components": {"schemas": {"Error": ERROR}},
+        "paths": paths,
+    }
+
+
+def _operation(rule: str, endpoint: str, view: Any) -> dict[str, Any]:
+    doc = (view.__doc__ or endpoint.rsplit(".", 1)[-1].replace("_", " ")).strip()
+    permission = permission_of(view)
+    operation: dict[str, Any] = {
+        "operationId": endpoint.rsplit(".", 1)[-1], "summary": doc.splitlines()[0],
+        "x-permission": str(permission) if permission else None,
+        "parameters": [{"name": name, "in": "path", "required": True,
+                        "schema": _TYPES.get(kind or None, {"type": "string"})}
+                       for kind, name in _PARAMETER.findall(rule)],
+        "responses": {"200": {"description": "done", "content": {
+            "application/json": {"schema": {"type": "object"}}}},
+            **{code: {"description": text, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}}
+               for code, text in ANSWERS.items()}},
+    }
+    model = body_model(view)
+    if model is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": model.model_json_schema()}}}
+    return operation
