@@ -1,0 +1,217 @@
+"""Who may call what, over real TLS with real certificates: every endpoint of the OpenAPI
+document against every kind of caller, and nothing changes when a call is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import text
+from sqlmodel import Session
+
+from tests.conftest import write_home
+from tests.integration.test_failures import flaky_production
+from tower import ca
+from tower.config import load_config
+from tower.db import transaction
+from tower.models import Pilot
+from tower.runtime import Runtime
+from web.server import start_server
+
+#: What each caller may do: the permissions its calls pass.
+MAY = {
+    "admin": {"read", "manage", "pilot"},
+    "manager": {"read", "manage"},
+    "siteadmin": {"read"},
+    "reader": {"read"},
+    "pilot": {"pilot"},
+    "other_site_pilot": set(),
+    "unknown_user": set(),
+    "anonymous": set(),
+}
+#: Callers the TLS handshake itself refuses.
+REFUSED_AT_HANDSHAKE = ("expired", "revoked", "foreign")
+PILOT_ID = "p0000000000000000000000000000001"
+
+
+@dataclass
+class Tower:
+    url: str
+    ca_cert: str
+    certs: dict[str, Any]
+    runtime: Runtime
+    spec_file: Path
+
+    def call(self, who: str, method: str, path: str, body: Any = None) -> requests.Response:
+        return requests.request(method, self.url + "/api/v1" + path, json=body,
+                                cert=self.certs.get(who), verify=self.ca_cert, timeout=10)
+
+    def digest(self) -> str:
+        """Everything the database holds, as one hash."""
+        hasher = hashlib.sha256()
+        with Session(self.runtime.engine) as session:
+            tables = [row[0] for row in session.execute(text(
+                "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"))]
+            for table in tables:
+                for row in session.execute(text(f'SELECT * FROM "{table}" ORDER BY 1')):
+                    hasher.update(repr(tuple(row)).encode())
+        return hasher.hexdigest()
+
+
+@pytest.fixture
+def tower(tmp_path: Path) -> Iterator[Tower]:
+    home = tmp_path / "home"
+    authority = ca.init_ca(home / "ca", "test CA").directory
+    ca.issue(authority, "host", "server", days=1, hosts=["127.0.0.1"])
+    people = {name: ca.issue(authority, "robot" if name == "reader" else "user", name, days=1)
+              for name in ("admin", "manager", "siteadmin", "reader", "unknown_user",
+                           "expired", "revoked")}
+    certs: dict[str, Any] = {name: (str(c), str(k)) for name, (c, k) in people.items()}
+    ca.revoke(authority, people["revoked"][0])
+    for name, site, pilot_id in (("pilot", "local", PILOT_ID),
+                                 ("other_site_pilot", "other", "p2")):
+        path = home / f"{name}.pem"
+        path.write_bytes(ca.issue_pilot_credential(authority, site, pilot_id, 3600))
+        path.chmod(0o600)
+        certs[name] = str(path)
+    expired = home / "expired.pem"
+    expired.write_bytes(ca.issue_pilot_credential(authority, "local", "old", 1))
+    expired.chmod(0o600)
+    certs["expired"] = str(expired)
+    foreign = ca.init_ca(tmp_path / "foreign", "another CA").directory
+    certs["foreign"] = tuple(map(str, ca.issue(foreign, "user", "admin", days=1)))
+    config = load_config(write_home(
+        home, f"sqlite:///{home / 'tower.db'}", more_sites={"other": {}},
+        api={"bind": "127.0.0.1", "port": 0, "tls": {
+            "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
+            "ca_bundle": "ca/ca.crt", "crl": "ca/crl.pem"}},
+        access={"roles": [
+            {"dn": "CN=admin,OU=users,O=gridtower", "role": "admin"},
+            {"dn": "CN=manager,OU=users,O=gridtower", "role": "manager"},
+            {"dn": "CN=siteadmin,OU=users,O=gridtower", "role": "siteadmin",
+             "site": "local"},
+            {"pattern": "CN=*,OU=robots,O=gridtower", "role": "reader"}]}))
+    server, url = start_server(config)
+    runtime = Runtime.open(config)
+    server.bind(runtime)
+    with transaction(runtime.engine) as session:
+        session.add(Pilot(id=PILOT_ID, site="local", batch_id=None))
+    time.sleep(1.5)  # the expired credential's second is over
+    try:
+        yield Tower(url, str(authority / "ca.crt"), certs, runtime,
+                    flaky_production(tmp_path, jobs=2))
+    finally:
+        server.shutdown()
+        runtime.close()
+
+
+def requests_for(tower: Tower) -> list[tuple[str, str, str, Any]]:
+    """(permission, method, path, body) for every operation of the OpenAPI document, with
+    path parameters filled in and a body of the right shape."""
+    document = tower.call("admin", "GET", "/openapi.json").json()
+    bodies = {"/pilots/{pilot_id}/claim": {"jobs": []},
+              "/pilots/{pilot_id}/heartbeat": {"jobs": []},
+              "/pilots/{pilot_id}/report": {"reports": []},
+              "/pilots/{pilot_id}/lease": {"queue": "local.default", "max": 0},
+              "/pilots/{pilot_id}/release": {"ids": []},
+              "/productions": {"text": tower.spec_file.read_text(), "dry_run": True},
+              "/productions/{name}/retry": {}, "/jobs/hold": {"jobs": [1]},
+              "/jobs/release": {"jobs": [1]}}
+    values = {"pilot_id": PILOT_ID, "name": "flaky", "job_id": "1"}
+    calls = []
+    for path, operations in document["paths"].items():
+        concrete = path
+        for name, value in values.items():
+            concrete = concrete.replace("{" + name + "}", value)
+        for method, operation in operations.items():
+            body = bodies.get(path, {}) if method == "post" else None
+            calls.append((operation["x-permission"], method.upper(), concrete, body))
+    return calls
+
+
+def test_every_endpoint_answers_each_caller_as_its_role_allows(tower: Tower) -> None:
+    calls = requests_for(tower)
+    assert len(calls) >= 29 and all(permission for permission, *_ in calls)
+    for who, may in MAY.items():
+        for permission, method, path, body in calls:
+            before = tower.digest()
+            answer = tower.call(who, method, path, body)
+            if permission in may:
+                assert answer.status_code not in (401, 403), (who, method, path, answer.text)
+                continue
+            expected = 401 if who == "anonymous" else 403
+            assert answer.status_code == expected, (who, method, path, answer.text)
+            assert answer.json()["message"], (who, path)
+            assert tower.digest() == before, f"{who} {method} {path} changed the database"
+
+
+def test_bad_certificates_are_refused_at_the_handshake_for_every_endpoint(
+        tower: Tower) -> None:
+    calls = requests_for(tower)
+    before = tower.digest()
+    for who in REFUSED_AT_HANDSHAKE:
+        for _, method, path, body in calls:
+            with pytest.raises(requests.exceptions.SSLError):
+                tower.call(who, method, path, body)
+    assert tower.digest() == before
+
+
+def test_a_forged_identity_header_from_an_untrusted_address_is_ignored(tower: Tower) -> None:
+    answer = requests.post(tower.url + "/api/v1/jobs/release", json={"jobs": [1]},
+                           headers={"X-Client-DN": "CN=admin,OU=users,O=gridtower"},
+                           verify=tower.ca_cert, timeout=10)
+    assert answer.status_code == 401
+
+
+def test_the_openapi_document_lists_every_route_and_only_real_ones(tower: Tower) -> None:
+    from web.openapi import PREFIX
+
+    document = tower.call("reader", "GET", "/openapi.json").json()
+    documented = {(method.upper(), path) for path, operations in document["paths"].items()
+                  for method in operations}
+    from web.app import create_app
+
+    flask_app = create_app(tower.runtime)  # the app the server runs
+    routes = set()
+    for rule in flask_app.url_map.iter_rules():
+        if rule.rule.startswith(PREFIX + "/"):
+            path = rule.rule[len(PREFIX):]
+            for part in ("<int:", "<path:", "<"):
+                path = path.replace(part, "{")
+            path = path.replace(">", "}")
+            routes |= {(method, path) for method in rule.methods or ()
+                       if method not in ("HEAD", "OPTIONS")}
+    assert documented == routes
+    body = json.dumps(document)
+    assert '"requestBody"' in body and "Submission" in body
+
+
+def test_a_pilot_credential_of_another_site_cannot_claim_this_sites_job(tower: Tower) -> None:
+    from tower import matchmaker, productions
+
+    with transaction(tower.runtime.engine) as session:
+        session.add(Pilot(id="p2", site="other", batch_id=None, state="running"))
+        for item in productions.plan(session, tower.spec_file, tower.runtime.config):
+            productions.create(session, item)
+    matchmaker.run_once(tower.runtime)
+    with Session(tower.runtime.engine) as session:
+        jobs = session.execute(text("SELECT id, attempt, site FROM job")).all()
+    here = [(job_id, attempt) for job_id, attempt, site in jobs if site == "local"]
+    assert here, jobs
+    before = tower.digest()
+    answer = tower.call("other_site_pilot", "POST", "/pilots/p2/claim",
+                        {"jobs": [list(key) for key in here]})
+    assert answer.status_code == 200
+    assert all(not item["granted"] and "assigned to site local" in item["reason"]
+               for item in answer.json()["jobs"])
+    assert tower.digest() == before
+    # nor may it speak for this site's pilot
+    assert tower.call("other_site_pilot", "POST", f"/pilots/{PILOT_ID}/claim",
+                      {"jobs": [list(key) for key in here]}).status_code == 403
