@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -23,11 +24,17 @@ class TowerRefused(RuntimeError):
 
 class TowerClient:
     def __init__(self, url: str, pilot_id: str, patience: float = 300.0,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, credential: Path | None = None,
+                 tower_ca: Path | None = None) -> None:
         self.base = f"{url.rstrip('/')}/api/v1/pilots/{pilot_id}"
         self.patience = patience
         self.timeout = timeout
         self.session = requests.Session()
+        if credential is not None:
+            self.session.cert = str(credential)
+        # given with each request: REQUESTS_CA_BUNDLE in the site's environment would
+        # otherwise win over a session-wide setting
+        self.verify: str | bool = str(tower_ca) if tower_ca is not None else True
         self._hurried = threading.Event()
 
     def call(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +43,7 @@ class TowerClient:
         while True:
             try:
                 response = self.session.post(f"{self.base}/{action}", json=body,
-                                             timeout=self.timeout)
+                                             timeout=self.timeout, verify=self.verify)
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "queue": "default", "source": "http", "broker_queue": None, "source_options": {},
     "slots": 1, "cores": 1,
     "walltime": "1h", "drain_margin": "60s", "idle_timeout": "120s", "heartbeat": "60s",
-    "poll": 1.0, "patience": "300s",
+    "poll": 1.0, "patience": "300s", "credential": None, "tower_ca": None,
 }
 DURATIONS = ("walltime", "drain_margin", "idle_timeout", "heartbeat", "patience")
 
@@ -59,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", help="how long to wait for an unreachable tower")
     p.add_argument("--scratch", type=Path, help="where job work dirs are made")
     p.add_argument("--storage", type=Path, help="where outputs are left for the stager")
+    p.add_argument("--credential", type=Path,
+                   help="this pilot's certificate and key (one PEM file, mode 0600)")
+    p.add_argument("--tower-ca", type=Path, help="the CA bundle that signed the tower's "
+                   "certificate (default: the system's)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p
 
@@ -95,6 +99,13 @@ def settings_from(args: argparse.Namespace) -> PilotSettings:
             raise ValueError(f"{key}: {exc}") from None
     values["broker_queue"] = values["broker_queue"] or f"{values['site']}.{values['queue']}"
     values["scratch"], values["storage"] = Path(values["scratch"]), Path(values["storage"])
+    for key in ("credential", "tower_ca"):
+        values[key] = Path(values[key]) if values[key] else None
+    if values["credential"] is not None:
+        mode = values["credential"].stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ValueError(f"credential: {values['credential']} has mode {mode:04o}: a "
+                             "private key must be readable by its owner alone")
     return PilotSettings(**values)
 
 
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         settings = settings_from(args)
-        client = TowerClient(settings.tower, settings.pilot_id, patience=settings.patience)
+        client = TowerClient(settings.tower, settings.pilot_id, patience=settings.patience,
+                             credential=settings.credential, tower_ca=settings.tower_ca)
         source = open_source(settings.source, client, settings.broker_queue,
                              settings.source_options, settings.patience)
     except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -120,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TowerUnreachable, TowerRefused) as exc:
         log.error("pilot=%s stops: %s", settings.pilot_id, exc)
         return EXIT_TOWER
+    finally:
+        if settings.credential is not None:
+            settings.credential.unlink(missing_ok=True)  # it served this pilot alone
     return EXIT_TERMINATED if why == "SIGTERM" else EXIT_OK
 
 

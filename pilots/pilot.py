@@ -45,6 +45,10 @@ class PilotSettings:
     poll: float = 1.0
     #: Seconds the pilot waits for an unreachable tower before it gives up.
     patience: float = 300.0
+    #: Its own certificate and key (one PEM file, 0600), when the tower asks for one.
+    credential: Path | None = None
+    #: The CA bundle that signed the tower's certificate.
+    tower_ca: Path | None = None
 
 
 class Pilot:

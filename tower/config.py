@@ -40,6 +40,9 @@ class TlsSettings(Strict):
     #: them (*.pem, *.crl, and *.r0 as fetch-crl writes); re-read when they change. With it,
     #: a client whose CA has no CRL here is refused.
     crl: Path | None = None
+    #: The tower's own CA directory (`tower ca init`): it mints each pilot's credential.
+    #: Without it, pilots cannot reach an API that asks for certificates.
+    pilot_ca: Path | None = None
 
 
 class ApiSettings(Strict):

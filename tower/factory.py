@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from sites.batch import PilotRequest
 from sites.config import SiteConfig
-from tower import fleet, health
+from tower import credentials, fleet, health
 from tower.broker import queue_name
 from tower.db import insert_missing, transaction
 from tower.errors import BackendError
@@ -240,5 +240,6 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
         "--idle-timeout", str(site.pilot.idle_timeout),
         "--heartbeat", str(config.monitor.heartbeat_interval),
         "--scratch", site.scratch, "--storage", site.storage,
+        *credentials.deliver(runtime, site, pilot_id),
     ]
     return PilotRequest(pilot_id, argv, source.environment)

@@ -215,3 +215,32 @@ def test_a_pilot_credential_of_another_site_cannot_claim_this_sites_job(tower: T
     # nor may it speak for this site's pilot
     assert tower.call("other_site_pilot", "POST", f"/pilots/{PILOT_ID}/claim",
                       {"jobs": [list(key) for key in here]}).status_code == 403
+
+
+def test_pilots_run_a_production_over_https_with_the_credentials_the_factory_mints(
+        live_tower: Any, tmp_path: Path) -> None:
+    from tests.integration.conftest import assert_done_exactly_once
+
+    home = tmp_path / "home"
+    authority = ca.init_ca(home / "ca", "test CA").directory
+    ca.issue(authority, "host", "server", days=1, hosts=["127.0.0.1"])
+    tower = live_tower(api={"bind": "127.0.0.1", "port": 0, "tls": {
+        "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
+        "ca_bundle": "ca/ca.crt", "crl": "ca/crl.pem", "pilot_ca": "ca"}})
+    assert tower.runtime.config.api_url.startswith("https://")
+    tower.submit(flaky_production(tmp_path, jobs=4))
+    seen: dict[str, int] = {}
+
+    def done_while_watching_credentials() -> bool:
+        for path in (home / "scratch" / "credentials").glob("*.pem"):
+            seen[path.name] = path.stat().st_mode & 0o777
+        return tower.all_ended()
+
+    tower.drive(done_while_watching_credentials, timeout=90)
+    assert_done_exactly_once(tower.runtime.engine, jobs=4)
+    # each pilot's own credential, readable by its owner alone, gone once it ended
+    pilots = {name for name in seen if name != "tower-ca.pem"}
+    assert pilots and all(seen[name] == 0o600 for name in pilots)
+    left = home / "scratch" / "credentials"
+    tower.drive(lambda: {path.name for path in left.glob("*.pem")} <= {"tower-ca.pem"},
+                timeout=60)
