@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 from sqlmodel import Session
@@ -25,12 +26,14 @@ from sites.config import SiteConfig
 from tower import ca, daemon, factory, failures, fleet, home, jobs, productions, replay, retry, why
 from tower.config import load_config
 from tower.db import transaction
-from tower.errors import ConfigError, GridtowerError, NotFound
+from tower.errors import ConfigError, GridtowerError, NotFound, SpecError
 from tower.outcomes import Outcome
 from tower.policy import load_policies
 from tower.progress import bar
+from tower.remote import Remote, client_settings
 from tower.runtime import Runtime
 from tower.states import JobState, PilotState
+from tower.timeutil import jsonable
 
 log = logging.getLogger("tower")
 
@@ -57,6 +60,16 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--config", help="path of tower.yaml")
     top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    remote = top.add_argument_group(
+        "a remote tower", "work through a tower's API over HTTPS instead of beside its "
+        "database (submit, status, jobs, job, failures, retry, held, hold, release, why, "
+        "sites, pilots); also from --client-config, $TOWER_CLIENT_CONFIG or "
+        "~/.gridtower/client.yaml (keys url, cert, key, ca)")
+    remote.add_argument("--url", help="the tower's URL, e.g. https://tower.example.org:8470")
+    remote.add_argument("--cert", help="your certificate (PEM)")
+    remote.add_argument("--key", help="its private key (PEM, mode 0600)")
+    remote.add_argument("--ca", help="the CA bundle that signed the tower's certificate")
+    remote.add_argument("--client-config", help="a YAML file with url, cert, key and ca")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int | None],
@@ -206,6 +219,37 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _remote(args: argparse.Namespace) -> Remote | None:
+    settings = client_settings(args.url, args.cert, args.key, args.ca, args.client_config)
+    return Remote(settings) if settings is not None else None
+
+
+def _ask(args: argparse.Namespace, method: str, path: str,
+         local: Callable[[Runtime, Session], Any], params: dict[str, Any] | None = None,
+         body: dict[str, Any] | None = None) -> Any:
+    """A command's data: from the remote tower's API when one is given, else computed here
+    beside the database (in one transaction, for a POST); the same JSON either way."""
+    remote = _remote(args)
+    if remote is not None:
+        try:
+            return remote.call(method, path, params, body)
+        finally:
+            remote.close()
+    runtime = _runtime(args)
+    try:
+        with (transaction(runtime.engine) if method == "POST"
+              else Session(runtime.engine)) as session:
+            return json.loads(json.dumps(local(runtime, session), default=jsonable))
+    finally:
+        runtime.close()
+
+
+def _local_only(args: argparse.Namespace) -> None:
+    if _remote(args) is not None:
+        raise ConfigError(f"{args.command}: works beside the database only, not through "
+                          "a remote tower (drop --url)", field="url")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     written = home.init(args.directory, force=args.force)
     for path in written:
@@ -216,10 +260,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with transaction(runtime.engine) as session:
-        data = productions.submit(session, productions.plan(session, args.file, runtime.config),
-                                  args.dry_run)
+    try:
+        text = args.file.read_text()
+    except OSError as exc:
+        raise SpecError(f"{args.file}: cannot read: {exc.strerror}") from None
+    body = {"text": text, "source": str(args.file), "dry_run": args.dry_run,
+            "spec_dir": str(args.file.parent.resolve())}
+    data = _ask(args, "POST", "/productions", lambda runtime, session: productions.submit(
+        session, productions.plan(session, args.file, runtime.config), args.dry_run),
+        body=body)
     if args.json:
         _print_json(data)
         return 0
@@ -237,9 +286,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        rows = productions.summaries(session, args.production)
+    if args.production:
+        rows = [_ask(args, "GET", f"/productions/{quote(args.production)}",
+                     lambda runtime, session: productions.summaries(session,
+                                                                   args.production)[0])]
+    else:
+        rows = _ask(args, "GET", "/productions", lambda runtime, session: {
+            "productions": productions.summaries(session)})["productions"]
     if args.json:
         _print_json({"productions": rows})
         return 0
@@ -258,12 +311,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        rows = jobs.list_jobs(session, args.production, args.state, args.site, args.after,
-                              args.limit)
+    params = {"production": args.production, "state": args.state, "site": args.site,
+              "after": args.after, "limit": args.limit}
+    data = _ask(args, "GET", "/jobs", lambda runtime, session: jobs.page(session, **params),
+                params=params)
+    rows = data["jobs"]
     if args.json:
-        _print_json({"jobs": rows, "next_after": rows[-1]["id"] if rows else None})
+        _print_json(data)
         return 0
     print(f"{'id':>8} {'production':<24} {'index':>6} {'state':<9} {'site':<10} "
           f"{'attempt':>7}  message")
@@ -274,9 +328,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        row = jobs.show(session, args.job_id)
+    row = _ask(args, "GET", f"/jobs/{args.job_id}",
+               lambda runtime, session: jobs.show(session, args.job_id))
     if args.json:
         _print_json(row)
         return 0
@@ -285,15 +338,15 @@ def cmd_job(args: argparse.Namespace) -> int:
           f"{row['state']}")
     for attempt in row["attempts"]:
         print(f"  attempt {attempt['number']} on {attempt['site']} pilot "
-              f"{attempt['pilot_id'][:8]}: {attempt['outcome'] or 'running'} "
+              f"{(attempt['pilot_id'] or '-')[:8]}: {attempt['outcome'] or 'running'} "
               f"{attempt['reason'] or ''}")
     return 0
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        data = failures.report(session, productions.get(session, args.production))
+    data = _ask(args, "GET", f"/productions/{quote(args.production)}/failures",
+                lambda runtime, session: failures.report(
+                    session, productions.get(session, args.production)))
     if args.json:
         _print_json(data)
         return 0
@@ -316,14 +369,19 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with transaction(runtime.engine) as session:
-        production = productions.get(session, args.production)
-        retried = retry.retry_failed(session, production, retry.actor(), args.classes,
-                                     args.exit_code)
-        if args.dry_run:
-            session.rollback()
-    return _report_moved(args, "retried", retried)
+    if args.dry_run:
+        _local_only(args)
+        runtime = _runtime(args)
+        with Session(runtime.engine) as session:  # never committed
+            retried = retry.retry_failed(session, productions.get(session, args.production),
+                                         retry.actor(), args.classes, args.exit_code)
+        return _report_moved(args, "retried", retried)
+    body = {"classes": args.classes, "exit_code": args.exit_code}
+    data = _ask(args, "POST", f"/productions/{quote(args.production)}/retry",
+                lambda runtime, session: {"retried": retry.retry_failed(
+                    session, productions.get(session, args.production), retry.actor(),
+                    args.classes, args.exit_code)}, body=body)
+    return _report_moved(args, "retried", data["retried"])
 
 
 def _report_moved(args: argparse.Namespace, verb: str, moved: list[int]) -> int:
@@ -338,10 +396,10 @@ def _report_moved(args: argparse.Namespace, verb: str, moved: list[int]) -> int:
 
 
 def cmd_held(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        production = productions.get(session, args.production) if args.production else None
-        rows = retry.held(session, production, args.limit)
+    params = {"production": args.production, "limit": args.limit}
+    rows = _ask(args, "GET", "/held", lambda runtime, session: {"held": retry.held(
+        session, productions.get(session, args.production) if args.production else None,
+        args.limit)}, params=params)["held"]
     if args.json:
         _print_json({"held": rows})
         return 0
@@ -353,36 +411,27 @@ def cmd_held(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chosen_jobs(session: Session, args: argparse.Namespace, states: list[JobState]) -> list[int]:
+def _move_jobs(args: argparse.Namespace, action: str, verb: str) -> int:
     if not args.jobs and not args.production:
         raise ConfigError(f"{args.command}: give JOB ids or --production", field="jobs")
-    chosen = list(args.jobs)
-    if args.production:
-        chosen += jobs.ids_in(session, productions.get(session, args.production), states)
-    return chosen
+    body = {"jobs": args.jobs, "production": args.production}
+    data = _ask(args, "POST", f"/jobs/{action}", lambda runtime, session: {
+        verb: retry.act_on(session, action, args.jobs, args.production, retry.actor())},
+        body=body)
+    return _report_moved(args, verb, data[verb])
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with transaction(runtime.engine) as session:
-        chosen = _chosen_jobs(session, args, [JobState.DEFINED, JobState.ASSIGNED,
-                                              JobState.QUEUED])
-        moved = retry.hold(session, chosen, retry.actor())
-    return _report_moved(args, "held", moved)
+    return _move_jobs(args, "hold", "held")
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with transaction(runtime.engine) as session:
-        moved = retry.release(session, _chosen_jobs(session, args, [JobState.HELD]),
-                              retry.actor())
-    return _report_moved(args, "released", moved)
+    return _move_jobs(args, "release", "released")
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        data = why.explain(session, runtime.config, args.job_id)
+    data = _ask(args, "GET", f"/jobs/{args.job_id}/why",
+                lambda runtime, session: why.explain(session, runtime.config, args.job_id))
     if args.json:
         _print_json(data)
         return 0
@@ -402,6 +451,7 @@ def cmd_why(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    _local_only(args)
     if args.action == "check":
         if not args.name:
             raise ConfigError("policy check: give the FILE", field="name")
@@ -454,6 +504,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
+    _local_only(args)
     from catalog import queries
     from tower.catalog_verify import verify_dataset
 
@@ -524,13 +575,14 @@ def cmd_sites(args: argparse.Namespace) -> int:
         return _site_check(args) if args.action == "check" else _site_explain(args)
     from tower.site_status import site_queues
 
-    runtime = _runtime(args)
-    try:
+    def local(runtime: Runtime, session: Session) -> dict[str, Any]:
         rows, problem = site_queues(runtime)
-    finally:
-        runtime.close()
+        return {"sites": rows, "broker_error": problem}
+
+    data = _ask(args, "GET", "/sites", local)
+    rows, problem = data["sites"], data["broker_error"]
     if args.json:
-        _print_json({"sites": rows, "broker_error": problem})
+        _print_json(data)
         return 1 if problem else 0
     print(f"{'site':<16} {'queue':<10} {'batch':<8} {'pilots p/r/d/e/l':>16} {'waiting':>8} "
           f"{'backlog':>9} {'broker':>7}")
@@ -542,10 +594,10 @@ def cmd_sites(args: argparse.Namespace) -> int:
         print(f"{row['site']:<16} {row['queue']:<10} {row['batch']:<8} {pilots:>16} "
               f"{row['waiting']:>8} {held:>9} {broker:>7}")
         if row["cooling_until"]:
-            print(f"{'':<16} out of brokering until {row['cooling_until']:%H:%M:%S} UTC: "
+            print(f"{'':<16} out of brokering until {row['cooling_until'][11:19]} UTC: "
                   f"{row['cooling_reason']}")
         if row["last_error"]:
-            print(f"{'':<16} last error {row['last_error_at']:%Y-%m-%d %H:%M:%S}: "
+            print(f"{'':<16} last error {row['last_error_at'][:19].replace('T', ' ')}: "
                   f"{row['last_error']}")
     if problem:
         print(f"tower: broker unreachable: {problem}", file=sys.stderr)
@@ -564,6 +616,7 @@ def _site_check(args: argparse.Namespace) -> int:
     from tower.factory import pilot_command
     from tower.site_check import check_site
 
+    _local_only(args)
     runtime = _runtime(args)
     try:
         site = _site(runtime, args.name)
@@ -580,13 +633,17 @@ def _site_check(args: argparse.Namespace) -> int:
 
 
 def _site_explain(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
+    def local(runtime: Runtime, session: Session) -> dict[str, Any]:
         _site(runtime, args.name)
-        rows = [row.model_dump(mode="json")
-                for row in factory.recent_decisions(session, args.name, args.limit)]
+        return {"site": args.name, "decisions": [
+            row.model_dump(mode="json")
+            for row in factory.recent_decisions(session, args.name, args.limit)]}
+
+    data = _ask(args, "GET", f"/sites/{quote(args.name)}/decisions", local,
+                params={"limit": args.limit})
+    rows = data["decisions"]
     if args.json:
-        _print_json({"site": args.name, "decisions": rows})
+        _print_json(data)
         return 0
     if not rows:
         print(f"site {args.name}: no factory decision yet (is `tower run` running, and the "
@@ -597,9 +654,9 @@ def _site_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_pilots(args: argparse.Namespace) -> int:
-    runtime = _runtime(args)
-    with Session(runtime.engine) as session:
-        rows = fleet.listing(session, args.site, args.state, args.limit)
+    params = {"site": args.site, "state": args.state, "limit": args.limit}
+    rows = _ask(args, "GET", "/pilots", lambda runtime, session: {"pilots": fleet.listing(
+        session, args.site, args.state, args.limit)}, params=params)["pilots"]
     if args.json:
         _print_json({"pilots": rows})
         return 0

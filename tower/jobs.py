@@ -25,6 +25,13 @@ def list_jobs(session: Session, production: str | None = None, state: str | None
     return [_job_dict(job, name) for job, name in session.exec(query).all()]
 
 
+def page(session: Session, production: str | None = None, state: str | None = None,
+         site: str | None = None, after: int = 0, limit: int = 100) -> dict[str, Any]:
+    """One page of jobs, and the id to give as `after` for the next (None: no more)."""
+    rows = list_jobs(session, production, state, site, after, limit)
+    return {"jobs": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None}
+
+
 def show(session: Session, job_id: int) -> dict[str, Any]:
     row = session.exec(select(Job, Production.name).join(
         Production, col(Production.id) == Job.production_id).where(Job.id == job_id)).first()

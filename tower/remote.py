@@ -78,8 +78,8 @@ class Remote:
         self.session = requests.Session()
         if settings.cert:
             self.session.cert = (settings.cert, settings.key) if settings.key else settings.cert
-        if settings.ca:
-            self.session.verify = settings.ca
+        # given with each request: REQUESTS_CA_BUNDLE would win over a session-wide setting
+        self.verify: str | bool = settings.ca or True
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
              body: dict[str, Any] | None = None) -> Any:
@@ -87,7 +87,7 @@ class Remote:
         query = {name: value for name, value in (params or {}).items() if value is not None}
         try:
             answer = self.session.request(method, self.base + path, params=query, json=body,
-                                          timeout=TIMEOUT)
+                                          timeout=TIMEOUT, verify=self.verify)
         except requests.RequestException as exc:
             raise BackendError(f"{self.base}: {exc}") from None
         try:

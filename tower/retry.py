@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
+from tower import jobs, productions
 from tower.config import TowerConfig
 from tower.models import Attempt, Job, Production, RetryDecision
 from tower.outcomes import NOT_FAILURES, Outcome
@@ -30,6 +31,8 @@ from tower.timeutil import later, utcnow
 
 log = logging.getLogger(__name__)
 
+#: States in which a job may be held by a person: not yet running.
+HOLDABLE = [JobState.DEFINED, JobState.ASSIGNED, JobState.QUEUED]
 #: States from which a job's ended attempt is settled.
 SETTLED_FROM = (JobState.RUNNING, JobState.STAGING, JobState.QUEUED)
 
@@ -225,6 +228,16 @@ def _chosen(attempt: Attempt | None, classes: Sequence[str], exit_code: int | No
     return exit_code is None or (attempt is not None and attempt.exit_code == exit_code)
 
 
+def act_on(session: Session, action: str, job_ids: Sequence[int], production: str | None,
+           by: str) -> list[int]:
+    """`hold` or `release` the given jobs, and those of `production` it applies to."""
+    chosen = list(job_ids)
+    if production:
+        chosen += jobs.ids_in(session, productions.get(session, production),
+                              HOLDABLE if action == "hold" else [JobState.HELD])
+    return hold(session, chosen, by) if action == "hold" else release(session, chosen, by)
+
+
 def release(session: Session, job_ids: Sequence[int], by: str) -> list[int]:
     """Held jobs go back to brokering, with a fresh budget."""
     return _restart(session, job_ids, JobState.HELD, by, "release", "released by " + by)
@@ -233,8 +246,7 @@ def release(session: Session, job_ids: Sequence[int], by: str) -> list[int]:
 def hold(session: Session, job_ids: Sequence[int], by: str) -> list[int]:
     """Jobs not yet running wait for a human (`release`)."""
     reason = "held by " + by
-    moved = move_jobs(session, job_ids, [JobState.DEFINED, JobState.ASSIGNED, JobState.QUEUED],
-                      JobState.HELD, reason, message=reason)
+    moved = move_jobs(session, job_ids, HOLDABLE, JobState.HELD, reason, message=reason)
     record_action(session, moved, by, "hold", reason)
     return moved
 

@@ -66,8 +66,11 @@ class RetryRequest(Strict):
     exit_code: int | None = None
 
 
-class JobIds(Strict):
-    jobs: list[int] = Field(min_length=1, max_length=100000)
+class JobChoice(Strict):
+    """Jobs by id, and (or) every job of a production that the action applies to."""
+
+    jobs: list[int] = Field(default_factory=list, max_length=100000)
+    production: str | None = None
 
 
 class Submission(Strict):
@@ -219,9 +222,8 @@ def list_jobs() -> Any:
         raise BadRequest(f"state: no state {state!r}", field="state")
     after, limit = _integer("after", 0, 0), _integer("limit", 100, 1, 1000)
     with Session(_runtime().engine) as session:
-        rows = jobs.list_jobs(session, args.get("production"), state, args.get("site"),
-                              after, limit)
-    return jsonify({"jobs": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None})
+        return jsonify(jobs.page(session, args.get("production"), state, args.get("site"),
+                                 after, limit))
 
 
 def _integer(name: str, default: int, low: int, high: int | None = None) -> int:
@@ -312,22 +314,18 @@ def held_jobs() -> Any:
         return jsonify({"held": retry.held(session, production)})
 
 
-@api.post("/jobs/hold")
-@needs(Permission.MANAGE, body=JobIds)
-def hold_jobs() -> Any:
+@api.post("/jobs/hold", defaults={"action": "hold"})
+@api.post("/jobs/release", defaults={"action": "release"})
+@needs(Permission.MANAGE, body=JobChoice)
+def hold_or_release(action: str) -> Any:
+    """Hold jobs not yet running, or let held jobs run again with a fresh budget."""
     body = _body()
+    if not body.jobs and not body.production:
+        raise BadRequest("give jobs or a production", field="jobs")
     with transaction(_runtime().engine) as session:
-        moved = retry.hold(session, body.jobs, _actor())
-    return jsonify({"held": moved, "count": len(moved)})
-
-
-@api.post("/jobs/release")
-@needs(Permission.MANAGE, body=JobIds)
-def release_jobs() -> Any:
-    body = _body()
-    with transaction(_runtime().engine) as session:
-        moved = retry.release(session, body.jobs, _actor())
-    return jsonify({"released": moved, "count": len(moved)})
+        moved = retry.act_on(session, action, body.jobs, body.production, _actor())
+    verb = "held" if action == "hold" else "released"
+    return jsonify({verb: moved, "count": len(moved)})
 
 
 @api.get("/jobs/<int:job_id>/why")

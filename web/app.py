@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from tower.errors import GridtowerError
 from tower.runtime import Runtime
+from tower.timeutil import jsonable
 from web import auth
 from web.api import api
 
@@ -19,8 +21,15 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
+class JsonProvider(DefaultJSONProvider):
+    """Times in answers as ISO 8601, as the CLI prints them."""
+
+    default = staticmethod(jsonable)  # type: ignore[assignment]
+
+
 def create_app(runtime: Runtime) -> Flask:
     app = Flask(__name__)
+    app.json = JsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["gridtower"] = runtime
     app.register_blueprint(api, url_prefix="/api/v1")

@@ -32,8 +32,10 @@ def document(app: Flask) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         path = _PARAMETER.sub(r"{\2}", rule.rule[len(PREFIX):])
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(rule.rule, rule.endpoint,
-                                                                    view)
+            operation = _operation(rule.rule, rule.endpoint, view)
+            # one view may serve several routes: the id names the route
+            operation["operationId"] = method.lower() + re.sub(r"\W+", "_", path).rstrip("_")
+            paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": "gridtower API", "version": version("gridtower")},
@@ -47,7 +49,7 @@ def _operation(rule: str, endpoint: str, view: Any) -> dict[str, Any]:
     doc = (view.__doc__ or endpoint.rsplit(".", 1)[-1].replace("_", " ")).strip()
     permission = permission_of(view)
     operation: dict[str, Any] = {
-        "operationId": endpoint.rsplit(".", 1)[-1], "summary": doc.splitlines()[0],
+        "summary": doc.splitlines()[0],
         "x-permission": str(permission) if permission else None,
         "parameters": [{"name": name, "in": "path", "required": True,
                         "schema": _TYPES.get(kind or None, {"type": "string"})}

@@ -189,6 +189,9 @@ def test_the_openapi_document_lists_every_route_and_only_real_ones(tower: Tower)
             routes |= {(method, path) for method in rule.methods or ()
                        if method not in ("HEAD", "OPTIONS")}
     assert documented == routes
+    ids = [operation["operationId"] for operations in document["paths"].values()
+           for operation in operations.values()]
+    assert len(ids) == len(set(ids))
     body = json.dumps(document)
     assert '"requestBody"' in body and "Submission" in body
 
@@ -244,3 +247,65 @@ def test_pilots_run_a_production_over_https_with_the_credentials_the_factory_min
     left = home / "scratch" / "credentials"
     tower.drive(lambda: {path.name for path in left.glob("*.pem")} <= {"tower-ca.pem"},
                 timeout=60)
+
+
+def test_the_cli_submits_and_follows_a_production_on_a_remote_tower_over_https(
+        live_tower: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    import yaml
+
+    from tower import daemon
+    from tower.cli import main as tower_main
+
+    home = tmp_path / "home"
+    authority = ca.init_ca(home / "ca", "test CA").directory
+    ca.issue(authority, "host", "server", days=1, hosts=["127.0.0.1"])
+    ca.issue(authority, "user", "manager", days=1, out=tmp_path / "me")  # in client.yaml
+    reader = ca.issue(authority, "robot", "monitor", days=1, out=tmp_path / "me")
+    tower = live_tower(
+        api={"bind": "127.0.0.1", "port": 0, "tls": {
+            "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
+            "ca_bundle": "ca/ca.crt", "pilot_ca": "ca"}},
+        access={"roles": [{"dn": "CN=manager,OU=users,O=gridtower", "role": "manager"},
+                          {"pattern": "CN=*,OU=robots,O=gridtower", "role": "reader"}]})
+    client = tmp_path / "me" / "client.yaml"
+    client.write_text(yaml.safe_dump({"url": tower.runtime.config.api_url,
+                                      "cert": "manager.crt", "key": "manager.key",
+                                      "ca": str(authority / "ca.crt")}))
+    # nothing of the tower's own configuration is at hand: no --config, no database
+    remote = ["--config", str(tmp_path / "nowhere.yaml"), "--client-config", str(client)]
+
+    def cli(*argv: str, expect: int = 0) -> Any:
+        capsys.readouterr()
+        code = tower_main([*remote, *argv, "--json"])
+        out = capsys.readouterr().out
+        assert code == expect, out
+        return json.loads(out)
+
+    stop = threading.Event()
+    loops = daemon.run_forever(tower.runtime, stop)
+    try:
+        created = cli("submit", str(flaky_production(tmp_path, jobs=3)))
+        assert created["productions"][0]["jobs"] == 3
+        deadline = time.monotonic() + 90
+        while cli("status", "flaky")["productions"][0]["states"] != {"done": 3}:
+            assert time.monotonic() < deadline, "the production did not end"
+            time.sleep(0.5)
+        page = cli("jobs", "--production", "flaky", "--limit", "2")
+        assert [row["state"] for row in page["jobs"]] == ["done", "done"]
+        assert page["next_after"] == page["jobs"][-1]["id"]
+        assert cli("job", "1")["attempts"][0]["outcome"] == "success"
+        assert cli("why", "1")["state"] == "done"
+        assert cli("failures", "flaky")["failed_attempts"] == 0
+        # a reader may look, not submit; the refusal names why and creates nothing
+        as_reader = ["--cert", str(reader[0]), "--key", str(reader[1])]
+        assert cli(*as_reader, "status")["productions"][0]["name"] == "flaky"
+        refused = cli(*as_reader, "submit", str(flaky_production(tmp_path, name="more")),
+                      expect=5)
+        assert "may not (manage)" in refused["message"]
+        assert [row["name"] for row in cli("status")["productions"]] == ["flaky"]
+    finally:
+        stop.set()
+        for loop in loops:
+            loop.join(timeout=30)
