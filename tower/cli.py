@@ -105,6 +105,18 @@ def parser() -> argparse.ArgumentParser:
     sub = command("job", cmd_job, "one job with all its attempts")
     sub.add_argument("job_id", type=int, metavar="JOB")
 
+    for name, verb in (("pause", "stop matching a production's jobs to sites (those at "
+                                 "sites or running go on)"),
+                       ("resume", "match a paused production's jobs again"),
+                       ("cancel", "cancel a production: its unfinished jobs end cancelled")):
+        sub = command(name, cmd_control, verb)
+        sub.add_argument("production", metavar="PRODUCTION")
+
+    sub = command("extend", cmd_extend, "raise a production's events: new jobs continue its "
+                  "streams with fresh seeds, in the same dataset")
+    sub.add_argument("production", metavar="PRODUCTION")
+    sub.add_argument("--events", type=int, required=True, help="the new total of events")
+
     sub = command("failures", cmd_failures, "failed attempts of a production grouped by class, "
                   "exit code or signal, and site, with counts, decisions and a sample log tail")
     sub.add_argument("production", metavar="PRODUCTION")
@@ -340,6 +352,32 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(f"  attempt {attempt['number']} on {attempt['site']} pilot "
               f"{(attempt['pilot_id'] or '-')[:8]}: {attempt['outcome'] or 'running'} "
               f"{attempt['reason'] or ''}")
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    data = _ask(args, "POST", f"/productions/{quote(args.production)}/{args.command}",
+                lambda runtime, session: productions.control(session, args.production,
+                                                             args.command, retry.actor()))
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"production {data['production']} is {data['state']}"
+              + (f"; {data['jobs_cancelled']} jobs cancelled" if args.command == "cancel"
+                 else ""))
+    return 0
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    data = _ask(args, "POST", f"/productions/{quote(args.production)}/extend",
+                lambda runtime, session: productions.extend(session, args.production,
+                                                            args.events),
+                body={"events": args.events})
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"production {data['production']}: {data['events_total']} events, "
+              f"{data['jobs_added']} new jobs")
     return 0
 
 

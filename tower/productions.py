@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
 from tower.config import TowerConfig
-from tower.errors import NotFound, SpecError
+from tower.errors import Conflict, NotFound, SpecError
 from tower.models import Job, Output, Production
 from tower.specs import (
     ParentLookup,
@@ -24,7 +24,8 @@ from tower.specs import (
     resolve_all,
     split,
 )
-from tower.states import JobState
+from tower.states import JobState, move_jobs
+from tower.timeutil import utcnow
 
 #: Rows per INSERT statement when writing a production's jobs.
 INSERT_CHUNK = 10_000
@@ -163,6 +164,55 @@ def _chunked(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+#: A manager's action on a production -> (the states it applies in, the state it leaves).
+CONTROLS = {"pause": (("active",), "paused"), "resume": (("paused",), "active"),
+            "cancel": (("active", "paused"), "cancelled")}
+#: Job states a cancellation ends: all that have not ended, except outputs being staged.
+CANCELLABLE = [JobState.DEFINED, JobState.ASSIGNED, JobState.QUEUED, JobState.RUNNING,
+               JobState.HELD]
+
+
+def control(session: Session, name: str, action: str, by: str) -> dict[str, Any]:
+    """Pause, resume or cancel a production. A paused one gets no new jobs matched (those
+    at sites or running go on); a cancelled one's unfinished jobs are cancelled (a pilot
+    running one is told to stop at its next heartbeat)."""
+    production = get(session, name)
+    allowed, target = CONTROLS[action]
+    if production.state not in allowed:
+        raise Conflict(f"production {name} is {production.state}: it cannot {action}",
+                       field="state")
+    production.state, production.updated_at = target, utcnow()
+    session.add(production)
+    cancelled: list[int] = []
+    if action == "cancel":
+        ids = [job_id for job_id in session.exec(select(Job.id).where(
+            Job.production_id == production.id, col(Job.state).in_(CANCELLABLE))).all()
+            if job_id is not None]
+        cancelled = move_jobs(session, ids, CANCELLABLE, JobState.CANCELLED,
+                              f"production cancelled by {by}", message=f"cancelled by {by}")
+    return {"production": name, "state": target, "jobs_cancelled": len(cancelled)}
+
+
+def extend(session: Session, name: str, events_total: int) -> dict[str, Any]:
+    """Raise a production's events: new jobs continue its streams (next index, next event,
+    their own reproducible seeds) and their outputs land in the same dataset."""
+    production = get(session, name)
+    if production.state == "cancelled":
+        raise Conflict(f"production {name} is cancelled: it cannot be extended", field="state")
+    old = production.events_total
+    if events_total <= old:
+        raise SpecError(f"events: {events_total} is not more than the {old} events the "
+                        f"production has", field="events")
+    spec = ProductionSpec.model_validate({**production.spec, "events_total": events_total})
+    start = session.exec(select(func.max(Job.index)).where(
+        Job.production_id == production.id)).one()
+    added = insert_jobs(session, production.id or 0, spec, (start or 0) + 1, old)
+    production.events_total, production.spec = events_total, spec.model_dump(mode="json")
+    production.updated_at = utcnow()
+    session.add(production)
+    return {"production": name, "events_total": events_total, "jobs_added": added}
 
 
 def _ensure_dataset(session: Session, spec: ProductionSpec, production_id: int) -> None:

@@ -85,6 +85,11 @@ class Submission(Strict):
     dry_run: bool = False
 
 
+class Extension(Strict):
+    #: The production's new total of events.
+    events: int = Field(gt=0)
+
+
 class Goodbye(Strict):
     message: str = Field(default="", max_length=500)
 
@@ -286,6 +291,25 @@ def show_production(name: str) -> Any:
 def _actor() -> str:
     """Who acts, as recorded in decisions: the certificate's subject."""
     return caller().dn or "anonymous"
+
+
+@api.post("/productions/<name>/pause", defaults={"action": "pause"})
+@api.post("/productions/<name>/resume", defaults={"action": "resume"})
+@api.post("/productions/<name>/cancel", defaults={"action": "cancel"})
+@needs(Permission.MANAGE)
+def control_production(name: str, action: str) -> Any:
+    """Pause, resume or cancel a production."""
+    with transaction(_runtime().engine) as session:
+        return jsonify(productions.control(session, name, action, _actor()))
+
+
+@api.post("/productions/<name>/extend")
+@needs(Permission.MANAGE, body=Extension)
+def extend_production(name: str) -> Any:
+    """Raise a production's events; new jobs continue its streams in the same dataset."""
+    body = _body()
+    with transaction(_runtime().engine) as session:
+        return jsonify(productions.extend(session, name, body.events))
 
 
 @api.get("/productions/<name>/failures")
