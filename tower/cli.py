@@ -2,7 +2,7 @@
 
 Every command takes --config (else $TOWER_CONFIG, else $TOWER_HOME/tower.yaml)
 and most take --json for scripting. Exit codes: 0 success, 1 failure,
-2 invalid input or configuration, 3 not found, 4 conflict.
+2 invalid input or configuration, 3 not found, 4 conflict, 5 refused by a remote tower.
 """
 
 from __future__ import annotations
