@@ -309,3 +309,14 @@ def test_the_cli_submits_and_follows_a_production_on_a_remote_tower_over_https(
         stop.set()
         for loop in loops:
             loop.join(timeout=30)
+
+
+def test_a_request_body_past_the_cap_is_refused_as_json(live_tower: Any) -> None:
+    from web.app import MAX_BODY_BYTES, create_app
+
+    tower = live_tower()
+    client = create_app(tower.runtime).test_client()
+    answer = client.post("/api/v1/productions", data=b"x" * (MAX_BODY_BYTES + 1),
+                         content_type="application/json")
+    assert answer.status_code == 413 and answer.get_json()["error"] == "Request Entity Too Large"
+    assert tower.counts() == {}
