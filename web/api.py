@@ -1,4 +1,5 @@
-"""The REST API under /api/v1: the pilot's calls, and read access for people and scripts."""
+"""The REST API under /api/v1: the pilots' calls, and everything the `tower` command does, for
+people and scripts; each view declares the permission it needs (`web.auth`)."""
 
 from __future__ import annotations
 
