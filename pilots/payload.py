@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 TAIL_LINES = 60
 #: Seconds between SIGTERM and SIGKILL when a payload must stop.
 KILL_GRACE = 10.0
+#: Exit statuses of a payload ended by a signal that usually comes from outside (the batch
+#: system's, at the same moment as its pilot's), and how long the pilot may take to say so.
+OUTSIDE_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP})
+OUTSIDE_GRACE = 2.0
 
 
 class Payload:
@@ -46,6 +50,8 @@ class Payload:
         self.reason: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        #: Set once the pilot says why the payload must end.
+        self._told = threading.Event()
 
     @property
     def key(self) -> tuple[int, int]:
@@ -68,6 +74,10 @@ class Payload:
             except OSError as exc:
                 return self._report("setup", reason=f"cannot start {argv[0]!r}: {exc.strerror}")
         code = self._wait(float(self.claim["walltime"]))
+        if code in OUTSIDE_SIGNALS and self.ending == "finished":
+            # the batch system signals the pilot and its payloads at once (scancel,
+            # preemption): give the pilot a moment to say so before calling it the payload's
+            self._told.wait(OUTSIDE_GRACE)
         tail = _tail(log_path)
         if self.ending != "finished" or code != 0:
             return self._report(self.ending, code, tail, self.reason)
@@ -106,6 +116,7 @@ class Payload:
             if self.ending == "finished":
                 self.ending, self.reason = ending, reason
             process = self._process
+        self._told.set()
         if process is None or process.poll() is not None:
             return
         _signal_group(process, signal.SIGTERM)
