@@ -14,6 +14,7 @@ from tower.runtime import Runtime
 from tower.timeutil import jsonable
 from web import auth
 from web.api import api
+from web.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["gridtower"] = runtime
     app.register_blueprint(api, url_prefix="/api/v1")
+    app.register_blueprint(metrics)
     auth.install(app)
 
     @app.errorhandler(GridtowerError)

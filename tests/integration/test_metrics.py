@@ -1,0 +1,55 @@
+"""`/metrics` parses as Prometheus text, and its numbers are the API's."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import LiveTower
+from tests.integration.test_failures import RETRY, attempts_by_job, flaky_production
+
+
+def scrape(tower: LiveTower) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    answer = requests.get(f"{tower.runtime.config.api_url}/metrics", timeout=10)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith(
+        "text/plain")
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = \
+                sample.value
+    return samples
+
+
+def test_metrics_parse_and_match_the_api(live_tower: Callable[..., LiveTower],
+                                         tmp_path: Path) -> None:
+    tower = live_tower(retry=RETRY)
+    tower.submit(flaky_production(tmp_path, jobs=6, fail_share=0.4))
+    tower.drive(tower.all_ended, timeout=90)
+    api = tower.runtime.config.api_url + "/api/v1"
+    [production] = requests.get(f"{api}/productions", timeout=10).json()["productions"]
+    sites = requests.get(f"{api}/sites", timeout=10).json()["sites"]
+    metrics = scrape(tower)
+
+    assert {dict(labels)["state"]: value for labels, value in
+            metrics["gridtower_jobs"].items()} == production["states"]
+    outcomes = Counter(a.outcome for rows in attempts_by_job(tower).values() for a in rows)
+    assert outcomes["exit_code"] >= 1  # some attempts failed: more than one class
+    assert {dict(labels)["outcome"]: value for labels, value in
+            metrics["gridtower_attempts_total"].items()} == dict(outcomes)
+    assert metrics["gridtower_outputs_staged_total"][()] == 6
+    assert metrics["gridtower_outputs_waiting"][()] == 0
+    assert metrics["gridtower_outputs_staged_bytes_total"][()] > 0
+    for row in sites:
+        for state, count in row["pilots"].items():
+            labels = (("queue", row["queue"]), ("site", row["site"]), ("state", state))
+            assert metrics["gridtower_pilots"][labels] == count
+        key = (("queue", row["queue"]), ("site", row["site"]))
+        assert metrics["gridtower_backlog"][key] == row["backlog"]
+        assert metrics["gridtower_backlog_bound"][key] == row["bound"]

@@ -1,0 +1,109 @@
+"""`/metrics` in the Prometheus text format, read from the database at each scrape.
+
+Nothing is kept between scrapes: a collector yields fresh gauges and counters
+each time, so two tower processes behind one address report the same numbers.
+Jobs by state per production, pilots by state per site queue, backlog and
+broker depth per site queue, staged outputs and their bytes (and those still
+waiting), attempts by outcome class per site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from sqlalchemy import func, select
+from sqlmodel import Session, col
+
+from tower import productions
+from tower.access import Permission
+from tower.models import Attempt, Output
+from tower.runtime import Runtime
+from tower.site_status import site_queues
+from web.auth import needs
+
+metrics = Blueprint("metrics", __name__)
+
+
+class TowerCollector:
+    """Yields the tower's metrics from the database (and the broker) at each collect()."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        with Session(self.runtime.engine) as session:
+            yield from self._jobs(session)
+            yield from self._outputs(session)
+            yield from self._attempts(session)
+        yield from self._sites()
+
+    def _jobs(self, session: Session) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("gridtower_jobs", "Jobs by state", labels=["production",
+                                                                            "state"])
+        for row in productions.summaries(session):
+            for state, count in row["states"].items():
+                jobs.add_metric([row["name"], state], count)
+        yield jobs
+
+    def _outputs(self, session: Session) -> Iterator[Metric]:
+        staged = CounterMetricFamily("gridtower_outputs_staged", "Outputs staged out and "
+                                     "cataloged", labels=[])
+        staged_bytes = CounterMetricFamily("gridtower_outputs_staged_bytes", "Bytes of the "
+                                           "outputs staged out", labels=[])
+        waiting = GaugeMetricFamily("gridtower_outputs_waiting", "Outputs waiting at their "
+                                    "sites to be staged out", labels=[])
+        rows = dict(session.execute(select(col(Output.staged), func.count())
+                                    .group_by(col(Output.staged))).all())
+        total = session.execute(select(func.coalesce(func.sum(col(Output.size)), 0))
+                                .where(col(Output.staged).is_(True))).scalar_one()
+        staged.add_metric([], rows.get(True, 0))
+        staged_bytes.add_metric([], int(total))
+        waiting.add_metric([], rows.get(False, 0))
+        yield from (staged, staged_bytes, waiting)
+
+    def _attempts(self, session: Session) -> Iterator[Metric]:
+        attempts = CounterMetricFamily("gridtower_attempts", "Ended attempts by outcome class",
+                                       labels=["site", "outcome"])
+        for site, outcome, count in session.execute(
+                select(col(Attempt.site), col(Attempt.outcome), func.count())
+                .where(col(Attempt.ended_at).is_not(None))
+                .group_by(col(Attempt.site), col(Attempt.outcome))).all():
+            attempts.add_metric([site, outcome or "unknown"], count)
+        yield attempts
+
+    def _sites(self) -> Iterator[Metric]:
+        rows, _ = site_queues(self.runtime)
+        pilots = GaugeMetricFamily("gridtower_pilots", "Pilots by state (done and lost: "
+                                   "in the last day)", labels=["site", "queue", "state"])
+        backlog = GaugeMetricFamily("gridtower_backlog", "Jobs held at a site queue",
+                                    labels=["site", "queue"])
+        bound = GaugeMetricFamily("gridtower_backlog_bound", "The bound on a site queue's "
+                                  "backlog", labels=["site", "queue"])
+        depth = GaugeMetricFamily("gridtower_broker_depth", "Messages in the broker for a "
+                                  "site queue", labels=["site", "queue"])
+        waiting = GaugeMetricFamily("gridtower_jobs_waiting", "Defined jobs a site queue "
+                                    "could take", labels=["site", "queue"])
+        for row in rows:
+            key = [row["site"], row["queue"]]
+            for state, count in row["pilots"].items():
+                pilots.add_metric([*key, state], count)
+            backlog.add_metric(key, row["backlog"])
+            waiting.add_metric(key, row["waiting"])
+            if row["bound"] is not None:
+                bound.add_metric(key, row["bound"])
+            if row["broker"] is not None:
+                depth.add_metric(key, row["broker"])
+        yield from (pilots, backlog, bound, depth, waiting)
+
+
+@metrics.get("/metrics")
+@needs(Permission.READ)
+def scrape() -> Any:
+    """The tower's metrics in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TowerCollector(current_app.extensions["gridtower"]))
+    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
