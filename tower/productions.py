@@ -261,15 +261,19 @@ def held_outputs(session: Session, production_id: int | None = None
     """{production id: {destination: {"outputs": n, "bytes": b, "last_error": e}}} for the
     outputs still waiting at their sites for a destination (down, or not reached yet)."""
     query = (sa_select(col(Output.copied), col(Output.size), col(Output.last_error),
-                       col(Job.production_id), col(Production.spec))
+                       col(Job.production_id))
              .join(Job, col(Job.id) == Output.job_id)
-             .join(Production, col(Production.id) == Job.production_id)
              .where(col(Output.staged).is_(False)))
     if production_id is not None:
         query = query.where(col(Job.production_id) == production_id)
+    rows = session.execute(query).all()
+    # each production's destinations, read once, not joined onto every waiting output
+    destinations = {pid: spec.get("destinations", []) for pid, spec in session.exec(
+        select(Production.id, Production.spec).where(
+            col(Production.id).in_({row[3] for row in rows}))).all()} if rows else {}
     held: dict[int, dict[str, dict[str, Any]]] = {}
-    for copied, size, error, pid, spec in session.execute(query).all():
-        for destination in spec.get("destinations", []):
+    for copied, size, error, pid in rows:
+        for destination in destinations.get(pid, []):
             if destination in (copied or []):
                 continue
             entry = held.setdefault(pid, {}).setdefault(

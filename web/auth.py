@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from tower.access import TRUSTED, Permission, Principal, allows, principal
 from tower.errors import Forbidden, Unauthorized
 from tower.runtime import Runtime
+from web.identity import identity
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -59,8 +60,6 @@ def _authorize() -> None:
     if runtime.config.api.tls is None:
         g.principal = TRUSTED  # loopback HTTP: the tower's own machine
         return
-    from web.identity import identity
-
     who = principal(identity(), runtime.config.access)
     g.principal = who
     if permission is None:

@@ -44,9 +44,11 @@ class TowerCollector:
     def _jobs(self, session: Session) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("gridtower_jobs", "Jobs by state", labels=["production",
                                                                             "state"])
-        for row in productions.summaries(session):
-            for state, count in row["states"].items():
-                jobs.add_metric([row["name"], state], count)
+        names = {production.id: production.name
+                 for production in productions.all_productions(session)}
+        for production_id, states in productions.state_counts(session).items():
+            for state, count in states.items():
+                jobs.add_metric([names[production_id], state], count)
         yield jobs
 
     def _outputs(self, session: Session) -> Iterator[Metric]:
