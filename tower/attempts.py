@@ -209,7 +209,7 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
             specs.update(_specs(session, {job.production_id}))
         spec = specs[job.production_id]
         outcome, reason = classify(item, spec, storage)
-        _end(attempt, outcome, reason, item)
+        _end(session, attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:
             _start_staging(session, job, item)
         else:
@@ -248,8 +248,9 @@ def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[
     return Outcome.SUCCESS, "finished"
 
 
-def _end(attempt: Attempt, outcome: Outcome, reason: str, item: Report) -> None:
-    retry.end_attempt(attempt, outcome, reason)
+def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
+         item: Report) -> None:
+    retry.end_attempt(session, attempt, outcome, reason)
     attempt.exit_code = item.exit_code
     attempt.signal = item.signal
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -57,7 +57,13 @@ def _tune_sqlite(engine: Engine) -> None:
 
 def create_schema(engine: Engine) -> None:
     """Create every table that does not exist yet."""
+    from tower import tally
+
+    new_tally = not inspect(engine).has_table("jobtally")
     SQLModel.metadata.create_all(engine)
+    if new_tally:  # a database from before the tally: count its jobs once
+        with transaction(engine) as session:
+            tally.rebuild(session)
 
 
 @contextmanager

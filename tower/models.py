@@ -242,6 +242,38 @@ class StageIn(SQLModel, table=True):
     requested_at: datetime = Field(default_factory=utcnow)
 
 
+class JobTally(SQLModel, table=True):
+    """Jobs and their events per production and state, kept as deltas: each state change
+    adds a row, and `tower.tally.compact` folds them, so counting a production's jobs reads
+    a handful of rows, never the jobs table."""
+
+    __table_args__ = (Index("ix_jobtally_production_state", "production_id", "state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int
+    state: JobState = state_column(JobState)
+    jobs: int = Field(sa_type=BigInteger)
+    events: int = Field(sa_type=BigInteger)
+
+
+class Activity(SQLModel, table=True):
+    """What happened per production, site and five minutes: jobs done (kind `done`) and
+    attempts ended (kind: the outcome class), as deltas folded by `tower.tally.compact`.
+    The pages' plots and per-site breakdowns read it."""
+
+    __table_args__ = (Index("ix_activity_production_bucket", "production_id", "bucket"),
+                      Index("ix_activity_site_bucket", "site", "bucket"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int
+    site: str = Field(max_length=100)
+    #: Start of the five minutes, in seconds since the epoch (UTC).
+    bucket: int = Field(sa_type=BigInteger)
+    kind: str = Field(max_length=40)
+    count: int = Field(sa_type=BigInteger)
+    events: int = Field(sa_type=BigInteger)
+
+
 class QueueMessage(SQLModel, table=True):
     """A message of the database-queue broker (the embedded default)."""
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from sqlmodel import Session
 
 from sites.batch import BatchState, BatchStatus
-from tower import fleet, health, retry
+from tower import fleet, health, retry, tally
 from tower.db import transaction
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
@@ -40,6 +40,8 @@ def run_once(runtime: Runtime) -> dict[str, int]:
         unclaimed = retry.time_out_claims(session, runtime.config,
                                           ago(runtime.config.monitor.claim_timeout))
         cooled = health.evaluate(session, runtime.config)
+    with transaction(runtime.engine) as session:
+        tally.compact(session)
     for job_id in silent:
         log.warning("job=%s attempt lost: no heartbeat for %ss", job_id,
                     runtime.config.monitor.heartbeat_timeout)

@@ -12,6 +12,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
+from tower import tally
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound, SpecError
 from tower.models import Job, Output, Production
@@ -139,10 +140,12 @@ def create(session: Session, item: Resolved) -> Production:
 def insert_jobs(session: Session, production_id: int, spec: ProductionSpec,
                 start_index: int = 0, start_event: int = 0) -> int:
     """Insert the jobs of `spec` from `start_index` on, INSERT_CHUNK rows a statement."""
-    count = 0
+    count = events = 0
     for chunk in _chunked(_job_rows(production_id, spec, start_index, start_event)):
         session.execute(insert(Job), chunk)
         count += len(chunk)
+        events += sum(row["events"] for row in chunk)
+    tally.jobs_added(session, production_id, count, events)
     return count
 
 
@@ -239,21 +242,9 @@ def all_productions(session: Session) -> list[Production]:
 
 
 def state_counts(session: Session, production_id: int | None = None) -> dict[int, dict[str, int]]:
-    """{production id: {state: jobs}} for one production or all."""
-    query = select(Job.production_id, Job.state, func.count()).group_by(
-        col(Job.production_id), col(Job.state))
-    if production_id is not None:
-        query = query.where(Job.production_id == production_id)
-    counts: dict[int, dict[str, int]] = {}
-    for pid, state, count in session.exec(query).all():
-        counts.setdefault(pid, {})[str(state)] = count
-    return counts
-
-
-def events_done(session: Session, production_id: int) -> int:
-    total = session.exec(select(func.coalesce(func.sum(Job.events), 0)).where(
-        Job.production_id == production_id, Job.state == JobState.DONE)).one()
-    return int(total)
+    """{production id: {state: jobs}} for one production or all, from the tally."""
+    return {pid: {state: count.jobs for state, count in states.items()}
+            for pid, states in tally.counts(session, production_id).items()}
 
 
 def held_outputs(session: Session, production_id: int | None = None
@@ -289,17 +280,20 @@ def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]
     """One production (or all) with its jobs per state, events done, and the outputs
     waiting at the sites for each destination."""
     chosen = [get(session, name)] if name else all_productions(session)
-    counts = state_counts(session, chosen[0].id if name else None)
+    counts = tally.counts(session, chosen[0].id if name else None)
     held = held_outputs(session, chosen[0].id if name else None)
     result = []
     for production in chosen:
         states = counts.get(production.id or 0, {})
+        done = states.get(JobState.DONE)
         result.append({
             "outputs_waiting": held.get(production.id or 0, {}),
             "name": production.name, "state": production.state, "dataset": production.dataset,
-            "priority": production.priority, "jobs": sum(states.values()), "states": states,
+            "priority": production.priority,
+            "jobs": sum(count.jobs for count in states.values()),
+            "states": {state: count.jobs for state, count in states.items()},
             "events_total": production.events_total,
-            "events_done": events_done(session, production.id or 0),
+            "events_done": done.events if done else 0,
             "created_at": production.created_at.isoformat(timespec="seconds"),
         })
     return result

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
-from tower import jobs, productions
+from tower import jobs, productions, tally
 from tower.config import TowerConfig
 from tower.models import Attempt, Job, Production, RetryDecision
 from tower.outcomes import NOT_FAILURES, Outcome
@@ -116,10 +116,20 @@ def _record(session: Session, job: Job, number: int, policy: str, outcome: Outco
     session.execute(insert(RetryDecision), rows)
 
 
-def end_attempt(attempt: Attempt, outcome: Outcome, reason: str) -> None:
+def end_attempt(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
+                when: datetime | None = None) -> None:
+    """End `attempt` as `outcome` (again, for a success whose outputs proved unusable),
+    and count it in the activity tally."""
+    job = session.get(Job, attempt.job_id)
+    assert job is not None
+    ended_at = when or utcnow()
+    previous = ((attempt.outcome, attempt.ended_at)
+                if attempt.outcome is not None and attempt.ended_at is not None else None)
+    tally.attempt_ended(session, job.production_id, attempt.site, outcome, job.events,
+                        ended_at, previous)
     attempt.outcome = outcome
     attempt.reason = reason[:500]
-    attempt.ended_at = utcnow()
+    attempt.ended_at = ended_at
 
 
 def _settle_ended(session: Session, config: TowerConfig, ended_attempts: Iterable[Attempt]
@@ -147,7 +157,7 @@ def lose_silent(session: Session, config: TowerConfig, older_than: datetime) -> 
         col(Attempt.ended_at).is_(None), col(Attempt.heartbeat_at) < older_than)
         .with_for_update(skip_locked=True)).all()
     for attempt in silent:
-        end_attempt(attempt, Outcome.LOST_HEARTBEAT,
+        end_attempt(session, attempt, Outcome.LOST_HEARTBEAT,
                     f"no heartbeat since {attempt.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC")
     return _settle_ended(session, config, silent)
 
@@ -159,7 +169,7 @@ def lose_pilot_work(session: Session, config: TowerConfig, pilot_id: str, outcom
         Attempt.pilot_id == pilot_id, col(Attempt.ended_at).is_(None))
         .with_for_update(skip_locked=True)).all()
     for attempt in open_attempts:
-        end_attempt(attempt, outcome, reason)
+        end_attempt(session, attempt, outcome, reason)
     return _settle_ended(session, config, open_attempts)
 
 
@@ -176,10 +186,9 @@ def time_out_claims(session: Session, config: TowerConfig, older_than: datetime)
                          started_at=job.updated_at, heartbeat_at=job.updated_at)
                  for job in jobs]
     for attempt, job in zip(timed_out, jobs, strict=True):
-        end_attempt(attempt, Outcome.CLAIM_TIMEOUT,
+        end_attempt(session, attempt, Outcome.CLAIM_TIMEOUT,
                     f"queued at {job.site} since {job.updated_at:%Y-%m-%d %H:%M:%S} UTC, "
-                    "no pilot claimed it")
-        attempt.ended_at = now
+                    "no pilot claimed it", now)
     return _settle_ended(session, config, timed_out)
 
 
@@ -191,7 +200,7 @@ def fail_after_success(session: Session, config: TowerConfig, job_id: int, numbe
         Attempt.job_id == job_id, Attempt.number == number).with_for_update()).first()
     if attempt is None:
         return False
-    end_attempt(attempt, outcome, reason)
+    end_attempt(session, attempt, outcome, reason)
     return bool(_settle_ended(session, config, [attempt]))
 
 

@@ -104,6 +104,7 @@ def move_jobs(
     is left alone. Raises IllegalTransition when a `current` state may not
     reach `target`.
     """
+    from tower import tally
     from tower.models import Job, JobEvent  # the models import this module's enums
 
     currents = [current] if isinstance(current, JobState) else list(current)
@@ -112,13 +113,13 @@ def move_jobs(
     now = utcnow()
     events: list[dict[str, Any]] = []
     for state in currents:
-        for job_id, production_id in _compare_and_set(
-            session, Job, job_ids, state, target, dict(fields, updated_at=now),
-            returning=Job.production_id,
-        ):
-            events.append({"job_id": job_id, "production_id": production_id,
-                           "from_state": state, "to_state": target, "at": now,
-                           "reason": reason[:500]})
+        rows = _compare_and_set(session, Job, job_ids, state, target,
+                                dict(fields, updated_at=now),
+                                returning=(Job.production_id, Job.events, Job.site))
+        tally.jobs_moved(session, [tuple(row[1:]) for row in rows], state, target, now)
+        events.extend({"job_id": row[0], "production_id": row[1], "from_state": state,
+                       "to_state": target, "at": now, "reason": reason[:500]}
+                      for row in rows)
     if events:
         session.execute(insert(JobEvent), events)
     return [event["job_id"] for event in events]
@@ -153,10 +154,11 @@ def move_pilots(
 
 def _compare_and_set(
     session: Session, model: Any, ids: Sequence[Any], current: Any, target: Any,
-    fields: dict[str, Any], returning: Any = None,
+    fields: dict[str, Any], returning: tuple[Any, ...] = (),
 ) -> list[Any]:
-    """UPDATE model SET state=target WHERE id IN ids AND state=current, in chunks."""
-    columns = [col(model.id)] + ([col(returning)] if returning is not None else [])
+    """UPDATE model SET state=target WHERE id IN ids AND state=current, in chunks; returns
+    each moved row's id and the `returning` columns."""
+    columns = [col(model.id), *(col(column) for column in returning)]
     rows: list[Any] = []
     for start in range(0, len(ids), 5000):
         chunk = ids[start:start + 5000]

@@ -147,3 +147,36 @@ def assert_done_exactly_once(engine: Engine, jobs: int, files_per_job: int = 1) 
         assert sorted(done.values()) == [1] * jobs
         files = Counter(f.job_id for f in session.exec(select(CatalogFile)).all())
         assert sorted(files.values()) == ([files_per_job] * jobs if files_per_job else [])
+    assert_tally_matches(engine)
+
+
+def assert_tally_matches(engine: Engine) -> None:
+    """The kept counters say what a scan of the jobs and attempts tables says."""
+    from collections import Counter
+
+    from sqlalchemy import func
+
+    from tower import tally
+    from tower.models import Job, JobEvent
+
+    with Session(engine) as session:
+        scanned = {(pid, str(state)): (n, int(events)) for pid, state, n, events in session.exec(
+            select(Job.production_id, Job.state, func.count(), func.sum(Job.events))
+            .group_by(col(Job.production_id), col(Job.state))).all()}
+        kept = {(pid, state): (count.jobs, count.events)
+                for pid, states in tally.counts(session).items()
+                for state, count in states.items()}
+        assert kept == scanned
+        outcomes = Counter((a.site, a.outcome) for a in session.exec(
+            select(Attempt).where(col(Attempt.ended_at).is_not(None))).all())
+        done = session.exec(select(func.count()).select_from(JobEvent).where(
+            JobEvent.to_state == "done")).one()
+        kept_outcomes: Counter[tuple[str, str | None]] = Counter()
+        kept_done = 0
+        for (_, site, kind), n in tally.totals(session).items():
+            if kind == tally.DONE:
+                kept_done += n
+            else:
+                kept_outcomes[(site, kind)] += n
+        assert kept_outcomes == outcomes
+        assert kept_done == done

@@ -33,7 +33,7 @@ def test_a_100000_job_production_costs_few_statements(tmp_path: Path,
             productions.create(session, item)
     finally:
         event.remove(runtime.engine, "before_cursor_execute", count)
-    job_inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO JOB")]
+    job_inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO JOB ")]
     # one statement per 1000-row batch at most, never one per row
     assert 0 < len(job_inserts) <= 100
     with Session(runtime.engine) as session:

@@ -1,0 +1,109 @@
+"""The kept job counters: exact as jobs move, folded without losing a delta (also while
+another process writes), and recounted for a database made before they existed."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from sqlalchemy import func, text
+from sqlmodel import Session, col, select
+
+from tests.conftest import write_home
+from tests.integration.conftest import assert_tally_matches, toy_production
+from tower import productions, tally
+from tower.config import load_config
+from tower.db import create_schema, transaction
+from tower.models import Job, JobTally
+from tower.runtime import Runtime
+from tower.states import JobState, move_jobs
+
+
+def _runtime(tmp_path: Path, database_url: str, jobs: int = 300) -> Runtime:
+    runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url)))
+    with transaction(runtime.engine) as session:
+        for item in productions.plan(session, toy_production(tmp_path, jobs=jobs, events=7),
+                                     runtime.config):
+            productions.create(session, item)
+    return runtime
+
+
+def _ids(session: Session, state: JobState, limit: int) -> list[int]:
+    return [job_id for job_id in session.exec(select(Job.id).where(Job.state == state)
+                                               .order_by(col(Job.id)).limit(limit)).all()
+            if job_id is not None]
+
+
+def test_counts_follow_every_move_and_survive_folding(tmp_path: Path, database_url: str) -> None:
+    runtime = _runtime(tmp_path, database_url)
+    path = [JobState.ASSIGNED, JobState.QUEUED, JobState.RUNNING, JobState.STAGING,
+            JobState.DONE]
+    with transaction(runtime.engine) as session:
+        previous = JobState.DEFINED
+        for size, state in zip((200, 150, 120, 90, 60), path, strict=True):
+            move_jobs(session, _ids(session, previous, size), previous, state, "test")
+            previous = state
+        # a move of jobs that are not in the source state moves nothing and counts nothing
+        move_jobs(session, _ids(session, JobState.DONE, 10), JobState.RUNNING,
+                  JobState.STAGING, "stale")
+    with Session(runtime.engine) as session:
+        [counts] = productions.state_counts(session).values()
+    assert counts == {"defined": 100, "assigned": 50, "queued": 30, "running": 30,
+                      "staging": 30, "done": 60}
+    assert_tally_matches(runtime.engine)
+    with Session(runtime.engine) as session:
+        [states] = tally.counts(session).values()
+    assert states["done"] == tally.Count(60, 60 * 7)
+    with transaction(runtime.engine) as session:
+        removed = tally.compact(session)
+    assert removed > 0
+    with Session(runtime.engine) as session:
+        rows = session.exec(select(func.count()).select_from(JobTally)).one()
+        assert rows == 6  # one row per state with jobs
+        [done] = [point for point in tally.activity(session) if point.kind == tally.DONE]
+        assert (done.count, done.events) == (60, 420)
+    assert_tally_matches(runtime.engine)
+    with transaction(runtime.engine) as session:
+        assert tally.compact(session) == 0  # nothing left to fold
+
+
+def test_folding_while_jobs_move_loses_nothing(tmp_path: Path, postgres_url: str) -> None:
+    """One thread moves jobs back and forth in many small transactions while another
+    folds the deltas: the counts still match the jobs table exactly."""
+    runtime = _runtime(tmp_path, postgres_url, jobs=400)
+    stop = threading.Event()
+    folded: list[int] = []
+
+    def fold() -> None:
+        while not stop.is_set():
+            with transaction(runtime.engine) as session:
+                folded.append(tally.compact(session))
+
+    folder = threading.Thread(target=fold)
+    folder.start()
+    try:
+        for round_ in range(30):
+            with transaction(runtime.engine) as session:
+                ids = _ids(session, JobState.DEFINED, 40 + round_)
+                move_jobs(session, ids, JobState.DEFINED, JobState.HELD, "hold")
+            with transaction(runtime.engine) as session:
+                move_jobs(session, ids[::2], JobState.HELD, JobState.DEFINED, "release")
+    finally:
+        stop.set()
+        folder.join(timeout=60)
+    assert sum(folded) > 0
+    assert_tally_matches(runtime.engine)
+
+
+def test_a_database_from_before_the_tally_is_recounted(tmp_path: Path,
+                                                        database_url: str) -> None:
+    runtime = _runtime(tmp_path, database_url, jobs=50)
+    with transaction(runtime.engine) as session:
+        move_jobs(session, _ids(session, JobState.DEFINED, 20), JobState.DEFINED,
+                  JobState.CANCELLED, "test")
+    with runtime.engine.begin() as connection:
+        connection.execute(text("DROP TABLE jobtally"))
+    create_schema(runtime.engine)
+    with Session(runtime.engine) as session:
+        assert productions.state_counts(session) == {1: {"defined": 30, "cancelled": 20}}
+    assert_tally_matches(runtime.engine)
