@@ -250,9 +250,9 @@ def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[
 
 def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
          item: Report) -> None:
-    retry.end_attempt(session, attempt, outcome, reason)
     attempt.exit_code = item.exit_code
     attempt.signal = item.signal
+    retry.end_attempt(session, attempt, outcome, reason)
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 
 

@@ -258,7 +258,8 @@ class JobTally(SQLModel, table=True):
 
 class Activity(SQLModel, table=True):
     """What happened per production, site and five minutes: jobs done (kind `done`) and
-    attempts ended (kind: the outcome class), as deltas folded by `tower.tally.compact`.
+    attempts ended (kind: the outcome class, with the exit code or signal), as deltas
+    folded by `tower.tally.compact`.
     The pages' plots and per-site breakdowns read it."""
 
     __table_args__ = (Index("ix_activity_production_bucket", "production_id", "bucket"),
@@ -270,6 +271,8 @@ class Activity(SQLModel, table=True):
     #: Start of the five minutes, in seconds since the epoch (UTC).
     bucket: int = Field(sa_type=BigInteger)
     kind: str = Field(max_length=40)
+    #: The exit code or signal number of `exit_code` and `signal` attempts, else 0.
+    code: int = 0
     count: int = Field(sa_type=BigInteger)
     events: int = Field(sa_type=BigInteger)
 

@@ -123,13 +123,22 @@ def end_attempt(session: Session, attempt: Attempt, outcome: Outcome, reason: st
     job = session.get(Job, attempt.job_id)
     assert job is not None
     ended_at = when or utcnow()
-    previous = ((attempt.outcome, attempt.ended_at)
+    previous = ((attempt.outcome, _code(attempt.outcome, attempt), attempt.ended_at)
                 if attempt.outcome is not None and attempt.ended_at is not None else None)
-    tally.attempt_ended(session, job.production_id, attempt.site, outcome, job.events,
-                        ended_at, previous)
+    tally.attempt_ended(session, job.production_id, attempt.site, outcome,
+                        _code(outcome, attempt), job.events, ended_at, previous)
     attempt.outcome = outcome
     attempt.reason = reason[:500]
     attempt.ended_at = ended_at
+
+
+def _code(outcome: str, attempt: Attempt) -> int:
+    """The number that tells failures of one class apart: exit code or signal."""
+    if outcome == Outcome.EXIT_CODE:
+        return attempt.exit_code or 0
+    if outcome == Outcome.SIGNAL:
+        return attempt.signal or 0
+    return 0
 
 
 def _settle_ended(session: Session, config: TowerConfig, ended_attempts: Iterable[Attempt]

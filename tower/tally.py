@@ -69,21 +69,22 @@ def jobs_moved(session: Session, moved: Iterable[tuple[int, int, str | None]],
     if done:
         bucket = bucket_of(when)
         session.execute(insert(Activity), [
-            {"production_id": pid, "site": site, "bucket": bucket, "kind": DONE, "count": n,
-             "events": e} for (pid, site), (n, e) in done.items()])
+            {"production_id": pid, "site": site, "bucket": bucket, "kind": DONE, "code": 0,
+             "count": n, "events": e} for (pid, site), (n, e) in done.items()])
 
 
-def attempt_ended(session: Session, production_id: int, site: str, outcome: str,
-                  events: int, when: datetime, previous: tuple[str, datetime] | None = None
+def attempt_ended(session: Session, production_id: int, site: str, outcome: str, code: int,
+                  events: int, when: datetime, previous: tuple[str, int, datetime] | None = None
                   ) -> None:
-    """An attempt ended as `outcome`; `previous` is the outcome it had ended with before
-    and when (a success whose outputs could not be staged ends again, as a failure)."""
+    """An attempt ended as `outcome` (with its exit code or signal, else 0); `previous` is
+    the outcome, code and time it had ended with before (a success whose outputs could
+    not be staged ends again, as a failure)."""
     rows = [{"production_id": production_id, "site": site, "bucket": bucket_of(when),
-             "kind": outcome, "count": 1, "events": events}]
+             "kind": outcome, "code": code, "count": 1, "events": events}]
     if previous is not None:
         rows.append({"production_id": production_id, "site": site,
-                     "bucket": bucket_of(previous[1]), "kind": previous[0], "count": -1,
-                     "events": -events})
+                     "bucket": bucket_of(previous[2]), "kind": previous[0],
+                     "code": previous[1], "count": -1, "events": -events})
     session.execute(insert(Activity), rows)
 
 
@@ -141,17 +142,18 @@ def activity(session: Session, *, production_id: int | None = None, site: str | 
 
 
 def totals(session: Session, *, production_id: int | None = None, site: str | None = None
-           ) -> dict[tuple[int, str, str], int]:
-    """{(production id, site, kind): count} over all time."""
+           ) -> dict[tuple[int, str, str, int], int]:
+    """{(production id, site, kind, code): count} over all time."""
     query = (select(col(Activity.production_id), col(Activity.site), col(Activity.kind),
-                    func.sum(Activity.count))
-             .group_by(col(Activity.production_id), col(Activity.site), col(Activity.kind)))
+                    col(Activity.code), func.sum(Activity.count))
+             .group_by(col(Activity.production_id), col(Activity.site), col(Activity.kind),
+                       col(Activity.code)))
     if production_id is not None:
         query = query.where(col(Activity.production_id) == production_id)
     if site is not None:
         query = query.where(col(Activity.site) == site)
-    return {(pid, name, kind): int(count)
-            for pid, name, kind, count in session.execute(query).all() if count}
+    return {(pid, name, kind, code): int(count)
+            for pid, name, kind, code, count in session.execute(query).all() if count}
 
 
 # -- upkeep -------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def compact(session: Session, now: datetime | None = None) -> int:
                          ("production_id", "state"), ("jobs", "events"))
     recent = bucket_of((now or utcnow()) - timedelta(seconds=RECENT))
     removed += _fold(session, Activity, col(Activity.bucket) >= recent,
-                     ("production_id", "site", "bucket", "kind"), ("count", "events"))
+                     ("production_id", "site", "bucket", "kind", "code"), ("count", "events"))
     return removed
 
 

@@ -167,16 +167,18 @@ def assert_tally_matches(engine: Engine) -> None:
                 for pid, states in tally.counts(session).items()
                 for state, count in states.items()}
         assert kept == scanned
-        outcomes = Counter((a.site, a.outcome) for a in session.exec(
-            select(Attempt).where(col(Attempt.ended_at).is_not(None))).all())
+        outcomes = Counter(
+            (a.site, a.outcome, a.exit_code if a.outcome == "exit_code"
+             else a.signal if a.outcome == "signal" else 0)
+            for a in session.exec(select(Attempt).where(col(Attempt.ended_at).is_not(None))))
         done = session.exec(select(func.count()).select_from(JobEvent).where(
             JobEvent.to_state == "done")).one()
-        kept_outcomes: Counter[tuple[str, str | None]] = Counter()
+        kept_outcomes: Counter[tuple[str, str | None, int | None]] = Counter()
         kept_done = 0
-        for (_, site, kind), n in tally.totals(session).items():
+        for (_, site, kind, code), n in tally.totals(session).items():
             if kind == tally.DONE:
                 kept_done += n
             else:
-                kept_outcomes[(site, kind)] += n
+                kept_outcomes[(site, kind, code)] += n
         assert kept_outcomes == outcomes
         assert kept_done == done
