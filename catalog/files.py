@@ -128,18 +128,23 @@ def files(session: Session, dataset: str) -> list[dict[str, Any]]:
     return describe(session, [col(CatalogFile.dataset_id) == get_dataset(session, dataset).id])
 
 
-def describe(session: Session, where: list[ColumnElement[bool]]) -> list[dict[str, Any]]:
-    """The files matching `where` (on CatalogFile and Dataset), in LFN order, with every
-    replica and its state."""
-    entries = session.exec(
-        select(CatalogFile, Dataset.name).join(Dataset, col(Dataset.id) == CatalogFile.dataset_id)
-        .where(*where).order_by(col(CatalogFile.lfn))).all()
+def describe(session: Session, where: list[ColumnElement[bool]], limit: int | None = None
+             ) -> list[dict[str, Any]]:
+    """The files matching `where` (on CatalogFile and Dataset), in LFN order, the first
+    `limit` of them, with every replica and its state."""
+    query = (select(CatalogFile, Dataset.name)
+             .join(Dataset, col(Dataset.id) == CatalogFile.dataset_id)
+             .where(*where).order_by(col(CatalogFile.lfn)))
+    entries = session.exec(query.limit(limit) if limit is not None else query).all()
     replicas: dict[int, list[dict[str, Any]]] = {}
     if entries:
-        # joined on the same conditions, not an IN list of ids: a dataset may hold 10^6 files
+        # a page's replicas by its file ids; all of them joined on the same conditions,
+        # not an IN list of ids, since a dataset may hold 10^6 files
+        chosen = ([col(Replica.file_id).in_([entry.id for entry, _ in entries])]
+                  if limit is not None else where)
         for replica in session.exec(
                 select(Replica).join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
-                .join(Dataset, col(Dataset.id) == CatalogFile.dataset_id).where(*where)
+                .join(Dataset, col(Dataset.id) == CatalogFile.dataset_id).where(*chosen)
                 .order_by(col(Replica.destination))).all():
             replicas.setdefault(replica.file_id, []).append({
                 "destination": replica.destination, "path": replica.path, "url": replica.url,

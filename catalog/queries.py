@@ -102,10 +102,12 @@ def parse_conditions(texts: list[str]) -> list[Condition]:
     return [parse_condition(text) for text in texts]
 
 
-def find(session: Session, conditions: list[Condition]) -> list[dict[str, Any]]:
-    """Every file matching all `conditions`, in LFN order, with its replicas."""
+def find(session: Session, conditions: list[Condition], limit: int | None = None
+         ) -> list[dict[str, Any]]:
+    """Every file matching all `conditions` (the first `limit`), in LFN order, with its
+    replicas."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    return describe(session, [_clause(condition, postgres) for condition in conditions])
+    return describe(session, [_clause(condition, postgres) for condition in conditions], limit)
 
 
 def _clause(condition: Condition, postgres: bool) -> ColumnElement[bool]:

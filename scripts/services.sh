@@ -131,7 +131,19 @@ slurm_packages() {
     echo "services: slurm, munge and openssh-server installed"
 }
 
+# The page tests drive Debian's headless Chromium through Playwright (the Python
+# package comes with the test extras; it uses this browser, downloads none).
+chromium_browser() {
+    if command -v chromium >/dev/null 2>&1; then
+        echo "services: chromium already installed"
+        return 0
+    fi
+    need_packages chromium fonts-dejavu-core
+    echo "services: chromium installed"
+}
+
 postgres
 rabbitmq
 rabbitmq_tls
 slurm_packages
+chromium_browser

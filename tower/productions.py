@@ -17,6 +17,7 @@ from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound, SpecError
 from tower.models import Job, Output, Production
 from tower.specs import (
+    MERGED_KEYS,
     ParentLookup,
     ProductionSpec,
     Resolved,
@@ -235,6 +236,21 @@ def get(session: Session, name: str) -> Production:
     if production is None:
         raise NotFound(f"no production named {name!r}", field="production")
     return production
+
+
+def parameters(production: Production) -> list[tuple[str, Any, str]]:
+    """Every resolved setting as (key, value, where it comes from): the production that set
+    it (itself or an ancestor), or `default`. Parameters, steering files and environment
+    are listed entry by entry, since each entry may come from a different ancestor."""
+    rows: list[tuple[str, Any, str]] = []
+    for key, value in production.spec.items():
+        if key in MERGED_KEYS and isinstance(value, dict):
+            rows.extend((f"{key}.{entry}", item,
+                         production.origins.get(f"{key}.{entry}", "default"))
+                        for entry, item in value.items())
+        elif key != "spec_dir":
+            rows.append((key, value, production.origins.get(key, "default")))
+    return rows
 
 
 def all_productions(session: Session) -> list[Production]:

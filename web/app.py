@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
@@ -15,6 +15,7 @@ from tower.timeutil import jsonable
 from web import auth
 from web.api import api
 from web.metrics import metrics
+from web.pages import pages
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,25 @@ def create_app(runtime: Runtime) -> Flask:
     app.extensions["gridtower"] = runtime
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(metrics)
+    app.register_blueprint(pages)
     auth.install(app)
 
     @app.errorhandler(GridtowerError)
     def _library_error(error: GridtowerError) -> Any:
+        if request.blueprint == "pages":
+            return _error_page(error.status, type(error).__name__, str(error))
         return jsonify(error.as_dict()), error.status
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Any:
+        if request.blueprint == "pages":
+            return _error_page(error.code or 500, error.name, error.description or "")
         body = {"error": error.name, "message": error.description, "field": None}
         return jsonify(body), error.code
 
     return app
+
+
+def _error_page(status: int, title: str, message: str) -> Any:
+    """People reading the pages get an error as a page, scripts as JSON."""
+    return render_template("error.html", status=status, title=title, message=message), status

@@ -320,3 +320,36 @@ def test_a_request_body_past_the_cap_is_refused_as_json(live_tower: Any) -> None
                          content_type="application/json")
     assert answer.status_code == 413 and answer.get_json()["error"] == "Request Entity Too Large"
     assert tower.counts() == {}
+
+
+def test_the_pages_answer_each_caller_as_its_role_allows(tower: Tower) -> None:
+    submitted = tower.call("manager", "POST", "/productions",
+                           {"text": tower.spec_file.read_text()})
+    assert submitted.status_code == 200, submitted.text
+
+    def page(who: str, path: str, method: str = "GET", **options: Any) -> requests.Response:
+        return requests.request(method, tower.url + path, cert=tower.certs.get(who),
+                                verify=tower.ca_cert, timeout=10, allow_redirects=False,
+                                **options)
+
+    for who in ("admin", "manager", "siteadmin", "reader"):
+        answer = page(who, "/productions/flaky")
+        assert answer.status_code == 200, (who, answer.text)
+        assert answer.headers["Content-Type"].startswith("text/html")
+        assert ('id="actions"' in answer.text) == ("manage" in MAY[who]), who
+    for who in ("anonymous", "unknown_user", "pilot"):
+        answer = page(who, "/")
+        assert answer.status_code == (401 if who == "anonymous" else 403), who
+        assert answer.headers["Content-Type"].startswith("text/html")
+        assert 'role="alert"' in answer.text
+    before = tower.digest()
+    origin = {"Origin": tower.url}
+    assert page("reader", "/productions/flaky/pause", "POST", headers=origin).status_code == 403
+    # a form posted from another site, or with no origin at all, acts on nothing
+    assert page("manager", "/productions/flaky/pause", "POST").status_code == 403
+    assert page("manager", "/productions/flaky/pause", "POST",
+                headers={"Origin": "https://elsewhere.example"}).status_code == 403
+    assert tower.digest() == before
+    answer = page("manager", "/productions/flaky/pause", "POST", headers=origin)
+    assert answer.status_code == 303 and "paused" in answer.headers["Location"]
+    assert tower.call("reader", "GET", "/productions/flaky").json()["state"] == "paused"
