@@ -34,7 +34,7 @@ from sqlmodel import Session, col, select
 
 from sites.batch import PilotRequest
 from sites.config import SiteConfig
-from tower import credentials, fleet, health
+from tower import credentials, fleet, health, tally
 from tower.broker import queue_name
 from tower.db import insert_missing, transaction
 from tower.errors import BackendError
@@ -190,14 +190,17 @@ def waiting(session: Session, site: SiteConfig, queue: str) -> int:
     site cools down)."""
     if site.name in health.cooling(session):
         return 0
-    allowing = [pid for pid, spec in session.exec(
-        select(Production.id, Production.spec).where(Production.state == "active")).all()
+    allowing = [pid or 0 for pid, spec in session.exec(
+        select(Production.id, Production.spec).where(Production.state == "active",
+                                                     Production.queue == queue)).all()
         if not spec.get("sites") or site.name in spec["sites"]]
     if not allowing:
         return 0
-    return session.exec(select(func.count()).select_from(Job).where(
-        Job.state == JobState.DEFINED, Job.queue == queue,
-        col(Job.production_id).in_(allowing))).one()
+    # from the tally, not a count over a million defined jobs (a production's jobs all
+    # share its queue)
+    counts = tally.counts(session)
+    defined = [counts.get(pid, {}).get(JobState.DEFINED) for pid in allowing]
+    return sum(count.jobs for count in defined if count is not None)
 
 
 def _submit(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str) -> None:

@@ -9,6 +9,7 @@ waiting), attempts by outcome class per site.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,9 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from tower import productions
+from tower import productions, tally
 from tower.access import Permission
-from tower.models import Attempt, Output
+from tower.models import Output
 from tower.runtime import Runtime
 from tower.site_status import site_queues
 from web.auth import needs
@@ -70,11 +71,12 @@ class TowerCollector:
     def _attempts(self, session: Session) -> Iterator[Metric]:
         attempts = CounterMetricFamily("gridtower_attempts", "Ended attempts by outcome class",
                                        labels=["site", "outcome"])
-        for site, outcome, count in session.execute(
-                select(col(Attempt.site), col(Attempt.outcome), func.count())
-                .where(col(Attempt.ended_at).is_not(None))
-                .group_by(col(Attempt.site), col(Attempt.outcome))).all():
-            attempts.add_metric([site, outcome or "unknown"], count)
+        by_class: Counter[tuple[str, str]] = Counter()
+        for (_, site, kind, _), count in tally.totals(session).items():
+            if kind != tally.DONE:
+                by_class[(site, kind)] += count
+        for (site, kind), count in sorted(by_class.items()):
+            attempts.add_metric([site, kind], count)
         yield attempts
 
     def _sites(self) -> Iterator[Metric]:

@@ -4,6 +4,7 @@ another process writes), and recounted for a database made before they existed."
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, text
@@ -11,12 +12,13 @@ from sqlmodel import Session, col, select
 
 from tests.conftest import write_home
 from tests.integration.conftest import assert_tally_matches, toy_production
-from tower import productions, tally
+from tower import productions, progress, tally
 from tower.config import load_config
 from tower.db import create_schema, transaction
 from tower.models import Job, JobTally
 from tower.runtime import Runtime
 from tower.states import JobState, move_jobs
+from tower.timeutil import utcnow
 
 
 def _runtime(tmp_path: Path, database_url: str, jobs: int = 300) -> Runtime:
@@ -107,3 +109,29 @@ def test_a_database_from_before_the_tally_is_recounted(tmp_path: Path,
     with Session(runtime.engine) as session:
         assert productions.state_counts(session) == {1: {"defined": 30, "cancelled": 20}}
     assert_tally_matches(runtime.engine)
+
+
+def test_pace_is_the_last_hours_jobs_and_the_completion_follows_from_it(
+        tmp_path: Path, database_url: str) -> None:
+    runtime = _runtime(tmp_path, database_url, jobs=10)
+    now = utcnow()
+    with transaction(runtime.engine) as session:
+        moved = [(1, 7, "local")]
+        tally.jobs_moved(session, moved * 30, JobState.STAGING, JobState.DONE,
+                         now - timedelta(hours=2))
+        tally.jobs_moved(session, moved * 20, JobState.STAGING, JobState.DONE,
+                         now - timedelta(minutes=10))
+        for hours in (3, 30):  # the second is older than a day
+            tally.attempt_ended(session, 1, "local", "exit_code", 3, 7,
+                                now - timedelta(hours=hours))
+        tally.attempt_ended(session, 1, "local", "success", 0, 7, now)
+    with Session(runtime.engine) as session:
+        pace = progress.paces(session, {1: {"done": 50, "defined": 40, "running": 10}}, now)[1]
+        idle = progress.paces(session, {2: {"defined": 5}}, now)[2]
+    assert pace.done_last_hour == 20
+    assert pace.failed_last_day == 1
+    assert pace.eta == now + timedelta(hours=50 / 20)
+    assert idle == progress.Pace(0, 0, None)
+    assert progress.phase("active", {"done": 3, "failed": 1}) == "finished"
+    assert progress.phase("active", {"done": 3, "held": 1}) == "active"
+    assert progress.phase("paused", {"defined": 3}) == "paused"
