@@ -48,6 +48,8 @@ class Payload:
                           "python": sys.executable}
         self.ending = "finished"
         self.reason: str | None = None
+        #: The payload's peak resident memory, once it ended.
+        self.max_rss_mb: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         #: Set once the pilot says why the payload must end.
@@ -103,12 +105,23 @@ class Payload:
         return argv, environment
 
     def _wait(self, walltime: float) -> int:
-        assert self._process is not None
+        """Reap the payload with wait4, which also gives its peak memory (that of its
+        largest process, children it waited for included); a timer ends it at its
+        walltime. Popen is told the exit status, so nothing else reaps it."""
+        process = self._process
+        assert process is not None
+        timer = threading.Timer(walltime, self.kill,
+                                ("walltime", f"ran past its walltime of {walltime:.0f}s"))
+        timer.daemon = True
+        timer.start()
         try:
-            return self._process.wait(timeout=walltime)
-        except subprocess.TimeoutExpired:
-            self.kill("walltime", f"ran past its walltime of {walltime:.0f}s")
-            return self._process.wait()
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        # ru_maxrss is in kilobytes on Linux
+        self.max_rss_mb = max(1, round(usage.ru_maxrss / 1024))
+        process.returncode = os.waitstatus_to_exitcode(status)
+        return process.returncode
 
     def kill(self, ending: str, reason: str) -> None:
         """Stop the payload (SIGTERM, then SIGKILL after a grace); it ends as `ending`."""
@@ -117,7 +130,8 @@ class Payload:
                 self.ending, self.reason = ending, reason
             process = self._process
         self._told.set()
-        if process is None or process.poll() is not None:
+        # the returncode, not poll(): only _wait reaps the payload
+        if process is None or process.returncode is not None:
             return
         _signal_group(process, signal.SIGTERM)
         threading.Thread(target=self._kill_later, args=(process,), daemon=True).start()
@@ -125,9 +139,9 @@ class Payload:
     @staticmethod
     def _kill_later(process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + KILL_GRACE
-        while process.poll() is None and time.monotonic() < deadline:
+        while process.returncode is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if process.poll() is None:
+        if process.returncode is None:
             _signal_group(process, signal.SIGKILL)
 
     def _collect(self) -> list[dict[str, Any]]:
@@ -152,6 +166,7 @@ class Payload:
             "exit_code": code if code is not None and code >= 0 else None,
             "signal": -code if code is not None and code < 0 else None,
             "reason": reason, "log_tail": tail, "outputs": outputs or [],
+            "max_rss_mb": self.max_rss_mb,
         }
 
 

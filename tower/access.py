@@ -34,6 +34,7 @@ class Role(enum.StrEnum):
 class Permission(enum.StrEnum):
     READ = "read"        # any GET of status, jobs, pilots, sites, catalog
     MANAGE = "manage"    # change productions and jobs, verify the catalog
+    REQUEST = "request"  # file a production as a request, for a manager to approve
     PILOT = "pilot"      # a pilot's own calls (register, claim, heartbeat, report, ...)
 
 
@@ -124,6 +125,8 @@ def allows(who: Principal, permission: Permission, anonymous_read: bool,
         return who.pilot is not None and who.pilot[1] == pilot_id
     if permission is Permission.MANAGE:
         return Role.MANAGER in who.roles
+    if permission is Permission.REQUEST:  # a collaborator with a certificate, never anonymous
+        return bool(who.roles & {Role.MANAGER, Role.SITEADMIN, Role.READER})
     if who.anonymous:
         return anonymous_read
     return bool(who.roles & {Role.MANAGER, Role.SITEADMIN, Role.READER})

@@ -50,6 +50,8 @@ class Report(Strict):
     reason: str | None = Field(default=None, max_length=500)
     log_tail: str = ""
     outputs: list[OutputReport] = Field(default_factory=list)
+    #: The payload's peak resident memory (MB), measured by the pilot.
+    max_rss_mb: int | None = Field(default=None, ge=0)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
          item: Report) -> None:
     attempt.exit_code = item.exit_code
     attempt.signal = item.signal
+    attempt.max_rss_mb = item.max_rss_mb
     retry.end_attempt(session, attempt, outcome, reason)
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 

@@ -23,13 +23,29 @@ from sqlmodel import Session
 
 from catalog import files
 from sites.config import SiteConfig
-from tower import ca, daemon, factory, failures, fleet, home, jobs, productions, replay, retry, why
+from tower import (
+    approval,
+    ca,
+    daemon,
+    factory,
+    failures,
+    fleet,
+    home,
+    jobs,
+    overrides,
+    productions,
+    replay,
+    retry,
+    sheets,
+    why,
+)
 from tower.config import load_config
 from tower.db import transaction
 from tower.errors import ConfigError, GridtowerError, NotFound, SpecError
+from tower.notify import Event, send_test
 from tower.outcomes import Outcome
 from tower.policy import load_policies
-from tower.progress import bar
+from tower.progress import bar, phase
 from tower.remote import Remote, client_settings
 from tower.runtime import Runtime
 from tower.states import JobState, PilotState
@@ -62,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     remote = top.add_argument_group(
         "a remote tower", "work through a tower's API over HTTPS instead of beside its "
-        "database (submit, status, jobs, job, failures, retry, held, hold, release, why, "
+        "database (submit, import, status, jobs, job, failures, retry, held, hold, release, why, "
         "sites, pilots); also from --client-config, $TOWER_CLIENT_CONFIG or "
         "~/.gridtower/client.yaml (keys url, cert, key, ca)")
     remote.add_argument("--url", help="the tower's URL, e.g. https://tower.example.org:8470")
@@ -91,6 +107,21 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("file", type=Path, metavar="FILE")
     sub.add_argument("--dry-run", action="store_true",
                      help="check and show what would be made; write nothing")
+    sub.add_argument("--request", action="store_true",
+                     help="file it as a request for a manager to approve (no manager role "
+                          "needed); nothing runs before `tower approve`")
+
+    sub = command("import", cmd_import, "create one production per row of a request sheet "
+                  "(CSV), each derived from a template production; every row is checked "
+                  "first, and a bad row creates nothing")
+    sub.add_argument("sheet", type=Path, metavar="SHEET")
+    sub.add_argument("--template", required=True, metavar="PRODUCTION",
+                     help="the production each row derives from")
+    sub.add_argument("--name", default=sheets.DEFAULT_PATTERN, metavar="PATTERN",
+                     help="names of rows without a name column: a Python format string over "
+                     "{template}, {row} (from 1) and the columns (default: %(default)s)")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="check and show what would be made; write nothing")
 
     sub = command("status", cmd_status, "jobs per state of every production, or of one")
     sub.add_argument("production", nargs="?")
@@ -116,6 +147,44 @@ def parser() -> argparse.ArgumentParser:
                   "streams with fresh seeds, in the same dataset")
     sub.add_argument("production", metavar="PRODUCTION")
     sub.add_argument("--events", type=int, required=True, help="the new total of events")
+
+    sub = command("show", cmd_show, "a production's every resolved setting with the "
+                  "production it comes from, its trial and the decisions about it")
+    sub.add_argument("production", metavar="PRODUCTION")
+
+    sub = command("clone", cmd_clone, "derive a new production from another (its parent), "
+                  "changing settings with --set")
+    sub.add_argument("source", metavar="SOURCE")
+    sub.add_argument("name", metavar="NEW")
+    sub.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting of the new production, e.g. parameters.source=Co57 or "
+                          "events_total=100000 (repeatable)")
+    sub.add_argument("--dry-run", action="store_true", help="check and show; write nothing")
+
+    sub = command("approve", cmd_approve, "approve a request (its jobs, or its trial, start) "
+                  "or a production whose trial ended (the rest of its jobs are made)")
+    sub.add_argument("production", metavar="PRODUCTION")
+    tuning = sub.add_mutually_exclusive_group()
+    tuning.add_argument("--tune", dest="tune", action="store_true", default=None,
+                        help="take the trial's proposed walltime, memory and events per job")
+    tuning.add_argument("--no-tune", dest="tune", action="store_false",
+                        help="keep the requested values")
+    sub.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a setting before approving (repeatable)")
+    sub.add_argument("--note", help="why, for the record")
+
+    sub = command("reject", cmd_reject, "reject a production request")
+    sub.add_argument("production", metavar="PRODUCTION")
+    sub.add_argument("--reason", required=True)
+
+    command("requests", cmd_requests, "productions waiting for a manager: requests filed by "
+            "collaborators, and trials that ended")
+
+    sub = command("watch", cmd_watch, "a live view of progress and failures, refreshed until "
+                  "the production (or every production) ends", json_flag=False)
+    sub.add_argument("production", nargs="?", metavar="PRODUCTION")
+    sub.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes")
+    sub.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
 
     sub = command("failures", cmd_failures, "failed attempts of a production grouped by class, "
                   "exit code or signal, and site, with counts, decisions and a sample log tail")
@@ -151,6 +220,12 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("action", choices=["list", "show", "check", "simulate"])
     sub.add_argument("name", nargs="?", metavar="NAME|FILE")
     sub.add_argument("--production", help="simulate: the production whose attempts to replay")
+
+    sub = command("notify", cmd_notify, "notifications: `notify test` sends one test "
+                  "notification to every webhook and mail recipient now (exit 1 if any failed)")
+    sub.add_argument("action", choices=["test"])
+    sub.add_argument("--event", choices=[str(event) for event in Event], default=Event.COMPLETED)
+    sub.add_argument("--production", help="tell this production's facts (default: made-up ones)")
 
     sub = command("catalog", cmd_catalog, "the catalog: `catalog ls [DATASET]` lists datasets, "
                   "or the files of one; `catalog find KEY=VALUE...` finds files by metadata; "
@@ -278,17 +353,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise SpecError(f"{args.file}: cannot read: {exc.strerror}") from None
     body = {"text": text, "source": str(args.file), "dry_run": args.dry_run,
             "spec_dir": str(args.file.parent.resolve())}
-    data = _ask(args, "POST", "/productions", lambda runtime, session: productions.submit(
-        session, productions.plan(session, args.file, runtime.config), args.dry_run),
-        body=body)
+    filer = retry.actor() if args.request else None
+    data = _ask(args, "POST", "/requests" if args.request else "/productions",
+                lambda runtime, session: productions.submit(
+                    session, productions.plan(session, args.file, runtime.config),
+                    args.dry_run, requested_by=filer), body=body)
     if args.json:
         _print_json(data)
         return 0
-    verb = "would create" if args.dry_run else "created"
+    verb = "would create" if args.dry_run else "filed" if args.request else "created"
     for row in data["productions"]:
-        print(f"{verb} production {row['production']}: {row['jobs']} jobs, "
-              f"{row['events']} events -> dataset {row['dataset']} "
-              f"({', '.join(row['destinations']) or 'no outputs'})")
+        print(_production_line(verb, row))
         if args.dry_run:
             first = row["first_job"]
             print("  first job runs: " + " ".join(first["command"]))
@@ -297,14 +372,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _production_line(verb: str, row: dict[str, Any]) -> str:
+    return (f"{verb} production {row['production']}: {row['jobs']} jobs, {row['events']} "
+            f"events -> dataset {row['dataset']} "
+            f"({', '.join(row['destinations']) or 'no outputs'})")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    text, source = sheets.read_file(args.sheet), str(args.sheet)
+    body = {"text": text, "source": source, "template": args.template, "name": args.name,
+            "dry_run": args.dry_run}
+    data = _ask(args, "POST", "/productions/import", lambda runtime, session: productions.submit(
+        session, sheets.plan(session, text, source, args.template, args.name, runtime.config),
+        args.dry_run), body=body)
+    if args.json:
+        _print_json(data)
+        return 0
+    verb = "would create" if args.dry_run else "created"
+    rows = data["productions"]
+    for row in rows:
+        print(_production_line(verb, row))
+    print(f"{verb} {len(rows)} productions from {source}, derived from {args.template}: "
+          f"{sum(row['jobs'] for row in rows)} jobs, {sum(row['events'] for row in rows)} events")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    if args.production:
-        rows = [_ask(args, "GET", f"/productions/{quote(args.production)}",
-                     lambda runtime, session: productions.summaries(session,
-                                                                   args.production)[0])]
-    else:
-        rows = _ask(args, "GET", "/productions", lambda runtime, session: {
-            "productions": productions.summaries(session)})["productions"]
+    rows = _summaries(args, args.production)
     if args.json:
         _print_json({"productions": rows})
         return 0
@@ -379,6 +473,127 @@ def cmd_extend(args: argparse.Namespace) -> int:
         print(f"production {data['production']}: {data['events_total']} events, "
               f"{data['jobs_added']} new jobs")
     return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    data = _ask(args, "GET", f"/productions/{quote(args.production)}/settings",
+                lambda runtime, session: productions.describe(session, args.production))
+    if args.json:
+        _print_json(data)
+        return 0
+    lineage = " <- ".join([data["name"], *data["lineage"]])
+    print(f"production {data['name']} ({data['state']}), group {data['group']}: {lineage}")
+    print(f"  {bar(data['states'])}  {data['events_done']}/{data['events_total']} events")
+    if data["requested_by"]:
+        print(f"  requested by {data['requested_by']}")
+    if data["decided_by"]:
+        print(f"  decided by {data['decided_by']} at {data['decided_at']}"
+              + (f": {data['decision_note']}" if data["decision_note"] else ""))
+    report = data["trial_report"]
+    if report:
+        proposal = report["proposal"]
+        print(f"  trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
+              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB")
+        print(f"  proposal: events_per_job {proposal['events_per_job']}, walltime "
+              f"{proposal['walltime']}s, memory {proposal['memory']} MB ({proposal['why']})")
+    width = max((len(row["key"]) for row in data["settings"]), default=0)
+    for row in data["settings"]:
+        value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
+        print(f"  {row['key']:<{width}}  {value:<40}  from {row['from']}")
+    return 0
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "set": args.changes, "dry_run": args.dry_run}
+    data = _ask(args, "POST", f"/productions/{quote(args.source)}/clone",
+                lambda runtime, session: productions.clone(
+                    session, runtime.config, args.source, args.name,
+                    overrides.parse(args.changes), args.dry_run), body=body)
+    if args.json:
+        _print_json(data)
+        return 0
+    for row in data["productions"]:
+        print(_production_line("would create" if args.dry_run else "created", row))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    body = {"tune": args.tune, "set": args.changes, "note": args.note}
+    data = _ask(args, "POST", f"/productions/{quote(args.production)}/approve",
+                lambda runtime, session: approval.approve(
+                    session, runtime.config, args.production, retry.actor(), args.tune,
+                    overrides.parse(args.changes), args.note), body=body)
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"production {data['production']} is {data['state']}: "
+              f"{data['jobs_made']} jobs made")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    data = _ask(args, "POST", f"/productions/{quote(args.production)}/reject",
+                lambda runtime, session: approval.reject(session, args.production,
+                                                         retry.actor(), args.reason),
+                body={"reason": args.reason})
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"production {data['production']} is {data['state']}")
+    return 0
+
+
+#: Production states that wait for a manager.
+WAITING = ("requested", "approval")
+
+
+def _summaries(args: argparse.Namespace, name: str | None = None) -> list[dict[str, Any]]:
+    """One production's summary, or every production's."""
+    if name:
+        return [_ask(args, "GET", f"/productions/{quote(name)}",
+                     lambda runtime, session: productions.summaries(session, name)[0])]
+    return list(_ask(args, "GET", "/productions", lambda runtime, session: {
+        "productions": productions.summaries(session)})["productions"])
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    rows = [row for row in _summaries(args) if row["state"] in WAITING]
+    if args.json:
+        _print_json({"productions": rows})
+        return 0
+    if not rows:
+        print("nothing waits for approval")
+    for row in rows:
+        why = "request" if row["state"] == "requested" else "trial ended"
+        print(f"{row['name']:<30} {why:<12} {row['events_total']} events: `tower show "
+              f"{row['name']}`, then `tower approve` or `tower reject`")
+    return 0
+
+
+#: What a production is doing when `tower watch` stops following it.
+ENDED = ("finished", "cancelled", "rejected", "approval", "requested")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Redraw the productions' bars and failures until none has work left; on a terminal
+    the view replaces itself, elsewhere each refresh is printed after the last."""
+    live = sys.stdout.isatty()
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while True:
+        rows = _summaries(args, args.production)
+        lines = [time.strftime("%H:%M:%S") + f"  every {args.interval:g}s, Ctrl-C to stop"]
+        for row in rows:
+            lines.append(f"{row['name']:<30} {phase(row['state'], row['states']):<9} "
+                         f"{bar(row['states'])}  {row['events_done']}/{row['events_total']} "
+                         f"events  {row['states'].get('running', 0)} running  "
+                         f"{row['states'].get('failed', 0)} failed")
+        print(("\033[H\033[J" if live else "") + "\n".join(lines), flush=True)
+        if all(phase(row["state"], row["states"]) in ENDED for row in rows):
+            return 0
+        if deadline is not None and time.monotonic() > deadline:
+            print("tower: watch: --timeout reached", file=sys.stderr)
+            return 1
+        time.sleep(args.interval)
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
@@ -539,6 +754,19 @@ def cmd_policy(args: argparse.Namespace) -> int:
         print(f"  job {example['job']} attempt {example['attempt']}:\n"
               f"      was      {example['recorded']}\n      would be {example['simulated']}")
     return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    _local_only(args)
+    deliveries = send_test(load_config(args.config), Event(args.event), args.production)
+    if args.json:
+        _print_json({"event": args.event, "deliveries": [
+            {"target": d.target, "delivered": d.error is None, "error": d.error}
+            for d in deliveries]})
+    for delivery in [] if args.json else deliveries:
+        print(f"delivered  {delivery.target}" if delivery.error is None
+              else f"FAILED     {delivery.error}")
+    return int(any(delivery.error is not None for delivery in deliveries))
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:

@@ -15,11 +15,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, PositiveFloat, ValidationInfo, field_validator
 
 from sites.config import SiteConfig, SshAccess, load_sites
 from tower.access import AccessSettings
 from tower.errors import ConfigError
+from tower.notify import NotificationSettings, resolve_notifications
 from tower.policy import STANDARD, Policy, load_policies
 from tower.schema import Seconds, Strict, build, read_yaml
 from transfer.base import TRANSFERS
@@ -251,6 +252,11 @@ class TowerFile(Strict):
     health: HealthSettings = HealthSettings()
     #: Who may do what through the API (with api.tls): roles by certificate subject.
     access: AccessSettings = AccessSettings()
+    #: Who hears of production events (tower/notify.py): webhooks, e-mail.
+    notifications: NotificationSettings = NotificationSettings()
+    #: Fair shares of the sites' slots between production groups (a production's
+    #: `group`), as weights; a group not named weighs 1.
+    shares: dict[str, PositiveFloat] = Field(default_factory=dict)
 
 
 class TowerConfig(Strict):
@@ -268,6 +274,8 @@ class TowerConfig(Strict):
     retry: RetrySettings
     health: HealthSettings
     access: AccessSettings
+    notifications: NotificationSettings = NotificationSettings()
+    shares: dict[str, float] = Field(default_factory=dict)
     #: Every retry policy by name: the shipped ones and the tower's own.
     policies: dict[str, Policy]
     sites: dict[str, SiteConfig]
@@ -327,6 +335,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
         "retry": raw.retry, "health": raw.health, "policies": policies, "access": raw.access,
         "sites": sites,
+        "notifications": resolve_notifications(raw.notifications, home, path),
+        "shares": raw.shares,
     }
     values.update(overrides)
     return TowerConfig(**values)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from tower import factory, fleet, matchmaker, monitor, stager
+from tower import factory, fleet, matchmaker, monitor, notify, stager, trial
 from tower.models import Job
 from tower.runtime import Runtime
 from tower.states import JOB_TERMINAL
@@ -30,6 +30,8 @@ LOOPS = (
     Loop("factory", factory.run_once),
     Loop("monitor", monitor.run_once),
     Loop("stager", stager.run_once),
+    Loop("trials", trial.run_once),
+    Loop("notifier", notify.run_once),
 )
 
 

@@ -40,7 +40,7 @@ from tower.db import insert_missing, transaction
 from tower.errors import BackendError
 from tower.models import FactoryDecision, Job, Pilot, Production, SiteQueue
 from tower.runtime import Runtime
-from tower.states import JOB_AT_SITE, JobState, PilotState, move_pilots
+from tower.states import JOB_AT_SITE, PRODUCTION_RUNNABLE, JobState, PilotState, move_pilots
 from tower.timeutil import ago, utcnow
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ def waiting(session: Session, site: SiteConfig, queue: str) -> int:
     if site.name in health.cooling(session):
         return 0
     allowing = [pid or 0 for pid, spec in session.exec(
-        select(Production.id, Production.spec).where(Production.state == "active",
-                                                     Production.queue == queue)).all()
+        select(Production.id, Production.spec).where(
+            col(Production.state).in_(PRODUCTION_RUNNABLE), Production.queue == queue)).all()
         if not spec.get("sites") or site.name in spec["sites"]]
     if not allowing:
         return 0

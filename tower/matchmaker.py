@@ -14,13 +14,19 @@ from typing import Any
 from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
-from tower import health, placement
+from tower import health, placement, tally
 from tower.broker import Message, queue_name
 from tower.db import transaction
 from tower.errors import BackendError
 from tower.models import Job, Pilot, Production
 from tower.runtime import Runtime
-from tower.states import JOB_AT_SITE, JobState, PilotState, move_jobs
+from tower.states import (
+    JOB_AT_SITE,
+    PRODUCTION_RUNNABLE,
+    JobState,
+    PilotState,
+    move_jobs,
+)
 from tower.timeutil import ago, utcnow
 
 log = logging.getLogger(__name__)
@@ -82,14 +88,7 @@ def _match(runtime: Runtime) -> list[Job]:
         if not any(room.values()):
             return []
         eligible = _eligible_sites(session, runtime)
-        candidates = session.exec(
-            select(Job).join(Production, col(Production.id) == Job.production_id)
-            .where(Job.state == JobState.DEFINED, Production.state == "active",
-                   or_(col(Job.not_before).is_(None), col(Job.not_before) <= utcnow()))
-            .order_by(col(Job.priority).desc(), col(Job.id))
-            .limit(runtime.config.loops.batch_size)
-            .with_for_update(skip_locked=True, of=Job)
-        ).all()
+        candidates = _candidates(session, runtime)
         by_site: dict[str, list[int]] = defaultdict(list)
         for job in candidates:
             site = _choose(room, placed(job, eligible.get(job.production_id, [])), job.queue)
@@ -106,6 +105,66 @@ def _match(runtime: Runtime) -> list[Job]:
         # the bulk update bypassed the identity map: read the rows afresh
         return list(session.exec(select(Job).where(col(Job.id).in_(moved))
                                  .execution_options(populate_existing=True)).all())
+
+
+def _candidates(session: Session, runtime: Runtime) -> list[Job]:
+    """Defined jobs of runnable productions to match, in the order they get places: by
+    fair share between production groups, then by priority within a group."""
+    groups = _waiting_groups(session)
+    if len(groups) <= 1:
+        return _defined(session, runtime, None)
+    per_group = {group: _defined(session, runtime, group) for group in groups}
+    return fair_order(per_group, _group_usage(session), runtime.config.shares,
+                      runtime.config.loops.batch_size)
+
+
+def _defined(session: Session, runtime: Runtime, group: str | None) -> list[Job]:
+    query = (select(Job).join(Production, col(Production.id) == Job.production_id)
+             .where(Job.state == JobState.DEFINED,
+                    col(Production.state).in_(PRODUCTION_RUNNABLE),
+                    or_(col(Job.not_before).is_(None), col(Job.not_before) <= utcnow())))
+    if group is not None:
+        query = query.where(Production.group == group)
+    return list(session.exec(query.order_by(col(Job.priority).desc(), col(Job.id))
+                             .limit(runtime.config.loops.batch_size)
+                             .with_for_update(skip_locked=True, of=Job)).all())
+
+
+def _waiting_groups(session: Session) -> list[str]:
+    """Groups of runnable productions that have defined jobs (from the tally)."""
+    counts = tally.counts(session)
+    return sorted({group for pid, group in session.exec(
+        select(Production.id, Production.group).where(
+            col(Production.state).in_(PRODUCTION_RUNNABLE))).all()
+        if JobState.DEFINED in counts.get(pid or 0, {})})
+
+
+def _group_usage(session: Session) -> dict[str, int]:
+    """Jobs each group holds at sites or running now."""
+    rows = session.exec(
+        select(Production.group, func.count()).join(Job, col(Job.production_id) == Production.id)
+        .where(col(Job.state).in_([*JOB_AT_SITE, JobState.RUNNING]))
+        .group_by(col(Production.group))).all()
+    return dict(rows)
+
+
+def fair_order(per_group: dict[str, list[Job]], usage: dict[str, int],
+               shares: dict[str, float], limit: int) -> list[Job]:
+    """Interleave each group's jobs (already in priority order) so that each next place
+    goes to the group furthest below its share: the least (jobs held + taken) / weight."""
+    taken = dict.fromkeys(per_group, 0)
+    position = dict.fromkeys(per_group, 0)
+    order: list[Job] = []
+    while len(order) < limit:
+        open_groups = [g for g in per_group if position[g] < len(per_group[g])]
+        if not open_groups:
+            break
+        group = min(open_groups, key=lambda g: ((usage.get(g, 0) + taken[g])
+                                                / shares.get(g, 1.0), g))
+        order.append(per_group[group][position[group]])
+        position[group] += 1
+        taken[group] += 1
+    return order
 
 
 def backlog(session: Session) -> dict[SiteQueue, int]:
@@ -145,7 +204,7 @@ def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
     result: dict[int, list[str]] = {}
     for production_id, spec, inputs in session.exec(
             select(Production.id, Production.spec, Production.inputs)
-            .where(Production.state == "active")).all():
+            .where(col(Production.state).in_(PRODUCTION_RUNNABLE))).all():
         allowed = spec.get("sites") or enabled
         assert production_id is not None
         sites = [site for site in enabled if site in allowed]

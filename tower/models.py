@@ -14,7 +14,7 @@ from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
-from tower.states import JobState, PilotState
+from tower.states import JobState, PilotState, ProductionState
 from tower.timeutil import utcnow
 
 #: JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
@@ -36,8 +36,22 @@ class Production(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True, max_length=200)
     parent: str | None = Field(default=None, max_length=200)
-    state: str = Field(default="active", max_length=20)  # active | paused | cancelled
+    state: ProductionState = state_column(ProductionState, ProductionState.ACTIVE)
     priority: int = 0
+    #: The fair-share group the production's jobs count against (config `shares`).
+    group: str = Field(default="default", max_length=100)
+    #: Jobs made for its trial (0: no trial); the rest are made when it is approved.
+    trial_jobs: int = 0
+    #: Whether the jobs of all its events exist (False during a request or trial).
+    full_run: bool = True
+    #: Who filed it (a request), and who approved or rejected it, when, and why.
+    requested_by: str | None = Field(default=None, max_length=300)
+    decided_by: str | None = Field(default=None, max_length=300)
+    decided_at: datetime | None = None
+    decision_note: str | None = Field(default=None, max_length=1000)
+    #: What the trial measured and proposes for the full run (walltime, memory, events
+    #: per job), once it ended.
+    trial_report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     queue: str = Field(default="default", max_length=100)
     events_total: int = Field(sa_type=BigInteger)
     events_per_job: int
@@ -111,6 +125,8 @@ class Attempt(SQLModel, table=True):
     heartbeat_at: datetime = Field(default_factory=utcnow)
     ended_at: datetime | None = None
     log_tail: str | None = Field(default=None, sa_column=Column(Text))
+    #: The payload's peak resident memory (MB), as its pilot measured it.
+    max_rss_mb: int | None = None
 
 
 class Pilot(SQLModel, table=True):
@@ -197,8 +213,12 @@ class RetryDecision(SQLModel, table=True):
 class JobEvent(SQLModel, table=True):
     """One row per job state change: the job's history."""
 
+    # a job's latest events by id: without it PostgreSQL may walk the whole table
+    # backwards by id looking for one job's rows
+    __table_args__ = (Index("ix_jobevent_job_id_id", "job_id", "id"),)
+
     id: int | None = Field(default=None, primary_key=True)
-    job_id: int = Field(index=True)
+    job_id: int
     production_id: int
     from_state: JobState = state_column(JobState)
     to_state: JobState = state_column(JobState)
@@ -288,3 +308,32 @@ class QueueMessage(SQLModel, table=True):
     leased_until: datetime | None = None
     lease_owner: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Notification(SQLModel, table=True):
+    """A production event to tell one target (a webhook, the mail server). Its key is
+    unique, so two tower processes record an event once; a lease lets one deliver it."""
+
+    __table_args__ = (UniqueConstraint("production_id", "event", "occurrence", "target"),
+                      Index("ix_notification_state_next_try", "state", "next_try_at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int
+    #: tower.notify.Event: completed, failing, awaiting_approval.
+    event: str = Field(max_length=40)
+    #: Which time the event happens: the events total for `completed` (an extended
+    #: production completes anew), the state for `awaiting_approval`, `once` for `failing`.
+    occurrence: str = Field(max_length=100)
+    #: `webhook <digest of its URL>` or `smtp`: no secret.
+    target: str = Field(max_length=100)
+    #: What is told, as of when the event was seen.
+    payload: dict[str, Any] = json_column()
+    #: pending, sent, or failed (given up after the last try).
+    state: str = Field(default="pending", max_length=20)
+    tries: int = 0
+    next_try_at: datetime | None = None
+    lease_until: datetime | None = None
+    lease_owner: str | None = Field(default=None, max_length=64)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None

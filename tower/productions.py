@@ -12,7 +12,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
-from tower import tally
+from tower import overrides, tally
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound, SpecError
 from tower.models import Job, Output, Production
@@ -26,7 +26,13 @@ from tower.specs import (
     resolve_all,
     split,
 )
-from tower.states import JobState, move_jobs
+from tower.states import (
+    PRODUCTION_TRANSITIONS,
+    JobState,
+    ProductionState,
+    move_jobs,
+    move_production,
+)
 from tower.timeutil import utcnow
 
 #: Rows per INSERT statement when writing a production's jobs.
@@ -65,9 +71,51 @@ def plan_documents(session: Session, documents: list[dict[str, Any]], path: str,
     if taken:
         raise SpecError(f"{path}: production {taken[0]}: name: a production of this name "
                         "exists already", field="name")
-    for item in resolved:
-        resolve_inputs(session, item.spec, f"{path}: production {item.spec.name}")
-    return [_with_destinations(item, config, str(path)) for item in resolved]
+    return [_checked(session, item, config, path) for item in resolved]
+
+
+def _checked(session: Session, item: Resolved, config: TowerConfig, path: str) -> Resolved:
+    resolve_inputs(session, item.spec, f"{path}: production {item.spec.name}")
+    return _with_destinations(item, config, path)
+
+
+def own_document(production: Production) -> dict[str, Any]:
+    """The request as its author wrote it: the settings that come from the production
+    itself (not inherited, not defaults), with its parent."""
+    document: dict[str, Any] = {"name": production.name}
+    if production.parent:
+        document["parent"] = production.parent
+    for key, origin in production.origins.items():
+        if origin != production.name:
+            continue
+        head, _, entry = key.partition(".")
+        if entry and head in MERGED_KEYS:
+            document.setdefault(head, {})[entry] = production.spec[head][entry]
+        elif not entry:
+            document[key] = production.spec[key]
+    return document
+
+
+def amend(session: Session, production: Production, changes: dict[str, Any],
+          config: TowerConfig) -> None:
+    """Change settings of a production whose jobs are not all made yet (a request, or a
+    trial waiting for approval): its request with `changes` applied is resolved and
+    checked again like a new one; the jobs made later follow it."""
+    document = overrides.apply(own_document(production), changes)
+    [item] = resolve_all([document], f"production {production.name}", parent_lookup(session),
+                         config.sites, config.storage.destinations, config.policies)
+    item = _checked(session, item, config, f"production {production.name}")
+    spec = item.spec
+    if spec.dataset_name != production.dataset:
+        raise SpecError(f"production {production.name}: dataset: cannot change once made",
+                        field="dataset")
+    for key, value in {"spec": spec.model_dump(mode="json"), "origins": item.origins,
+                       "events_total": spec.events_total, "events_per_job": spec.events_per_job,
+                       "priority": spec.priority, "queue": spec.queue, "group": spec.group,
+                       "template_hash": spec.template_hash, "updated_at": utcnow()}.items():
+        setattr(production, key, value)
+    session.add(production)
+    session.flush()
 
 
 def resolve_inputs(session: Session, spec: ProductionSpec, where: str) -> list[str]:
@@ -106,36 +154,67 @@ def summarize(item: Resolved) -> Submission:
                       spec.destinations)
 
 
-def submit(session: Session, plans: list[Resolved], dry_run: bool) -> dict[str, Any]:
-    """Create the planned productions (unless `dry_run`); what was (or would be) made,
-    with the first job rendered for a dry run."""
+def submit(session: Session, plans: list[Resolved], dry_run: bool,
+           requested_by: str | None = None) -> dict[str, Any]:
+    """Create the planned productions (unless `dry_run`), as requests waiting for a
+    manager when `requested_by` names who files them; what was (or would be) made, with
+    the first job rendered for a dry run."""
     rows = []
     for item in plans:
         row: dict[str, Any] = dict(vars(summarize(item)))
         if dry_run:
             row["first_job"] = preview(item.spec)
         else:
-            create(session, item)
+            row["state"] = create(session, item, requested_by).state
         rows.append(row)
     return {"dry_run": dry_run, "productions": rows}
 
 
-def create(session: Session, item: Resolved) -> Production:
-    """Write one resolved production, its dataset and all its jobs (in bulk)."""
+def create(session: Session, item: Resolved, requested_by: str | None = None) -> Production:
+    """Write one resolved production and its dataset, and its jobs in bulk: all of them,
+    or a trial's first, or (a request) none until a manager approves it."""
     spec = item.spec
     production = Production(
         name=spec.name, parent=spec.parent, priority=spec.priority, queue=spec.queue,
-        events_total=spec.events_total, events_per_job=spec.events_per_job,
-        dataset=spec.dataset_name, template_hash=spec.template_hash,
-        spec=spec.model_dump(mode="json"), origins=item.origins,
-        inputs=resolve_inputs(session, spec, spec.name) or None,
+        group=spec.group, events_total=spec.events_total,
+        events_per_job=spec.events_per_job, dataset=spec.dataset_name,
+        template_hash=spec.template_hash, spec=spec.model_dump(mode="json"),
+        origins=item.origins, inputs=resolve_inputs(session, spec, spec.name) or None,
+        state=ProductionState.REQUESTED, full_run=False, requested_by=requested_by,
     )
     session.add(production)
     session.flush()
     assert production.id is not None
     _ensure_dataset(session, spec, production.id)
-    insert_jobs(session, production.id, spec)
+    if requested_by is None:
+        start(session, production)
     return production
+
+
+def start(session: Session, production: Production) -> None:
+    """Make a production's first jobs: a trial's, or all of them."""
+    spec = ProductionSpec.model_validate(production.spec)
+    if spec.trial is not None:
+        trial = ProductionSpec.model_validate({**production.spec, "trial": None,
+                                               "events_total": spec.trial.events})
+        made = insert_jobs(session, production.id or 0, trial)
+        move(session, production, ProductionState.TRIAL, "start", trial_jobs=made)
+    else:
+        insert_jobs(session, production.id or 0, spec)
+        move(session, production, ProductionState.ACTIVE, "start", full_run=True)
+
+
+def run_in_full(session: Session, production: Production, by: str) -> int:
+    """After its trial: make the rest of a production's jobs, with its spec as it is now
+    (tuned, perhaps), continuing the trial's streams, and let them run. Returns the jobs
+    made."""
+    spec = ProductionSpec.model_validate(production.spec)
+    assert spec.trial is not None
+    added = insert_jobs(session, production.id or 0, spec, production.trial_jobs,
+                        spec.trial.events)
+    move(session, production, ProductionState.ACTIVE, "approve", full_run=True,
+         decided_by=by, decided_at=utcnow())
+    return added
 
 
 def insert_jobs(session: Session, production_id: int, spec: ProductionSpec,
@@ -170,9 +249,9 @@ def _chunked(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
-#: A manager's action on a production -> (the states it applies in, the state it leaves).
-CONTROLS = {"pause": (("active",), "paused"), "resume": (("paused",), "active"),
-            "cancel": (("active", "paused"), "cancelled")}
+#: A manager's action on a production -> the state it leaves it in.
+CONTROLS = {"pause": ProductionState.PAUSED, "resume": ProductionState.ACTIVE,
+            "cancel": ProductionState.CANCELLED}
 #: Job states a cancellation ends: all that have not ended, except outputs being staged.
 CANCELLABLE = [JobState.DEFINED, JobState.ASSIGNED, JobState.QUEUED, JobState.RUNNING,
                JobState.HELD]
@@ -183,12 +262,10 @@ def control(session: Session, name: str, action: str, by: str) -> dict[str, Any]
     at sites or running go on); a cancelled one's unfinished jobs are cancelled (a pilot
     running one is told to stop at its next heartbeat)."""
     production = get(session, name)
-    allowed, target = CONTROLS[action]
-    if production.state not in allowed:
-        raise Conflict(f"production {name} is {production.state}: it cannot {action}",
-                       field="state")
-    production.state, production.updated_at = target, utcnow()
-    session.add(production)
+    target = CONTROLS[action]
+    if action == "resume" and not production.full_run:
+        target = ProductionState.TRIAL  # paused during its trial
+    move(session, production, target, action)
     cancelled: list[int] = []
     if action == "cancel":
         ids = [job_id for job_id in session.exec(select(Job.id).where(
@@ -197,6 +274,17 @@ def control(session: Session, name: str, action: str, by: str) -> dict[str, Any]
         cancelled = move_jobs(session, ids, CANCELLABLE, JobState.CANCELLED,
                               f"production cancelled by {by}", message=f"cancelled by {by}")
     return {"production": name, "state": target, "jobs_cancelled": len(cancelled)}
+
+
+def move(session: Session, production: Production, target: ProductionState, action: str,
+         **fields: Any) -> None:
+    """Move `production` to `target` for `action`, or say why it cannot."""
+    current = ProductionState(production.state)
+    if target not in PRODUCTION_TRANSITIONS[current] or not move_production(
+            session, production.id or 0, current, target, **fields):
+        raise Conflict(f"production {production.name} is {current}: it cannot {action}",
+                       field="state")
+    session.refresh(production)
 
 
 def extend(session: Session, name: str, events_total: int) -> dict[str, Any]:
@@ -210,9 +298,11 @@ def extend(session: Session, name: str, events_total: int) -> dict[str, Any]:
         raise SpecError(f"events: {events_total} is not more than the {old} events the "
                         f"production has", field="events")
     spec = ProductionSpec.model_validate({**production.spec, "events_total": events_total})
-    start = session.exec(select(func.max(Job.index)).where(
-        Job.production_id == production.id)).one()
-    added = insert_jobs(session, production.id or 0, spec, (start or 0) + 1, old)
+    added = 0
+    if production.full_run:  # else its approval makes the jobs, up to the new total
+        last = session.exec(select(func.max(Job.index)).where(
+            Job.production_id == production.id)).one()
+        added = insert_jobs(session, production.id or 0, spec, (last or 0) + 1, old)
     production.events_total, production.spec = events_total, spec.model_dump(mode="json")
     production.updated_at = utcnow()
     session.add(production)
@@ -290,6 +380,40 @@ def held_outputs(session: Session, production_id: int | None = None
             if error and destination in error:
                 entry["last_error"] = error
     return held
+
+
+def describe(session: Session, name: str) -> dict[str, Any]:
+    """A production as `tower show` prints it: its summary, its ancestors, every resolved
+    setting with the production it comes from, its trial and the decisions about it."""
+    production = get(session, name)
+    lineage: list[str] = []
+    parent = production.parent
+    while parent and parent not in lineage:
+        lineage.append(parent)
+        parent = session.exec(select(Production.parent).where(Production.name == parent)).first()
+    return {
+        **summaries(session, name)[0],
+        "parent": production.parent, "lineage": lineage, "group": production.group,
+        "settings": [{"key": key, "value": value, "from": origin}
+                     for key, value, origin in sorted(parameters(production))],
+        "trial_jobs": production.trial_jobs, "trial_report": production.trial_report,
+        "requested_by": production.requested_by, "decided_by": production.decided_by,
+        "decided_at": production.decided_at.isoformat(timespec="seconds")
+        if production.decided_at else None, "decision_note": production.decision_note,
+    }
+
+
+def clone(session: Session, config: TowerConfig, source: str, name: str,
+          changes: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    """A new production derived from `source` (its parent), with `changes`; it writes its
+    own dataset unless the changes name one."""
+    original = get(session, source)
+    document: dict[str, Any] = {"name": name, "parent": source}
+    if original.spec.get("dataset"):
+        document["dataset"] = None
+    plans = plan_documents(session, [overrides.apply(document, changes)],
+                           f"clone of {source}", config)
+    return submit(session, plans, dry_run)
 
 
 def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]:

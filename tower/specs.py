@@ -13,9 +13,9 @@ import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
 from tower.errors import SpecError
@@ -44,6 +44,21 @@ class RetrySpec(Strict):
     max_attempts: int | None = Field(default=None, gt=0, le=100)
 
 
+class TrialSpec(Strict):
+    """A first run of a few events; the rest waits for approval."""
+
+    events: int = Field(gt=0)
+    #: `manual`: wait for `tower approve`; `auto`: approve itself when every trial job
+    #: succeeded (else wait for a person).
+    approve: Literal["manual", "auto"] = "manual"
+    #: `propose`: show the walltime, memory and events per job the trial suggests;
+    #: `set`: use them for the full run when it is approved.
+    tune: Literal["propose", "set"] = "propose"
+    #: What a full job should last; default: the largest walltime the allowed sites'
+    #: pilots can give a job.
+    target_walltime: Seconds | None = Field(default=None, gt=0)
+
+
 class ProductionSpec(Strict):
     """A production request, resolved (every inherited key filled in)."""
 
@@ -64,6 +79,9 @@ class ProductionSpec(Strict):
     sites: list[str] = Field(default_factory=list)
     queue: str = Field(default="default", pattern=NAME_PATTERN)
     priority: int = 0
+    #: The fair-share group its jobs count against (tower.yaml `shares`).
+    group: str = Field(default="default", pattern=NAME_PATTERN)
+    trial: TrialSpec | None = None
     retry: RetrySpec = RetrySpec()
     #: Catalog files every job reads: logical names (/dataset/file) or dataset names.
     inputs: list[str] = Field(default_factory=list)
@@ -93,6 +111,16 @@ class ProductionSpec(Strict):
                 raise ValueError(f"{name!r} is not a valid variable name")
             if name in JOB_VARIABLES or name in PILOT_VARIABLES or name in POST_VARIABLES:
                 raise ValueError(f"{name!r} is a built-in variable and cannot be a parameter")
+        return value
+
+    @field_validator("trial")
+    @classmethod
+    def _trial_is_a_part(cls, value: TrialSpec | None, info: ValidationInfo
+                         ) -> TrialSpec | None:
+        total = info.data.get("events_total")
+        if value is not None and total is not None and value.events >= total:
+            raise ValueError(f"events: {value.events} must be fewer than events_total "
+                             f"({total})")
         return value
 
     @property

@@ -1,4 +1,4 @@
-"""The state machines of jobs and pilots, and the one function that moves them.
+"""The state machines of jobs, productions and pilots, and the functions that move them.
 
 Every status change of a job goes through :func:`move_jobs`: it checks the
 move against the table, applies it as a compare-and-set on the current state
@@ -55,6 +55,34 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 JOB_TERMINAL: frozenset[JobState] = frozenset({S.DONE, S.FAILED, S.CANCELLED})
 #: States in which a job holds a place in a site's backlog.
 JOB_AT_SITE: frozenset[JobState] = frozenset({S.ASSIGNED, S.QUEUED})
+
+
+class ProductionState(enum.StrEnum):
+    REQUESTED = "requested"  # filed by a collaborator, waiting for a manager
+    REJECTED = "rejected"    # a manager said no
+    TRIAL = "trial"          # its trial jobs run; the rest wait for approval
+    APPROVAL = "approval"    # its trial ended: waits for `tower approve`
+    ACTIVE = "active"
+    PAUSED = "paused"        # no job of it is matched to a site
+    CANCELLED = "cancelled"
+
+
+R = ProductionState
+
+PRODUCTION_TRANSITIONS: dict[ProductionState, frozenset[ProductionState]] = {
+    R.REQUESTED: frozenset({R.TRIAL, R.ACTIVE, R.REJECTED, R.CANCELLED}),
+    # active directly: a trial whose jobs all succeeded approves itself, if so configured
+    R.TRIAL: frozenset({R.APPROVAL, R.ACTIVE, R.PAUSED, R.CANCELLED}),
+    R.APPROVAL: frozenset({R.ACTIVE, R.CANCELLED}),
+    R.ACTIVE: frozenset({R.PAUSED, R.CANCELLED}),
+    # back to the trial when paused during it
+    R.PAUSED: frozenset({R.ACTIVE, R.TRIAL, R.CANCELLED}),
+    R.REJECTED: frozenset(),
+    R.CANCELLED: frozenset(),
+}
+
+#: Productions whose defined jobs are matched to sites.
+PRODUCTION_RUNNABLE: frozenset[ProductionState] = frozenset({R.ACTIVE, R.TRIAL})
 
 
 class PilotState(enum.StrEnum):
@@ -130,6 +158,17 @@ def move_jobs_from(
 ) -> list[int]:
     """Move the jobs among `job_ids` to `target` from whichever state may reach it."""
     return move_jobs(session, job_ids, sources(JOB_TRANSITIONS, target), target, reason, **fields)
+
+
+def move_production(session: Session, production_id: int, current: ProductionState,
+                    target: ProductionState, **fields: Any) -> bool:
+    """Move a production from `current` to `target` (compare-and-set: False when another
+    process moved it first); raises IllegalTransition when the table forbids the move."""
+    from tower.models import Production
+
+    check(PRODUCTION_TRANSITIONS, current, target)
+    return bool(_compare_and_set(session, Production, [production_id], current, target,
+                                 dict(fields, updated_at=utcnow())))
 
 
 def move_pilots(

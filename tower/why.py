@@ -16,7 +16,7 @@ from tower.config import TowerConfig
 from tower.errors import NotFound
 from tower.matchmaker import placed
 from tower.models import Attempt, FactoryDecision, Job, JobEvent, Output, Production, RetryDecision
-from tower.states import JobState, PilotState
+from tower.states import PRODUCTION_RUNNABLE, JobState, PilotState
 from tower.timeutil import utcnow
 
 #: Moves of the job listed, newest last.
@@ -110,7 +110,7 @@ def _attempt(session: Session, job: Job) -> Attempt | None:
 def _waiting(session: Session, config: TowerConfig, job: Job, production: Production,
              last: RetryDecision | None) -> list[str]:
     lines = []
-    if production.state != "active":
+    if production.state not in PRODUCTION_RUNNABLE:
         lines.append(f"Its production {production.name} is {production.state}: no job of it "
                      "is matched to a site.")
     if job.not_before and job.not_before > utcnow():

@@ -10,7 +10,20 @@ from pydantic import Field
 from sqlmodel import Session
 
 from catalog import files, queries
-from tower import attempts, factory, failures, fleet, jobs, productions, replay, retry, why
+from tower import (
+    approval,
+    attempts,
+    factory,
+    failures,
+    fleet,
+    jobs,
+    overrides,
+    productions,
+    replay,
+    retry,
+    sheets,
+    why,
+)
 from tower.access import Permission
 from tower.catalog_verify import verify_dataset
 from tower.db import transaction
@@ -83,6 +96,21 @@ class Submission(Strict):
     source: str = Field(default="request.yaml", max_length=500)
     #: Where relative paths in the requests point, at the tower.
     spec_dir: str = Field(default="", max_length=2000)
+    dry_run: bool = False
+
+
+class SheetImport(Strict):
+    """A request sheet, as `tower import` reads it: one production a row, each derived from
+    a template production."""
+
+    #: The CSV text, header row first.
+    text: str = Field(max_length=5_000_000)
+    #: The file's name, for error messages.
+    source: str = Field(default="sheet.csv", max_length=500)
+    #: The production every row derives from.
+    template: str = Field(min_length=1, max_length=200)
+    #: Names rows without a name column (a Python format string).
+    name: str = Field(default=sheets.DEFAULT_PATTERN, min_length=1, max_length=500)
     dry_run: bool = False
 
 
@@ -218,6 +246,19 @@ def submit_productions() -> Any:
             session, documents, body.source, runtime.config), body.dry_run))
 
 
+@api.post("/productions/import")
+@needs(Permission.MANAGE, body=SheetImport)
+def import_productions() -> Any:
+    """Create one production per row of a request sheet (or, dry run, show them); a bad
+    row creates nothing, and the error names every bad row."""
+    body = _body()
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        return jsonify(productions.submit(session, sheets.plan(
+            session, body.text, body.source, body.template, body.name, runtime.config),
+            body.dry_run))
+
+
 @api.get("/jobs")
 @needs(Permission.READ)
 def list_jobs() -> Any:
@@ -311,6 +352,76 @@ def extend_production(name: str) -> Any:
     body = _body()
     with transaction(_runtime().engine) as session:
         return jsonify(productions.extend(session, name, body.events))
+
+
+@api.get("/productions/<name>/settings")
+@needs(Permission.READ)
+def production_settings(name: str) -> Any:
+    """Every resolved setting with the production it comes from; trial and decisions."""
+    with Session(_runtime().engine) as session:
+        return jsonify(productions.describe(session, name))
+
+
+class CloneRequest(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    #: KEY=VALUE settings (tower.overrides).
+    set: list[str] = Field(default_factory=list, max_length=200)
+    dry_run: bool = False
+
+
+@api.post("/productions/<name>/clone")
+@needs(Permission.MANAGE, body=CloneRequest)
+def clone_production(name: str) -> Any:
+    """A new production derived from this one, with changed settings."""
+    body = _body()
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        return jsonify(productions.clone(session, runtime.config, name, body.name,
+                                         overrides.parse(body.set), body.dry_run))
+
+
+class Approval(Strict):
+    #: Take the trial's proposal (None: as the production's request says).
+    tune: bool | None = None
+    set: list[str] = Field(default_factory=list, max_length=200)
+    note: str | None = Field(default=None, max_length=1000)
+
+
+@api.post("/productions/<name>/approve")
+@needs(Permission.MANAGE, body=Approval)
+def approve_production(name: str) -> Any:
+    """Approve a request, or the full run after a trial."""
+    body = _body()
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
+        return jsonify(approval.approve(session, runtime.config, name, _actor(), body.tune,
+                                        overrides.parse(body.set), body.note))
+
+
+class Rejection(Strict):
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+@api.post("/productions/<name>/reject")
+@needs(Permission.MANAGE, body=Rejection)
+def reject_production(name: str) -> Any:
+    body = _body()
+    with transaction(_runtime().engine) as session:
+        return jsonify(approval.reject(session, name, _actor(), body.reason))
+
+
+@api.post("/requests")
+@needs(Permission.REQUEST, body=Submission)
+def file_requests() -> Any:
+    """File production requests for a manager to approve (no job runs before)."""
+    body = _body()
+    runtime = _runtime()
+    documents = parse_requests(yaml_documents(body.text, body.source, error=SpecError),
+                               body.source, body.spec_dir)
+    with transaction(runtime.engine) as session:
+        return jsonify(productions.submit(session, productions.plan_documents(
+            session, documents, body.source, runtime.config), body.dry_run,
+            requested_by=_actor()))
 
 
 @api.get("/productions/<name>/failures")

@@ -27,10 +27,10 @@ from web.server import start_server
 
 #: What each caller may do: the permissions its calls pass.
 MAY = {
-    "admin": {"read", "manage", "pilot"},
-    "manager": {"read", "manage"},
-    "siteadmin": {"read"},
-    "reader": {"read"},
+    "admin": {"read", "manage", "pilot", "request"},
+    "manager": {"read", "manage", "request"},
+    "siteadmin": {"read", "request"},
+    "reader": {"read", "request"},
     "pilot": {"pilot"},
     "other_site_pilot": set(),
     "unknown_user": set(),

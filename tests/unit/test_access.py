@@ -50,6 +50,8 @@ def test_what_each_role_may_do(dn: str | None, read: bool, manage: bool, own_pil
     who = principal(dn, SETTINGS)
     assert allows(who, Permission.READ, anonymous_read=False) is read
     assert allows(who, Permission.MANAGE, anonymous_read=False) is manage
+    # whoever may read with a certificate may file a request for a manager
+    assert allows(who, Permission.REQUEST, anonymous_read=True) is read
     assert allows(who, Permission.PILOT, False, pilot_id="0a1b") is own_pilot
     assert allows(who, Permission.PILOT, False, pilot_id="ffff") is other_pilot
 
@@ -58,6 +60,7 @@ def test_anonymous_reading_is_a_choice() -> None:
     nobody = principal(None, SETTINGS)
     assert allows(nobody, Permission.READ, anonymous_read=True)
     assert not allows(nobody, Permission.MANAGE, anonymous_read=True)
+    assert not allows(nobody, Permission.REQUEST, anonymous_read=True)
 
 
 @pytest.mark.parametrize(("grant", "words"), [

@@ -1,0 +1,46 @@
+"""`KEY=VALUE` settings given on the command line (`tower clone --set`, `tower approve
+--set`): dotted keys reach into nested settings (`parameters.source=Co57`,
+`trial.events=500`), and values are read as YAML scalars or lists, so numbers, booleans,
+durations and `[a, b]` mean what they would in a request file."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import yaml
+
+from tower.errors import SpecError
+
+_KEY = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-.]+)*$")
+
+
+def parse(texts: list[str]) -> dict[str, Any]:
+    """{dotted key: value} from `KEY=VALUE` texts; SpecError names a malformed one."""
+    result: dict[str, Any] = {}
+    for text in texts:
+        key, sign, raw = text.partition("=")
+        key = key.strip()
+        if not sign or not _KEY.match(key):
+            raise SpecError(f"--set {text!r}: write KEY=VALUE, e.g. parameters.source=Co57",
+                            field="set")
+        try:
+            result[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            result[key] = raw
+    return result
+
+
+def apply(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `document` with each dotted key set to its value."""
+    changed = copy.deepcopy(document)
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        where = changed
+        for part in path:
+            if not isinstance(where.get(part), dict):
+                where[part] = {}
+            where = where[part]
+        where[last] = value
+    return changed
