@@ -102,9 +102,12 @@ def _match(runtime: Runtime) -> list[Job]:
                                message=None)
         if not moved:
             return []
-        # the bulk update bypassed the identity map: read the rows afresh
-        return list(session.exec(select(Job).where(col(Job.id).in_(moved))
-                                 .execution_options(populate_existing=True)).all())
+        # the bulk update bypassed the identity map: read the rows afresh, and keep the
+        # order they were chosen in, so sites' queues hand them out in that order
+        rank = {job.id: position for position, job in enumerate(candidates)}
+        return sorted(session.exec(select(Job).where(col(Job.id).in_(moved))
+                                   .execution_options(populate_existing=True)).all(),
+                      key=lambda job: rank[job.id])
 
 
 def _candidates(session: Session, runtime: Runtime) -> list[Job]:

@@ -106,9 +106,7 @@ def read_file(path: Path) -> str:
 def read(text: str, source: str) -> Sheet:
     """Parse CSV text: a header row, then data rows; blank lines are skipped."""
     text = text.removeprefix("\ufeff")  # the BOM spreadsheets write in "CSV UTF-8"
-    header_line = next((line for line in text.splitlines() if line.strip()), None)
-    if header_line is None:
-        raise SpecError(f"{source}: the sheet is empty", field="sheet")
+    header_line = next((line for line in text.splitlines() if line.strip()), "")
     records = _records(text, max(DELIMITERS, key=header_line.count), source)
     if not records:
         raise SpecError(f"{source}: the sheet is empty", field="sheet")

@@ -4,6 +4,7 @@ named by line and column; a good sheet makes one production a row, derived from 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from sqlmodel import Session, create_engine, select
 
 from tests.conftest import write_home
-from tests.e2e.test_cli import productions_in, tower
+from tests.e2e.test_cli import TOWER, productions_in, tower
 from tower.models import Production
 
 COMPONENTS = ["PMT", "TPC", "cryostat", "RFR", "skin"]
@@ -120,3 +121,8 @@ def test_an_unreadable_sheet_exits_2(home: Path, tmp_path: Path) -> None:
     latin.write_bytes("component\nCâble\n".encode("latin-1"))
     result = tower(home, "import", str(latin), "--template", "lz-bkg")
     assert result.returncode == 2 and "not UTF-8" in result.stderr
+
+
+def test_import_has_help() -> None:
+    result = subprocess.run([*TOWER, "import", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--template PRODUCTION" in result.stdout

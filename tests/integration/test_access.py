@@ -122,6 +122,8 @@ def requests_for(tower: Tower) -> list[tuple[str, str, str, Any]]:
               "/pilots/{pilot_id}/lease": {"queue": "local.default", "max": 0},
               "/pilots/{pilot_id}/release": {"ids": []},
               "/productions": {"text": tower.spec_file.read_text(), "dry_run": True},
+              "/productions/import": {"text": "source\nRn222\n", "template": "flaky",
+                                      "dry_run": True},
               "/productions/{name}/retry": {}, "/jobs/hold": {"jobs": [1]},
               "/jobs/release": {"jobs": [1]}}
     values = {"pilot_id": PILOT_ID, "name": "flaky", "job_id": "1"}
@@ -305,6 +307,30 @@ def test_the_cli_submits_and_follows_a_production_on_a_remote_tower_over_https(
                       expect=5)
         assert "may not (manage)" in refused["message"]
         assert [row["name"] for row in cli("status")["productions"]] == ["flaky"]
+
+        # ... but may file requests, which wait for a manager: one approved with a change,
+        # one rejected
+        for name in ("more", "other"):
+            filed = cli(*as_reader, "submit", "--request",
+                        str(flaky_production(tmp_path, name=name, jobs=3)))
+            assert filed["productions"][0]["state"] == "requested"
+        assert cli(*as_reader, "approve", "more", expect=5)["field"] is None
+        waiting = cli("requests")["productions"]
+        assert {row["name"]: row["jobs"] for row in waiting} == {"more": 0, "other": 0}
+        assert cli("show", "more")["requested_by"] == "CN=monitor,OU=robots,O=gridtower"
+        approved = cli("approve", "more", "--set", "events_total=2", "--note", "two will do")
+        assert (approved["state"], approved["jobs_made"]) == ("active", 2)
+        rejected = cli("reject", "other", "--reason", "duplicate of flaky")
+        assert rejected["state"] == "rejected"
+        cli("approve", "other", expect=4)
+        while cli("status", "more")["productions"][0]["states"] != {"done": 2}:
+            assert time.monotonic() < deadline + 60, "the approved request did not run"
+            time.sleep(0.5)
+        shown = cli("show", "more")
+        assert shown["decided_by"] == "CN=manager,OU=users,O=gridtower"
+        assert shown["decision_note"] == "two will do"
+        assert {row["key"]: row["from"] for row in shown["settings"]}["events_total"] == "more"
+        assert cli("status", "other")["productions"][0]["jobs"] == 0
     finally:
         stop.set()
         for loop in loops:
