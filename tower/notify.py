@@ -35,10 +35,11 @@ from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from tower import progress, tally
-from tower.db import insert_missing, make_engine, transaction
+from tower.db import create_schema, insert_missing, make_engine, transaction
 from tower.errors import BackendError, ConfigError
 from tower.models import Notification, Production
 from tower.schema import Seconds, Strict
+from tower.states import ProductionState
 from tower.timeutil import later, utcnow
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ class Event(enum.StrEnum):
 
 #: Production states in which a manager's approval is awaited: a collaborator's request,
 #: and a production whose trial ended.
-AWAITING = frozenset({"requested", "approval"})
+AWAITING = frozenset({ProductionState.REQUESTED, ProductionState.APPROVAL})
+#: Production states in which attempts may still end (a paused one's running jobs go on).
+ATTEMPTING = frozenset({ProductionState.TRIAL, ProductionState.ACTIVE, ProductionState.PAUSED})
 #: The occurrence of `failing`: a production is told failing once, whatever follows.
 ONCE = "once"
 
@@ -294,13 +297,13 @@ def _new_events(session: Session, config: TowerConfig, production: Production,
         # an extended production completes anew: its total of events tells the two apart
         candidates.append((Event.COMPLETED, str(production.events_total)))
     if production.state in AWAITING:
-        candidates.append((Event.AWAITING_APPROVAL, production.state))
+        candidates.append((Event.AWAITING_APPROVAL, str(production.state)))
     new = [(event, occurrence) for event, occurrence in candidates
            if event in wanted and (production.id, event, occurrence) not in known]
     # a finished production's attempts no longer change: it is looked at once more, in the
     # cycle that sees it complete, so a long tower's old productions cost nothing
     if (Event.FAILING in wanted and (production.id, Event.FAILING, ONCE) not in known
-            and production.state != "cancelled"
+            and production.state in ATTEMPTING
             and (phase != "finished" or (Event.COMPLETED, str(production.events_total)) in new)
             and _failing(attempts(session, production.id or 0), config)):
         new.append((Event.FAILING, ONCE))
@@ -516,6 +519,7 @@ def _test_facts(config: TowerConfig, event: Event, name: str | None) -> dict[str
 
     engine = make_engine(config.database_url)
     try:
+        create_schema(engine)  # a tower that never ran: no such production, not a crash
         with Session(engine) as session:
             production = productions.get(session, name)
             states = productions.state_counts(session, production.id).get(production.id or 0,

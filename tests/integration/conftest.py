@@ -50,6 +50,12 @@ class LiveTower:
                     daemon.run_guarded(loop, self.runtime)
             time.sleep(pause)
 
+    def cycles(self, count: int, pause: float = 0.2) -> None:
+        """Run every loop `count` times (to show that nothing happens)."""
+        for _ in range(count):
+            daemon.run_cycle(self.runtime)
+            time.sleep(pause)
+
     def counts(self) -> dict[str, int]:
         with Session(self.runtime.engine) as session:
             total: dict[str, int] = {}

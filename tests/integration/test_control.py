@@ -32,8 +32,7 @@ def test_pause_resume_then_extend_continues_the_streams_in_the_same_dataset(
     tower = live_tower(retry=RETRY)
     tower.submit(flaky_production(tmp_path, jobs=3))
     assert cli(tower, capsys, "pause", "flaky")["state"] == "paused"
-    for _ in range(5):
-        tower.drive(lambda: True, timeout=1)
+    tower.cycles(5)
     with Session(tower.runtime.engine) as session:
         assert session.exec(select(Pilot)).all() == []  # no work, no pilots
     assert tower.counts() == {"defined": 3}

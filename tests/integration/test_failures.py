@@ -143,8 +143,7 @@ def test_a_permanent_error_fails_after_the_policys_tries_and_no_more(
     assert [(d.rule, d.action) for d in decisions(tower)].count(("payload", "fail")) == 4
     assert tower.counts() == {"failed": 4}
     # nothing retries them any more
-    for _ in range(3):
-        tower.drive(lambda: True, timeout=1)
+    tower.cycles(3)
     assert sum(len(rows) for rows in attempts_by_job(tower).values()) == 12
     # `tower why` tells which rule failed the job
     job_id = next(iter(tries))

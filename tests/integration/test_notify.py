@@ -336,6 +336,7 @@ def test_notify_test_sends_to_every_target_and_says_which_failed(
     [told] = webhook.events()
     assert (told["event"], told["test"]) == ("failing", True)
     assert mail.messages[0]["Subject"] == "[gridtower] production example is failing (test)"
+    assert tower_main(["--config", str(path), "notify", "test", "--production", "nope"]) == 3
 
 
 # -- configuration ------------------------------------------------------------------------------
