@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert, update  # noqa: E402
-from sqlmodel import col, select  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
+from sqlmodel import select  # noqa: E402
 
 from bench.submit import timed_runs  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
@@ -33,7 +33,7 @@ from tower.models import Attempt, Job  # noqa: E402
 from tower.outcomes import Outcome  # noqa: E402
 from tower.policy import Ended, decide  # noqa: E402
 from tower.runtime import Runtime  # noqa: E402
-from tower.states import JobState  # noqa: E402
+from tower.states import JobState, move_jobs  # noqa: E402
 from tower.timeutil import ago, utcnow  # noqa: E402
 
 
@@ -56,8 +56,10 @@ def settle_once(url: str, attempts: int, directory: Path) -> float:
         for item in productions.plan(session, request, runtime.config):
             productions.create(session, item)
         ids = list(session.exec(select(Job.id)).all())
-        session.execute(update(Job).where(col(Job.id).in_(ids)).values(
-            state=JobState.RUNNING, site="local", attempt=1))
+        for source, target in ((JobState.DEFINED, JobState.ASSIGNED),
+                               (JobState.ASSIGNED, JobState.QUEUED),
+                               (JobState.QUEUED, JobState.RUNNING)):
+            move_jobs(session, ids, source, target, "bench", site="local", attempt=1)
         long_ago = ago(3600)
         session.execute(insert(Attempt), [
             {"job_id": job_id, "number": 1, "pilot_id": "bench", "site": "local",

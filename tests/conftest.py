@@ -46,7 +46,17 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that use a database run on SQLite and on PostgreSQL, except those marked
+    `one_database`: what they test (a broker, a batch system, TLS, a flow through the
+    API) does not depend on the database, and PostgreSQL is the one in production."""
+    if "database_url" in metafunc.fixturenames:
+        kinds = (["postgresql"] if metafunc.definition.get_closest_marker("one_database")
+                 else ["sqlite", "postgresql"])
+        metafunc.parametrize("database_url", kinds, indirect=True)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tower.db'}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import stat
 import unicodedata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +21,7 @@ from tower.access import AccessSettings
 from tower.errors import ConfigError
 from tower.notify import NotificationSettings, resolve_notifications
 from tower.policy import STANDARD, Policy, load_policies
-from tower.schema import Seconds, Strict, build, read_yaml
+from tower.schema import Seconds, Strict, build, read_yaml, require_private
 from transfer.base import TRANSFERS
 
 DEFAULT_HOME = Path("~/.gridtower")
@@ -354,7 +353,7 @@ def _resolve_destination(name: str, destination: DestinationSettings, home: Path
         update["url"] = f"local:{_resolve(destination.root, home)}"
     if destination.key_file is not None:
         key_file = _resolve(destination.key_file, home)
-        _check_private_key(key_file, f"storage.destinations.{name}.key_file", source)
+        require_private(key_file, f"storage.destinations.{name}.key_file", source)
         update["key_file"] = str(key_file)
     return destination.model_copy(update=update)
 
@@ -368,21 +367,10 @@ def _resolve_api(api: ApiSettings, home: Path, source: Path) -> ApiSettings:
     for name, path in paths.items():
         key = f"api.tls.{name}"
         if name == "key":
-            _check_private_key(path, key, source)
+            require_private(path, key, source)
         elif not path.exists():
             raise ConfigError(f"{source}: {key}: {path}: no such file or directory", field=key)
     return api.model_copy(update={"tls": api.tls.model_copy(update=paths)})
-
-
-def _check_private_key(path: Path, key: str, source: Path) -> None:
-    """Refuse a private key others may read, as ssh itself does."""
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError as exc:
-        raise ConfigError(f"{source}: {key}: {path}: {exc.strerror}", field=key) from None
-    if mode & 0o077:
-        raise ConfigError(f"{source}: {key}: {path} has mode {mode:04o}: a private key must "
-                          f"be readable by its owner alone (chmod 600 {path})", field=key)
 
 
 def _resolve_sqlite(url: str, home: Path) -> str:

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import smtplib
 import ssl
-import stat
 import unicodedata
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -38,7 +37,7 @@ from tower import progress, tally
 from tower.db import create_schema, insert_missing, make_engine, transaction
 from tower.errors import BackendError, ConfigError
 from tower.models import Notification, Production
-from tower.schema import Seconds, Strict
+from tower.schema import Seconds, Strict, require_private
 from tower.states import ProductionState
 from tower.timeutil import later, utcnow
 
@@ -223,13 +222,7 @@ def resolve_notifications(settings: NotificationSettings, home: Path,
         return settings
     key = "notifications.smtp.password_file"
     path = (home / settings.smtp.password_file.expanduser()).resolve()
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError as exc:
-        raise ConfigError(f"{source}: {key}: {path}: {exc.strerror}", field=key) from None
-    if mode & 0o077:
-        raise ConfigError(f"{source}: {key}: {path} has mode {mode:04o}: a password file must "
-                          f"be readable by its owner alone (chmod 600 {path})", field=key)
+    require_private(path, key, source, "a password file")
     smtp = settings.smtp.model_copy(update={"password_file": path})
     return settings.model_copy(update={"smtp": smtp})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -88,3 +89,15 @@ def _describe(problem: Any) -> str:
     message = str(problem["msg"])
     # pydantic prefixes messages of our own validators with "Value error, "
     return message.removeprefix("Value error, ")
+
+
+def require_private(path: Path, key: str, source: str | Path, what: str = "a private key"
+                    ) -> None:
+    """Refuse a secret file others may read, as ssh does a key; ConfigError names `key`."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"{source}: {key}: {path}: {exc.strerror}", field=key) from None
+    if mode & 0o077:
+        raise ConfigError(f"{source}: {key}: {path} has mode {mode:04o}: {what} must be "
+                          f"readable by its owner alone (chmod 600 {path})", field=key)

@@ -3,9 +3,10 @@
 
 Counting a million jobs by state on every page view would scan the jobs table. Instead,
 each state change (`tower.states.move_jobs`), each batch of new jobs and each attempt
-that ends adds delta rows in the same transaction, so the counts are exactly what is
-committed, and two tower processes never contend on one counter row. `compact` folds
-the deltas (the monitor calls it every cycle), so a read sums a handful of rows.
+that ends adds to deltas that the same transaction writes just before it commits (one
+insert per tally, summed per key), so the counts are exactly what is committed, and two
+tower processes never contend on one counter row. `compact` folds the deltas (the
+monitor calls it every cycle), so a read sums a handful of rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, event, func, insert, select
 from sqlmodel import Session, col
 
 from tower.models import Activity, Job, JobTally
@@ -43,34 +44,60 @@ def bucket_time(bucket: int) -> datetime:
     return datetime.fromtimestamp(bucket, UTC)
 
 
+#: Key columns of each tally, and the amounts summed under a key.
+KEYS: dict[Any, tuple[str, ...]] = {JobTally: ("production_id", "state"),
+                                    Activity: ("production_id", "site", "bucket", "kind",
+                                               "code")}
+AMOUNTS: dict[Any, tuple[str, ...]] = {JobTally: ("jobs", "events"),
+                                       Activity: ("count", "events")}
+
+
+def _add(session: Session, model: Any, key: tuple[Any, ...], *amounts: int) -> None:
+    """Add to the deltas this transaction will write (summed per key, so a transaction
+    that moves jobs many times still writes a handful of rows, once, before it commits)."""
+    pending = session.info.setdefault("tally", {JobTally: {}, Activity: {}})[model]
+    total = pending.setdefault(key, [0] * len(amounts))
+    for i, amount in enumerate(amounts):
+        total[i] += amount
+
+
+def write_pending(session: Session) -> None:
+    """Write the deltas added in this transaction (before it commits, and before reading
+    the tally in it)."""
+    pending = session.info.pop("tally", None)
+    for model, rows in (pending or {}).items():
+        values = [dict(zip(KEYS[model] + AMOUNTS[model], (*key, *amounts), strict=True))
+                  for key, amounts in rows.items() if any(amounts)]
+        if values:
+            session.execute(insert(model), values)
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    write_pending(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop("tally", None)
+
+
 def jobs_added(session: Session, production_id: int, jobs: int, events: int) -> None:
     """New jobs of a production, all `defined`."""
     if jobs:
-        session.execute(insert(JobTally), [{"production_id": production_id,
-                                            "state": JobState.DEFINED, "jobs": jobs,
-                                            "events": events}])
+        _add(session, JobTally, (production_id, JobState.DEFINED), jobs, events)
 
 
 def jobs_moved(session: Session, moved: Iterable[tuple[int, int, str | None]],
                source: JobState, target: JobState, when: datetime) -> None:
     """Jobs (production id, events, site) moved from `source` to `target`."""
-    totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    done: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    bucket = bucket_of(when)
     for production_id, events, site in moved:
-        totals[production_id][0] += 1
-        totals[production_id][1] += events
+        if source is not target:
+            _add(session, JobTally, (production_id, source), -1, -events)
+            _add(session, JobTally, (production_id, target), 1, events)
         if target is JobState.DONE:
-            done[(production_id, site or "")][0] += 1
-            done[(production_id, site or "")][1] += events
-    if source is not target and totals:
-        session.execute(insert(JobTally), [
-            {"production_id": pid, "state": state, "jobs": sign * n, "events": sign * e}
-            for pid, (n, e) in totals.items() for state, sign in ((source, -1), (target, 1))])
-    if done:
-        bucket = bucket_of(when)
-        session.execute(insert(Activity), [
-            {"production_id": pid, "site": site, "bucket": bucket, "kind": DONE, "code": 0,
-             "count": n, "events": e} for (pid, site), (n, e) in done.items()])
+            _add(session, Activity, (production_id, site or "", bucket, DONE, 0), 1, events)
 
 
 def attempt_ended(session: Session, production_id: int, site: str, outcome: str, code: int,
@@ -79,13 +106,10 @@ def attempt_ended(session: Session, production_id: int, site: str, outcome: str,
     """An attempt ended as `outcome` (with its exit code or signal, else 0); `previous` is
     the outcome, code and time it had ended with before (a success whose outputs could
     not be staged ends again, as a failure)."""
-    rows = [{"production_id": production_id, "site": site, "bucket": bucket_of(when),
-             "kind": outcome, "code": code, "count": 1, "events": events}]
+    _add(session, Activity, (production_id, site, bucket_of(when), outcome, code), 1, events)
     if previous is not None:
-        rows.append({"production_id": production_id, "site": site,
-                     "bucket": bucket_of(previous[2]), "kind": previous[0],
-                     "code": previous[1], "count": -1, "events": -events})
-    session.execute(insert(Activity), rows)
+        _add(session, Activity, (production_id, site, bucket_of(previous[2]), previous[0],
+                                 previous[1]), -1, -events)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -100,6 +124,7 @@ def counts(session: Session, production_id: int | None = None
            ) -> dict[int, dict[str, Count]]:
     """{production id: {state: Count}} for one production or all; states with no jobs left
     out."""
+    write_pending(session)
     query = (select(col(JobTally.production_id), col(JobTally.state), func.sum(JobTally.jobs),
                     func.sum(JobTally.events))
              .group_by(col(JobTally.production_id), col(JobTally.state)))
@@ -125,6 +150,7 @@ class Point:
 def activity(session: Session, *, production_id: int | None = None, site: str | None = None,
              since: datetime | None = None) -> list[Point]:
     """Activity rows summed per bucket, production, site and kind, oldest first."""
+    write_pending(session)
     query = (select(col(Activity.bucket), col(Activity.production_id), col(Activity.site),
                     col(Activity.kind), func.sum(Activity.count), func.sum(Activity.events))
              .group_by(col(Activity.bucket), col(Activity.production_id), col(Activity.site),
@@ -144,6 +170,7 @@ def activity(session: Session, *, production_id: int | None = None, site: str | 
 def totals(session: Session, *, production_id: int | None = None, site: str | None = None
            ) -> dict[tuple[int, str, str, int], int]:
     """{(production id, site, kind, code): count} over all time."""
+    write_pending(session)
     query = (select(col(Activity.production_id), col(Activity.site), col(Activity.kind),
                     col(Activity.code), func.sum(Activity.count))
              .group_by(col(Activity.production_id), col(Activity.site), col(Activity.kind),
@@ -165,22 +192,21 @@ def compact(session: Session, now: datetime | None = None) -> int:
     pair, so it counts exactly the rows it removed: a delta committed meanwhile by
     another process stays as it is, to be folded next time.
     """
+    write_pending(session)
     crowded = [pid for (pid,) in session.execute(
         select(col(JobTally.production_id)).group_by(col(JobTally.production_id),
                                                 col(JobTally.state))
         .having(func.count() > 1).distinct()).all()]
     removed = 0
     if crowded:
-        removed += _fold(session, JobTally, col(JobTally.production_id).in_(crowded),
-                         ("production_id", "state"), ("jobs", "events"))
+        removed += _fold(session, JobTally, col(JobTally.production_id).in_(crowded))
     recent = bucket_of((now or utcnow()) - timedelta(seconds=RECENT))
-    removed += _fold(session, Activity, col(Activity.bucket) >= recent,
-                     ("production_id", "site", "bucket", "kind", "code"), ("count", "events"))
+    removed += _fold(session, Activity, col(Activity.bucket) >= recent)
     return removed
 
 
-def _fold(session: Session, model: Any, where: Any, keys: tuple[str, ...],
-          amounts: tuple[str, ...]) -> int:
+def _fold(session: Session, model: Any, where: Any) -> int:
+    keys, amounts = KEYS[model], AMOUNTS[model]
     rows = session.execute(delete(model).where(where).returning(
         *(getattr(model, name) for name in keys + amounts))).all()
     sums: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(amounts))

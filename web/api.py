@@ -237,13 +237,17 @@ def list_productions() -> Any:
 @needs(Permission.MANAGE, body=Submission)
 def submit_productions() -> Any:
     """Validate production requests and create their jobs (or, dry run, show them)."""
+    return _submit(requested_by=None)
+
+
+def _submit(requested_by: str | None) -> Any:
     body = _body()
     runtime = _runtime()
     documents = parse_requests(yaml_documents(body.text, body.source, error=SpecError),
                                body.source, body.spec_dir)
     with transaction(runtime.engine) as session:
         return jsonify(productions.submit(session, productions.plan_documents(
-            session, documents, body.source, runtime.config), body.dry_run))
+            session, documents, body.source, runtime.config), body.dry_run, requested_by))
 
 
 @api.post("/productions/import")
@@ -414,14 +418,7 @@ def reject_production(name: str) -> Any:
 @needs(Permission.REQUEST, body=Submission)
 def file_requests() -> Any:
     """File production requests for a manager to approve (no job runs before)."""
-    body = _body()
-    runtime = _runtime()
-    documents = parse_requests(yaml_documents(body.text, body.source, error=SpecError),
-                               body.source, body.spec_dir)
-    with transaction(runtime.engine) as session:
-        return jsonify(productions.submit(session, productions.plan_documents(
-            session, documents, body.source, runtime.config), body.dry_run,
-            requested_by=_actor()))
+    return _submit(requested_by=_actor())
 
 
 @api.get("/productions/<name>/failures")

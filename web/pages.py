@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from catalog import files, queries
 from catalog.models import CatalogFile, Dataset
-from tower import factory, fleet, jobs, productions, progress, retry, tally, why
+from tower import approval, factory, fleet, jobs, productions, progress, retry, tally, why
 from tower.access import Permission, allows
 from tower.errors import Forbidden, GridtowerError
 from tower.models import Attempt, Job, Output, Production, SiteHealth
@@ -51,7 +51,7 @@ STATE_COLOURS = {
 #: Colours of failure classes in the plots; classes not named share the last.
 FAILURE_COLOURS = ("#c62828", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e",
                    "#558b2f", "#37474f")
-ACTIONS = ("pause", "resume", "cancel", "retry")
+ACTIONS = ("pause", "resume", "cancel", "retry", "approve")
 
 
 def _runtime() -> Runtime:
@@ -210,6 +210,10 @@ def act(name: str, action: str) -> Any:
                 moved = retry.retry_failed(session, productions.get(session, name), who, [],
                                            None)
                 message = f"{len(moved)} failed jobs retried"
+            elif action == "approve":
+                result = approval.approve(session, _runtime().config, name, who)
+                message = f"approved: production is {result['state']}, " \
+                          f"{result['jobs_made']} jobs made"
             else:
                 result = productions.control(session, name, action, who)
                 message = f"{action}: production is {result['state']}"

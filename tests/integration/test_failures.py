@@ -41,7 +41,6 @@ POLICIES = {"quick": {"extends": "standard", "backoff": {"initial": 0, "max": 0}
                 {"name": "payload", "match": {"class": ["exit_code", "signal"]},
                  "action": "fail"}]}}
 RETRY = {"policy": "quick", "policies": POLICIES}
-postgres_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def flaky_production(directory: Path, name: str = "flaky", jobs: int = 10,
@@ -99,7 +98,7 @@ def on_slurm(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Sl
 
 @pytest.mark.slurm
 @pytest.mark.rabbitmq
-@postgres_only
+@pytest.mark.one_database
 def test_a_transient_exit_code_is_retried_until_every_job_is_done(
         amqp_url: str, on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower],
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,7 +127,7 @@ def test_a_transient_exit_code_is_retried_until_every_job_is_done(
 
 
 @pytest.mark.slurm
-@postgres_only
+@pytest.mark.one_database
 def test_a_permanent_error_fails_after_the_policys_tries_and_no_more(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,7 +156,7 @@ def test_a_permanent_error_fails_after_the_policys_tries_and_no_more(
 
 
 @pytest.mark.slurm
-@postgres_only
+@pytest.mark.one_database
 def test_a_payload_past_its_walltime_is_retried_with_a_longer_one(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     tower = live_tower(site=slurm_site(), retry=RETRY)
@@ -174,7 +173,7 @@ def test_a_payload_past_its_walltime_is_retried_with_a_longer_one(
 
 
 @pytest.mark.slurm
-@postgres_only
+@pytest.mark.one_database
 def test_a_pilot_killed_without_a_word_loses_its_job_after_the_heartbeat_timeout(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     # the site wraps its pilot: when the pilot dies, the batch job lives on, so only the
@@ -205,7 +204,7 @@ def test_a_pilot_killed_without_a_word_loses_its_job_after_the_heartbeat_timeout
 
 
 @pytest.mark.slurm
-@postgres_only
+@pytest.mark.one_database
 def test_a_site_that_fails_every_job_cools_down_and_the_other_site_finishes(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

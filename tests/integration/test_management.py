@@ -21,6 +21,8 @@ from tests.integration.test_control import cli
 from tower.matchmaker import fair_order
 from tower.models import Attempt, Job, JobEvent, Production
 
+pytestmark = pytest.mark.one_database
+
 
 def _write(path: Path, *documents: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump_all(documents))

@@ -31,6 +31,8 @@ from tower.models import Notification
 from tower.runtime import Runtime
 from tower.timeutil import utcnow
 
+pytestmark = pytest.mark.one_database
+
 #: A secret in the webhook's URL and headers: it must reach the receiver, never a log.
 TOKEN = "s3cret-t0ken"
 

@@ -290,3 +290,20 @@ def test_every_link_leads_where_it_says(reader: Reader, tower: LiveTower) -> Non
                     title = re.search(r"<h1>(.*?)</h1>", answer.text(), re.DOTALL)
                     assert title and heading.format(text) in title.group(1), (href, title)
     assert len(checked) > 20
+
+
+def test_a_request_is_shown_and_approved_from_its_page(reader: Reader,
+                                                       tower: LiveTower) -> None:
+    request = {"name": "asked", "software": "sleeper 1", "events_total": 1,
+               "events_per_job": 1, "walltime": "1m", "command": ["${python}", "-c", "0"]}
+    filed = requests.post(tower.runtime.config.api.url + "/api/v1/requests", timeout=10,
+                          json={"text": yaml.safe_dump(request), "source": "asked.yaml"})
+    assert filed.status_code == 200, filed.text
+    page = reader.open("/productions/asked", "production-request")
+    assert "Requested by" in page.locator("#decisions").inner_text()
+    assert page.locator("#states [data-key='jobs']").inner_text() == "0"
+    page.locator('#actions button[value="approve"]').click()
+    assert "approved: production is active, 1 jobs made" in page.locator("p.note").inner_text()
+    assert _api(tower, "/productions/asked")["states"] == {"defined": 1}
+    assert page.locator('#actions button[value="approve"]').count() == 0
+    assert reader.errors == []

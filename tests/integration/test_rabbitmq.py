@@ -28,7 +28,7 @@ from tower.errors import BackendError
 from tower.models import Attempt, Job, JobEvent, Pilot
 from tower.states import JobState
 
-pytestmark = pytest.mark.rabbitmq
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.one_database]
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])

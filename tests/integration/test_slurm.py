@@ -15,20 +15,20 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from tests.cluster import SlurmCluster, SshServer
 from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
-from tower import factory, monitor
+from tower import factory, monitor, productions
 from tower.config import load_config
+from tower.db import transaction
 from tower.models import Attempt, FactoryDecision, Pilot, RetryDecision
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
 from tower.states import PILOT_ACTIVE, PilotState
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.one_database]
 
 LIMITS = {"max_queued": 2, "max_running": 3, "max_per_cycle": 2}
 
@@ -128,8 +128,6 @@ def test_a_cancelled_pilot_is_replaced_within_one_factory_cycle(
     assert (decision.rule, decision.action, decision.delay) == ("preempted", "retry", 0)
 
 
-# a minute of SLURM walltime per run: once, on PostgreSQL, is enough
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_pilot_with_a_short_walltime_drains_and_exits_before_timeout(
         on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     # SLURM's least --time is a minute; jobs of 20s walltime fit only in its first half
@@ -291,9 +289,8 @@ def test_pending_pilots_are_cancelled_when_unwanted_and_the_decisions_explained(
     assert all(second[batch_id] == PilotState.DONE for batch_id in first)
     assert sorted(second.values()).count(PilotState.SUBMITTED) == 2
     # no work left: every pending pilot is cancelled, none submitted
-    with Session(tower.runtime.engine) as session:
-        session.execute(text("update job set state = 'cancelled'"))
-        session.commit()
+    with transaction(tower.runtime.engine) as session:
+        productions.control(session, "toy", "cancel", "test")
     assert factory.run_once(tower.runtime) == 0
     assert set(pilots().values()) == {PilotState.DONE}
 
