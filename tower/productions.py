@@ -112,7 +112,8 @@ def amend(session: Session, production: Production, changes: dict[str, Any],
     for key, value in {"spec": spec.model_dump(mode="json"), "origins": item.origins,
                        "events_total": spec.events_total, "events_per_job": spec.events_per_job,
                        "priority": spec.priority, "queue": spec.queue, "group": spec.group,
-                       "template_hash": spec.template_hash, "updated_at": utcnow()}.items():
+                       "template_hash": spec.template_hash, "updated_at": utcnow(),
+                       "inputs": resolve_inputs(session, spec, spec.name) or None}.items():
         setattr(production, key, value)
     session.add(production)
     session.flush()

@@ -305,6 +305,7 @@ def test_an_output_gone_from_the_site_is_a_stageout_failure_and_is_retried(
     assert_done_exactly_once(tower.runtime.engine, jobs=1)
 
 
+@pytest.mark.one_database
 def test_jobs_no_pilot_claims_time_out_and_go_to_another_site(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     # the dead site's pilots never start; its queued jobs wait for nobody
@@ -327,6 +328,7 @@ def test_jobs_no_pilot_claims_time_out_and_go_to_another_site(
     assert rules == {("claim_timeout", "broken-site", "retry_elsewhere")}
 
 
+@pytest.mark.one_database
 def test_a_late_report_from_a_lost_attempt_is_refused_and_changes_nothing(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     import requests

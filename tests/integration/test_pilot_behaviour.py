@@ -7,12 +7,16 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower, toy_production
 from tower.models import Attempt, Job, Pilot, QueueMessage
 from tower.outcomes import Outcome
 from tower.states import JobState, PilotState
+
+# what a pilot does does not depend on the tower's database
+pytestmark = pytest.mark.one_database
 
 ONE_SLOT = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},
             "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}

@@ -6,6 +6,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Replica
@@ -61,6 +62,7 @@ def test_a_failing_payload_is_retried_then_failed(live_tower: Callable[..., Live
         assert session.exec(select(CatalogFile)).all() == []
 
 
+@pytest.mark.one_database
 def test_a_pilot_killed_mid_job_is_recovered_once_its_batch_job_is_seen_gone(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     tower = live_tower(site={"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},

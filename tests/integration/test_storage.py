@@ -54,6 +54,7 @@ def replicas_match_disk(tower: LiveTower, roots: dict[str, Path]) -> int:
     return len(rows)
 
 
+@pytest.mark.one_database
 def test_outputs_go_to_two_sftp_destinations_verified_and_cataloged(
         sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     roots = {"us": tmp_path / "us", "uk": tmp_path / "uk"}
@@ -67,6 +68,7 @@ def test_outputs_go_to_two_sftp_destinations_verified_and_cataloged(
     assert replicas_match_disk(tower, roots) == 12
 
 
+@pytest.mark.one_database
 def test_a_destination_down_mid_production_holds_outputs_until_it_returns(
         sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     roots = {"us": tmp_path / "us", "uk": tmp_path / "uk"}
@@ -138,6 +140,7 @@ def test_sources_are_removed_only_when_asked_and_after_verification(
                                        "move": tmp_path / "move"}) == 6
 
 
+@pytest.mark.one_database
 def test_a_rejected_output_is_marked_bad_and_the_job_retried(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     checker = tmp_path / "check.py"
@@ -186,6 +189,7 @@ def reading_production(directory: Path, name: str, lfn: str, jobs: int = 4) -> P
     return path
 
 
+@pytest.mark.one_database
 def test_jobs_go_to_the_site_that_holds_their_input_or_it_is_staged_in_first(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     roots = {name: tmp_path / name for name in ("se_a", "se_b", "archive")}
@@ -230,6 +234,7 @@ def test_an_input_the_catalog_lacks_is_refused_at_submit(
         tower.submit(reading_production(tmp_path, "nothing", "/inputs/absent.dat"))
 
 
+@pytest.mark.one_database
 def test_outputs_of_a_site_reached_by_ssh_are_fetched_over_sftp(
         sftp_server: SshDaemon, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     access = sftp_server.server
