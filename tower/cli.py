@@ -493,7 +493,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if report:
         proposal = report["proposal"]
         print(f"  trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
-              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB")
+              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB "
+              f"({report['memory_per_event_mb']} MB per event)")
         print(f"  proposal: events_per_job {proposal['events_per_job']}, walltime "
               f"{proposal['walltime']}s, memory {proposal['memory']} MB ({proposal['why']})")
     width = max((len(row["key"]) for row in data["settings"]), default=0)

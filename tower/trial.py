@@ -78,14 +78,19 @@ def measure(session: Session, production: Production) -> dict[str, Any]:
         col(Attempt.ended_at).is_not(None))).all()
     per_event = [(attempt.ended_at - attempt.started_at).total_seconds() / events[attempt.job_id]
                  for attempt in attempts if attempt.ended_at is not None]
-    memory = [attempt.max_rss_mb for attempt in attempts if attempt.max_rss_mb is not None]
+    memory = [(attempt.max_rss_mb, events[attempt.job_id]) for attempt in attempts
+              if attempt.max_rss_mb is not None]
     succeeded = sum(1 for job in jobs if job.state == "done")
     return {
         "jobs": len(jobs), "succeeded": succeeded, "failed": len(jobs) - succeeded,
         "events": sum(events.values()),
         "seconds_per_event": ({"median": round(statistics.median(per_event), 4),
                                "max": round(max(per_event), 4)} if per_event else None),
-        "peak_memory_mb": max(memory) if memory else None,
+        "peak_memory_mb": max(peak for peak, _ in memory) if memory else None,
+        # the peak is mostly what a payload holds whatever its events (geometry, tables);
+        # per event it bounds what a bigger job could need
+        "memory_per_event_mb": (round(max(peak / n for peak, n in memory), 3)
+                                if memory else None),
     }
 
 

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower
 from tests.integration.test_control import cli
+from tower.cli import main as tower_main
 from tower.matchmaker import fair_order
 from tower.models import Attempt, Job, JobEvent, Production
 
@@ -67,7 +68,6 @@ def test_three_levels_of_inheritance_shown_with_origins_then_cloned(
     # through the API too, as a remote user would
     url = tower.runtime.config.api.url
     capsys.readouterr()
-    from tower.cli import main as tower_main
     assert tower_main(["--url", url, "clone", "leaf", "leaf-th", "--set",
                        "parameters.source=Th232", "--set", "events_total=2", "--json"]) == 0
     [made] = json.loads(capsys.readouterr().out)["productions"]
@@ -109,12 +109,18 @@ def test_a_trial_waits_for_approval_proposes_the_full_run_and_completes(
     report = cli(tower, capsys, "show", "manual")["trial_report"]
     assert (report["jobs"], report["succeeded"], report["events"]) == (2, 2, 20)
     assert report["peak_memory_mb"] >= 96  # the payload's bytearray, measured by its pilot
+    assert report["memory_per_event_mb"] >= 96 / 10  # trial jobs of ten events
     proposal = report["proposal"]
     assert 1 <= proposal["events_per_job"] <= 180 and proposal["walltime"] <= 6
     assert proposal["memory"] >= report["peak_memory_mb"]
     with Session(tower.runtime.engine) as session:
         assert session.exec(select(Job).join(Production).where(
             Production.name == "manual")).all().__len__() == 2  # nothing beyond the trial
+    capsys.readouterr()
+    assert tower_main(["--config", str(tower.home / "tower.yaml"), "show", "manual"]) == 0
+    shown = capsys.readouterr().out
+    assert "trial: 2/2 jobs succeeded, 20 events" in shown
+    assert f"proposal: events_per_job {proposal['events_per_job']}" in shown
 
     approved = cli(tower, capsys, "approve", "manual", "--tune", "--note", "looks fine")
     assert approved["state"] == "active"
