@@ -76,7 +76,7 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     idempotent, and the pilot runs each (job, attempt) once.
     """
     pilot = fleet.require_working(session, pilot_id)
-    jobs = _jobs_for_update(session, [job_id for job_id, _ in wanted])
+    jobs = _jobs(session, [job_id for job_id, _ in wanted], lock=True)
     answers: dict[tuple[int, int], dict[str, Any]] = {}
     eligible: list[int] = []
     for job_id, number in wanted:
@@ -135,9 +135,11 @@ def _refusal(job: Job | None, number: int, site: str) -> str | None:
     return None
 
 
-def _jobs_for_update(session: Session, job_ids: Sequence[int]) -> dict[int, Job]:
-    rows = session.exec(select(Job).where(col(Job.id).in_(job_ids))
-                        .with_for_update()).all()
+def _jobs(session: Session, job_ids: Sequence[int], lock: bool = False) -> dict[int, Job]:
+    if not job_ids:
+        return {}
+    query = select(Job).where(col(Job.id).in_(job_ids))
+    rows = session.exec(query.with_for_update() if lock else query).all()
     return {job.id: job for job in rows if job.id is not None}
 
 
@@ -194,36 +196,48 @@ def heartbeat(session: Session, pilot_id: str,
 
 def report(session: Session, config: TowerConfig, pilot_id: str,
            reports: Sequence[Report]) -> list[Verdict]:
-    """End the attempts the pilot reports; a report for an attempt it does not hold is refused."""
+    """End the attempts the pilot reports; a report for an attempt it does not hold is refused.
+
+    The batch costs a fixed number of statements, not a few per report: the attempts and
+    jobs are read at once, and the successes move on together."""
     pilot = fleet.require_working(session, pilot_id)
     storage = Path(config.sites[pilot.site].storage) if pilot.site in config.sites else None
+    open_attempts = _open_attempts(session, pilot_id, [(item.job, item.attempt)
+                                                       for item in reports])
+    jobs = _jobs(session, [item.job for item in reports if (item.job, item.attempt)
+                           in open_attempts])
+    specs = _specs(session, {job.production_id for job in jobs.values()})
     verdicts = []
-    specs: dict[int, ProductionSpec] = {}
+    succeeded: list[tuple[Job, Report]] = []
     for item in reports:
-        attempt = _open_attempt(session, item.job, item.attempt, pilot_id)
+        # popped: the same attempt twice in one batch is ended once
+        attempt = open_attempts.pop((item.job, item.attempt), None)
         if attempt is None:
             verdicts.append(Verdict(item.job, item.attempt, False,
                                     "no running attempt of this pilot (lost, or reported already)"))
             continue
-        job = session.get(Job, item.job)
-        assert job is not None
-        if job.production_id not in specs:
-            specs.update(_specs(session, {job.production_id}))
+        job = jobs[item.job]
         spec = specs[job.production_id]
         outcome, reason = classify(item, spec, storage)
         _end(session, attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:
-            _start_staging(session, job, item)
+            succeeded.append((job, item))
         else:
             retry.settle(session, config, job, spec, attempt)
         verdicts.append(Verdict(item.job, item.attempt, True, str(outcome)))
+    _start_staging(session, succeeded)
     return verdicts
 
 
-def _open_attempt(session: Session, job_id: int, number: int, pilot_id: str) -> Attempt | None:
-    return session.exec(select(Attempt).where(
-        Attempt.job_id == job_id, Attempt.number == number, Attempt.pilot_id == pilot_id,
-        col(Attempt.ended_at).is_(None)).with_for_update()).first()
+def _open_attempts(session: Session, pilot_id: str, keys: list[tuple[int, int]]
+                   ) -> dict[tuple[int, int], Attempt]:
+    """The attempts among `keys` that run at `pilot_id` and have not ended, locked."""
+    if not keys:
+        return {}
+    rows = session.exec(select(Attempt).where(
+        tuple_(Attempt.job_id, Attempt.number).in_(keys), Attempt.pilot_id == pilot_id,
+        col(Attempt.ended_at).is_(None)).with_for_update()).all()
+    return {(row.job_id, row.number): row for row in rows}
 
 
 def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[Outcome, str]:
@@ -259,16 +273,19 @@ def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 
 
-def _start_staging(session: Session, job: Job, item: Report) -> None:
-    assert job.id is not None
-    moved = move_jobs(session, [job.id], JobState.RUNNING, JobState.STAGING,
-                      f"attempt {item.attempt} succeeded")
-    if not moved:
-        return  # cancelled meanwhile: its outputs are not wanted
-    if item.outputs:
-        session.execute(insert(Output), [
-            {"job_id": job.id, "attempt": item.attempt, "name": output.name,
-             "source": output.path, "size": output.size, "adler32": output.adler32}
-            for output in item.outputs])
-    else:
-        move_jobs(session, [job.id], JobState.STAGING, JobState.DONE, "no outputs to stage")
+def _start_staging(session: Session, succeeded: list[tuple[Job, Report]]) -> None:
+    """Move succeeded jobs to staging with their outputs; those without outputs are done."""
+    if not succeeded:
+        return
+    # a job cancelled meanwhile does not move: its outputs are not wanted
+    moved = set(move_jobs(session, [job.id for job, _ in succeeded  # type: ignore[misc]
+                                    ], JobState.RUNNING, JobState.STAGING, "attempt succeeded"))
+    outputs = [{"job_id": job.id, "attempt": item.attempt, "name": output.name,
+                "source": output.path, "size": output.size, "adler32": output.adler32}
+               for job, item in succeeded if job.id in moved for output in item.outputs]
+    if outputs:
+        session.execute(insert(Output), outputs)
+    bare = [job.id for job, item in succeeded if job.id in moved and not item.outputs]
+    if bare:
+        move_jobs(session, bare, JobState.STAGING, JobState.DONE,  # type: ignore[arg-type]
+                  "no outputs to stage")

@@ -958,7 +958,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _end_pilots(runtime)
         return code
     finally:
-        stop.set()
+        daemon.halt(runtime, stop)
         for thread in threads:
             thread.join(timeout=30)
         if server is not None:

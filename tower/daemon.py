@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +42,20 @@ def run_cycle(runtime: Runtime) -> None:
         run_guarded(loop, runtime)
 
 
-def run_guarded(loop: Loop, runtime: Runtime) -> None:
+def run_guarded(loop: Loop, runtime: Runtime) -> bool:
+    """Run one cycle of `loop`; returns whether it did any work."""
     try:
-        loop.run_once(runtime)
+        return busy(loop.run_once(runtime))
     except Exception:  # the loop boundary: log with traceback, try again next cycle
         log.exception("loop=%s cycle failed", loop.name)
+        return False
+
+
+def busy(result: Any) -> bool:
+    """Whether a cycle's result (a count, or counts by kind) says it did work."""
+    if isinstance(result, dict):
+        return any(busy(value) for value in result.values())
+    return bool(result)
 
 
 def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Thread]:
@@ -57,10 +67,23 @@ def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Threa
     return threads
 
 
+def halt(runtime: Runtime, stop: threading.Event) -> None:
+    """Set `stop` and wake every loop, so none sleeps out its pause."""
+    stop.set()
+    runtime.wake(*(loop.name for loop in LOOPS))
+
+
 def _spin(loop: Loop, runtime: Runtime, stop: threading.Event) -> None:
+    """Cycle until `stop`: again at once after a cycle that did work (a backlog of many
+    batches drains at the database's pace, not one batch per interval), else after the
+    interval or when woken."""
+    alarm = runtime.alarm(loop.name)
     while not stop.is_set():
-        run_guarded(loop, runtime)
-        stop.wait(runtime.config.loops.interval)
+        started = time.monotonic()
+        if not run_guarded(loop, runtime):
+            alarm.wait(runtime.config.loops.interval)
+        alarm.clear()
+        stop.wait(started + runtime.config.loops.busy_pause - time.monotonic())
 
 
 def stop_pilots(runtime: Runtime) -> int:

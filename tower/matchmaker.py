@@ -88,7 +88,9 @@ def _match(runtime: Runtime) -> list[Job]:
         if not any(room.values()):
             return []
         eligible = _eligible_sites(session, runtime)
-        candidates = _candidates(session, runtime)
+        # no more candidates than there are places: each is an ORM row read and locked
+        candidates = _candidates(session, runtime,
+                                 min(runtime.config.loops.batch_size, sum(room.values())))
         by_site: dict[str, list[int]] = defaultdict(list)
         for job in candidates:
             site = _choose(room, placed(job, eligible.get(job.production_id, [])), job.queue)
@@ -110,18 +112,17 @@ def _match(runtime: Runtime) -> list[Job]:
                       key=lambda job: rank[job.id])
 
 
-def _candidates(session: Session, runtime: Runtime) -> list[Job]:
-    """Defined jobs of runnable productions to match, in the order they get places: by
-    fair share between production groups, then by priority within a group."""
+def _candidates(session: Session, runtime: Runtime, limit: int) -> list[Job]:
+    """Up to `limit` defined jobs of runnable productions to match, in the order they get
+    places: by fair share between production groups, then by priority within a group."""
     groups = _waiting_groups(session)
     if len(groups) <= 1:
-        return _defined(session, runtime, None)
-    per_group = {group: _defined(session, runtime, group) for group in groups}
-    return fair_order(per_group, _group_usage(session), runtime.config.shares,
-                      runtime.config.loops.batch_size)
+        return _defined(session, None, limit)
+    per_group = {group: _defined(session, group, limit) for group in groups}
+    return fair_order(per_group, _group_usage(session), runtime.config.shares, limit)
 
 
-def _defined(session: Session, runtime: Runtime, group: str | None) -> list[Job]:
+def _defined(session: Session, group: str | None, limit: int) -> list[Job]:
     query = (select(Job).join(Production, col(Production.id) == Job.production_id)
              .where(Job.state == JobState.DEFINED,
                     col(Production.state).in_(PRODUCTION_RUNNABLE),
@@ -129,7 +130,7 @@ def _defined(session: Session, runtime: Runtime, group: str | None) -> list[Job]
     if group is not None:
         query = query.where(Production.group == group)
     return list(session.exec(query.order_by(col(Job.priority).desc(), col(Job.id))
-                             .limit(runtime.config.loops.batch_size)
+                             .limit(limit)
                              .with_for_update(skip_locked=True, of=Job)).all())
 
 

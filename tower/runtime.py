@@ -27,6 +27,8 @@ class Runtime:
     _batch: dict[str, BatchSystem] = field(default_factory=dict)
     _transfers: dict[str, Transfer] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: One event per loop: set to run the loop's next cycle now instead of after its pause.
+    _alarms: dict[str, threading.Event] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: TowerConfig, create: bool = True) -> Runtime:
@@ -35,6 +37,17 @@ class Runtime:
             create_schema(engine)
         return cls(config, engine, open_broker(config.broker_url, engine, config.broker_options,
                                                str(config.path)))
+
+    def alarm(self, loop: str) -> threading.Event:
+        """The event `loop` pauses on between cycles."""
+        with self._lock:
+            return self._alarms.setdefault(loop, threading.Event())
+
+    def wake(self, *loops: str) -> None:
+        """Cut the pause of these loops short (in this process): there is work for them,
+        such as room in a site's backlog after a claim, or outputs after a report."""
+        for loop in loops:
+            self.alarm(loop).set()
 
     def runner(self, site: str) -> Runner:
         """How commands run at `site` (locally or over SSH), one per site, reused."""

@@ -178,6 +178,7 @@ def claim(pilot_id: str) -> Any:
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         answers = attempts.claim(session, runtime.config, pilot_id, body.jobs)
+    runtime.wake("matchmaker")  # the site's backlog has room again
     return jsonify({"jobs": answers})
 
 
@@ -197,6 +198,7 @@ def report(pilot_id: str) -> Any:
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
+    runtime.wake("stager", "matchmaker")  # outputs to stage, failed jobs to place again
     return jsonify({"verdicts": [verdict.as_dict() for verdict in verdicts]})
 
 
