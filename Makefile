@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install lint clean
+.PHONY: demo test bench install lint clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ demo: install
 test: install
 	scripts/services.sh
 	$(BIN)/pytest -q
+
+# the suite of bench/suite.py: gridtower beside Celery and Parsl (installed into their own
+# venv), the machine's ceilings, SLURM, a million-job production; writes bench/results/
+bench: install
+	scripts/services.sh
+	bench/peers-venv.sh
+	$(BIN)/python bench/suite.py
 
 lint: install
 	$(BIN)/pip install --quiet ruff mypy

@@ -1,13 +1,14 @@
 """Pilots versus one `sbatch` per job, on the same single-node SLURM cluster, in one run.
 
-    .venv/bin/python bench/slurm.py [--jobs 200] [--seconds 1] [--repeat 1]
+    .venv/bin/python bench/slurm.py [--jobs 200] [--command true] [--repeat 1] [--json]
 
-Both ways run the same short job (`sleep SECONDS`) with the same parallelism:
-16 CPUs on the node, one per sbatch job, and 4 pilots x 4 payload slots. The
-makespan runs from the first submission until every job has ended: for
-sbatch, until squeue is empty; for pilots, from starting `tower run
---until-done` (PostgreSQL, RabbitMQ) to the last job's move to done, read from
-the job events. The whole `tower run`, which also ends the pilots, is shown too.
+Both ways run the same one-line job (`--command`, default `true`) with the same
+parallelism: 16 CPUs on the node, one per sbatch job, and 2 pilots x 8 payload slots.
+The makespan runs from the first submission until every job has ended: for sbatch,
+from the first `sbatch` until squeue is empty; for pilots, from the factory's first
+`sbatch` of a pilot (the pilot's submission time) to the last job's move to done, read
+from the job events, with the tower (PostgreSQL, RabbitMQ) already running. The whole
+`tower run --until-done`, which also starts the tower and ends the pilots, is shown too.
 
 Needs what `make test` starts and installs: SLURM and munge binaries,
 PostgreSQL on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672 with rabbitmqctl.
@@ -16,7 +17,9 @@ PostgreSQL on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672 with rabbitmqctl.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,24 +37,24 @@ from bench.broker import postgres, vhost  # noqa: E402
 from tests.cluster import SlurmCluster, running_cluster  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
 
-SLOTS, PILOTS = 4, 4
+SLOTS, PILOTS = 8, 2
 
 
-def one_sbatch_per_job(cluster: SlurmCluster, jobs: int, seconds: float,
+def one_sbatch_per_job(cluster: SlurmCluster, jobs: int, command: str,
                        directory: Path) -> float:
     started = time.perf_counter()
     for _ in range(jobs):
         cluster.run("sbatch", "--parsable", "--cpus-per-task=1", "--job-name=bench-sbatch",
-                    f"--output={directory}/%j.out", "--wrap", f"sleep {seconds}")
+                    f"--output={directory}/%j.out", "--wrap", command)
     while cluster.run("squeue", "--noheader", "--name=bench-sbatch").stdout.strip():
         time.sleep(0.1)
     return time.perf_counter() - started
 
 
-def through_pilots(cluster: SlurmCluster, jobs: int, seconds: float,
+def through_pilots(cluster: SlurmCluster, jobs: int, command: str,
                    directory: Path) -> tuple[float, float]:
-    """The makespan (submission of the first pilot to the last job's end, from the job
-    events) and the whole `tower run --until-done`, which also ends the pilots."""
+    """The makespan (submission of the first pilot to the last job's end, from the pilot
+    and job records) and the whole `tower run --until-done`, which also ends the pilots."""
     with postgres() as database, vhost() as broker:
         config = write_home(
             directory, database,
@@ -65,47 +68,62 @@ def through_pilots(cluster: SlurmCluster, jobs: int, seconds: float,
             monitor={"heartbeat_interval": 10, "heartbeat_timeout": 60})
         request = directory / "sleep.yaml"
         request.write_text(yaml.safe_dump({
-            "name": "sleep", "software": "coreutils", "command": ["sleep", str(seconds)],
+            "name": "oneline", "software": "coreutils", "command": shlex.split(command),
             "events_total": jobs, "events_per_job": 1, "walltime": "5m"}))
         env = {**cluster.env, "TOWER_CONFIG": str(config)}
         tower = [sys.executable, "-m", "tower.cli"]
         subprocess.run([*tower, "submit", str(request)], env=env, check=True,
                        capture_output=True)
-        started, wall = time.time(), time.perf_counter()
+        wall = time.perf_counter()
         subprocess.run([*tower, "run", "--until-done", "--timeout", "1800"], env=env,
                        check=True, capture_output=True)
         wall = time.perf_counter() - wall
         with psycopg.connect(database) as connection:
-            row = connection.execute("select max(at) from jobevent where to_state = 'done'")
-            last = row.fetchone()[0]  # type: ignore[index]
-        return last.timestamp() - started, wall
+            row = connection.execute(
+                "select (select min(submitted_at) from pilot), "
+                "(select max(at) from jobevent where to_state = 'done')").fetchone()
+        assert row is not None
+        return (row[1] - row[0]).total_seconds(), wall
+
+
+def run(jobs: int, command: str, repeat: int = 1) -> dict[str, object]:
+    """Makespans of both ways, `repeat` times each, on one cluster started for the run."""
+    results: dict[str, list[float]] = {"sbatch per job": [], "pilots": [],
+                                       "pilots, whole run": []}
+    with tempfile.TemporaryDirectory() as scratch, running_cluster(Path(scratch)) as cluster:
+        os.environ["SLURM_CONF"] = str(cluster.conf)  # the tower's own sbatch calls
+        version = cluster.run("sinfo", "--version").stdout.strip()
+        for number in range(repeat):
+            work = Path(scratch) / f"run{number}"
+            (work / "sbatch").mkdir(parents=True)
+            results["sbatch per job"].append(
+                one_sbatch_per_job(cluster, jobs, command, work / "sbatch"))
+            makespan, wall = through_pilots(cluster, jobs, command, work / "pilots")
+            results["pilots"].append(makespan)
+            results["pilots, whole run"].append(wall)
+    return {"jobs": jobs, "command": command, "slurm": version,
+            "layout": f"16 CPUs; {PILOTS} pilots x {SLOTS} slots", "makespans_s": results}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--command", default="true", help="the one-line job")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    results: dict[str, list[float]] = {"sbatch per job": [], "pilots": [],
-                                       "pilots, whole run": []}
-    with tempfile.TemporaryDirectory() as scratch, running_cluster(Path(scratch)) as cluster:
-        os.environ["SLURM_CONF"] = str(cluster.conf)  # the tower's own sbatch calls
-        version = cluster.run("sinfo", "--version").stdout.strip()
-        for number in range(args.repeat):
-            work = Path(scratch) / f"run{number}"
-            (work / "sbatch").mkdir(parents=True)
-            results["sbatch per job"].append(
-                one_sbatch_per_job(cluster, args.jobs, args.seconds, work / "sbatch"))
-            makespan, wall = through_pilots(cluster, args.jobs, args.seconds, work / "pilots")
-            results["pilots"].append(makespan)
-            results["pilots, whole run"].append(wall)
-    print(f"{args.jobs} jobs of `sleep {args.seconds:g}`, 16 at a time, {version}")
-    for label, times in results.items():
+    result = run(args.jobs, args.command, args.repeat)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    makespans: dict[str, list[float]] = result["makespans_s"]  # type: ignore[assignment]
+    print(f"{args.jobs} jobs of `{args.command}`, {result['layout']}, {result['slurm']}")
+    for label, times in makespans.items():
         print(f"{label:<18} makespan median {statistics.median(times):7.1f}s "
               f"({min(times):.1f}-{max(times):.1f})")
-    ratio = statistics.median(results["sbatch per job"]) / statistics.median(results["pilots"])
+    ratio = statistics.median(makespans["sbatch per job"]) / statistics.median(
+        makespans["pilots"])
     print(f"pilots are {ratio:.2f}x faster than one sbatch per job")
 
 

@@ -1,10 +1,13 @@
 """RabbitMQ as a pilot's message source, and the connection settings the tower shares.
 
-The pilot consumes its site queue with a prefetch equal to its free payload
-slots, so it never holds a message it cannot start; when every slot is busy
-it holds none. It acknowledges each message right after the tower answered
-the claim, never for the length of a payload (RabbitMQ closes consumers that
-hold a delivery past its consumer_timeout).
+The pilot consumes its site queue with a prefetch equal to its payload slots, so
+the next messages are at hand when payloads end (short jobs would otherwise wait
+a broker round trip and a new consumer each). A message it holds while every
+slot is busy goes back to the queue after HOLD seconds, and the pilot stops
+consuming until a slot frees: with long jobs no message waits at a full pilot
+while another has room. It acknowledges each message right after the tower
+answered the claim, never for the length of a payload (RabbitMQ closes
+consumers that hold a delivery past its consumer_timeout).
 
 When the broker goes away the source reconnects with backoff, declares its
 queue again and resumes. Deliveries it held return to the queue with the
@@ -20,6 +23,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +48,8 @@ OPTIONS = ("queue_type", "ca_file", "cert_file", "key_file")
 #: Seconds between AMQP heartbeats when the URL does not say.
 HEARTBEAT = 30
 
+#: Seconds a full pilot holds messages before it gives them back.
+HOLD = 2.0
 #: Errors that mean the connection or channel is gone.
 CONNECTION_ERRORS = (AMQPError, OSError)
 
@@ -110,9 +116,13 @@ class AmqpSource:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._consumer: str | None = None
-        self._prefetch = 0
-        #: Delivered and not yet handed to the pilot.
+        #: The most slots the pilot asked for (all of them, at its first call): the prefetch.
+        self._capacity = 0
+        #: Free slots at the last call: whether a delivery is worth waking the pilot for.
+        self._wanted = 0
+        #: Delivered and not yet handed to the pilot, and since when it holds them.
         self._waiting: list[dict[str, Any]] = []
+        self._holding_since: float | None = None
         #: Delivery tags belong to one channel: counts channels, so stale tags are never acked.
         self._generation = 0
         self._closed = False
@@ -122,16 +132,25 @@ class AmqpSource:
         if self._closed or (self._channel is None and not self._connect()):
             return []
         try:
-            if limit != self._prefetch:
-                self._subscribe(limit)
+            self._capacity, self._wanted = max(self._capacity, limit), limit
+            if limit > 0 and self._consumer is None:
+                self._subscribe(self._capacity)
             assert self._connection is not None
             # dispatches deliveries to _on_message and answers the broker's heartbeats
             self._connection.process_data_events(time_limit=0)
+            if limit == 0 and self._held_too_long():
+                self._stop_consuming()
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
             return []
         taken, self._waiting = self._waiting[:limit], self._waiting[limit:]
+        self._holding_since = (self._holding_since or time.monotonic()) if self._waiting \
+            else None
         return taken
+
+    def _held_too_long(self) -> bool:
+        return self._holding_since is not None and \
+            time.monotonic() - self._holding_since > HOLD
 
     def ack(self, messages: list[dict[str, Any]]) -> None:
         try:
@@ -146,7 +165,7 @@ class AmqpSource:
             self._lost(exc)
 
     def wait(self, timeout: float) -> None:
-        if self._waiting:
+        if self._waiting and self._wanted:
             return
         connection = self._connection
         if connection is None or self._consumer is None or self._interrupted.is_set():
@@ -198,14 +217,10 @@ class AmqpSource:
         self._generation += 1
         return True
 
-    def _subscribe(self, limit: int) -> None:
-        """Consume with prefetch `limit`; a changed limit means a new consumer."""
-        self._stop_consuming()
-        if limit > 0:
-            assert self._channel is not None
-            self._channel.basic_qos(prefetch_count=limit)
-            self._consumer = self._channel.basic_consume(self.queue, self._on_message)
-        self._prefetch = limit
+    def _subscribe(self, prefetch: int) -> None:
+        assert self._channel is not None
+        self._channel.basic_qos(prefetch_count=prefetch)
+        self._consumer = self._channel.basic_consume(self.queue, self._on_message)
 
     def _stop_consuming(self) -> None:
         if self._consumer is not None:
@@ -213,7 +228,7 @@ class AmqpSource:
             # pika requeues deliveries not yet dispatched; those we hold go back here
             self._channel.basic_cancel(self._consumer)
             self._consumer = None
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting, self._holding_since = self._waiting, [], None
         self._settle(waiting, ack=False)
 
     def _on_message(self, channel: BlockingChannel, method: Any, properties: Any,
@@ -253,8 +268,7 @@ class AmqpSource:
 
     def _forget(self) -> None:
         self._connection = self._channel = self._consumer = None
-        self._prefetch = 0
-        self._waiting = []
+        self._waiting, self._holding_since = [], None
 
     def _check_patience(self) -> None:
         if self.backoff.outage() > self.patience:

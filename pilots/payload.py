@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pilots.checksums import adler32_file
+from pilots.efficiency import SlotGaps
 from pilots.rendering import TemplateProblem, render
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Payload:
     """Runs one claimed job in its own process group; `kill` may come from another thread."""
 
     def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], scratch: Path,
-                 storage: Path) -> None:
+                 storage: Path, gaps: SlotGaps | None = None) -> None:
         self.job: int = claim["job"]
         self.attempt: int = claim["attempt"]
         self.claim = claim
@@ -51,6 +52,7 @@ class Payload:
         #: The payload's peak resident memory, once it ended.
         self.max_rss_mb: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._gaps = gaps or SlotGaps()
         self._lock = threading.Lock()
         #: Set once the pilot says why the payload must end.
         self._told = threading.Event()
@@ -75,7 +77,9 @@ class Payload:
                     stderr=subprocess.STDOUT, env=environment, start_new_session=True)
             except OSError as exc:
                 return self._report("setup", reason=f"cannot start {argv[0]!r}: {exc.strerror}")
+            self._gaps.started()
         code = self._wait(float(self.claim["walltime"]))
+        self._gaps.ended()
         if code in OUTSIDE_SIGNALS and self.ending == "finished":
             # the batch system signals the pilot and its payloads at once (scancel,
             # preemption): give the pilot a moment to say so before calling it the payload's

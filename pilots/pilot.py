@@ -18,6 +18,7 @@ from typing import Any
 
 from pilots.batchenv import time_left
 from pilots.client import TowerClient
+from pilots.efficiency import SlotGaps
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
 
@@ -66,6 +67,7 @@ class Pilot:
         self.running: dict[tuple[int, int], Payload] = {}
         self.finished: queue.Queue[dict[str, Any]] = queue.Queue()
         self.scratch = settings.scratch / settings.pilot_id
+        self.gaps = SlotGaps()
 
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
@@ -86,24 +88,25 @@ class Pilot:
         for payload in list(self.running.values()):
             payload.kill("killed", why)
         while self.running:
-            self._report(block=True)
+            self._send_reports(self._finished(block=True))
         self.source.close()
         self.client.call("goodbye", {"message": why})
-        log.info("pilot=%s ended: %s", self.settings.pilot_id, why)
+        log.info("pilot=%s ended: %s; %s", self.settings.pilot_id, why, self.gaps.summary())
         return why
 
     def _work(self) -> str:
         idle_since = time.monotonic()
         while not self.stop.is_set():
-            self._report(block=False)
-            free = self.settings.slots - len(self.running)
+            reports = self._finished(block=False)
             if self.draining:
+                self._send_reports(reports)
                 if not self.running:
                     return self.drain_reason
                 self._pause()
                 continue
-            # asked with 0 free slots too: the source keeps its connection and holds nothing
-            started = self._take(free)
+            # asked with 0 free slots too: the source keeps its connection alive
+            started = self._take(self.settings.slots - len(self.running) + len(reports),
+                                 reports)
             if started or self.running:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > self.settings.idle_timeout:
@@ -116,27 +119,31 @@ class Pilot:
         """Wait for the next poll, or less if a message comes or a payload ends first."""
         self.source.wait(self.settings.poll)
 
-    def _take(self, free: int) -> int:
-        """Get up to `free` messages, claim their jobs, start the granted ones."""
+    def _take(self, free: int, reports: list[dict[str, Any]]) -> int:
+        """Get up to `free` messages, claim their jobs (reporting `reports` in the same
+        call), start the granted ones."""
         try:
             messages = self.source.get(free)
         except SourceLost as exc:
+            self._send_reports(reports)
             self._drain(str(exc))
-            return 0
-        if not messages:
             return 0
         remaining = self.deadline - time.monotonic()
         fits = [m for m in messages if m["walltime"] + self.settings.drain_margin <= remaining]
         short = [m for m in messages if m not in fits]
         self.source.release(short)
-        started = self._claim(fits) if fits else 0
+        if not fits:
+            self._send_reports(reports)
+        started = self._claim(fits, reports) if fits else 0
         if short:
             self._drain(f"{remaining:.0f}s of walltime left, too short for the next job")
         return started
 
-    def _claim(self, messages: list[dict[str, Any]]) -> int:
-        answer = self.client.call("claim", {"jobs": [[m["job"], m["attempt"]] for m in messages]})
+    def _claim(self, messages: list[dict[str, Any]], reports: list[dict[str, Any]]) -> int:
+        answer = self.client.call("claim", {"jobs": [[m["job"], m["attempt"]] for m in messages],
+                                            "reports": reports})
         self.source.ack(messages)  # right after the claim: never held for a payload's length
+        self._reported(reports, answer["verdicts"])
         started = 0
         for claim in answer["jobs"]:
             key = (claim["job"], claim["attempt"])
@@ -151,7 +158,7 @@ class Pilot:
     def _start(self, claim: dict[str, Any]) -> None:
         pilot_values = {"cores": self.settings.cores, "site": self.settings.site,
                         "pilot_id": self.settings.pilot_id}
-        payload = Payload(claim, pilot_values, self.scratch, self.settings.storage)
+        payload = Payload(claim, pilot_values, self.scratch, self.settings.storage, self.gaps)
         self.running[payload.key] = payload
         log.info("job=%s attempt=%s started", payload.job, payload.attempt)
         threading.Thread(target=self._run_payload, args=(payload,), daemon=True,
@@ -161,8 +168,8 @@ class Pilot:
         self.finished.put(payload.run())
         self.source.interrupt()
 
-    def _report(self, block: bool) -> None:
-        """Send every finished payload's report in one call."""
+    def _finished(self, block: bool) -> list[dict[str, Any]]:
+        """The reports of payloads that ended (waiting up to a poll for one, if `block`)."""
         reports = []
         try:
             reports.append(self.finished.get(timeout=self.settings.poll) if block
@@ -171,10 +178,15 @@ class Pilot:
                 reports.append(self.finished.get_nowait())
         except queue.Empty:
             pass
-        if not reports:
-            return
-        answer = self.client.call("report", {"reports": reports})
-        for report, verdict in zip(reports, answer["verdicts"], strict=True):
+        return reports
+
+    def _send_reports(self, reports: list[dict[str, Any]]) -> None:
+        """Report ended payloads in one call, when there is nothing to claim with them."""
+        if reports:
+            self._reported(reports, self.client.call("report", {"reports": reports})["verdicts"])
+
+    def _reported(self, reports: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> None:
+        for report, verdict in zip(reports, verdicts, strict=True):
             self.running.pop((report["job"], report["attempt"]), None)
             log.info("job=%s attempt=%s ended %s: %s", report["job"], report["attempt"],
                      report["ending"], verdict["reason"] if verdict["accepted"]

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select, tuple_
 
 from tower import fleet, placement, retry
 from tower.config import TowerConfig
+from tower.db import bulk_insert
 from tower.models import Attempt, Job, Output, Production
 from tower.outcomes import Outcome
 from tower.schema import Strict
@@ -91,19 +92,20 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     moved = set(move_jobs(session, eligible, [JobState.QUEUED, JobState.ASSIGNED],
                           JobState.RUNNING, f"claimed by pilot {pilot_id}"))
     now = utcnow()
-    if moved:
-        session.execute(insert(Attempt), [
-            {"job_id": job_id, "number": jobs[job_id].attempt, "pilot_id": pilot_id,
-             "site": pilot.site, "started_at": now, "heartbeat_at": now} for job_id in moved])
+    bulk_insert(session, Attempt, [
+        {"job_id": job_id, "number": jobs[job_id].attempt, "pilot_id": pilot_id,
+         "site": pilot.site, "started_at": now, "heartbeat_at": now} for job_id in moved])
     # a claim repeated by its own pilot (its answer was lost) is granted again, the same
     moved |= _claimed_by(session, pilot_id, [key for key in answers
                                              if _current(jobs.get(key[0]), key[1])])
-    specs = _specs(session, {jobs[job_id].production_id for job_id in moved})
-    inputs = _inputs(session, config, set(specs), pilot.site)
+    productions = _productions(session, {jobs[job_id].production_id for job_id in moved})
+    # for each production that reads input data, where the site's jobs find it
+    inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
+              for production_id, (_, lfns) in productions.items() if lfns}
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
-            answers[(job_id, number)] = {**_payload(jobs[job_id], specs[production_id]),
+            answers[(job_id, number)] = {**_payload(jobs[job_id], productions[production_id][0]),
                                          "inputs": inputs.get(production_id, [])}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
@@ -143,22 +145,20 @@ def _jobs(session: Session, job_ids: Sequence[int], lock: bool = False) -> dict[
     return {job.id: job for job in rows if job.id is not None}
 
 
-def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSpec]:
+def _productions(session: Session, production_ids: set[int]
+                 ) -> dict[int, tuple[ProductionSpec, list[str] | None]]:
+    """Each production's spec and the input files it reads, in one query."""
     if not production_ids:
         return {}
-    rows = session.exec(select(Production).where(col(Production.id).in_(production_ids))).all()
-    return {row.id: ProductionSpec.model_validate(row.spec) for row in rows if row.id}
-
-
-def _inputs(session: Session, config: TowerConfig, production_ids: set[int],
-            site: str) -> dict[int, list[dict[str, Any]]]:
-    """For each production that reads input data, where the site's jobs find it."""
-    if not production_ids:
-        return {}
-    rows = session.exec(select(Production.id, Production.inputs).where(
+    rows = session.exec(select(Production.id, Production.spec, Production.inputs).where(
         col(Production.id).in_(production_ids))).all()
-    return {production_id: placement.input_paths(session, config, lfns, site)
-            for production_id, lfns in rows if production_id is not None and lfns}
+    return {production_id: (ProductionSpec.model_validate(spec), inputs)
+            for production_id, spec, inputs in rows if production_id is not None}
+
+
+def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSpec]:
+    return {production_id: spec for production_id, (spec, _)
+            in _productions(session, production_ids).items()}
 
 
 def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
@@ -283,8 +283,7 @@ def _start_staging(session: Session, succeeded: list[tuple[Job, Report]]) -> Non
     outputs = [{"job_id": job.id, "attempt": item.attempt, "name": output.name,
                 "source": output.path, "size": output.size, "adler32": output.adler32}
                for job, item in succeeded if job.id in moved for output in item.outputs]
-    if outputs:
-        session.execute(insert(Output), outputs)
+    bulk_insert(session, Output, outputs)
     bare = [job.id for job, item in succeeded if job.id in moved and not item.outputs]
     if bare:
         move_jobs(session, bare, JobState.STAGING, JobState.DONE,  # type: ignore[arg-type]

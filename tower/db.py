@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import enum
+import json
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, event, inspect
+from sqlalchemy import JSON, Engine, event, insert, inspect
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -33,7 +35,10 @@ def make_engine(url: str, **options: Any) -> Engine:
                                poolclass=NullPool, **options)
         _tune_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **options)
+    # no pre-ping (a round trip per transaction): a connection found dead raises, the pool
+    # then drops every connection it holds, and the loop's next cycle or the pilot's
+    # retry of its call (after a 5xx) gets a fresh one
+    return create_engine(url, pool_size=10, max_overflow=20, **options)
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -96,3 +101,40 @@ def insert_missing(session: Session, model: Any, **values: Any) -> None:
     dialect = session.get_bind().dialect.name
     insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def bulk_insert(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT `rows` (dicts with the same keys) into `model`'s table, in this transaction.
+
+    PostgreSQL takes them as one COPY stream: a statement per row (executemany, even
+    pipelined) costs the client and the server several times more for the job events
+    and attempts the hot paths write by the batch. Column defaults are filled in here,
+    as an INSERT would."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(model), rows)
+        return
+    table = model.__table__
+    given = list(rows[0])
+    defaults = {column.name: column.default for column in table.columns
+                if column.name not in given and column.default is not None}
+    columns = [*given, *defaults]
+    json_columns = {column.name for column in table.columns if isinstance(column.type, JSON)}
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    session.flush()  # rows the ORM holds go first, as they would before an INSERT
+    raw = session.connection().connection.driver_connection
+    statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            values = [row[name] for name in given]
+            values += [default.arg(None) if default.is_callable else default.arg
+                       for default in defaults.values()]
+            copy.write_row([_copy_value(value, name in json_columns)
+                            for name, value in zip(columns, values, strict=True)])
+
+
+def _copy_value(value: Any, is_json: bool) -> Any:
+    if is_json:
+        return None if value is None else json.dumps(value)
+    return value.value if isinstance(value, enum.Enum) else value

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
 from tower import overrides, tally
 from tower.config import TowerConfig
+from tower.db import bulk_insert
 from tower.errors import Conflict, NotFound, SpecError
 from tower.models import Job, Output, Production
 from tower.specs import (
@@ -223,7 +224,7 @@ def insert_jobs(session: Session, production_id: int, spec: ProductionSpec,
     """Insert the jobs of `spec` from `start_index` on, INSERT_CHUNK rows a statement."""
     count = events = 0
     for chunk in _chunked(_job_rows(production_id, spec, start_index, start_event)):
-        session.execute(insert(Job), chunk)
+        bulk_insert(session, Job, chunk)
         count += len(chunk)
         events += sum(row["events"] for row in chunk)
     tally.jobs_added(session, production_id, count, events)

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlmodel import Session, col
 
 from tower.errors import IllegalTransition
@@ -133,6 +133,7 @@ def move_jobs(
     reach `target`.
     """
     from tower import tally
+    from tower.db import bulk_insert
     from tower.models import Job, JobEvent  # the models import this module's enums
 
     currents = [current] if isinstance(current, JobState) else list(current)
@@ -148,8 +149,7 @@ def move_jobs(
         events.extend({"job_id": row[0], "production_id": row[1], "from_state": state,
                        "to_state": target, "at": now, "reason": reason[:500]}
                       for row in rows)
-    if events:
-        session.execute(insert(JobEvent), events)
+    bulk_insert(session, JobEvent, events)
     return [event["job_id"] for event in events]
 
 

@@ -65,6 +65,9 @@ class Release(Strict):
 
 class Claim(Strict):
     jobs: list[tuple[int, int]] = Field(max_length=1000)
+    #: Attempts that ended since the pilot's last call: a pilot whose payloads end and
+    #: whose next jobs wait reports and claims in one round trip (and one transaction).
+    reports: list[attempts.Report] = Field(default_factory=list, max_length=1000)
 
 
 class Heartbeat(Strict):
@@ -177,9 +180,11 @@ def claim(pilot_id: str) -> Any:
     body = _body()
     runtime = _runtime()
     with transaction(runtime.engine) as session:
+        verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
         answers = attempts.claim(session, runtime.config, pilot_id, body.jobs)
-    runtime.wake("matchmaker")  # the site's backlog has room again
-    return jsonify({"jobs": answers})
+    # the site's backlog has room again; outputs to stage, failed jobs to place again
+    runtime.wake("matchmaker", *(["stager"] if body.reports else []))
+    return jsonify({"jobs": answers, "verdicts": [verdict.as_dict() for verdict in verdicts]})
 
 
 @api.post("/pilots/<pilot_id>/heartbeat")

@@ -108,7 +108,8 @@ def test_a_message_published_twice_runs_once(amqp_url: str,
 
 def test_late_binding_keeps_each_sites_broker_queue_within_its_bound(
         amqp_url: str, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
-    # one slot per site and a bound of three: jobs wait in each site's queue, never more
+    # one slot per site and a bound of three: jobs wait at each site, never more; the
+    # broker's queue holds them but the one a busy pilot has at hand for its next slot
     bound = 3
     site = {"backlog": {"per_slot": 3, "min": 1, "max": bound},
             "pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 3},
@@ -116,18 +117,22 @@ def test_late_binding_keeps_each_sites_broker_queue_within_its_bound(
     tower = live_tower(broker=amqp_url, site=site, more_sites={"other": site})
     tower.submit(toy_production(tmp_path, jobs=16, events=40, sleep=0.01))
     samples: dict[str, list[int]] = {"local.default": [], "other.default": []}
+    held: list[int] = []
 
     def sample_then_check() -> bool:
         for queue, seen in samples.items():
             seen.append(tower.runtime.broker.depth(queue) or 0)
+        with Session(tower.runtime.engine) as session:
+            held.extend(matchmaker.backlog(session).values())
         return tower.all_ended()
 
     tower.drive(sample_then_check, timeout=180, pause=0.05)
     assert_done_exactly_once(tower.runtime.engine, jobs=16)
     for queue, seen in samples.items():
         assert max(seen) <= bound, (queue, seen)
-    # the bound was reached, so the check above could have failed
-    assert max(max(seen) for seen in samples.values()) == bound
+    # the bound was reached, so the checks could have failed
+    assert max(held) == bound, held
+    assert max(max(seen) for seen in samples.values()) >= bound - 1
     with Session(tower.runtime.engine) as session:
         sites = {a.site for a in session.exec(select(Attempt)).all()}
     assert sites == {"local", "other"}

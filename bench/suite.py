@@ -1,0 +1,151 @@
+"""The benchmark suite: gridtower and the tools people would pick instead, on the same
+machine, in one run, on the same work. `make bench` runs it.
+
+    .venv/bin/python bench/suite.py [--repeat 3] [--heavy-repeat 2] [--jobs 20000]
+                                    [--scale-jobs 1000000] [--out bench/results]
+
+Writes OUT/REPORT.md and OUT/results.json: every figure's median and spread (min-max)
+over the repeated runs, the versions of everything, and the ratios gridtower / peer.
+
+1. Ceilings of this machine: process spawns per second, pika's confirmed publish and
+   consume rates (bench/peers.py spawn, pika), --repeat times.
+2. Durable throughput, --jobs jobs each running /bin/true as a subprocess, every outcome
+   committed: gridtower (PostgreSQL, RabbitMQ, two local pilots; bench/gridtower.py),
+   Celery 5 (RabbitMQ broker, PostgreSQL result backend, its worker running the
+   subprocess) and Parsl's HighThroughputExecutor (two workers, a bash_app), --heavy-repeat
+   times each, interleaved so that a slow minute of the machine hurts all alike.
+3. The gap inside a pilot between one payload's end and the next start in its slot:
+   from the throughput runs' pilots, and from one pilot with one slot.
+4. Pilots versus one `sbatch` per job on the single-node SLURM: 200 one-line jobs.
+5. Scale: a 1,000,000-job production (bench/scale.py), once.
+
+The peers run from their own virtual environment (bench/peers-venv.sh makes it).
+Needs the services `make test` starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import gridtower, scale, slurm  # noqa: E402
+from bench.report import write_report  # noqa: E402
+
+PEERS_PYTHON = ROOT / "bench" / ".peers-venv" / "bin" / "python"
+
+
+def step(title: str, started: float) -> None:
+    print(f"[{time.perf_counter() - started:6.0f}s] {title}", file=sys.stderr, flush=True)
+
+
+def peer(kind: str, *options: str, timeout: float = 900) -> dict[str, Any]:
+    """One run of bench/peers.py KIND in the peers' environment; its JSON."""
+    done = subprocess.run([str(PEERS_PYTHON), str(ROOT / "bench" / "peers.py"), kind,
+                           *options, "--timeout", str(timeout)],
+                          capture_output=True, text=True, timeout=timeout + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"peers.py {kind} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def in_scratch(run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        return run(Path(scratch))
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "machine": platform.machine(),
+             "kernel": platform.release(), "cpus": str(os.cpu_count()),
+             "gridtower": _command("git", "-C", str(ROOT), "describe", "--always", "--dirty")}
+    for package in ("sqlalchemy", "sqlmodel", "psycopg", "flask", "cheroot", "pika",
+                    "requests", "pydantic"):
+        found[package] = importlib.metadata.version(package)
+    found["postgresql"] = _command("psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc",
+                                   "show server_version")
+    found["rabbitmq"] = _command("rabbitmqctl", "-q", "version")
+    found["slurm"] = _command("sinfo", "--version")
+    with open("/proc/meminfo") as meminfo:
+        found["memory"] = f"{int(meminfo.readline().split()[1]) // 1024 ** 2} GiB"
+    return found
+
+
+def _command(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PGPASSWORD": "postgres"}).stdout.strip()
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the short figures")
+    parser.add_argument("--heavy-repeat", type=int, default=2,
+                        help="runs of each 20,000-job throughput figure")
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput run")
+    parser.add_argument("--scale-jobs", type=int, default=1_000_000)
+    parser.add_argument("--drain", type=int, default=200_000,
+                        help="jobs the broker loop publishes in the scale run")
+    parser.add_argument("--slurm-jobs", type=int, default=200)
+    parser.add_argument("--slots", type=int, default=32, help="payload slots per pilot")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "settings": {key: str(value) for key, value in vars(args).items()},
+        "versions": versions(), "runs": {}}
+    runs: dict[str, list[dict[str, Any]]] = results["runs"]
+
+    for number in range(args.repeat):
+        step(f"ceilings, run {number + 1} of {args.repeat}", started)
+        runs.setdefault("spawn", []).append(peer("spawn"))
+        runs.setdefault("pika", []).append(peer("pika"))
+
+    jobs = str(args.jobs)
+    for number in range(args.heavy_repeat):
+        step(f"durable throughput of {args.jobs} jobs, run {number + 1} of "
+             f"{args.heavy_repeat}: gridtower", started)
+        runs.setdefault("gridtower", []).append(in_scratch(
+            lambda directory: gridtower.run(args.jobs, 2, args.slots, directory)))
+        step("  celery", started)
+        runs.setdefault("celery", []).append(peer("celery", "--jobs", jobs))
+        step("  parsl", started)
+        runs.setdefault("parsl", []).append(peer("parsl", "--jobs", jobs))
+
+    for number in range(args.repeat):
+        step(f"gap in a pilot of one slot, run {number + 1} of {args.repeat}", started)
+        runs.setdefault("one slot", []).append(in_scratch(
+            lambda directory: gridtower.run(1000, 1, 1, directory)))
+
+    step(f"{args.slurm_jobs} one-line jobs on SLURM: one sbatch each, then pilots", started)
+    runs["slurm"] = [slurm.run(args.slurm_jobs, "true", repeat=1)]
+
+    step(f"scale: a production of {args.scale_jobs:,} jobs", started)
+    runs["scale"] = [in_scratch(
+        lambda directory: scale.run(args.scale_jobs, args.drain, 20, directory))]
+
+    results["seconds"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_report(results, args.out / "REPORT.md")
+    step(f"done: {args.out / 'REPORT.md'}", started)
+
+
+if __name__ == "__main__":
+    main()
