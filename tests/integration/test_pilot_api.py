@@ -179,3 +179,26 @@ def test_productions_are_readable_over_the_api(client: FlaskClient) -> None:
     assert client.get("/api/v1/productions/toy").json["states"] == {"queued": 3}
     missing = client.get("/api/v1/productions/nope")
     assert missing.status_code == 404 and missing.json["field"] == "production"
+
+
+def test_a_claim_carries_the_reports_of_what_ended(client: FlaskClient,
+                                                    runtime: Runtime) -> None:
+    # Given one job running at p1 and two more waiting for it
+    first, *rest = post(client, "p1", "lease", {"queue": "local.default", "max": 3})["messages"]
+    key = (first["job"], first["attempt"])
+    post(client, "p1", "claim", {"jobs": [list(key)]})
+    # When p1 reports the first and claims the others in one call
+    answer = post(client, "p1", "claim", {"jobs": [[m["job"], m["attempt"]] for m in rest],
+                                          "reports": [finished(*key)]})
+    # Then the first ended as reported and the others run, all in that one transaction
+    [verdict] = answer["verdicts"]
+    assert verdict["accepted"] and verdict["reason"] == "exit_code"
+    assert [claim["granted"] for claim in answer["jobs"]] == [True, True]
+    with Session(runtime.engine) as session:
+        attempt = session.exec(select(Attempt).where(Attempt.job_id == key[0])).one()
+        assert attempt.outcome == "exit_code" and attempt.exit_code == 1
+        assert {session.get(Job, m["job"]).state for m in rest} == {  # type: ignore[union-attr]
+            JobState.RUNNING}
+    # and a claim that reports an attempt twice is refused the second time, changing nothing
+    again = post(client, "p1", "claim", {"jobs": [], "reports": [finished(*key)]})
+    assert again["verdicts"][0]["accepted"] is False and again["jobs"] == []

@@ -257,3 +257,56 @@ def test_a_broker_certificate_from_an_unknown_authority_is_refused(
     tower = live_tower(broker=amqps_url)  # the system's authorities do not know ours
     with pytest.raises(BackendError, match="CERTIFICATE_VERIFY_FAILED"):
         tower.runtime.broker.depth("local.default")
+
+
+def test_a_full_pilot_gives_the_messages_it_holds_back(amqp_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pika
+
+    from pilots import amqp
+    from pilots.client import TowerClient
+
+    # Given three jobs in a site queue and the source of a pilot with two slots
+    monkeypatch.setattr(amqp, "HOLD", 0.5)
+    monkeypatch.setenv(amqp.URL_VARIABLE, amqp_url)
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        channel = connection.channel()
+        channel.queue_declare("hold.default", durable=True)
+        for job in (1, 2, 3):
+            channel.basic_publish("", "hold.default",
+                                  f'{{"job": {job}, "attempt": 1, "walltime": 60}}'.encode())
+
+    def ready() -> int:
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+            declared = connection.channel().queue_declare("hold.default", passive=True)
+            return int(declared.method.message_count)
+
+    source = amqp.AmqpSource(TowerClient("http://127.0.0.1:1", "p"), "hold.default", {}, 10)
+    taken: list[dict[str, object]] = []
+    deadline = time.monotonic() + 10
+    while len(taken) < 2 and time.monotonic() < deadline:
+        taken += source.get(2 - len(taken))
+        source.wait(0.1)
+    assert [m["job"] for m in taken] == [1, 2]
+    # When both are claimed and run, the third comes to the full pilot, which holds it
+    source.ack(taken)
+    deadline = time.monotonic() + 10
+    while ready() and time.monotonic() < deadline:
+        assert source.get(0) == []
+        source.wait(0.1)
+    assert ready() == 0
+    # Then, the pilot still full past HOLD, the third goes back for another pilot
+    deadline = time.monotonic() + 10
+    while not ready() and time.monotonic() < deadline:
+        assert source.get(0) == []
+        source.wait(0.1)
+    assert ready() == 1
+    # and once a slot frees, the pilot takes it
+    deadline = time.monotonic() + 10
+    third: list[dict[str, object]] = []
+    while not third and time.monotonic() < deadline:
+        third = source.get(1)
+        source.wait(0.1)
+    assert [m["job"] for m in third] == [3]
+    source.ack(third)
+    source.close()
