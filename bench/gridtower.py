@@ -70,9 +70,9 @@ def home(directory: Path, database: str, broker: str, pilots: int, slots: int) -
                          "max_per_cycle": pilots},
               "backlog": {"per_slot": 4}},
         broker=broker, api={"bind": "127.0.0.1", "port": free_port()},
-        # the loops and the API are two processes: the matchmaker refills the backlog on
-        # its own clock (a quarter second) instead of being woken by claims
-        loops={"interval": 0.25},
+        # the loops' default pause: the API, another process, wakes the matchmaker after
+        # claims and the stager after reports (PostgreSQL NOTIFY)
+        loops={"interval": 5},
         monitor={"heartbeat_interval": 30, "heartbeat_timeout": 300})
 
 

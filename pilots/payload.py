@@ -6,6 +6,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -88,14 +89,15 @@ class Payload:
         if self.ending != "finished" or code != 0:
             return self._report(self.ending, code, tail, self.reason)
         outputs = self._collect()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        steering = [self.work_dir / name for name in self.claim["steering"]]
+        _remove(self.work_dir, [log_path, *steering], [self.output_dir, self.input_dir])
         return self._report("finished", code, tail, outputs=outputs)
 
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.input_dir.mkdir(exist_ok=True)
         # the job reads its inputs where the site's storage element holds them
         for item in self.claim.get("inputs", []):
+            self.input_dir.mkdir(exist_ok=True)
             (self.input_dir / Path(item["name"]).name).symlink_to(item["path"])
         for name, text in self.claim["steering"].items():
             (self.work_dir / name).write_text(render(text, self.variables))
@@ -110,18 +112,26 @@ class Payload:
 
     def _wait(self, walltime: float) -> int:
         """Reap the payload with wait4, which also gives its peak memory (that of its
-        largest process, children it waited for included); a timer ends it at its
-        walltime. Popen is told the exit status, so nothing else reaps it."""
+        largest process, children it waited for included); it is killed at its walltime
+        (found by polling its pidfd). Popen is told the exit status, so nothing else
+        reaps it."""
         process = self._process
         assert process is not None
-        timer = threading.Timer(walltime, self.kill,
-                                ("walltime", f"ran past its walltime of {walltime:.0f}s"))
-        timer.daemon = True
-        timer.start()
+        why = ("walltime", f"ran past its walltime of {walltime:.0f}s")
+        timer = None
+        try:
+            in_time = _ends_within(process.pid, walltime)
+        except OSError:  # no pidfd (Linux before 5.3): a timer thread ends it instead
+            in_time, timer = True, threading.Timer(walltime, self.kill, why)
+            timer.daemon = True
+            timer.start()
+        if not in_time:
+            self.kill(*why)
         try:
             _, status, usage = os.wait4(process.pid, 0)
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         # ru_maxrss is in kilobytes on Linux
         self.max_rss_mb = max(1, round(usage.ru_maxrss / 1024))
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -177,6 +187,31 @@ class Payload:
 def _signal_group(process: subprocess.Popen[bytes], number: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, number)
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` ends within `seconds`, without reaping it: its pidfd is
+    polled, so no timer thread is made per payload. Raises OSError without pidfds."""
+    descriptor = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(descriptor, select.POLLIN)
+        return bool(poller.poll(max(0, int(seconds * 1000))))
+    finally:
+        os.close(descriptor)
+
+
+def _remove(work_dir: Path, files: list[Path], directories: list[Path]) -> None:
+    """Remove a finished payload's work dir: what the pilot made there, one by one (cheaper
+    than walking the tree), or the whole tree if the payload left more."""
+    try:
+        for path in files:
+            path.unlink(missing_ok=True)
+        for directory in (*directories, work_dir):
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+    except OSError:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _tail(path: Path) -> str:

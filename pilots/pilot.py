@@ -66,6 +66,11 @@ class Pilot:
         self.drain_reason = ""
         self.running: dict[tuple[int, int], Payload] = {}
         self.finished: queue.Queue[dict[str, Any]] = queue.Queue()
+        #: Claimed payloads for the slots' threads (one thread a slot, made once: starting a
+        #: thread for each of many short payloads costs the pilot's loop more than the job).
+        self.todo: queue.Queue[Payload] = queue.Queue()
+        for number in range(settings.slots):
+            threading.Thread(target=self._slot, daemon=True, name=f"slot-{number}").start()
         self.scratch = settings.scratch / settings.pilot_id
         self.gaps = SlotGaps()
 
@@ -161,12 +166,12 @@ class Pilot:
         payload = Payload(claim, pilot_values, self.scratch, self.settings.storage, self.gaps)
         self.running[payload.key] = payload
         log.info("job=%s attempt=%s started", payload.job, payload.attempt)
-        threading.Thread(target=self._run_payload, args=(payload,), daemon=True,
-                         name=f"job-{payload.job}").start()
+        self.todo.put(payload)
 
-    def _run_payload(self, payload: Payload) -> None:
-        self.finished.put(payload.run())
-        self.source.interrupt()
+    def _slot(self) -> None:
+        while True:
+            self.finished.put(self.todo.get().run())
+            self.source.interrupt()
 
     def _finished(self, block: bool) -> list[dict[str, Any]]:
         """The reports of payloads that ended (waiting up to a poll for one, if `block`)."""

@@ -9,11 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from tower import factory, fleet, matchmaker, monitor, notify, stager, trial
-from tower.models import Job
+from tower import factory, fleet, matchmaker, monitor, notify, stager, tally, trial, wakeups
 from tower.runtime import Runtime
 from tower.states import JOB_TERMINAL
 
@@ -59,12 +57,14 @@ def busy(result: Any) -> bool:
 
 
 def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Thread]:
-    """Start one thread per loop; they run until `stop` is set."""
+    """Start one thread per loop, and one listening for wake-ups from other processes;
+    they run until `stop` is set."""
     threads = [threading.Thread(target=_spin, args=(loop, runtime, stop), name=loop.name,
                                 daemon=True) for loop in LOOPS]
     for thread in threads:
         thread.start()
-    return threads
+    listener = wakeups.listen(runtime, stop)
+    return threads + ([listener] if listener else [])
 
 
 def halt(runtime: Runtime, stop: threading.Event) -> None:
@@ -100,7 +100,7 @@ def stop_pilots(runtime: Runtime) -> int:
 
 
 def unfinished(runtime: Runtime) -> int:
-    """Jobs not yet in a terminal state."""
+    """Jobs not yet in a terminal state, from the tally (no scan of the jobs table)."""
     with Session(runtime.engine) as session:
-        return session.exec(select(func.count()).select_from(Job).where(
-            col(Job.state).not_in(JOB_TERMINAL))).one()
+        return sum(count.jobs for states in tally.counts(session).values()
+                   for state, count in states.items() if state not in JOB_TERMINAL)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_
@@ -32,6 +34,22 @@ from tower.timeutil import ago, utcnow
 log = logging.getLogger(__name__)
 
 SiteQueue = tuple[str, str]
+
+#: What publishing a job needs: its message, and the queue it goes to. Read as plain
+#: rows, not ORM objects: the loop moves thousands of jobs a second.
+TO_PUBLISH = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.site, Job.queue)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A job just matched to a site, ready to publish (the fields of TO_PUBLISH)."""
+
+    id: int
+    attempt: int
+    walltime: int | None
+    production_id: int
+    site: str
+    queue: str
 
 
 def run_once(runtime: Runtime) -> int:
@@ -57,16 +75,16 @@ def broker_depths(runtime: Runtime) -> dict[SiteQueue, int | None]:
             for queue in site.queues}
 
 
-def _stranded(runtime: Runtime) -> list[Job]:
+def _stranded(runtime: Runtime) -> list[Any]:
     # left assigned by a crash or a broker outage between match and confirm
     with Session(runtime.engine) as session:
-        return list(session.exec(select(Job).where(
+        return list(session.exec(select(*TO_PUBLISH).where(
             Job.state == JobState.ASSIGNED,
             col(Job.updated_at) < ago(runtime.config.loops.republish_after))
             .limit(runtime.config.loops.batch_size)).all())
 
 
-def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Job]:
+def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Any]:
     """Queued jobs whose messages are gone (a purged queue, a broker that lost it):
     their queue is empty, yet they have waited a while. A copy still in a pilot's
     hands is harmless: the claim decides."""
@@ -74,14 +92,14 @@ def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Job
     if not empty:
         return []
     with Session(runtime.engine) as session:
-        return list(session.exec(select(Job).where(
+        return list(session.exec(select(*TO_PUBLISH).where(
             Job.state == JobState.QUEUED,
             col(Job.updated_at) < ago(runtime.config.loops.republish_after),
             or_(*(and_(col(Job.site) == site, col(Job.queue) == queue) for site, queue in empty)))
             .limit(runtime.config.loops.batch_size)).all())
 
 
-def _match(runtime: Runtime) -> list[Job]:
+def _match(runtime: Runtime) -> list[Placed]:
     """Assign defined jobs to sites with room, highest priority first."""
     with transaction(runtime.engine) as session:
         room = backlog_room(session, runtime)
@@ -91,28 +109,24 @@ def _match(runtime: Runtime) -> list[Job]:
         # no more candidates than there are places: each is an ORM row read and locked
         candidates = _candidates(session, runtime,
                                  min(runtime.config.loops.batch_size, sum(room.values())))
-        by_site: dict[str, list[int]] = defaultdict(list)
+        by_site: dict[str, list[Any]] = defaultdict(list)
         for job in candidates:
             site = _choose(room, placed(job, eligible.get(job.production_id, [])), job.queue)
             if site is not None:
-                by_site[site].append(job.id)  # type: ignore[arg-type]
+                by_site[site].append(job)
                 room[(site, job.queue)] -= 1
-        moved: list[int] = []
-        for site, job_ids in by_site.items():
-            moved += move_jobs(session, job_ids, JobState.DEFINED, JobState.ASSIGNED,
-                               f"matched to site {site}", site=site, attempt=Job.attempt + 1,
-                               message=None)
-        if not moved:
-            return []
-        # the bulk update bypassed the identity map: read the rows afresh, and keep the
-        # order they were chosen in, so sites' queues hand them out in that order
-        rank = {job.id: position for position, job in enumerate(candidates)}
-        return sorted(session.exec(select(Job).where(col(Job.id).in_(moved))
-                                   .execution_options(populate_existing=True)).all(),
-                      key=lambda job: rank[job.id])
+        moved: set[int] = set()
+        for site, jobs in by_site.items():
+            moved.update(move_jobs(session, [job.id for job in jobs], JobState.DEFINED,
+                                   JobState.ASSIGNED, f"matched to site {site}", site=site,
+                                   attempt=Job.attempt + 1, message=None))
+        # in the order they were chosen, so sites' queues hand them out in that order
+        return [Placed(job.id, job.attempt + 1, job.walltime, job.production_id, site,
+                       job.queue)
+                for site, jobs in by_site.items() for job in jobs if job.id in moved]
 
 
-def _candidates(session: Session, runtime: Runtime, limit: int) -> list[Job]:
+def _candidates(session: Session, runtime: Runtime, limit: int) -> list[Any]:
     """Up to `limit` defined jobs of runnable productions to match, in the order they get
     places: by fair share between production groups, then by priority within a group."""
     groups = _waiting_groups(session)
@@ -122,8 +136,13 @@ def _candidates(session: Session, runtime: Runtime, limit: int) -> list[Job]:
     return fair_order(per_group, _group_usage(session), runtime.config.shares, limit)
 
 
-def _defined(session: Session, group: str | None, limit: int) -> list[Job]:
-    query = (select(Job).join(Production, col(Production.id) == Job.production_id)
+#: What matching a job needs to know of it.
+TO_MATCH = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.queue, Job.only_site,
+            Job.avoid_sites)
+
+
+def _defined(session: Session, group: str | None, limit: int) -> list[Any]:
+    query = (select(*TO_MATCH).join(Production, col(Production.id) == Job.production_id)
              .where(Job.state == JobState.DEFINED,
                     col(Production.state).in_(PRODUCTION_RUNNABLE),
                     or_(col(Job.not_before).is_(None), col(Job.not_before) <= utcnow())))
@@ -152,13 +171,13 @@ def _group_usage(session: Session) -> dict[str, int]:
     return dict(rows)
 
 
-def fair_order(per_group: dict[str, list[Job]], usage: dict[str, int],
-               shares: dict[str, float], limit: int) -> list[Job]:
+def fair_order(per_group: dict[str, list[Any]], usage: dict[str, int],
+               shares: dict[str, float], limit: int) -> list[Any]:
     """Interleave each group's jobs (already in priority order) so that each next place
     goes to the group furthest below its share: the least (jobs held + taken) / weight."""
     taken = dict.fromkeys(per_group, 0)
     position = dict.fromkeys(per_group, 0)
-    order: list[Job] = []
+    order: list[Any] = []
     while len(order) < limit:
         open_groups = [g for g in per_group if position[g] < len(per_group[g])]
         if not open_groups:
@@ -223,7 +242,7 @@ def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
     return result
 
 
-def placed(job: Job, sites: list[str]) -> list[str]:
+def placed(job: Any, sites: list[str]) -> list[str]:
     """The sites the retry policy lets this job's next attempt go to: only the one it
     must stay at, or all but those it failed at (unless that leaves none)."""
     if job.only_site is not None:
@@ -238,10 +257,10 @@ def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | N
     return best if best is not None and room.get((best, queue), 0) > 0 else None
 
 
-def _publish(runtime: Runtime, jobs: list[Job], current: JobState, reason: str) -> int:
+def _publish(runtime: Runtime, jobs: Sequence[Any], current: JobState, reason: str) -> int:
     """Publish each job's message; once the broker confirmed a queue's batch, record its
     jobs as queued. A queue the broker refuses is skipped: its jobs wait for the next try."""
-    by_queue: dict[str, list[Job]] = defaultdict(list)
+    by_queue: dict[str, list[Any]] = defaultdict(list)
     for job in jobs:
         by_queue[queue_name(job.site or "", job.queue)].append(job)
     walltimes = _walltimes(runtime, {job.production_id for job in jobs})

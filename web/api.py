@@ -22,6 +22,7 @@ from tower import (
     replay,
     retry,
     sheets,
+    wakeups,
     why,
 )
 from tower.access import Permission
@@ -182,8 +183,8 @@ def claim(pilot_id: str) -> Any:
     with transaction(runtime.engine) as session:
         verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
         answers = attempts.claim(session, runtime.config, pilot_id, body.jobs)
-    # the site's backlog has room again; outputs to stage, failed jobs to place again
-    runtime.wake("matchmaker", *(["stager"] if body.reports else []))
+        # the site's backlog has room again; outputs to stage, failed jobs to place again
+        wakeups.wake(runtime, session, "matchmaker", *(["stager"] if body.reports else []))
     return jsonify({"jobs": answers, "verdicts": [verdict.as_dict() for verdict in verdicts]})
 
 
@@ -203,7 +204,7 @@ def report(pilot_id: str) -> Any:
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
-    runtime.wake("stager", "matchmaker")  # outputs to stage, failed jobs to place again
+        wakeups.wake(runtime, session, "stager", "matchmaker")  # outputs, jobs to place again
     return jsonify({"verdicts": [verdict.as_dict() for verdict in verdicts]})
 
 
