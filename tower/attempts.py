@@ -225,7 +225,7 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
         else:
             retry.settle(session, config, job, spec, attempt)
         verdicts.append(Verdict(item.job, item.attempt, True, str(outcome)))
-    _start_staging(session, succeeded)
+    _move_succeeded(session, succeeded)
     return verdicts
 
 
@@ -273,18 +273,17 @@ def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 
 
-def _start_staging(session: Session, succeeded: list[tuple[Job, Report]]) -> None:
-    """Move succeeded jobs to staging with their outputs; those without outputs are done."""
-    if not succeeded:
-        return
-    # a job cancelled meanwhile does not move: its outputs are not wanted
-    moved = set(move_jobs(session, [job.id for job, _ in succeeded  # type: ignore[misc]
-                                    ], JobState.RUNNING, JobState.STAGING, "attempt succeeded"))
-    outputs = [{"job_id": job.id, "attempt": item.attempt, "name": output.name,
-                "source": output.path, "size": output.size, "adler32": output.adler32}
-               for job, item in succeeded if job.id in moved for output in item.outputs]
-    bulk_insert(session, Output, outputs)
-    bare = [job.id for job, item in succeeded if job.id in moved and not item.outputs]
+def _move_succeeded(session: Session, succeeded: list[tuple[Job, Report]]) -> None:
+    """Move succeeded jobs to staging with their outputs; those without outputs are done.
+    A job cancelled meanwhile does not move: its outputs are not wanted."""
+    staged = [job.id for job, item in succeeded if item.outputs]
+    moved = set(move_jobs(session, staged, JobState.RUNNING,  # type: ignore[arg-type]
+                          JobState.STAGING, "attempt succeeded")) if staged else set()
+    bulk_insert(session, Output, [
+        {"job_id": job.id, "attempt": item.attempt, "name": output.name,
+         "source": output.path, "size": output.size, "adler32": output.adler32}
+        for job, item in succeeded if job.id in moved for output in item.outputs])
+    bare = [job.id for job, item in succeeded if not item.outputs]
     if bare:
-        move_jobs(session, bare, JobState.STAGING, JobState.DONE,  # type: ignore[arg-type]
-                  "no outputs to stage")
+        move_jobs(session, bare, JobState.RUNNING, JobState.DONE,  # type: ignore[arg-type]
+                  "attempt succeeded, no outputs to stage")

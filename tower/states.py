@@ -42,8 +42,9 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # queued again: its message vanished from the broker and was published anew;
     # defined, held or failed: no pilot claimed it in time, and the policy decided
     S.QUEUED: frozenset({S.RUNNING, S.QUEUED, S.DEFINED, S.CANCELLED, S.HELD, S.FAILED}),
-    # back to defined: the retry policy asked for another attempt
-    S.RUNNING: frozenset({S.STAGING, S.DEFINED, S.FAILED, S.CANCELLED, S.HELD}),
+    # back to defined: the retry policy asked for another attempt; done: it succeeded
+    # with no outputs to stage
+    S.RUNNING: frozenset({S.STAGING, S.DONE, S.DEFINED, S.FAILED, S.CANCELLED, S.HELD}),
     S.STAGING: frozenset({S.DONE, S.DEFINED, S.FAILED, S.HELD}),
     S.HELD: frozenset({S.DEFINED, S.CANCELLED, S.FAILED}),
     # a production manager may retry what ended badly
