@@ -34,14 +34,18 @@ OUTSIDE_GRACE = 2.0
 
 
 class Payload:
-    """Runs one claimed job in its own process group; `kill` may come from another thread."""
+    """Runs one claimed job in its own process group; `kill` may come from another thread.
 
-    def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], scratch: Path,
+    It runs in `work_dir`, its slot's directory: a success leaves it empty for the
+    slot's next payload (making and removing directories per job costs more than a
+    short job), anything else is moved aside to `JOB.ATTEMPT` beside it for a look."""
+
+    def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], work_dir: Path,
                  storage: Path, gaps: SlotGaps | None = None) -> None:
         self.job: int = claim["job"]
         self.attempt: int = claim["attempt"]
         self.claim = claim
-        self.work_dir = scratch / f"{self.job}.{self.attempt}"
+        self.work_dir = work_dir
         self.output_dir = self.work_dir / "output"
         self.input_dir = self.work_dir / "inputs"
         self.stage_dir = storage / claim["production"] / f"{self.job}.{self.attempt}"
@@ -63,7 +67,17 @@ class Payload:
         return (self.job, self.attempt)
 
     def run(self) -> dict[str, Any]:
-        """Run to the end; return the report for the tower."""
+        """Run to the end; return the report for the tower. The work dir is empty again
+        after a success; after anything else it is moved aside."""
+        report = self._run()
+        if report["ending"] == "finished" and report["exit_code"] == 0:
+            self._tidy()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.work_dir.rename(self.work_dir.with_name(f"{self.job}.{self.attempt}"))
+        return report
+
+    def _run(self) -> dict[str, Any]:
         try:
             argv, environment = self._prepare()
         except (OSError, TemplateProblem) as exc:
@@ -88,13 +102,11 @@ class Payload:
         tail = _tail(log_path)
         if self.ending != "finished" or code != 0:
             return self._report(self.ending, code, tail, self.reason)
-        outputs = self._collect()
-        steering = [self.work_dir / name for name in self.claim["steering"]]
-        _remove(self.work_dir, [log_path, *steering], [self.output_dir, self.input_dir])
-        return self._report("finished", code, tail, outputs=outputs)
+        return self._report("finished", code, tail, outputs=self._collect())
 
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(exist_ok=True)
         # the job reads its inputs where the site's storage element holds them
         for item in self.claim.get("inputs", []):
             self.input_dir.mkdir(exist_ok=True)
@@ -158,12 +170,28 @@ class Payload:
         if process.returncode is None:
             _signal_group(process, signal.SIGKILL)
 
+    def _tidy(self) -> None:
+        """Empty the work dir for the slot's next payload: remove what the pilot put there;
+        if the payload left more, remove the whole dir (the next payload makes it anew)."""
+        made = ["payload.log", *self.claim["steering"]]
+        try:
+            for name in made:
+                (self.work_dir / name).unlink(missing_ok=True)
+            if self.input_dir.exists():
+                shutil.rmtree(self.input_dir)
+            if any(self.output_dir.iterdir()) or \
+                    {entry.name for entry in self.work_dir.iterdir()} != {"output"}:
+                shutil.rmtree(self.work_dir)
+        except OSError:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
     def _collect(self) -> list[dict[str, Any]]:
         """Move declared outputs to the site's storage, under a name carrying the attempt."""
         patterns = self.claim["outputs"]
         names = sorted(path.name for path in self.output_dir.iterdir() if path.is_file())
         chosen = [name for name in names if any(fnmatch.fnmatch(name, p) for p in patterns)]
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        if chosen:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
         outputs = []
         for name in chosen:
             target = self.stage_dir / name
@@ -201,17 +229,6 @@ def _ends_within(pid: int, seconds: float) -> bool:
         os.close(descriptor)
 
 
-def _remove(work_dir: Path, files: list[Path], directories: list[Path]) -> None:
-    """Remove a finished payload's work dir: what the pilot made there, one by one (cheaper
-    than walking the tree), or the whole tree if the payload left more."""
-    try:
-        for path in files:
-            path.unlink(missing_ok=True)
-        for directory in (*directories, work_dir):
-            with contextlib.suppress(FileNotFoundError):
-                directory.rmdir()
-    except OSError:
-        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _tail(path: Path) -> str:

@@ -72,6 +72,8 @@ class Pilot:
         for number in range(settings.slots):
             threading.Thread(target=self._slot, daemon=True, name=f"slot-{number}").start()
         self.scratch = settings.scratch / settings.pilot_id
+        #: The slots' work dirs not in use; a payload takes one, its report gives it back.
+        self.free_dirs = [self.scratch / f"slot-{number}" for number in range(settings.slots)]
         self.gaps = SlotGaps()
 
     def terminate(self, reason: str) -> None:
@@ -163,7 +165,8 @@ class Pilot:
     def _start(self, claim: dict[str, Any]) -> None:
         pilot_values = {"cores": self.settings.cores, "site": self.settings.site,
                         "pilot_id": self.settings.pilot_id}
-        payload = Payload(claim, pilot_values, self.scratch, self.settings.storage, self.gaps)
+        payload = Payload(claim, pilot_values, self.free_dirs.pop(), self.settings.storage,
+                          self.gaps)
         self.running[payload.key] = payload
         log.info("job=%s attempt=%s started", payload.job, payload.attempt)
         self.todo.put(payload)
@@ -183,6 +186,8 @@ class Pilot:
                 reports.append(self.finished.get_nowait())
         except queue.Empty:
             pass
+        for report in reports:  # their payloads have left their work dirs
+            self.free_dirs.append(self.running[(report["job"], report["attempt"])].work_dir)
         return reports
 
     def _send_reports(self, reports: list[dict[str, Any]]) -> None:
