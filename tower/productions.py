@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from catalog.models import CatalogFile, Dataset
 from tower import overrides, tally
 from tower.config import TowerConfig
-from tower.db import bulk_insert
+from tower.db import analyze_after_commit, bulk_insert
 from tower.errors import Conflict, NotFound, SpecError
 from tower.models import Job, Output, Production
 from tower.specs import (
@@ -228,6 +228,7 @@ def insert_jobs(session: Session, production_id: int, spec: ProductionSpec,
         count += len(chunk)
         events += sum(row["events"] for row in chunk)
     tally.jobs_added(session, production_id, count, events)
+    analyze_after_commit(session, Job)
     return count
 
 
