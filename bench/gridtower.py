@@ -136,8 +136,8 @@ def _gaps(database: str) -> dict[str, Any]:
     numbers = [(int(m[1]), float(m[2]), float(m[3])) for m in found if m]
     if not numbers:
         return {"gap_median_ms": None, "gap_p99_ms": None, "gaps": 0}
-    weighted = sorted(numbers, key=lambda item: item[1])
-    return {"gap_median_ms": weighted[len(weighted) // 2][1],
+    by_median = sorted(numbers, key=lambda item: item[1])
+    return {"gap_median_ms": by_median[len(by_median) // 2][1],
             "gap_p99_ms": max(item[2] for item in numbers),
             "gaps": sum(item[0] for item in numbers)}
 
