@@ -1,7 +1,8 @@
 """RabbitMQ as a pilot's message source, and the connection settings the tower shares.
 
-The pilot consumes its site queue with a prefetch equal to its payload slots, so
-the next messages are at hand when payloads end (short jobs would otherwise wait
+The pilot consumes its site queue with a prefetch equal to the jobs it may hold
+claimed (its payload slots, and a few ahead while payloads are short), so the
+next messages are at hand when payloads end (short jobs would otherwise wait
 a broker round trip and a new consumer each). A message it holds while every
 slot is busy goes back to the queue after HOLD seconds, and the pilot stops
 consuming until a slot frees: with long jobs no message waits at a full pilot
@@ -116,7 +117,8 @@ class AmqpSource:
         self._connection: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._consumer: str | None = None
-        #: The most slots the pilot asked for (all of them, at its first call): the prefetch.
+        #: The most jobs the pilot asked for at once (its slots, and the jobs it claims ahead
+        #: while payloads are short): the prefetch.
         self._capacity = 0
         #: Free slots at the last call: whether a delivery is worth waking the pilot for.
         self._wanted = 0
@@ -132,8 +134,12 @@ class AmqpSource:
         if self._closed or (self._channel is None and not self._connect()):
             return []
         try:
+            grown = limit > self._capacity
             self._capacity, self._wanted = max(self._capacity, limit), limit
-            if limit > 0 and self._consumer is None:
+            if limit > 0 and (self._consumer is None or grown):
+                # RabbitMQ applies a prefetch to consumers made after it: a larger one needs
+                # a new consumer (what this one holds goes back first)
+                self._stop_consuming()
                 self._subscribe(self._capacity)
             assert self._connection is not None
             # dispatches deliveries to _on_message and answers the broker's heartbeats

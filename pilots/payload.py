@@ -54,8 +54,9 @@ class Payload:
                           "python": sys.executable}
         self.ending = "finished"
         self.reason: str | None = None
-        #: The payload's peak resident memory, once it ended.
+        #: The payload's peak resident memory, and how long its process ran, once it ended.
         self.max_rss_mb: int | None = None
+        self.seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._gaps = gaps or SlotGaps()
         self._lock = threading.Lock()
@@ -93,8 +94,10 @@ class Payload:
             except OSError as exc:
                 return self._report("setup", reason=f"cannot start {argv[0]!r}: {exc.strerror}")
             self._gaps.started()
+        began = time.monotonic()
         code = self._wait(float(self.claim["walltime"]))
         self._gaps.ended()
+        self.seconds = time.monotonic() - began
         if code in OUTSIDE_SIGNALS and self.ending == "finished":
             # the batch system signals the pilot and its payloads at once (scancel,
             # preemption): give the pilot a moment to say so before calling it the payload's

@@ -3,6 +3,12 @@
 It stops taking work when its remaining walltime is too short for the next
 job, after an idle timeout, or on SIGTERM — which kills running payloads and
 reports them as killed before the pilot exits.
+
+While its payloads are short (a median under SHORT seconds over the last ones), a
+pilot claims a few jobs beyond its slots, as high-throughput executors prefetch
+tasks: a slot that frees takes the next claimed job at once instead of waiting for
+a round trip to the tower, and such a job waits at most about one short payload.
+With long payloads it claims only what it can start, so late binding holds.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,13 @@ from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
 
 log = logging.getLogger(__name__)
+
+#: Payloads shorter than this (median seconds of the last RECENT) let a pilot claim ahead.
+SHORT = 1.0
+RECENT = 32
+#: Jobs claimed ahead at least (a quarter of the slots, if more): enough that a slot runs
+#: short payloads back to back between two of the pilot's calls to the tower.
+AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -71,9 +86,13 @@ class Pilot:
         self.todo: queue.Queue[Payload] = queue.Queue()
         for number in range(settings.slots):
             threading.Thread(target=self._slot, daemon=True, name=f"slot-{number}").start()
+        #: Jobs claimed beyond the slots while payloads are short, and their recent lengths.
+        self.ahead = max(AHEAD, settings.slots // 4)
+        self.recent: deque[float] = deque(maxlen=RECENT)
         self.scratch = settings.scratch / settings.pilot_id
-        #: The slots' work dirs not in use; a payload takes one, its report gives it back.
-        self.free_dirs = [self.scratch / f"slot-{number}" for number in range(settings.slots)]
+        #: The work dirs not in use; a payload takes one, its report gives it back.
+        self.free_dirs = [self.scratch / f"slot-{number}"
+                          for number in range(settings.slots + self.ahead)]
         self.gaps = SlotGaps()
 
     def terminate(self, reason: str) -> None:
@@ -112,7 +131,7 @@ class Pilot:
                 self._pause()
                 continue
             # asked with 0 free slots too: the source keeps its connection alive
-            started = self._take(self.settings.slots - len(self.running) + len(reports),
+            started = self._take(self._capacity() - len(self.running) + len(reports),
                                  reports)
             if started or self.running:
                 idle_since = time.monotonic()
@@ -121,6 +140,12 @@ class Pilot:
             if not started:
                 self._pause()
         return self.stop_reason
+
+    def _capacity(self) -> int:
+        """Jobs the pilot holds claimed at most: its slots, and a few ahead while its
+        payloads are short."""
+        short = len(self.recent) >= 4 and statistics.median(self.recent) < SHORT
+        return self.settings.slots + (self.ahead if short else 0)
 
     def _pause(self) -> None:
         """Wait for the next poll, or less if a message comes or a payload ends first."""
@@ -187,7 +212,10 @@ class Pilot:
         except queue.Empty:
             pass
         for report in reports:  # their payloads have left their work dirs
-            self.free_dirs.append(self.running[(report["job"], report["attempt"])].work_dir)
+            payload = self.running[(report["job"], report["attempt"])]
+            self.free_dirs.append(payload.work_dir)
+            if payload.seconds is not None:
+                self.recent.append(payload.seconds)
         return reports
 
     def _send_reports(self, reports: list[dict[str, Any]]) -> None:

@@ -90,3 +90,27 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def overlapping_claims(tower: LiveTower) -> int:
+    """Attempts claimed while the same pilot's previous attempt still ran."""
+    with Session(tower.runtime.engine) as session:
+        attempts = sorted(session.exec(select(Attempt)).all(), key=lambda a: a.started_at)
+    return sum(1 for earlier, later in zip(attempts, attempts[1:], strict=False)
+               if later.pilot_id == earlier.pilot_id and earlier.ended_at is not None
+               and later.started_at < earlier.ended_at)
+
+
+@pytest.mark.parametrize(("sleep", "ahead"), [(0.0, True), (0.3, False)])
+def test_a_pilot_claims_ahead_only_while_its_payloads_are_short(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, sleep: float,
+        ahead: bool) -> None:
+    # one slot; jobs of a tenth of a second, or of 1.2 s (4 events x 0.3 s): past SHORT
+    tower = live_tower(site=ONE_SLOT)
+    tower.submit(toy_production(tmp_path, jobs=12 if ahead else 6, events=4, sleep=sleep))
+    tower.drive(tower.all_ended, timeout=120, pause=0.05)
+    # short payloads: the next job is claimed while one runs, so a freed slot starts it
+    # at once; long ones: never more claimed than the slot can run
+    assert (overlapping_claims(tower) > 0) is ahead
+    with Session(tower.runtime.engine) as session:
+        assert {a.outcome for a in session.exec(select(Attempt)).all()} == {Outcome.SUCCESS}
