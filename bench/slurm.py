@@ -52,9 +52,10 @@ def one_sbatch_per_job(cluster: SlurmCluster, jobs: int, command: str,
 
 
 def through_pilots(cluster: SlurmCluster, jobs: int, command: str,
-                   directory: Path) -> tuple[float, float]:
+                   directory: Path) -> tuple[float, float, float]:
     """The makespan (submission of the first pilot to the last job's end, from the pilot
-    and job records) and the whole `tower run --until-done`, which also ends the pilots."""
+    and job records), of it the pilots' start-up (submission to the first claim), and the
+    whole `tower run --until-done`, which also ends the pilots."""
     with postgres() as database, vhost() as broker:
         config = write_home(
             directory, database,
@@ -81,14 +82,18 @@ def through_pilots(cluster: SlurmCluster, jobs: int, command: str,
         with psycopg.connect(database) as connection:
             row = connection.execute(
                 "select (select min(submitted_at) from pilot), "
+                "(select min(started_at) from attempt), "
                 "(select max(at) from jobevent where to_state = 'done')").fetchone()
         assert row is not None
-        return (row[1] - row[0]).total_seconds(), wall
+        submitted, first_claim, last_done = row
+        return ((last_done - submitted).total_seconds(),
+                (first_claim - submitted).total_seconds(), wall)
 
 
 def run(jobs: int, command: str, repeat: int = 1) -> dict[str, object]:
     """Makespans of both ways, `repeat` times each, on one cluster started for the run."""
     results: dict[str, list[float]] = {"sbatch per job": [], "pilots": [],
+                                       "pilots, of it their start-up": [],
                                        "pilots, whole run": []}
     with tempfile.TemporaryDirectory() as scratch, running_cluster(Path(scratch)) as cluster:
         os.environ["SLURM_CONF"] = str(cluster.conf)  # the tower's own sbatch calls
@@ -98,8 +103,9 @@ def run(jobs: int, command: str, repeat: int = 1) -> dict[str, object]:
             (work / "sbatch").mkdir(parents=True)
             results["sbatch per job"].append(
                 one_sbatch_per_job(cluster, jobs, command, work / "sbatch"))
-            makespan, wall = through_pilots(cluster, jobs, command, work / "pilots")
+            makespan, start_up, wall = through_pilots(cluster, jobs, command, work / "pilots")
             results["pilots"].append(makespan)
+            results["pilots, of it their start-up"].append(start_up)
             results["pilots, whole run"].append(wall)
     return {"jobs": jobs, "command": command, "slurm": version,
             "layout": f"16 CPUs; {PILOTS} pilots x {SLOTS} slots", "makespans_s": results}

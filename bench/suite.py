@@ -77,7 +77,6 @@ def versions() -> dict[str, str]:
     found["postgresql"] = _command("psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc",
                                    "show server_version")
     found["rabbitmq"] = _command("rabbitmqctl", "-q", "version")
-    found["slurm"] = _command("sinfo", "--version")
     with open("/proc/meminfo") as meminfo:
         found["memory"] = f"{int(meminfo.readline().split()[1]) // 1024 ** 2} GiB"
     return found
@@ -135,6 +134,7 @@ def main() -> None:
 
     step(f"{args.slurm_jobs} one-line jobs on SLURM: one sbatch each, then pilots", started)
     runs["slurm"] = [slurm.run(args.slurm_jobs, "true", repeat=1)]
+    results["versions"]["slurm"] = runs["slurm"][0]["slurm"]
 
     step(f"scale: a production of {args.scale_jobs:,} jobs", started)
     runs["scale"] = [in_scratch(
