@@ -1,6 +1,6 @@
 """gridtower's durable throughput and its pilots' per-job gap, on PostgreSQL and RabbitMQ.
 
-    .venv/bin/python bench/gridtower.py [--jobs 20000] [--pilots 2] [--slots 32] [--json]
+    .venv/bin/python bench/gridtower.py [--jobs 20000] [--pilots 2] [--slots 64] [--json]
 
 Submits a production of --jobs jobs, each running `/bin/true` as a subprocess, and runs
 the tower as it is deployed: `tower serve` (the API) and `tower run --no-api` (the
@@ -147,7 +147,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--pilots", type=int, default=2)
-    parser.add_argument("--slots", type=int, default=32, help="payload slots per pilot")
+    parser.add_argument("--slots", type=int, default=64, help="payload slots per pilot")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--drain", type=int, default=200_000,
                         help="jobs the broker loop publishes in the scale run")
     parser.add_argument("--slurm-jobs", type=int, default=200)
-    parser.add_argument("--slots", type=int, default=32, help="payload slots per pilot")
+    parser.add_argument("--slots", type=int, default=64, help="payload slots per pilot")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     started = time.perf_counter()
