@@ -146,7 +146,7 @@ def _jobs(session: Session, job_ids: Sequence[int], lock: bool = False) -> dict[
 
 
 def _productions(session: Session, production_ids: set[int]
-                 ) -> dict[int, tuple[ProductionSpec, list[str] | None]]:
+                 ) -> dict[int, tuple[ProductionSpec, Any]]:
     """Each production's spec and the input files it reads, in one query."""
     if not production_ids:
         return {}

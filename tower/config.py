@@ -72,7 +72,7 @@ class LoopSettings(Strict):
     interval: Seconds = Field(default=5, ge=0)
     #: Least time between the starts of two cycles of a loop that has work waiting (it did
     #: work, or the API woke it), so each cycle's fixed cost is spread over a batch.
-    busy_pause: Seconds = Field(default=0.1, ge=0)
+    busy_pause: float = Field(default=0.1, ge=0)
     #: Jobs the matchmaker publishes per cycle at most.
     batch_size: int = Field(default=2000, gt=0)
     #: A job left assigned this long (a crash or a broker outage before the confirm), or

@@ -124,6 +124,7 @@ def bulk_insert(session: Session, model: Any, rows: Sequence[dict[str, Any]]) ->
     quote = session.get_bind().dialect.identifier_preparer.quote
     session.flush()  # rows the ORM holds go first, as they would before an INSERT
     raw = session.connection().connection.driver_connection
+    assert raw is not None
     statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
@@ -154,8 +155,9 @@ def analyze_after_commit(session: Session, model: Any) -> None:
 def _analyze(session: Session) -> None:
     tables = session.info.pop("analyze", None)
     bind = session.get_bind()
-    if tables and bind.dialect.name == "postgresql":
-        with bind.connect() as connection:
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    if tables and engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
             for table in sorted(tables):
                 connection.exec_driver_sql(f"ANALYZE {table}")
             connection.commit()

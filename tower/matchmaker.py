@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from tower import health, placement, tally
@@ -37,7 +38,8 @@ SiteQueue = tuple[str, str]
 
 #: What publishing a job needs: its message, and the queue it goes to. Read as plain
 #: rows, not ORM objects: the loop moves thousands of jobs a second.
-TO_PUBLISH = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.site, Job.queue)
+TO_PUBLISH: tuple[Any, ...] = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.site,
+                               Job.queue)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,8 @@ def broker_depths(runtime: Runtime) -> dict[SiteQueue, int | None]:
 def _stranded(runtime: Runtime) -> list[Any]:
     # left assigned by a crash or a broker outage between match and confirm
     with Session(runtime.engine) as session:
-        return list(session.exec(select(*TO_PUBLISH).where(
-            Job.state == JobState.ASSIGNED,
+        return list(session.execute(sa_select(*TO_PUBLISH).where(
+            col(Job.state) == JobState.ASSIGNED,
             col(Job.updated_at) < ago(runtime.config.loops.republish_after))
             .limit(runtime.config.loops.batch_size)).all())
 
@@ -92,8 +94,8 @@ def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Any
     if not empty:
         return []
     with Session(runtime.engine) as session:
-        return list(session.exec(select(*TO_PUBLISH).where(
-            Job.state == JobState.QUEUED,
+        return list(session.execute(sa_select(*TO_PUBLISH).where(
+            col(Job.state) == JobState.QUEUED,
             col(Job.updated_at) < ago(runtime.config.loops.republish_after),
             or_(*(and_(col(Job.site) == site, col(Job.queue) == queue) for site, queue in empty)))
             .limit(runtime.config.loops.batch_size)).all())
@@ -137,18 +139,18 @@ def _candidates(session: Session, runtime: Runtime, limit: int) -> list[Any]:
 
 
 #: What matching a job needs to know of it.
-TO_MATCH = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.queue, Job.only_site,
-            Job.avoid_sites)
+TO_MATCH: tuple[Any, ...] = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.queue,
+                             Job.only_site, Job.avoid_sites)
 
 
 def _defined(session: Session, group: str | None, limit: int) -> list[Any]:
-    query = (select(*TO_MATCH).join(Production, col(Production.id) == Job.production_id)
-             .where(Job.state == JobState.DEFINED,
+    query = (sa_select(*TO_MATCH).join(Production, col(Production.id) == Job.production_id)
+             .where(col(Job.state) == JobState.DEFINED,
                     col(Production.state).in_(PRODUCTION_RUNNABLE),
                     or_(col(Job.not_before).is_(None), col(Job.not_before) <= utcnow())))
     if group is not None:
-        query = query.where(Production.group == group)
-    return list(session.exec(query.order_by(col(Job.priority).desc(), col(Job.id))
+        query = query.where(col(Production.group) == group)
+    return list(session.execute(query.order_by(col(Job.priority).desc(), col(Job.id))
                              .limit(limit)
                              .with_for_update(skip_locked=True, of=Job)).all())
 
