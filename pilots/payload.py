@@ -70,12 +70,19 @@ class Payload:
     def run(self) -> dict[str, Any]:
         """Run to the end; return the report for the tower. The work dir is empty again
         after a success; after anything else it is moved aside."""
-        report = self._run()
+        try:
+            report = self._run()
+        except OSError as exc:  # collecting outputs failed (a full disk, say)
+            report = self._report("setup", reason=f"the pilot could not finish the job: {exc}")
         if report["ending"] == "finished" and report["exit_code"] == 0:
             self._tidy()
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                self.work_dir.rename(self.work_dir.with_name(f"{self.job}.{self.attempt}"))
+            return report
+        try:
+            self.work_dir.rename(self.work_dir.with_name(f"{self.job}.{self.attempt}"))
+        except FileNotFoundError:
+            pass
+        except OSError:  # cannot be kept: the slot's next payload needs it empty
+            shutil.rmtree(self.work_dir, ignore_errors=True)
         return report
 
     def _run(self) -> dict[str, Any]:
