@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, PositiveFloat, ValidationInfo, field_validator
+from pydantic import Field, PositiveFloat, ValidationInfo, field_validator, model_validator
 
 from sites.config import SiteConfig, SshAccess, load_sites
 from tower.access import AccessSettings
@@ -45,6 +45,25 @@ class TlsSettings(Strict):
     pilot_ca: Path | None = None
 
 
+class ServingLimits(Strict):
+    """What one client may hold of the API's server (web/front.py): connections, and how
+    long each stage of a request may take, as a whole, not per read."""
+
+    #: Connections open at once, in all (each costs memory only, no thread).
+    connections: int = Field(default=8192, gt=0)
+    #: Connections open at once from one client address (a site's NAT may carry hundreds
+    #: of pilots; trusted proxies are not counted).
+    connections_per_client: int = Field(default=512, gt=0)
+    #: The TLS handshake, from the connection's start.
+    handshake_timeout: Seconds = Field(default=10, gt=0, le=3600)
+    #: The request line and headers, from their first byte.
+    head_timeout: Seconds = Field(default=10, gt=0, le=3600)
+    #: The request body, from the end of the head (bodies are at most 8 MiB).
+    body_timeout: Seconds = Field(default=60, gt=0, le=3600)
+    #: A kept-alive connection waiting for its next request.
+    idle_timeout: Seconds = Field(default=30, gt=0, le=3600)
+
+
 class ApiSettings(Strict):
     bind: str = "127.0.0.1"
     port: int = Field(default=8470, ge=0, le=65535)
@@ -56,6 +75,10 @@ class ApiSettings(Strict):
     #: subject in `identity_header`; from any other address that header is ignored.
     trusted_proxies: list[str] = Field(default_factory=list)
     identity_header: str = Field(default="X-Client-DN", pattern=r"^[A-Za-z0-9-]+$")
+    #: Plain HTTP on an address other hosts reach: every caller may do everything. Refused
+    #: unless this says so; the pages and `tower sites` then show it in red.
+    insecure: bool = False
+    limits: ServingLimits = ServingLimits()
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -65,6 +88,31 @@ class ApiSettings(Strict):
             return [str(ipaddress.ip_address(proxy)) for proxy in proxies]
         except ValueError as exc:
             raise ValueError(f"{exc} (give the proxies' IP addresses)") from None
+
+    @model_validator(mode="after")
+    def _plain_http_on_loopback(self) -> ApiSettings:
+        # without TLS the API trusts every caller (web/auth.py): fine on the tower's own
+        # machine only
+        if self.tls is None and not self.insecure and not is_loopback(self.bind):
+            raise ValueError(f"api.bind {self.bind} is reachable from other hosts, and "
+                             "without api.tls every caller may do everything: set api.tls, "
+                             "bind 127.0.0.1, or say api.insecure: true")
+        return self
+
+    @property
+    def exposed(self) -> bool:
+        """Plain HTTP that other hosts reach (allowed by api.insecure)."""
+        return self.tls is None and not is_loopback(self.bind)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or "localhost") is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: may resolve to anything
 
 
 class LoopSettings(Strict):

@@ -27,6 +27,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
+#: Connections a PostgreSQL engine keeps open; the API serves as many requests at once
+#: (web/front.py), so a request rarely waits for a connection.
+POOL_SIZE = 10
+
+
 def make_engine(url: str, **options: Any) -> Engine:
     """An engine for `url`, tuned for the tower's many short transactions."""
     url = normalize_url(url)
@@ -38,7 +43,7 @@ def make_engine(url: str, **options: Any) -> Engine:
     # no pre-ping (a round trip per transaction): a connection found dead raises, the pool
     # then drops every connection it holds, and the loop's next cycle or the pilot's
     # retry of its call (after a 5xx) gets a fresh one
-    return create_engine(url, pool_size=10, max_overflow=20, **options)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=20, **options)
 
 
 def _tune_sqlite(engine: Engine) -> None:

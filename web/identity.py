@@ -49,7 +49,7 @@ class ProxiedIdentity:
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes] | Iterator[bytes]:
         forwarded = environ.pop(self._key, None)
-        if _address(environ.get("REMOTE_ADDR", "")) in self._trusted:
+        if client_address(environ.get("REMOTE_ADDR", "")) in self._trusted:
             # the proxy speaks for its client: without the header the caller is anonymous,
             # never the proxy itself
             environ[ENVIRON_KEY] = _dn(forwarded, environ["REMOTE_ADDR"])
@@ -58,7 +58,7 @@ class ProxiedIdentity:
         return self._app(environ, start_response)
 
 
-def _address(remote: str) -> str:
+def client_address(remote: str) -> str:
     """The client's address as trusted_proxies writes it (an IPv4 client of a dual-stack
     socket shows as ::ffff:a.b.c.d)."""
     try:

@@ -1,5 +1,5 @@
 """The API's TLS: a server context that verifies client certificates against the CA
-bundle and the CRLs, made anew when the CRLs change, and the cheroot adapter serving it.
+bundle and the CRLs, made anew when the CRLs change.
 
 The client certificate is optional at the TLS layer, so an anonymous reader can be
 let in by the API's configuration; a certificate that is shown must verify (trusted
@@ -10,28 +10,22 @@ WSGI environ (`web.identity`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from tower.config import TlsSettings
 from tower.errors import ConfigError
-from web.identity import ENVIRON_KEY, subject_of
+from web.identity import subject_of
 
 log = logging.getLogger(__name__)
 
 #: The CRLs' files are looked at (stat) at most this often: a revocation takes effect
 #: within this many seconds, without a restart.
 CRL_CHECK_SECONDS = 2.0
-#: The longest a client may take over its handshake (cheroot shakes hands in the thread
-#: that accepts connections, so a silent client holds up the others this long at most).
-HANDSHAKE_SECONDS = 5.0
 #: Files read from a directory given as ca_bundle or crl (fetch-crl writes HASH.r0).
 CA_SUFFIXES = (".pem", ".crt")
 CRL_SUFFIXES = (".pem", ".crl", ".r0")
@@ -56,29 +50,20 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-class TlsAdapter(BuiltinSSLAdapter):
-    """cheroot's adapter for the standard library's ssl, with the context above, renewed
-    when the CRLs change, and the verified subject in the environ."""
+class TlsContexts:
+    """The server context of the moment: made anew when the CRLs changed, so a revocation
+    takes effect on the next connection without a restart. Each connection shakes hands
+    with the context `current()` gives when it starts (web/front.py)."""
 
     def __init__(self, tls: TlsSettings) -> None:
-        crl_state = _state(tls.crl)
-        context = server_context(tls)  # first, so that a bad file is named as a setting
-        super().__init__(str(tls.cert), str(tls.key))
-        self.context = context
         self._tls = tls
-        self._crl_state = crl_state
+        self._crl_state = _state(tls.crl)
+        self._context = server_context(tls)  # a bad file is named as a setting
         self._checked = time.monotonic()
 
-    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, Any]]:
-        """Shake hands on a new connection; the environ entries of all its requests.
-        (cheroot calls this in its one accepting thread.)"""
+    def current(self) -> ssl.SSLContext:
         self._renew_if_crl_changed()
-        sock.settimeout(HANDSHAKE_SECONDS)
-        tls_sock, environ = super().wrap(sock)
-        # the handshake verified this certificate, or it would have failed
-        der = tls_sock.getpeercert(binary_form=True)
-        environ[ENVIRON_KEY] = subject_of(der) if der else None
-        return tls_sock, environ
+        return self._context
 
     def _renew_if_crl_changed(self) -> None:
         now = time.monotonic()
@@ -89,13 +74,82 @@ class TlsAdapter(BuiltinSSLAdapter):
         if state == self._crl_state:
             return
         try:
-            self.context = server_context(self._tls)
+            self._context = server_context(self._tls)
         except ConfigError as error:
             # serve on with the lists read last; tried again at the next check
             log.error("CRL not reloaded, the previous one stays in force: %s", error)
             return
         self._crl_state = state
         log.info("CRL reloaded from %s", self._tls.crl)
+
+
+class TlsStream:
+    """The server side of TLS over a plain asyncio stream, driven by hand (an SSLObject on
+    memory BIOs). asyncio's own TLS layer drops the alert that tells a client why its
+    handshake failed (an expired or revoked certificate); this one sends it."""
+
+    def __init__(self, context: ssl.SSLContext, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, read_bytes: int) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._reader = reader
+        self._writer = writer
+        self._read_bytes = read_bytes
+
+    async def handshake(self) -> str | None:
+        """Shake hands; the subject of the client certificate it verified (the handshake
+        fails otherwise), None for a client that showed none."""
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self.drain()
+                await self._fill()
+            except ssl.SSLEOFError:
+                raise ConnectionResetError("closed during the handshake") from None
+            except ssl.SSLError:
+                await self.drain()  # the alert
+                raise
+        await self.drain()
+        der = self._tls.getpeercert(binary_form=True)
+        return subject_of(der) if der else None
+
+    async def read(self, size: int) -> bytes:
+        """Up to `size` bytes of plain text; b"" at the end."""
+        while True:
+            try:
+                data = self._tls.read(size)
+                self._flush()
+                return data
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not await self._fill():
+                    return b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    def write(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._flush()
+
+    async def drain(self) -> None:
+        self._flush()
+        await self._writer.drain()
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            self._writer.write(data)
+
+    async def _fill(self) -> bool:
+        data = await self._reader.read(self._read_bytes)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(data)
+        return True
 
 
 def _files(path: Path, suffixes: tuple[str, ...], key: str) -> list[Path]:
