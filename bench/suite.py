@@ -71,7 +71,7 @@ def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "machine": platform.machine(),
              "kernel": platform.release(), "cpus": str(os.cpu_count()),
              "gridtower": _command("git", "-C", str(ROOT), "describe", "--always", "--dirty")}
-    for package in ("sqlalchemy", "sqlmodel", "psycopg", "flask", "cheroot", "pika",
+    for package in ("sqlalchemy", "sqlmodel", "psycopg", "flask", "h11", "pika",
                     "requests", "pydantic"):
         found[package] = importlib.metadata.version(package)
     found["postgresql"] = _command("psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc",

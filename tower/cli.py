@@ -844,13 +844,16 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
     def local(runtime: Runtime, session: Session) -> dict[str, Any]:
         rows, problem = site_queues(runtime)
-        return {"sites": rows, "broker_error": problem}
+        return {"sites": rows, "broker_error": problem, "insecure": runtime.config.api.exposed}
 
     data = _ask(args, "GET", "/sites", local)
     rows, problem = data["sites"], data["broker_error"]
     if args.json:
         _print_json(data)
         return 1 if problem else 0
+    if data.get("insecure"):
+        print("\033[1;31mtower: the API serves plain HTTP to other hosts (api.insecure): "
+              "every caller may do everything\033[0m")
     print(f"{'site':<16} {'queue':<10} {'batch':<8} {'pilots p/r/d/e/l':>16} {'waiting':>8} "
           f"{'backlog':>9} {'broker':>7}")
     for row in rows:

@@ -317,8 +317,10 @@ def list_pilots() -> Any:
 @needs(Permission.READ)
 def list_sites() -> Any:
     """Each site queue: pilots, jobs waiting, backlog and bound, broker depth, cool-down."""
-    rows, problem = site_queues(_runtime())
-    return jsonify({"sites": rows, "broker_error": problem})
+    runtime = _runtime()
+    rows, problem = site_queues(runtime)
+    return jsonify({"sites": rows, "broker_error": problem,
+                    "insecure": runtime.config.api.exposed})
 
 
 @api.get("/sites/<name>/decisions")

@@ -97,6 +97,7 @@ def _when(value: datetime | str | None) -> str:
 def _context() -> dict[str, Any]:
     who = caller() if request.blueprint == "pages" else None
     return {"refresh": REFRESH, "now": utcnow(), "who": who,
+            "insecure": _runtime().config.api.exposed,
             "states": list(STATE_COLOURS), "state_colours": STATE_COLOURS}
 
 
