@@ -270,7 +270,11 @@ class Sweeper:
         found: list[Leftover] = []
         for (destination, dataset), touched in directories.items():
             try:
-                found.extend(at_destination(runtime, destination, dataset))
+                # whole files nothing names are only reported (catalog verify): one may be
+                # an operator's, or all that is left of an output
+                found.extend(leftover for leftover in at_destination(runtime, destination,
+                                                                      dataset)
+                             if leftover.kind == "partial")
             except (TransferError, KeyError) as exc:
                 log.warning("sweep of %s at %s: %s", dataset, destination, exc)
                 continue
