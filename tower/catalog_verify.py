@@ -6,14 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
-from catalog.models import CatalogFile, Dataset, Replica
 from catalog.verify import Found, verify
 from tower import leftovers
 from tower.errors import TransferError
-from tower.models import Production
 from tower.runtime import Runtime
 
 
@@ -32,16 +29,8 @@ def verify_dataset(runtime: Runtime, dataset: str, remove: bool = False) -> dict
 
     with Session(runtime.engine) as session:
         summary = verify(session, dataset, stat)
-        specs = session.execute(select(Production.spec).where(
-            Production.dataset == dataset)).scalars().all()
-        holding = session.execute(
-            select(Replica.destination).distinct()
-            .join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
-            .join(Dataset, col(Dataset.id) == CatalogFile.dataset_id)
-            .where(Dataset.name == dataset)).scalars().all()
+        looked = sorted(name for name, _ in leftovers.places(session, dataset))
     unreachable = {row["destination"] for row in summary["unreachable"]}
-    looked = sorted({name for spec in specs for name in spec.get("destinations") or []}
-                    | set(holding))
     found: list[leftovers.Leftover] = []
     for destination in looked:
         if destination in unreachable or destination not in destinations:

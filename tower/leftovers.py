@@ -5,7 +5,8 @@ tower killed mid-copy leaves the temporary behind for good. At a destination a t
 is left over once it is older than `storage.lease` and no live lease holds an output of
 its final name: a live copy writes it all the time, and its lease is renewed while it
 runs. (Removing one that a stalled copy still held makes only that copy fail and be made
-again: the rename finds no file, and nothing damaged ever gets the final name.) A file
+again: the rename finds no file, and nothing damaged ever gets the final name. The same
+holds when a destination's clock runs ahead of the tower's.) A file
 under a final name that no replica, no output being staged and no stage-in names is an
 orphan: `catalog verify` reports it, and removes it only when asked.
 
@@ -93,20 +94,21 @@ def _named_at_destination(session: Session, destination: str,
     """Paths that replicas, outputs being staged and pending stage-ins name at
     `destination` in `dataset`; and the output names under a live lease there."""
     named = set(session.execute(
-        select(Replica.path).join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
+        select(col(Replica.path)).join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
         .join(Dataset, col(Dataset.id) == CatalogFile.dataset_id)
-        .where(Dataset.name == dataset, Replica.destination == destination)).scalars())
+        .where(col(Dataset.name) == dataset, col(Replica.destination) == destination)).scalars())
     staging = session.execute(
-        select(Output.name, Output.lease_until).join(Job, col(Job.id) == Output.job_id)
+        select(col(Output.name), col(Output.lease_until))
+        .join(Job, col(Job.id) == Output.job_id)
         .join(Production, col(Production.id) == Job.production_id)
-        .where(Production.dataset == dataset, col(Output.staged).is_(False))).all()
+        .where(col(Production.dataset) == dataset, col(Output.staged).is_(False))).all()
     named.update(f"{dataset}/{name}" for name, _ in staging)
     now = utcnow()
     leased = {name for name, until in staging if until is not None and until > now}
-    pending = select(StageIn.lfn).where(StageIn.destination == destination,
-                                        col(StageIn.done).is_(False))
+    pending = select(col(StageIn.lfn)).where(col(StageIn.destination) == destination,
+                                             col(StageIn.done).is_(False))
     named.update(session.execute(
-        select(Replica.path).join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
+        select(col(Replica.path)).join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
         .where(col(CatalogFile.lfn).in_(pending))).scalars())
     return named, leased
 
@@ -114,7 +116,7 @@ def _named_at_destination(session: Session, destination: str,
 def at_site(runtime: Runtime, attempts: Iterable[AttemptDir]) -> list[Leftover]:
     """Files in the directories of these ended attempts at their sites' storage that no
     held output names. Raises TransferError when a site's storage cannot be listed."""
-    found = []
+    found: list[Leftover] = []
     for site, production, job, number in attempts:
         directory = f"{production}/{job}.{number}"
         entries = runtime.site_storage(site).listing(directory)
@@ -135,31 +137,47 @@ def _held_at_site(runtime: Runtime, session: Session, site: str, job: int,
                   number: int) -> set[str] | None:
     """Paths at `site`'s storage that the outputs of attempt `number` of `job` still need;
     None when all of its directory is held."""
-    attempt = session.execute(select(Attempt.ended_at).where(
-        Attempt.job_id == job, Attempt.number == number)).first()
+    attempt = session.execute(select(col(Attempt.ended_at)).where(
+        col(Attempt.job_id) == job, col(Attempt.number) == number)).first()
     if attempt is None or attempt.ended_at is None:
         # not an attempt of this tower's, or one still running
         return None
-    production = session.execute(select(Production.spec).join(
-        Job, col(Job.production_id) == Production.id).where(Job.id == job)).scalar_one()
+    production = session.execute(select(col(Production.spec)).join(
+        Job, col(Job.production_id) == Production.id).where(col(Job.id) == job)).scalar_one()
     destinations = runtime.config.storage.destinations
     freed = any(destinations[name].remove_source
                 for name in production.get("destinations") or [] if name in destinations)
     root = PurePosixPath(runtime.config.sites[site].storage)
     held = set()
-    for source, staged in session.execute(select(Output.source, Output.staged).where(
-            Output.job_id == job, Output.attempt == number)).all():
+    for source, staged in session.execute(select(col(Output.source), col(Output.staged)).where(
+            col(Output.job_id) == job, col(Output.attempt) == number)).all():
         if not (staged and freed) and PurePosixPath(source).is_relative_to(root):
             held.add(str(PurePosixPath(source).relative_to(root)))
     return held
+
+
+def places(session: Session, dataset: str | None = None) -> set[tuple[str, str]]:
+    """(destination, dataset) where a dataset's files are: the destinations its productions
+    copy to, and those holding a replica of it (stage-in targets among them); of one
+    `dataset`, or of all."""
+    productions = select(col(Production.dataset), col(Production.spec))
+    holding = (select(col(Replica.destination), col(Dataset.name)).distinct()
+               .join(CatalogFile, col(CatalogFile.id) == Replica.file_id)
+               .join(Dataset, col(Dataset.id) == CatalogFile.dataset_id))
+    if dataset is not None:
+        productions = productions.where(col(Production.dataset) == dataset)
+        holding = holding.where(col(Dataset.name) == dataset)
+    copied_to = {(destination, name) for name, spec in session.execute(productions).all()
+                 for destination in spec.get("destinations") or []}
+    return copied_to | {(destination, name) for destination, name in session.execute(holding)}
 
 
 def ended_attempts(session: Session, since: Any = None, limit: int | None = None,
                    ) -> list[tuple[AttemptDir, Any]]:
     """Attempt directories of attempts ended after `since` (all if None), oldest end
     first, each with when it ended."""
-    query = (select(Attempt.site, Production.name, Attempt.job_id, Attempt.number,
-                    Attempt.ended_at)
+    query = (select(col(Attempt.site), col(Production.name), col(Attempt.job_id),
+                    col(Attempt.number), col(Attempt.ended_at))
              .join(Job, col(Job.id) == Attempt.job_id)
              .join(Production, col(Production.id) == Job.production_id)
              .where(col(Attempt.ended_at).is_not(None), col(Attempt.pilot_id).is_not(None)))
@@ -206,13 +224,12 @@ def everywhere(runtime: Runtime, partial_age: float | None = None) -> list[Lefto
     them, for checks (`catalog verify`, a fault suite's ledger), not for the loops; pass
     `partial_age=0` when no copy runs, so every temporary counts."""
     with Session(runtime.engine) as session:
-        productions = session.execute(select(Production.dataset, Production.spec)).all()
+        directories = places(session)
         attempts = [where for where, _ in ended_attempts(session)]
     found = []
-    for destination, dataset in sorted({(name, dataset) for dataset, spec in productions
-                                        for name in spec.get("destinations") or []
-                                        if name in runtime.config.storage.destinations}):
-        found.extend(at_destination(runtime, destination, dataset, partial_age))
+    for destination, dataset in sorted(directories):
+        if destination in runtime.config.storage.destinations:
+            found.extend(at_destination(runtime, destination, dataset, partial_age))
     return found + at_site(runtime, [a for a in attempts if a[0] in runtime.config.sites])
 
 
@@ -259,8 +276,10 @@ class Sweeper:
         with Session(runtime.engine) as session:
             if self._cursor is None:
                 self._cursor = utcnow() - START_LOOKBACK
-                for directory in _unstaged_directories(runtime, session):
-                    self._directories.setdefault(directory, started)
+                unstaged = _unstaged_directories(runtime, session)
+                with self._lock:
+                    for directory in unstaged:
+                        self._directories.setdefault(directory, started)
             since = self._cursor - timedelta(seconds=lease)  # commits seen late
             ended = ended_attempts(session, since, ATTEMPTS_PER_PASS)
             with self._lock:
@@ -300,8 +319,8 @@ class Sweeper:
 def _unstaged_directories(runtime: Runtime, session: Session) -> set[tuple[str, str]]:
     """(destination, dataset) of every output still to be staged."""
     rows = session.execute(
-        select(Production.dataset, Production.spec).where(col(Production.id).in_(
-            select(Job.production_id).join(Output, col(Output.job_id) == Job.id)
+        select(col(Production.dataset), col(Production.spec)).where(col(Production.id).in_(
+            select(col(Job.production_id)).join(Output, col(Output.job_id) == Job.id)
             .where(col(Output.staged).is_(False))))).all()
     return {(name, dataset) for dataset, spec in rows
             for name in spec.get("destinations") or []
@@ -313,7 +332,8 @@ def _directories_of(session: Session, pairs: set[tuple[int, int]]) -> list[Attem
         return []
     jobs = {job for job, _ in pairs}
     rows = session.execute(
-        select(Attempt.site, Production.name, Attempt.job_id, Attempt.number)
+        select(col(Attempt.site), col(Production.name), col(Attempt.job_id),
+               col(Attempt.number))
         .join(Job, col(Job.id) == Attempt.job_id)
         .join(Production, col(Production.id) == Job.production_id)
         .where(col(Attempt.job_id).in_(jobs))).all()

@@ -25,7 +25,7 @@ from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
 from tests.integration.test_failures import RETRY, flaky_production
 from tests.integration.test_storage import sftp_destination, storage
-from tower import leftovers, stager
+from tower import leftovers
 from tower.catalog_verify import verify_dataset
 from tower.config import load_config
 from tower.db import make_engine, transaction
