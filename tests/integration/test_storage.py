@@ -281,13 +281,17 @@ def test_outputs_a_dead_tower_was_staging_are_taken_over_and_cataloged_once(
     dead = Runtime.open(tower.runtime.config, create=False)
     assert len(stager._lease(dead)) == 3
     (store / "flaky").mkdir(parents=True)
-    (store / "flaky" / ".out_0.txt.deadbeef.part").write_text("job 0 at")
+    partial = store / "flaky" / ".out_0.txt.deadbeef.part"
+    partial.write_text("job 0 at")
     dead.close()
     assert stager.run_once(tower.runtime) == 0  # leased by the dead one, for now
 
     tower.drive(tower.all_ended, timeout=60)
     assert_done_exactly_once(tower.runtime.engine, jobs=3)
     assert replicas_match_disk(tower, {"store": store}) == 3
+    # the dead copy's temporary is swept once older than the lease
+    tower.drive(lambda: not partial.exists(), timeout=30)
+    assert sorted(os.listdir(store / "flaky")) == ["out_0.txt", "out_1.txt", "out_2.txt"]
 
 
 def feed_fifo_when(path: Path, data: bytes, ready: Callable[[], bool],
