@@ -316,14 +316,33 @@ class Sweeper:
         return remove(runtime, found)
 
 
+#: One sweeper per tower process (Runtime.instance), shared by the stager's threads.
+_sweepers: dict[str, Sweeper] = {}
+_sweepers_lock = threading.Lock()
+
+
+def sweeper(runtime: Runtime) -> Sweeper:
+    """This tower process's sweeper."""
+    with _sweepers_lock:
+        return _sweepers.setdefault(runtime.instance, Sweeper())
+
+
 def _unstaged_directories(runtime: Runtime, session: Session) -> set[tuple[str, str]]:
-    """(destination, dataset) of every output still to be staged."""
+    """(destination, dataset) of every output still to be staged, and of every input
+    still to be staged in."""
     rows = session.execute(
         select(col(Production.dataset), col(Production.spec)).where(col(Production.id).in_(
             select(col(Job.production_id)).join(Output, col(Output.job_id) == Job.id)
             .where(col(Output.staged).is_(False))))).all()
-    return {(name, dataset) for dataset, spec in rows
-            for name in spec.get("destinations") or []
+    found = {(name, dataset) for dataset, spec in rows
+             for name in spec.get("destinations") or []}
+    inputs = session.execute(
+        select(col(StageIn.destination), col(Replica.path))
+        .join(CatalogFile, col(CatalogFile.lfn) == StageIn.lfn)
+        .join(Replica, col(Replica.file_id) == CatalogFile.id)
+        .where(col(StageIn.done).is_(False))).all()
+    found.update((name, str(PurePosixPath(path).parent)) for name, path in inputs)
+    return {(name, dataset) for name, dataset in found
             if name in runtime.config.storage.destinations}
 
 

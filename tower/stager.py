@@ -59,17 +59,13 @@ BATCH = 200
 #: Outputs staged at once.
 PARALLEL = 8
 
-#: One sweeper per tower process (Runtime.instance): what it copied into, and its cursor.
-_sweepers: dict[str, leftovers.Sweeper] = {}
-_sweepers_lock = threading.Lock()
-
 
 def run_once(runtime: Runtime) -> int:
     """One cycle: input data staged in first, then outputs out; returns the number of
     outputs staged and cataloged. Outputs are staged in parallel (each destination
     bounds its own connections)."""
     stagein.run_once(runtime)
-    sweeper = _sweeper(runtime)
+    sweeper = leftovers.sweeper(runtime)
     if sweeper.due():
         try:
             sweeper.sweep(runtime)
@@ -91,11 +87,6 @@ def run_once(runtime: Runtime) -> int:
         done.set()
         renewer.join()
         _release(runtime, ids)
-
-
-def _sweeper(runtime: Runtime) -> leftovers.Sweeper:
-    with _sweepers_lock:
-        return _sweepers.setdefault(runtime.instance, leftovers.Sweeper())
 
 
 def _release(runtime: Runtime, ids: list[int | None]) -> None:
@@ -244,7 +235,7 @@ def _copy(runtime: Runtime, output: Output, destination: str, path: str, local: 
             info = transfer.put(str(local), path)
         finally:
             # a failed put may leave its temporary (a connection lost mid-copy)
-            _sweeper(runtime).copied(destination, str(PurePosixPath(path).parent))
+            leftovers.sweeper(runtime).copied(destination, str(PurePosixPath(path).parent))
     if (info.size, info.adler32) != expected:
         _check_source(output, local)
         raise TransferError(f"{destination}:{path}: copy differs from the source (size "
@@ -302,7 +293,7 @@ def _check_source(output: Output, local: Path) -> None:
 def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> None:
     """The attempt's outputs cannot be used: the policy decides what follows."""
     log.warning("job=%s output=%s %s: %s", output.job_id, output.name, outcome, reason)
-    _sweeper(runtime).dropped(output.job_id, output.attempt)
+    leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(
             col(Output.job_id) == output.job_id, col(Output.attempt) == output.attempt,
@@ -315,7 +306,7 @@ def _drop(runtime: Runtime, output: Output, reason: str) -> None:
     """A newer attempt of the job is cataloged already: this older output is not wanted."""
     log.info("job=%s output=%s of attempt %s dropped: %s", output.job_id, output.name,
              output.attempt, reason)
-    _sweeper(runtime).dropped(output.job_id, output.attempt)
+    leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(col(Output.id) == output.id))
 
