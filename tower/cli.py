@@ -230,7 +230,8 @@ def parser() -> argparse.ArgumentParser:
     sub = command("catalog", cmd_catalog, "the catalog: `catalog ls [DATASET]` lists datasets, "
                   "or the files of one; `catalog find KEY=VALUE...` finds files by metadata; "
                   "`catalog export DATASET` prints its file list; `catalog verify DATASET` "
-                  "checks every replica at its destination (exit 1 unless all are good)")
+                  "checks every replica at its destination and lists files there that "
+                  "nothing names (exit 1 unless all replicas are good and none is left)")
     sub.add_argument("action", choices=["ls", "find", "export", "verify"])
     sub.add_argument("terms", nargs="*", metavar="DATASET|KEY=VALUE",
                      help="the dataset; for find, conditions that must all hold, such as "
@@ -239,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=["json", "names"], default="json",
                      help="export: rows with size, adler32, events and good replicas "
                      "(json), or the LFNs alone (names)")
+    sub.add_argument("--remove-leftovers", action="store_true",
+                     help="verify: remove the files in the dataset's directories that no "
+                     "replica names (orphans, temporaries of dead copies)")
 
     sub = command("sites", cmd_sites, "sites: `sites` lists each site queue (pilots, jobs "
                   "waiting, backlog and bound, broker depth, last error); `sites check NAME` "
@@ -784,7 +788,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
     try:
         if args.action == "verify":
-            return _print_verification(verify_dataset(runtime, args.terms[0]), args.json)
+            return _print_verification(verify_dataset(runtime, args.terms[0],
+                                                      args.remove_leftovers), args.json)
         with Session(runtime.engine) as session:
             if args.action == "export":
                 rows = queries.export(session, args.terms[0], args.format)
@@ -818,8 +823,9 @@ def _print_files(rows: list[dict[str, Any]]) -> None:
 
 
 def _print_verification(summary: dict[str, Any], as_json: bool) -> int:
-    """Exit 1 unless every replica was reached and is good."""
-    failed = bool(summary["bad"] or summary["missing"] or summary["unreachable"])
+    """Exit 1 unless every replica was reached and is good, and no leftover remains."""
+    kept = len(summary["leftovers"]) - summary["removed"]
+    failed = bool(summary["bad"] or summary["missing"] or summary["unreachable"] or kept)
     if as_json:
         _print_json(summary)
         return int(failed)
@@ -832,6 +838,10 @@ def _print_verification(summary: dict[str, Any], as_json: bool) -> int:
     for place in summary["unreachable"]:
         print(f"  unreachable {place['destination']} ({place['replicas']} replicas not "
               f"checked): {place['error']}")
+    for leftover in summary["leftovers"]:
+        print(f"  {leftover['kind']:<8} {leftover['where']}:{leftover['path']}  "
+              f"{leftover['size']} bytes, named by no replica"
+              + ("  (removed)" if summary["removed"] else ""))
     return int(failed)
 
 

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from catalog import files
 from catalog.models import CatalogFile
-from tower import placement
+from tower import leftovers, placement
 from tower.db import transaction
 from tower.errors import GridtowerError, TransferError
 from tower.models import StageIn
@@ -68,7 +68,10 @@ def _copy_in(runtime: Runtime, lfn: str, target: str) -> None:
                 fetched = runtime.transfer(destination).get(path, local)
                 if (fetched.size, fetched.adler32) != (size, adler32):
                     raise TransferError(f"{destination}:{path} differs from the catalog")
-                placed = runtime.transfer(target).put(local, path)
+                try:
+                    placed = runtime.transfer(target).put(local, path)
+                finally:
+                    leftovers.sweeper(runtime).copied(target, str(Path(path).parent))
                 if (placed.size, placed.adler32) != (size, adler32):
                     raise TransferError(f"{target}:{path}: copy differs from the source")
             except GridtowerError as exc:

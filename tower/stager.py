@@ -19,6 +19,11 @@ there from what the pilot measured, cannot be staged by waiting: the attempt
 becomes a stage-out failure for the policy. An output whose name another job
 of the dataset registered already is a fault of the production: the job is
 held for its manager.
+
+Whatever ends a cycle, the outputs it leased are released at its end, so an error
+of any kind (a database connection killed under it included) delays them by one
+cycle, not by the lease. Partial files of copies a killed tower left, and files
+at the site's storage that nothing holds any more, are swept (tower.leftovers).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from sqlmodel import Session, col, select
 
 from catalog import files
 from pilots.checksums import adler32_file
-from tower import post, retry, stagein
+from tower import leftovers, post, retry, stagein
 from tower.db import transaction
 from tower.errors import Conflict, GridtowerError, SourceError, TransferError
 from tower.models import Job, Output, Production
@@ -60,11 +65,18 @@ def run_once(runtime: Runtime) -> int:
     outputs staged and cataloged. Outputs are staged in parallel (each destination
     bounds its own connections)."""
     stagein.run_once(runtime)
+    sweeper = leftovers.sweeper(runtime)
+    if sweeper.due():
+        try:
+            sweeper.sweep(runtime)
+        except Exception:  # housekeeping: staging goes on; the next pass tries again
+            log.exception("sweep of partial and unheld files failed")
     leased = _lease(runtime)
     if not leased:
         return 0
+    ids = [output.id for output in leased]
     done = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(runtime, [o.id for o in leased], done),
+    renewer = threading.Thread(target=_renew, args=(runtime, ids, done),
                                name="stager-lease", daemon=True)
     renewer.start()
     try:
@@ -74,6 +86,17 @@ def run_once(runtime: Runtime) -> int:
     finally:
         done.set()
         renewer.join()
+        _release(runtime, ids)
+
+
+def _release(runtime: Runtime, ids: list[int | None]) -> None:
+    """Let go of what this cycle leased and did not finish, whatever ended it: in a
+    session of its own, as the cycle's may have died with its connection."""
+    with transaction(runtime.engine) as session:
+        session.execute(update(Output).where(
+            col(Output.id).in_(ids), col(Output.lease_owner) == runtime.instance,
+            col(Output.lease_until).is_not(None)).values(lease_until=None)
+            .execution_options(synchronize_session=False))
 
 
 def _renew(runtime: Runtime, ids: list[int | None], done: threading.Event) -> None:
@@ -208,7 +231,11 @@ def _copy(runtime: Runtime, output: Output, destination: str, path: str, local: 
     expected = (output.size, output.adler32)
     info = transfer.stat(path)
     if info is None or (info.size, info.adler32) != expected:
-        info = transfer.put(str(local), path)
+        try:
+            info = transfer.put(str(local), path)
+        finally:
+            # a failed put may leave its temporary (a connection lost mid-copy)
+            leftovers.sweeper(runtime).copied(destination, str(PurePosixPath(path).parent))
     if (info.size, info.adler32) != expected:
         _check_source(output, local)
         raise TransferError(f"{destination}:{path}: copy differs from the source (size "
@@ -266,6 +293,7 @@ def _check_source(output: Output, local: Path) -> None:
 def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> None:
     """The attempt's outputs cannot be used: the policy decides what follows."""
     log.warning("job=%s output=%s %s: %s", output.job_id, output.name, outcome, reason)
+    leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(
             col(Output.job_id) == output.job_id, col(Output.attempt) == output.attempt,
@@ -278,6 +306,7 @@ def _drop(runtime: Runtime, output: Output, reason: str) -> None:
     """A newer attempt of the job is cataloged already: this older output is not wanted."""
     log.info("job=%s output=%s of attempt %s dropped: %s", output.job_id, output.name,
              output.attempt, reason)
+    leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(col(Output.id) == output.id))
 

@@ -9,6 +9,7 @@ break a listing, a log line or a catalog entry.
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,17 @@ class FileInfo:
     adler32: str
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One name in a directory listing."""
+
+    name: str
+    directory: bool
+    size: int
+    #: Last modification, seconds since the epoch, by the destination's clock.
+    mtime: float
+
+
 class Transfer(Protocol):
     """One destination. Implementations are safe to call from several threads at once."""
 
@@ -63,6 +75,13 @@ class Transfer(Protocol):
 
     def remove(self, path: str) -> None:
         """Delete `path` at the destination; a missing file is not an error."""
+
+    def listing(self, directory: str) -> list[Entry]:
+        """The files and directories directly in `directory` (other kinds, such as symbolic
+        links, are left out); an absent directory lists nothing."""
+
+    def remove_directory(self, path: str) -> None:
+        """Delete the directory `path` if it is empty; a missing or non-empty one is left."""
 
     def url(self, path: str) -> str:
         """Where `path` lives, as the catalog records it."""
@@ -100,12 +119,22 @@ def checked_path(where: str, path: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
+#: What `partial_name` makes: what a sweep may take for the leftover of a dead copy.
+PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part")
+
+
 def partial_name(name: str) -> str:
     """The temporary name a copy is written under, next to its final `name`.
 
     Hidden and unique, so two copies of one file never write the same temporary.
     """
     return f".{name}.{uuid.uuid4().hex[:8]}.part"
+
+
+def partial_of(name: str) -> str | None:
+    """The final name whose temporary `name` is, or None if it is not one."""
+    match = PARTIAL.fullmatch(name)
+    return match["name"] if match else None
 
 
 def describe(exc: BaseException) -> str:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 from pilots.checksums import adler32_file, adler32_stream
 from tower.config import DestinationSettings
 from tower.errors import SourceError, TransferError
-from transfer.base import FileInfo, checked_path, copy_source, describe, write_complete
+from transfer.base import (
+    Entry,
+    FileInfo,
+    checked_path,
+    copy_source,
+    describe,
+    write_complete,
+)
 
 
 class LocalTransfer:
@@ -66,6 +75,31 @@ class LocalTransfer:
             target.unlink(missing_ok=True)
         except OSError as exc:
             raise TransferError(f"remove {target}: {describe(exc)}") from exc
+
+    def listing(self, directory: str) -> list[Entry]:
+        target = self._target(directory)
+        entries = []
+        try:
+            with os.scandir(target) as scan:
+                for item in scan:
+                    if item.is_symlink() or not (item.is_file() or item.is_dir()):
+                        continue
+                    info = item.stat(follow_symlinks=False)
+                    entries.append(Entry(item.name, item.is_dir(), info.st_size,
+                                         info.st_mtime))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise TransferError(f"list {target}: {describe(exc)}") from exc
+        return entries
+
+    def remove_directory(self, path: str) -> None:
+        target = self._target(path)
+        try:
+            target.rmdir()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+                raise TransferError(f"remove {target}: {describe(exc)}") from exc
 
     def url(self, path: str) -> str:
         return f"file://{self._target(path)}"

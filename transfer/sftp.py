@@ -36,6 +36,7 @@ from sites.ssh import connect, endpoint
 from tower.config import DestinationSettings
 from tower.errors import BackendError, SourceError, TransferError
 from transfer.base import (
+    Entry,
     FileInfo,
     checked_path,
     copy_source,
@@ -132,6 +133,29 @@ class SftpTransfer:
         remote = str(self._remote(path))
         with self._connection(path, "remove") as connection, suppress(FileNotFoundError):
             connection.sftp.remove(remote)
+
+    def listing(self, directory: str) -> list[Entry]:
+        remote = str(self._remote(directory))
+        with self._connection(directory, "list") as connection:
+            try:
+                found = connection.sftp.listdir_attr(remote)
+            except FileNotFoundError:
+                return []
+        return [Entry(attributes.filename, stat.S_ISDIR(mode), attributes.st_size or 0,
+                      float(attributes.st_mtime or 0))
+                for attributes in found
+                if stat.S_ISREG(mode := attributes.st_mode or 0) or stat.S_ISDIR(mode)]
+
+    def remove_directory(self, path: str) -> None:
+        remote = str(self._remote(path))
+        with self._connection(path, "remove") as connection:
+            try:
+                connection.sftp.rmdir(remote)
+            except OSError as exc:
+                # SFTP names no reason for a directory that is not empty; a timeout is
+                # the connection's fault, not the directory's
+                if isinstance(exc, TimeoutError):
+                    raise
 
     def url(self, path: str) -> str:
         return f"{self.where}{self._remote(path)}"

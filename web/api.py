@@ -534,4 +534,6 @@ def catalog_find() -> Any:
 @api.post("/catalog/datasets/<path:name>/verify")
 @needs(Permission.MANAGE)
 def catalog_verify(name: str) -> Any:
-    return jsonify(verify_dataset(_runtime(), name))
+    """`?remove_leftovers=1` removes the files nothing names (see tower.catalog_verify)."""
+    return jsonify(verify_dataset(_runtime(), name,
+                                  bool(_integer("remove_leftovers", 0, 0, 1))))

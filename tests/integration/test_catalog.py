@@ -5,6 +5,7 @@ and the API."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,14 @@ def test_the_cli_finds_exports_and_verifies(runtime: Runtime, tmp_path: Path,
 
     code, summary = run(capsys, runtime, "verify", "po")
     assert code == 0 and (summary["good"], summary["checked"]) == (2, 2)
+    # a file in the dataset's directory that no replica names
+    stray = Path(runtime.config.path).parent / "store" / "po" / "stray.csv"
+    stray.write_text("nobody's")
+    code, summary = run(capsys, runtime, "verify", "po")
+    assert code == 1 and summary["good"] == 2 and summary["leftovers"] == [
+        {"where": "store", "path": "po/stray.csv", "size": 8, "kind": "orphan"}]
+    code, summary = run(capsys, runtime, "verify", "po", "--remove-leftovers")
+    assert code == 0 and summary["removed"] == 1 and not stray.exists()
     (Path(runtime.config.path).parent / "store" / "po" / "decays_0.csv").unlink()
     code, summary = run(capsys, runtime, "verify", "po")
     assert code == 1 and (summary["good"], summary["missing"]) == (1, 1)
@@ -329,3 +338,12 @@ def test_the_api_serves_the_catalog(runtime: Runtime, tmp_path: Path) -> None:
     assert client.get("/api/v1/catalog/datasets/none/files").status_code == 404
     checked = client.post("/api/v1/catalog/datasets/rn/verify")
     assert checked.status_code == 200 and checked.json["good"] == 3  # type: ignore[index]
+    stray = Path(runtime.config.path).parent / "store" / "rn" / ".decays_0.csv.0123abcd.part"
+    stray.write_text("half")
+    os.utime(stray, (0, 0))
+    refused = client.post("/api/v1/catalog/datasets/rn/verify?remove_leftovers=yes")
+    assert refused.status_code == 400
+    assert refused.json["field"] == "remove_leftovers"  # type: ignore[index]
+    assert stray.exists()
+    checked = client.post("/api/v1/catalog/datasets/rn/verify?remove_leftovers=1")
+    assert checked.json["removed"] == 1 and not stray.exists()  # type: ignore[index]

@@ -3,7 +3,11 @@ the post step, and input data: brokering to the site that holds it, or staging i
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -277,10 +281,89 @@ def test_outputs_a_dead_tower_was_staging_are_taken_over_and_cataloged_once(
     dead = Runtime.open(tower.runtime.config, create=False)
     assert len(stager._lease(dead)) == 3
     (store / "flaky").mkdir(parents=True)
-    (store / "flaky" / ".out_0.txt.deadbeef.part").write_text("job 0 at")
+    partial = store / "flaky" / ".out_0.txt.deadbeef.part"
+    partial.write_text("job 0 at")
     dead.close()
     assert stager.run_once(tower.runtime) == 0  # leased by the dead one, for now
 
     tower.drive(tower.all_ended, timeout=60)
     assert_done_exactly_once(tower.runtime.engine, jobs=3)
     assert replicas_match_disk(tower, {"store": store}) == 3
+    # the dead copy's temporary is swept once older than the lease
+    tower.drive(lambda: not partial.exists(), timeout=30)
+    assert sorted(os.listdir(store / "flaky")) == ["out_0.txt", "out_1.txt", "out_2.txt"]
+
+
+def feed_fifo_when(path: Path, data: bytes, ready: Callable[[], bool],
+                   timeout: float = 30) -> threading.Thread:
+    """In a thread: once `ready()`, write `data` into the FIFO at `path` as soon as a
+    reader opens it (gives up after `timeout`, so a reader that never comes hangs nothing)."""
+    def feed() -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:  # ENXIO: no reader yet
+                if exc.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.05)
+                continue
+            os.set_blocking(descriptor, True)
+            with os.fdopen(descriptor, "wb") as writer:
+                writer.write(data)
+            return
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.one_database
+def test_a_database_connection_killed_under_the_stager_delays_staging_by_one_cycle(
+        live_tower: Callable[..., LiveTower], database_url: str, tmp_path: Path) -> None:
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    # the tower's connections carry a name of their own, to be found in pg_stat_activity
+    name = f"gt-stager-{os.getpid()}"
+    store = tmp_path / "store"
+    tower = live_tower(database=f"{database_url}?application_name={name}", retry=RETRY,
+                       storage={**storage({"store": f"local:{store}"}, ["store"]),
+                                "lease": 600})
+    tower.submit(flaky_production(tmp_path, jobs=1))
+    tower.drive(lambda: tower.counts() == {"staging": 1}, timeout=60, without=("stager",))
+    with Session(tower.runtime.engine) as session:
+        [output] = session.exec(select(Output)).all()
+    # the output at the site becomes a FIFO, so the copy waits, mid-cycle, for its bytes
+    source = Path(output.source)
+    data = source.read_bytes()
+    source.unlink()
+    os.mkfifo(source)
+
+    def leased_and_cut() -> bool:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            owner = admin.execute("SELECT lease_owner FROM output").fetchone()
+            if owner is None or owner[0] is None:
+                return False
+            # every connection of the tower, the stager's among them, is terminated
+            cut = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM "
+                                "pg_stat_activity WHERE application_name = %s",
+                                (name,)).fetchone()
+            return cut is not None and cut[0] > 0
+
+    feeder = feed_fifo_when(source, data, leased_and_cut)
+    with pytest.raises(OperationalError):
+        stager.run_once(tower.runtime)
+    feeder.join()
+
+    # the next cycle stages it (its copy at the destination is found whole), well before
+    # the 600 s lease would have run out
+    source.unlink()
+    source.write_bytes(data)
+    assert stager.run_once(tower.runtime) == 1
+    assert tower.counts() == {"done": 1}
+    assert_done_exactly_once(tower.runtime.engine, jobs=1)
