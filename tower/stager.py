@@ -46,6 +46,7 @@ from tower.runtime import Runtime
 from tower.specs import ProductionSpec
 from tower.states import JobState, move_jobs
 from tower.timeutil import later, utcnow
+from transfer.paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,16 @@ def _at_site(runtime: Runtime, site: str, output: Output) -> str:
 def _fetched(runtime: Runtime, site: str | None, output: Output) -> Iterator[Path]:
     """The output as a local file: read in place at a local site, fetched over SFTP (and
     checked against what the pilot measured) from a site reached by SSH."""
-    if site is None or runtime.config.sites[site].ssh is None:
-        yield Path(output.source)
+    if site is None:
+        raise SourceError(f"{output.source}: the job has no site to read it from")
+    relative = _at_site(runtime, site, output)
+    if runtime.config.sites[site].ssh is None:
+        # a link the payload made in its stage dir must not lead the tower out of storage
+        yield inside(Path(runtime.config.sites[site].storage), relative, f"site {site}")
         return
     storage = runtime.site_storage(site)
-    relative = _at_site(runtime, site, output)
     with tempfile.TemporaryDirectory(prefix="gridtower-stage-out-") as scratch:
-        local = Path(scratch) / output.name
+        local = inside(Path(scratch), output.name, "stage-out scratch")
         try:
             info = storage.get(relative, str(local))
         except GridtowerError:
