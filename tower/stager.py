@@ -46,7 +46,7 @@ from tower.runtime import Runtime
 from tower.specs import ProductionSpec
 from tower.states import JobState, move_jobs
 from tower.timeutil import later, utcnow
-from transfer.paths import inside
+from transfer.paths import inside, plain_name
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _guarded(runtime: Runtime, output: Output) -> int:
         _stage(runtime, output)
         return 1
     except SourceError as exc:
-        _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name}: {exc}")
+        _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name!r}: {exc}")
     except files.StaleAttempt as exc:
         _drop(runtime, output, str(exc))
     except Conflict as exc:
@@ -129,7 +129,8 @@ def _stage(runtime: Runtime, output: Output) -> None:
         production = session.get(Production, job.production_id)
         assert production is not None
     spec = ProductionSpec.model_validate(production.spec)
-    path = f"{production.dataset}/{output.name}"
+    # reports are checked, but an output name is the pilot's string: proved plain again
+    path = f"{production.dataset}/{plain_name(output.name, f'job {job.id} output')}"
     with _fetched(runtime, job.site, output) as local:
         _copy_all(runtime, output, spec.destinations, path, local)
         rejected = post.rejection(spec, job, output.attempt, local, output.name)
@@ -143,7 +144,7 @@ def _stage(runtime: Runtime, output: Output) -> None:
                         for name in spec.destinations):
         # every copy is verified by now
         runtime.site_storage(job.site).remove(_at_site(runtime, job.site, output))
-    log.info("job=%s staged %s to %s", job.id, output.name,
+    log.info("job=%s staged %r to %s", job.id, output.name,
              ", ".join(spec.destinations) or "nowhere")
 
 
@@ -269,7 +270,7 @@ def _check_source(output: Output, local: Path) -> None:
 
 def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> None:
     """The attempt's outputs cannot be used: the policy decides what follows."""
-    log.warning("job=%s output=%s %s: %s", output.job_id, output.name, outcome, reason)
+    log.warning("job=%s output=%r %s: %s", output.job_id, output.name, outcome, reason)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(
             col(Output.job_id) == output.job_id, col(Output.attempt) == output.attempt,
@@ -280,14 +281,14 @@ def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> No
 
 def _drop(runtime: Runtime, output: Output, reason: str) -> None:
     """A newer attempt of the job is cataloged already: this older output is not wanted."""
-    log.info("job=%s output=%s of attempt %s dropped: %s", output.job_id, output.name,
+    log.info("job=%s output=%r of attempt %s dropped: %s", output.job_id, output.name,
              output.attempt, reason)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(col(Output.id) == output.id))
 
 
 def _hold(runtime: Runtime, output: Output, reason: str) -> None:
-    log.warning("job=%s output=%s held: %s", output.job_id, output.name, reason)
+    log.warning("job=%s output=%r held: %s", output.job_id, output.name, reason)
     with transaction(runtime.engine) as session:
         session.execute(update(Output).where(col(Output.id) == output.id).values(
             lease_until=None, last_error=reason[:500]).execution_options(
@@ -299,7 +300,7 @@ def _hold(runtime: Runtime, output: Output, reason: str) -> None:
 
 def _postpone(runtime: Runtime, output: Output, error: Exception) -> None:
     delay = min(runtime.config.storage.retry_delay * 2 ** output.tries, 3600)
-    log.warning("job=%s output=%s held at the site, retry in %ss: %s",
+    log.warning("job=%s output=%r held at the site, retry in %ss: %s",
                 output.job_id, output.name, delay, error)
     with transaction(runtime.engine) as session:
         session.execute(update(Output).where(col(Output.id) == output.id).values(
