@@ -204,7 +204,6 @@ def test_a_pilot_releases_only_its_own_messages(claimed: Claimed) -> None:
     ({"exit_code": -1}, "reports.0.exit_code"),
     ({"signal": 0}, "reports.0.signal"),
     ({"log_tail": "x" * 70000}, "reports.0.log_tail"),
-    ({"reason": "r" * 501}, "reports.0.reason"),
     ({"max_rss_mb": 2**63}, "reports.0.max_rss_mb"),
     ({"outputs": [{**output("decays_0.csv", "/x"), "size": 2**63}]},
      "reports.0.outputs.0.size"),
@@ -256,13 +255,16 @@ def test_the_stager_never_fetches_to_a_name_that_leaves_its_scratch(
 
 def test_the_stager_never_follows_a_link_out_of_site_storage(
         claimed_over_ssh: Claimed, tmp_path: Path) -> None:
-    """At a site reached by SSH the tower cannot see links when the report comes: the
-    stager resolves the path on the server and refuses one that leaves the storage."""
+    """At a site reached by SSH the tower cannot see the files when the report comes, and a
+    file may become a link afterwards (another payload of the same account): the stager
+    resolves the path on the server and refuses one that leaves the storage."""
     c = claimed_over_ssh
     secret = tmp_path / "secret.csv"
     secret.write_bytes(b"abc")
-    (c.stage / "decays_0.csv").symlink_to(secret)
+    (c.stage / "decays_0.csv").write_bytes(b"abc")
     assert c.report([output("decays_0.csv", c.stage / "decays_0.csv")])["accepted"]
+    (c.stage / "decays_0.csv").unlink()
+    (c.stage / "decays_0.csv").symlink_to(secret)
     c.drive()
     assert staged_outputs(c, tmp_path) == []
     with Session(c.tower.runtime.engine) as session:
