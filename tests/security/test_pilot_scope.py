@@ -21,7 +21,6 @@ from sqlmodel import Session, select
 
 from tests.cluster import SshDaemon
 from tests.integration.conftest import LiveTower, live_tower, toy_production  # noqa: F401
-from tower import daemon
 from tower.db import transaction
 from tower.models import Attempt, Output, Pilot, QueueMessage
 
@@ -77,7 +76,7 @@ def connect(tower: LiveTower, pilots: tuple[str, ...] = ("p1", "p2")) -> str:
     url = str(tower.runtime.config.api.url)
     for pilot in pilots:
         answer = requests.post(f"{url}/api/v1/pilots/{pilot}/register",
-                               json={"host": "node1"}, timeout=30)
+                               json={"host": "node1\x00\n\x1b[2J"}, timeout=30)
         assert answer.status_code == 200, answer.text
     return url
 
@@ -227,9 +226,12 @@ def test_free_strings_are_kept_without_control_characters(claimed: Claimed) -> N
         attempt = session.exec(select(Attempt).where(Attempt.job_id == claimed.job)).one()
     assert attempt.log_tail == "line 1\nline 2\ttab"
     assert attempt.reason == "disk full[2Jforged"
+    with Session(claimed.tower.runtime.engine) as session:
+        pilot = session.get(Pilot, "p1")
+    assert pilot is not None and pilot.host == "node1[2J"
 
 
-def staged_outputs(c: Claimed, tmp_path: Path) -> list[Path]:
+def staged_outputs(c: Claimed) -> list[Path]:
     """Every file at the production's destination (tower.yaml's `store`)."""
     return [path for path in (c.tower.home / "store").rglob("*") if path.is_file()]
 
@@ -266,7 +268,7 @@ def test_the_stager_never_follows_a_link_out_of_site_storage(
     (c.stage / "decays_0.csv").unlink()
     (c.stage / "decays_0.csv").symlink_to(secret)
     c.drive()
-    assert staged_outputs(c, tmp_path) == []
+    assert staged_outputs(c) == []
     with Session(c.tower.runtime.engine) as session:
         attempt = session.exec(select(Attempt).where(Attempt.job_id == c.job)).one()
     assert attempt.outcome == "stageout" and "leaves its root" in (attempt.reason or "")
