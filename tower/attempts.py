@@ -267,18 +267,19 @@ def output_problem(item: Report, spec: ProductionSpec, storage: str | None,
         field = f"outputs[{index}]"
         why = name_problem(output.name)
         if why:
-            return f"{field}.name: {output.name!r}: {why}"
+            return f"{field}.name: {_quoted(output.name)}: {why}"
         if not any(fnmatch.fnmatchcase(output.name, pattern) for pattern in spec.outputs):
-            return f"{field}.name: {output.name!r} matches none of the production's outputs"
+            return f"{field}.name: {_quoted(output.name)} matches none of the production's outputs"
         if output.name in seen:
-            return f"{field}.name: {output.name!r} reported twice"
+            return f"{field}.name: {_quoted(output.name)} reported twice"
         seen.add(output.name)
         if storage is None:
             return f"{field}.path: the pilot's site has no storage in this tower's sites"
         folder = stage_dir(PurePosixPath(storage), spec.name, item.job, item.attempt)
         expected = str(folder / output.name)
         if output.path != expected:
-            return f"{field}.path: {output.path!r} is not {expected!r} in the attempt's stage dir"
+            return (f"{field}.path: {_quoted(output.path)} is not {expected!r} in the "
+                    "attempt's stage dir")
         if local:
             try:
                 inside(Path(folder), output.name, f"{field}.path")
@@ -296,6 +297,11 @@ def _open_attempts(session: Session, pilot_id: str, keys: list[tuple[int, int]]
         tuple_(Attempt.job_id, Attempt.number).in_(keys), Attempt.pilot_id == pilot_id,
         col(Attempt.ended_at).is_(None)).with_for_update()).all()
     return {(row.job_id, row.number): row for row in rows}
+
+
+def _quoted(text: str, limit: int = 100) -> str:
+    """A caller's string as a message shows it: escaped, and cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def classify(item: Report, spec: ProductionSpec) -> tuple[Outcome, str]:

@@ -145,6 +145,7 @@ def attacks(c: Claimed, tmp_path: Path) -> dict[str, tuple[dict[str, Any], str]]
         "no-pattern": (output("notes.txt", c.stage / "notes.txt"), "outputs[0].name"),
         "other-attempt": (output("decays_0.csv", other / "decays_0.csv"), "outputs[0].path"),
         "outside-storage": (output("decays_0.csv", "/etc/passwd"), "outputs[0].path"),
+        "long-path": (output("decays_0.csv", "/" + "a/" * 2000), "outputs[0].path"),
         "dot-dot-path": (output("decays_0.csv", c.stage / ".." / c.stage.name / "decays_0.csv"),
                          "outputs[0].path"),
         "symlink-out": (output("decays_9.csv", c.stage / "decays_9.csv"), "outputs[0].path"),
@@ -152,7 +153,7 @@ def attacks(c: Claimed, tmp_path: Path) -> dict[str, tuple[dict[str, Any], str]]
 
 
 @pytest.mark.parametrize("attack", ["dot-dot", "absolute", "sub-dir", "nul", "newline",
-                                    "no-pattern", "other-attempt", "outside-storage",
+                                    "no-pattern", "other-attempt", "outside-storage", "long-path",
                                     "dot-dot-path", "symlink-out"])
 def test_an_output_outside_the_job_is_refused_and_nothing_is_fetched(
         claimed: Claimed, tmp_path: Path, caplog: pytest.LogCaptureFixture,
