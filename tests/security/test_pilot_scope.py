@@ -273,3 +273,21 @@ def test_the_stager_never_follows_a_link_out_of_site_storage(
     with Session(c.tower.runtime.engine) as session:
         attempt = session.exec(select(Attempt).where(Attempt.job_id == c.job)).one()
     assert attempt.outcome == "stageout" and "leaves its root" in (attempt.reason or "")
+
+
+def test_an_output_name_never_forges_a_line_of_the_towers_log(
+        claimed: Claimed, caplog: pytest.LogCaptureFixture) -> None:
+    """Behind the report's checks, every log line quotes a caller's string: an output row
+    named with a newline (as a report accepted before names were checked left them) is
+    logged escaped by the stager, and fails as stageout."""
+    (claimed.stage / "decays_0.csv").write_bytes(b"abc")
+    assert claimed.report([output("decays_0.csv", claimed.stage / "decays_0.csv")])["accepted"]
+    with transaction(claimed.tower.runtime.engine) as session:
+        row = session.exec(select(Output)).one()
+        row.name = "decays_0.csv\nWARNING forged line"
+        session.add(row)
+    with caplog.at_level(logging.INFO):
+        claimed.drive()
+    said = [record.getMessage() for record in caplog.records]
+    assert any("'decays_0.csv\\nWARNING forged line'" in line for line in said), said
+    assert not [line for line in said if "\nWARNING forged" in line]
