@@ -26,6 +26,7 @@ from tower import (
     why,
 )
 from tower.access import Permission
+from tower.broker import queue_name
 from tower.catalog_verify import verify_dataset
 from tower.db import transaction
 from tower.dbqueue import ack, lease, release
@@ -155,10 +156,14 @@ def register(pilot_id: str) -> Any:
 def lease_messages(pilot_id: str) -> Any:
     """Database queue only: acknowledge done messages and lease new ones, in one round trip."""
     body = _body()
-    with transaction(_runtime().engine) as session:
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
         pilot = fleet.require_working(session, pilot_id)
         ack(session, body.ack, pilot_id)
-        if not body.queue.startswith(f"{pilot.site}."):
+        # exactly one of its site's queues: a prefix would let site "a" read site "a.b"'s
+        site = runtime.config.sites.get(pilot.site)
+        if site is None or body.queue not in {queue_name(pilot.site, queue)
+                                              for queue in site.queues}:
             raise BadRequest(f"queue {body.queue!r} is not one of site {pilot.site}'s",
                              field="queue")
         taken = lease(session, body.queue, pilot_id, body.max, LEASE_SECONDS)

@@ -291,3 +291,21 @@ def test_an_output_name_never_forges_a_line_of_the_towers_log(
     said = [record.getMessage() for record in caplog.records]
     assert any("'decays_0.csv\\nWARNING forged line'" in line for line in said), said
     assert not [line for line in said if "\nWARNING forged" in line]
+
+
+def test_a_pilot_leases_only_from_its_own_sites_queues(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:  # noqa: F811
+    """Site `local`'s pilot may not read the queue of site `local.x`, whose name starts
+    like its own queues' names."""
+    tower = live_tower(more_sites={"local.x": {}})
+    with transaction(tower.runtime.engine) as session:
+        session.add(Pilot(id="p1", site="local"))
+    url = str(tower.runtime.config.api.url)
+    requests.post(f"{url}/api/v1/pilots/p1/register", json={}, timeout=30)
+    for queue in ("local.x.default", "local.", "local.default.x"):
+        answer = requests.post(f"{url}/api/v1/pilots/p1/lease",
+                               json={"queue": queue, "max": 1}, timeout=30)
+        assert answer.status_code == 400 and answer.json()["field"] == "queue", queue
+    answer = requests.post(f"{url}/api/v1/pilots/p1/lease",
+                           json={"queue": "local.default", "max": 1}, timeout=30)
+    assert answer.status_code == 200
