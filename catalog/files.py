@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 from catalog.models import CatalogFile, Dataset, Replica, ReplicaState
 from tower.errors import Conflict, NotFound
 from tower.timeutil import utcnow
+from transfer.paths import plain_name
 
 
 class StaleAttempt(Conflict):
@@ -34,7 +35,7 @@ def register(session: Session, dataset: str, name: str, size: int, adler32: str,
 
     `meta["events"]`, when an int, is the file's event count.
     """
-    lfn = f"/{dataset}/{name}"
+    lfn = f"/{dataset}/{plain_name(name, f'dataset {dataset}')}"
     entry = session.exec(select(CatalogFile).where(
         CatalogFile.job_id == job_id, CatalogFile.name == name).with_for_update()).first()
     if entry is None:

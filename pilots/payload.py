@@ -14,14 +14,16 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, TypeVar
 
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
 from pilots.rendering import TemplateProblem, render
 
 log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=PurePath)
 
 #: Lines of the payload's output sent back with the report.
 TAIL_LINES = 60
@@ -48,7 +50,7 @@ class Payload:
         self.work_dir = work_dir
         self.output_dir = self.work_dir / "output"
         self.input_dir = self.work_dir / "inputs"
-        self.stage_dir = storage / claim["production"] / f"{self.job}.{self.attempt}"
+        self.stage_dir = stage_dir(storage, claim["production"], self.job, self.attempt)
         self.variables = {**claim["variables"], **pilot, "work_dir": self.work_dir,
                           "output_dir": self.output_dir, "input_dir": self.input_dir,
                           "python": sys.executable}
@@ -220,6 +222,12 @@ class Payload:
             "reason": reason, "log_tail": tail, "outputs": outputs or [],
             "max_rss_mb": self.max_rss_mb,
         }
+
+
+def stage_dir(storage: P, production: str, job: int, attempt: int) -> P:
+    """Where an attempt's outputs wait in the site's storage for the stager: the tower
+    accepts a reported output only as a file of this directory."""
+    return storage / production / f"{job}.{attempt}"
 
 
 def _signal_group(process: subprocess.Popen[bytes], number: int) -> None:

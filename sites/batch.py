@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from sites.config import SiteConfig
 from sites.runner import Runner
 from tower.registry import resolve
+from tower.schema import build
 
 #: Batch system name -> backend.
 BATCH_SYSTEMS = {
@@ -61,6 +62,17 @@ class BatchSystem(Protocol):
 
     def cancel(self, batch_ids: list[str]) -> None:
         """Ask the system to end these pilots (they get SIGTERM first)."""
+
+
+def check_options(site: SiteConfig, source: str) -> None:
+    """Refuse, when sites.yaml is loaded, `batch_options` the site's batch system would refuse
+    (ConfigError naming the key): a value that would become a batch directive of its own
+    never waits for the first submission. An unknown batch system is reported on first use."""
+    if site.batch in BATCH_SYSTEMS:
+        model = getattr(resolve(BATCH_SYSTEMS, site.batch, "batch system"), "options_model",
+                        None)
+        if model is not None:
+            build(model, site.batch_options, source, prefix=f"sites.{site.name}.batch_options")
 
 
 def open_batch_system(site: SiteConfig, runner: Runner) -> BatchSystem:

@@ -111,10 +111,18 @@ class CondorOptions(Strict):
     #: Where pilot logs go at the site (output, error, job event log); default: SCRATCH/pilot-logs.
     log_dir: str | None = None
 
-    @field_validator("requirements", "accounting_group", "log_dir")
+    @field_validator("requirements", "log_dir")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
         return None if value is None else _raw(value)
+
+    @field_validator("accounting_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        # a name, not an expression: nothing a submit line would read further
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]+", value):
+            raise ValueError(f"{value!r}: expected a group name (letters, digits, _ . @ -)")
+        return value
 
     @field_validator("extra")
     @classmethod

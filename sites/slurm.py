@@ -49,12 +49,24 @@ OUTCOMES = {
 }
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A partition, account, QOS or reservation: SLURM names, comma-separated. sbatch splits an
+#: #SBATCH line at white space, so "regular --uid=0" would be two options.
+_NAMES = re.compile(r"[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*")
+#: A constraint expression (features with & | , * [ ] and counts), without white space.
+_CONSTRAINT = re.compile(r"[A-Za-z0-9_.,&|*!:\[\]()+-]+")
 
 
 def _plain(value: str) -> str:
     # an #SBATCH line is read up to its end: a newline would start a new line of script
     if _CONTROL.search(value):
         raise ValueError("must not contain newlines or other control characters")
+    return value
+
+
+def _one_word(value: str) -> str:
+    # sbatch reads every word of an #SBATCH line as an option of its own
+    if not _plain(value) or any(char.isspace() for char in value):
+        raise ValueError("must be one word: sbatch would read a second word as an option")
     return value
 
 
@@ -73,17 +85,36 @@ class SlurmOptions(Strict):
     #: The script's interpreter.
     shell: str = "/bin/bash"
 
-    @field_validator("partition", "account", "qos", "constraint", "reservation", "log_dir",
-                     "shell")
+    @field_validator("partition", "account", "qos", "reservation")
     @classmethod
-    def _single_line(cls, value: str | None) -> str | None:
-        return None if value is None else _plain(value)
+    def _names(cls, value: str | None) -> str | None:
+        if value is not None and not _NAMES.fullmatch(value):
+            raise ValueError(f"{value!r}: expected SLURM names (letters, digits, _ . + -), "
+                             "comma-separated")
+        return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _constraint(cls, value: str | None) -> str | None:
+        if value is not None and not _CONSTRAINT.fullmatch(value):
+            raise ValueError(f"{value!r}: expected features joined by & | , (no spaces)")
+        return value
+
+    @field_validator("log_dir")
+    @classmethod
+    def _word(cls, value: str | None) -> str | None:
+        return None if value is None else _one_word(value)
+
+    @field_validator("shell")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        return _plain(value)
 
     @field_validator("extra")
     @classmethod
     def _options(cls, value: list[str]) -> list[str]:
         for item in value:
-            if not _plain(item).startswith("-"):
+            if not _one_word(item).startswith("-"):
                 raise ValueError(f"{item!r}: each item is one sbatch option, starting with -")
         return value
 

@@ -8,51 +8,66 @@ attempt that did not succeed is `tower.retry`'s business.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
 from pydantic import Field
 from sqlalchemy import update
 from sqlmodel import Session, col, select, tuple_
 
+from pilots.payload import stage_dir
 from tower import fleet, placement, retry
 from tower.config import TowerConfig
 from tower.db import bulk_insert
+from tower.errors import OutsideRoot
 from tower.models import Attempt, Job, Output, Production
 from tower.outcomes import Outcome
-from tower.schema import Strict
+from tower.schema import Line, Strict, Text
 from tower.specs import JobPlan, ProductionSpec, job_variables
 from tower.states import JobState, move_jobs
 from tower.timeutil import utcnow
+from transfer.paths import NAME_MAX, inside, name_problem
+
+log = logging.getLogger(__name__)
 
 #: Characters of a payload's log tail the tower keeps.
 LOG_TAIL_LIMIT = 8000
+#: The largest id, size or count a pilot may send: the database's signed 64-bit integers.
+BIGINT_MAX = 2**63 - 1
+#: A job's or a message's id, or an attempt's number, as a pilot sends it.
+Id = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
 
 
 class OutputReport(Strict):
-    name: str = Field(min_length=1, max_length=255)
-    #: Where the pilot left the file in the site's storage.
-    path: str = Field(min_length=1, max_length=2000)
-    size: int = Field(ge=0)
+    """One output as the pilot reports it. A pilot is not trusted (its payload can read its
+    credential): `report` checks the name and path against what the job may produce."""
+
+    name: str = Field(min_length=1, max_length=NAME_MAX)
+    #: Where the pilot left the file in the site's storage: its attempt's stage dir.
+    path: str = Field(min_length=1, max_length=4096)
+    size: int = Field(ge=0, le=BIGINT_MAX)
     adler32: str = Field(pattern=r"^[0-9a-f]{8}$")
 
 
 class Report(Strict):
     """What a pilot says about one ended attempt."""
 
-    job: int
-    attempt: int
+    job: Id
+    attempt: Id
     #: The pilot's view: finished, walltime, killed (pilot got SIGTERM), cancelled, setup.
     ending: str = Field(pattern=r"^(finished|walltime|killed|cancelled|setup)$")
-    exit_code: int | None = None
-    signal: int | None = None
-    reason: str | None = Field(default=None, max_length=500)
-    log_tail: str = ""
-    outputs: list[OutputReport] = Field(default_factory=list)
+    #: The payload's exit status; a payload ended by a signal has `signal` instead.
+    exit_code: int | None = Field(default=None, ge=0, le=255)
+    signal: int | None = Field(default=None, ge=1, le=128)
+    reason: Line | None = Field(default=None, max_length=500)
+    #: The pilot sends its last lines; the tower keeps LOG_TAIL_LIMIT characters.
+    log_tail: Text = Field(default="", max_length=65536)
+    outputs: list[OutputReport] = Field(default_factory=list, max_length=1000)
     #: The payload's peak resident memory (MB), measured by the pilot.
-    max_rss_mb: int | None = Field(default=None, ge=0)
+    max_rss_mb: int | None = Field(default=None, ge=0, le=BIGINT_MAX)
 
 
 @dataclass(frozen=True)
@@ -201,7 +216,7 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
     The batch costs a fixed number of statements, not a few per report: the attempts and
     jobs are read at once, and the successes move on together."""
     pilot = fleet.require_working(session, pilot_id)
-    storage = Path(config.sites[pilot.site].storage) if pilot.site in config.sites else None
+    site = config.sites.get(pilot.site)
     open_attempts = _open_attempts(session, pilot_id, [(item.job, item.attempt)
                                                        for item in reports])
     jobs = _jobs(session, [item.job for item in reports if (item.job, item.attempt)
@@ -218,15 +233,59 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
             continue
         job = jobs[item.job]
         spec = specs[job.production_id]
-        outcome, reason = classify(item, spec, storage)
+        problem = output_problem(item, spec, site.storage if site else None,
+                                 local=site is not None and site.ssh is None)
+        if problem:
+            # a lying pilot, or a payload that made names no production may use: nothing of
+            # it is staged, and the attempt ends now (the payload's fault, not the site's)
+            log.warning("pilot=%s job=%s attempt=%s report refused: %s", pilot_id, item.job,
+                        item.attempt, problem)
+            outcome, reason = Outcome.MISSING_OUTPUT, f"report refused: {problem}"
+        else:
+            outcome, reason = classify(item, spec)
         _end(session, attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:
             succeeded.append((job, item))
         else:
             retry.settle(session, config, job, spec, attempt)
-        verdicts.append(Verdict(item.job, item.attempt, True, str(outcome)))
+        verdicts.append(Verdict(item.job, item.attempt, problem is None,
+                                f"refused: {problem}" if problem else str(outcome)))
     _move_succeeded(session, succeeded)
     return verdicts
+
+
+def output_problem(item: Report, spec: ProductionSpec, storage: str | None,
+                   local: bool) -> str | None:
+    """What is wrong with the outputs a pilot reports, naming the field, or None.
+
+    Each must be a plain file name matching one of the production's output patterns, at
+    exactly `stage_dir/NAME` of this attempt in its site's storage; at a site whose storage
+    the tower reads in place (`local`), the file must not be a link leading out of there.
+    """
+    seen: set[str] = set()
+    for index, output in enumerate(item.outputs):
+        field = f"outputs[{index}]"
+        why = name_problem(output.name)
+        if why:
+            return f"{field}.name: {_quoted(output.name)}: {why}"
+        if not any(fnmatch.fnmatchcase(output.name, pattern) for pattern in spec.outputs):
+            return f"{field}.name: {_quoted(output.name)} matches none of the production's outputs"
+        if output.name in seen:
+            return f"{field}.name: {_quoted(output.name)} reported twice"
+        seen.add(output.name)
+        if storage is None:
+            return f"{field}.path: the pilot's site has no storage in this tower's sites"
+        folder = stage_dir(PurePosixPath(storage), spec.name, item.job, item.attempt)
+        expected = str(folder / output.name)
+        if output.path != expected:
+            return (f"{field}.path: {_quoted(output.path)} is not {expected!r} in the "
+                    "attempt's stage dir")
+        if local:
+            try:
+                inside(Path(folder), output.name, f"{field}.path")
+            except OutsideRoot as exc:
+                return str(exc)
+    return None
 
 
 def _open_attempts(session: Session, pilot_id: str, keys: list[tuple[int, int]]
@@ -240,7 +299,12 @@ def _open_attempts(session: Session, pilot_id: str, keys: list[tuple[int, int]]
     return {(row.job_id, row.number): row for row in rows}
 
 
-def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[Outcome, str]:
+def _quoted(text: str, limit: int = 100) -> str:
+    """A caller's string as a message shows it: escaped, and cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def classify(item: Report, spec: ProductionSpec) -> tuple[Outcome, str]:
     """The outcome class of a reported attempt, and why."""
     if item.ending == "walltime":
         return Outcome.WALLTIME, f"ran past its walltime of {spec.walltime}s"
@@ -258,9 +322,6 @@ def classify(item: Report, spec: ProductionSpec, storage: Path | None) -> tuple[
     for pattern in spec.outputs:
         if not fnmatch.filter(names, pattern):
             return Outcome.MISSING_OUTPUT, f"no output matches {pattern!r}"
-    for output in item.outputs:
-        if storage is None or not Path(output.path).resolve().is_relative_to(storage.resolve()):
-            return Outcome.MISSING_OUTPUT, f"output {output.name} is outside the site's storage"
     return Outcome.SUCCESS, "finished"
 
 

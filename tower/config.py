@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, PositiveFloat, ValidationInfo, field_validator, model_validator
 
+from sites.batch import check_options
 from sites.config import SiteConfig, SshAccess, load_sites
 from tower.access import AccessSettings
 from tower.errors import ConfigError
@@ -367,7 +368,8 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
             raise ConfigError(f"{path}: storage.default: {name!r} is not a destination "
                               f"(known: {', '.join(storage.destinations) or 'none'})",
                               field="storage.default")
-    sites = load_sites(_resolve(raw.sites, home))
+    sites_path = _resolve(raw.sites, home)
+    sites = {name: _check_site(site, sites_path) for name, site in load_sites(sites_path).items()}
     for site in sites.values():
         if site.data is not None and site.data.destination not in storage.destinations:
             raise ConfigError(f"{_resolve(raw.sites, home)}: sites.{site.name}.data.destination: "
@@ -394,6 +396,17 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
 
 def _resolve(value: str, home: Path) -> Path:
     return (home / Path(value).expanduser()).resolve()
+
+
+def _check_site(site: SiteConfig, source: Path) -> SiteConfig:
+    """What only the tower's machine can check of a site: its batch options as its batch
+    system reads them, and its SSH key readable by the tower's user alone."""
+    check_options(site, str(source))
+    if site.ssh is not None:
+        # as ssh refuses a key others may read, and as destinations' keys are refused
+        require_private(Path(site.ssh.key_file).expanduser(), f"sites.{site.name}.ssh.key_file",
+                        source)
+    return site
 
 
 def _resolve_destination(name: str, destination: DestinationSettings, home: Path,

@@ -74,14 +74,17 @@ def ack(session: Session, ids: list[int], owner: str) -> None:
             col(QueueMessage.id).in_(ids), col(QueueMessage.lease_owner) == owner))
 
 
-def release(session: Session, ids: list[int], owner: str) -> None:
-    """Return messages `owner` leased but will not handle."""
-    if ids:
-        session.execute(
-            update(QueueMessage).where(col(QueueMessage.id).in_(ids),
-                                       col(QueueMessage.lease_owner) == owner)
-            .values(leased_until=None, lease_owner=None)
-            .execution_options(synchronize_session=False))
+def release(session: Session, ids: list[int], owner: str) -> int:
+    """Return messages `owner` leased but will not handle; returns how many it held (the
+    others, another pilot's or no one's, are left as they are)."""
+    if not ids:
+        return 0
+    result = session.execute(
+        update(QueueMessage).where(col(QueueMessage.id).in_(ids),
+                                   col(QueueMessage.lease_owner) == owner)
+        .values(leased_until=None, lease_owner=None)
+        .execution_options(synchronize_session=False))
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _available() -> Any:

@@ -76,3 +76,8 @@ class TransferError(BackendError):
 
 class SourceError(TransferError):
     """The file to copy is missing at its source, or differs from what was recorded."""
+
+
+class OutsideRoot(SourceError):
+    """A path built from outside input leaves its root: it is never opened, and waiting
+    will not make it right."""

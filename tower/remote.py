@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from pilots.urls import redact
 from tower.errors import (
     BackendError,
     ConfigError,
@@ -41,6 +43,19 @@ class ClientSettings(Strict):
     key: str | None = None
     #: The CA bundle that signed the tower's certificate (default: the system's).
     ca: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        # checked here, where the message can leave the URL (and a password in it) out
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port when it is read)
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        if not parts.hostname:
+            raise ValueError("no host")
+        return url
 
 
 #: HTTP status -> the error the CLI raises (and so its exit code).
@@ -75,6 +90,9 @@ class Remote:
 
     def __init__(self, settings: ClientSettings) -> None:
         self.base = settings.url.rstrip("/") + "/api/v1"
+        #: The base as errors show it: a password in the URL is never echoed.
+        self.where = redact(self.base)
+        self._password = urlsplit(self.base).password
         self.session = requests.Session()
         if settings.cert:
             self.session.cert = (settings.cert, settings.key) if settings.key else settings.cert
@@ -89,7 +107,7 @@ class Remote:
             answer = self.session.request(method, self.base + path, params=query, json=body,
                                           timeout=TIMEOUT, verify=self.verify)
         except requests.RequestException as exc:
-            raise BackendError(f"{self.base}: {exc}") from None
+            raise BackendError(f"{self.where}: {self._scrub(str(exc))}") from None
         try:
             data = answer.json()
         except ValueError:
@@ -100,6 +118,10 @@ class Remote:
         field = (data or {}).get("field") if isinstance(data, dict) else None
         error = ERRORS.get(answer.status_code, BackendError)
         raise error(f"{method} {path}: {message or f'HTTP {answer.status_code}'}", field=field)
+
+    def _scrub(self, text: str) -> str:
+        # requests may quote the URL it was given, userinfo and all
+        return text.replace(self._password, "***") if self._password else text
 
     def close(self) -> None:
         self.session.close()

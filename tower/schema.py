@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import stat
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from pilots.units import parse_duration, parse_memory
 from tower.errors import ConfigError, GridtowerError
@@ -101,3 +102,16 @@ def require_private(path: Path, key: str, source: str | Path, what: str = "a pri
     if mode & 0o077:
         raise ConfigError(f"{source}: {key}: {path} has mode {mode:04o}: {what} must be "
                           f"readable by its owner alone (chmod 600 {path})", field=key)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` without control characters (NUL, escape sequences, newlines unless in `keep`)
+    or lone surrogates, which no database column or log line should carry."""
+    return "".join(char for char in text if char in keep
+                   or unicodedata.category(char) not in ("Cc", "Cs"))
+
+
+#: A caller's free text of one line (a reason, a host name), control characters stripped.
+Line = Annotated[str, AfterValidator(printable)]
+#: A caller's free text of many lines (a log tail): newlines and tabs kept.
+Text = Annotated[str, AfterValidator(lambda text: printable(text, keep="\n\t"))]

@@ -20,6 +20,7 @@ from tower.errors import GridtowerError, TransferError
 from tower.models import StageIn
 from tower.runtime import Runtime
 from tower.timeutil import later, utcnow
+from transfer.paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _copy_in(runtime: Runtime, lfn: str, target: str) -> None:
     problems = []
     for destination, path, size, adler32 in sources:
         with tempfile.TemporaryDirectory(prefix="gridtower-stage-in-") as scratch:
-            local = str(Path(scratch) / Path(path).name)
+            local = str(inside(Path(scratch), Path(path).name, "stage-in scratch"))
             try:
                 fetched = runtime.transfer(destination).get(path, local)
                 if (fetched.size, fetched.adler32) != (size, adler32):

@@ -51,6 +51,7 @@ from tower.runtime import Runtime
 from tower.specs import ProductionSpec
 from tower.states import JobState, move_jobs
 from tower.timeutil import later, utcnow
+from transfer.paths import inside, plain_name
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _guarded(runtime: Runtime, output: Output) -> int:
         _stage(runtime, output)
         return 1
     except SourceError as exc:
-        _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name}: {exc}")
+        _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name!r}: {exc}")
     except files.StaleAttempt as exc:
         _drop(runtime, output, str(exc))
     except Conflict as exc:
@@ -151,7 +152,8 @@ def _stage(runtime: Runtime, output: Output) -> None:
         production = session.get(Production, job.production_id)
         assert production is not None
     spec = ProductionSpec.model_validate(production.spec)
-    path = f"{production.dataset}/{output.name}"
+    # reports are checked, but an output name is the pilot's string: proved plain again
+    path = f"{production.dataset}/{plain_name(output.name, f'job {job.id} output')}"
     with _fetched(runtime, job.site, output) as local:
         _copy_all(runtime, output, spec.destinations, path, local)
         rejected = post.rejection(spec, job, output.attempt, local, output.name)
@@ -165,7 +167,7 @@ def _stage(runtime: Runtime, output: Output) -> None:
                         for name in spec.destinations):
         # every copy is verified by now
         runtime.site_storage(job.site).remove(_at_site(runtime, job.site, output))
-    log.info("job=%s staged %s to %s", job.id, output.name,
+    log.info("job=%s staged %r to %s", job.id, output.name,
              ", ".join(spec.destinations) or "nowhere")
 
 
@@ -182,13 +184,16 @@ def _at_site(runtime: Runtime, site: str, output: Output) -> str:
 def _fetched(runtime: Runtime, site: str | None, output: Output) -> Iterator[Path]:
     """The output as a local file: read in place at a local site, fetched over SFTP (and
     checked against what the pilot measured) from a site reached by SSH."""
-    if site is None or runtime.config.sites[site].ssh is None:
-        yield Path(output.source)
+    if site is None:
+        raise SourceError(f"{output.source}: the job has no site to read it from")
+    relative = _at_site(runtime, site, output)
+    if runtime.config.sites[site].ssh is None:
+        # a link the payload made in its stage dir must not lead the tower out of storage
+        yield inside(Path(runtime.config.sites[site].storage), relative, f"site {site}")
         return
     storage = runtime.site_storage(site)
-    relative = _at_site(runtime, site, output)
     with tempfile.TemporaryDirectory(prefix="gridtower-stage-out-") as scratch:
-        local = Path(scratch) / output.name
+        local = inside(Path(scratch), output.name, "stage-out scratch")
         try:
             info = storage.get(relative, str(local))
         except GridtowerError:
@@ -292,7 +297,7 @@ def _check_source(output: Output, local: Path) -> None:
 
 def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> None:
     """The attempt's outputs cannot be used: the policy decides what follows."""
-    log.warning("job=%s output=%s %s: %s", output.job_id, output.name, outcome, reason)
+    log.warning("job=%s output=%r %s: %s", output.job_id, output.name, outcome, reason)
     leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(
@@ -304,7 +309,7 @@ def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> No
 
 def _drop(runtime: Runtime, output: Output, reason: str) -> None:
     """A newer attempt of the job is cataloged already: this older output is not wanted."""
-    log.info("job=%s output=%s of attempt %s dropped: %s", output.job_id, output.name,
+    log.info("job=%s output=%r of attempt %s dropped: %s", output.job_id, output.name,
              output.attempt, reason)
     leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
@@ -312,7 +317,7 @@ def _drop(runtime: Runtime, output: Output, reason: str) -> None:
 
 
 def _hold(runtime: Runtime, output: Output, reason: str) -> None:
-    log.warning("job=%s output=%s held: %s", output.job_id, output.name, reason)
+    log.warning("job=%s output=%r held: %s", output.job_id, output.name, reason)
     with transaction(runtime.engine) as session:
         session.execute(update(Output).where(col(Output.id) == output.id).values(
             lease_until=None, last_error=reason[:500]).execution_options(
@@ -324,7 +329,7 @@ def _hold(runtime: Runtime, output: Output, reason: str) -> None:
 
 def _postpone(runtime: Runtime, output: Output, error: Exception) -> None:
     delay = min(runtime.config.storage.retry_delay * 2 ** output.tries, 3600)
-    log.warning("job=%s output=%s held at the site, retry in %ss: %s",
+    log.warning("job=%s output=%r held at the site, retry in %ss: %s",
                 output.job_id, output.name, delay, error)
     with transaction(runtime.engine) as session:
         session.execute(update(Output).where(col(Output.id) == output.id).values(

@@ -9,14 +9,8 @@ from pathlib import Path
 from pilots.checksums import adler32_file, adler32_stream
 from tower.config import DestinationSettings
 from tower.errors import SourceError, TransferError
-from transfer.base import (
-    Entry,
-    FileInfo,
-    checked_path,
-    copy_source,
-    describe,
-    write_complete,
-)
+from transfer.base import Entry, FileInfo, copy_source, describe, write_complete
+from transfer.paths import inside
 
 
 class LocalTransfer:
@@ -29,11 +23,8 @@ class LocalTransfer:
         self.root = Path(settings.root)
 
     def _target(self, path: str) -> Path:
-        target = (self.root / checked_path(str(self.root), path)).resolve()
         # a symbolic link inside the root may still point out of it
-        if not target.is_relative_to(self.root.resolve()):
-            raise TransferError(f"{self.root}: {path!r} leaves the destination's root")
-        return target
+        return inside(self.root, path, str(self.root))
 
     def put(self, source: str, path: str) -> FileInfo:
         target = self._target(path)

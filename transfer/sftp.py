@@ -44,6 +44,7 @@ from transfer.base import (
     partial_name,
     write_complete,
 )
+from transfer.paths import require_under
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class SftpTransfer:
         self._generation = 0
         #: Until the server says it lacks the extension.
         self._posix_rename = True
+        #: The root as the server resolves it, once it exists.
+        self._real_root: PurePosixPath | None = None
 
     def put(self, source: str, path: str) -> FileInfo:
         final = self._remote(path)
@@ -93,6 +96,7 @@ class SftpTransfer:
         with reader, self._connection(path, "put") as connection:
             sftp = connection.sftp
             self._make_directories(sftp, final.parent)
+            self._confine(sftp, final.parent, path)
             # closed by hand, not by a `with`: after a timeout, closing would wait again
             writer = sftp.open(str(partial), "wb")
             try:
@@ -113,6 +117,7 @@ class SftpTransfer:
     def get(self, path: str, target: str) -> FileInfo:
         remote = str(self._remote(path))
         with self._connection(path, "get") as connection:
+            self._confine(connection.sftp, remote, path)
             reader = connection.sftp.open(remote, "rb")
             reader.prefetch()
             size, adler32 = write_complete(Path(target),
@@ -125,6 +130,7 @@ class SftpTransfer:
         remote = str(self._remote(path))
         with self._connection(path, "stat") as connection:
             try:
+                self._confine(connection.sftp, remote, path)
                 return _read_back(connection.sftp, remote)
             except FileNotFoundError:
                 return None
@@ -132,6 +138,7 @@ class SftpTransfer:
     def remove(self, path: str) -> None:
         remote = str(self._remote(path))
         with self._connection(path, "remove") as connection, suppress(FileNotFoundError):
+            self._confine(connection.sftp, remote, path)
             connection.sftp.remove(remote)
 
     def listing(self, directory: str) -> list[Entry]:
@@ -169,6 +176,16 @@ class SftpTransfer:
 
     def _remote(self, path: str) -> PurePosixPath:
         return self.root / checked_path(f"{self.where}{self.root}", path)
+
+    def _confine(self, sftp: paramiko.SFTPClient, remote: PurePosixPath | str,
+                 path: str) -> None:
+        """Refuse `remote` if, resolved by the server (symbolic links followed), it leaves
+        the root: at a site's storage the payload may have made the links (OutsideRoot,
+        which no retry makes right). A missing file raises FileNotFoundError."""
+        if self._real_root is None:
+            self._real_root = PurePosixPath(sftp.normalize(str(self.root)))
+        require_under(PurePosixPath(sftp.normalize(str(remote))), self._real_root,
+                      f"{self.where}{self.root}", path)
 
     @contextmanager
     def _connection(self, path: str, action: str) -> Iterator[_Connection]:

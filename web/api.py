@@ -26,13 +26,14 @@ from tower import (
     why,
 )
 from tower.access import Permission
+from tower.broker import queue_name
 from tower.catalog_verify import verify_dataset
 from tower.db import transaction
 from tower.dbqueue import ack, lease, release
 from tower.errors import GridtowerError, NotFound, SpecError
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.schema import Strict, build, yaml_documents
+from tower.schema import Line, Strict, build, yaml_documents
 from tower.site_status import site_queues
 from tower.specs import parse_requests
 from tower.states import JobState
@@ -51,28 +52,28 @@ class BadRequest(GridtowerError):
 
 
 class Hello(Strict):
-    host: str | None = Field(default=None, max_length=255)
+    host: Line | None = Field(default=None, max_length=255)
 
 
 class Lease(Strict):
     queue: str = Field(max_length=200)
     max: int = Field(ge=0, le=1000)
-    ack: list[int] = Field(default_factory=list, max_length=10000)
+    ack: list[attempts.Id] = Field(default_factory=list, max_length=10000)
 
 
 class Release(Strict):
-    ids: list[int] = Field(max_length=10000)
+    ids: list[attempts.Id] = Field(max_length=10000)
 
 
 class Claim(Strict):
-    jobs: list[tuple[int, int]] = Field(max_length=1000)
+    jobs: list[tuple[attempts.Id, attempts.Id]] = Field(max_length=1000)
     #: Attempts that ended since the pilot's last call: a pilot whose payloads end and
     #: whose next jobs wait reports and claims in one round trip (and one transaction).
     reports: list[attempts.Report] = Field(default_factory=list, max_length=1000)
 
 
 class Heartbeat(Strict):
-    jobs: list[tuple[int, int]] = Field(default_factory=list, max_length=10000)
+    jobs: list[tuple[attempts.Id, attempts.Id]] = Field(default_factory=list, max_length=10000)
 
 
 class Reports(Strict):
@@ -124,7 +125,7 @@ class Extension(Strict):
 
 
 class Goodbye(Strict):
-    message: str = Field(default="", max_length=500)
+    message: Line = Field(default="", max_length=500)
 
 
 def _runtime() -> Runtime:
@@ -155,10 +156,14 @@ def register(pilot_id: str) -> Any:
 def lease_messages(pilot_id: str) -> Any:
     """Database queue only: acknowledge done messages and lease new ones, in one round trip."""
     body = _body()
-    with transaction(_runtime().engine) as session:
+    runtime = _runtime()
+    with transaction(runtime.engine) as session:
         pilot = fleet.require_working(session, pilot_id)
         ack(session, body.ack, pilot_id)
-        if not body.queue.startswith(f"{pilot.site}."):
+        # exactly one of its site's queues: a prefix would let site "a" read site "a.b"'s
+        site = runtime.config.sites.get(pilot.site)
+        if site is None or body.queue not in {queue_name(pilot.site, queue)
+                                              for queue in site.queues}:
             raise BadRequest(f"queue {body.queue!r} is not one of site {pilot.site}'s",
                              field="queue")
         taken = lease(session, body.queue, pilot_id, body.max, LEASE_SECONDS)
@@ -171,8 +176,8 @@ def release_messages(pilot_id: str) -> Any:
     body = _body()
     with transaction(_runtime().engine) as session:
         fleet.require_working(session, pilot_id)
-        release(session, body.ids, pilot_id)
-    return jsonify({"released": len(body.ids)})
+        released = release(session, body.ids, pilot_id)
+    return jsonify({"released": released})
 
 
 @api.post("/pilots/<pilot_id>/claim")

@@ -223,7 +223,7 @@ def test_batch_options_reach_the_description_before_the_queue_command() -> None:
     ({"requirements": "Memory > 1\nqueue 100"},
      "sites.wisc.batch_options.requirements: must not contain newlines"),
     ({"accounting_group": "group_a \\"},
-     "sites.wisc.batch_options.accounting_group: must not end with a backslash"),
+     "sites.wisc.batch_options.accounting_group: 'group_a \\\\': expected a group name"),
     ({"extra": ["queue 10"]}, "sites.wisc.batch_options.extra: 'queue 10': gridtower queues"),
     ({"extra": ["request_disk"]}, "sites.wisc.batch_options.extra: 'request_disk': each item"),
 ])
