@@ -2,29 +2,120 @@
 
 from __future__ import annotations
 
+import json
+import math
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from annotated_types import Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from pilots.units import parse_duration, parse_memory
 from tower.errors import ConfigError, GridtowerError
 
 Model = TypeVar("Model", bound=BaseModel)
 
+#: The largest whole number any input may hold: what a signed 64-bit column stores.
+MAX_INTEGER = 2**63 - 1
+#: The deepest nesting of lists and mappings in a JSON body or a YAML document.
+MAX_DEPTH = 32
+#: The most values (scalars, lists, mappings; a YAML alias counts each time it is used) in
+#: one document: a heartbeat of 10,000 jobs holds 30,001.
+MAX_NODES = 250_000
+#: The longest duration a setting may hold (a year): the loops add durations to times.
+MAX_SECONDS = 366 * 86400
+#: The longest YAML text read (a production file, a configuration).
+MAX_YAML_CHARACTERS = 2_000_000
+#: The largest memory size (1 PiB in MB).
+MAX_MEGABYTES = 1024**3
+
 #: Seconds, written as 3600 or "1h".
-Seconds = Annotated[int, BeforeValidator(parse_duration)]
+Seconds = Annotated[int, BeforeValidator(parse_duration), Le(MAX_SECONDS)]
 #: Megabytes, written as 2000 or "2GB".
-Megabytes = Annotated[int, BeforeValidator(parse_memory)]
+Megabytes = Annotated[int, BeforeValidator(parse_memory), Le(MAX_MEGABYTES)]
+
+
+class OutOfBounds(ValueError):
+    """A value beyond what the tower accepts anywhere; `path` is where it is (keys and
+    list positions)."""
+
+    def __init__(self, message: str, path: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def bounded(value: Any, path: tuple[str | int, ...] = ()) -> Any:
+    """`value` itself, once every part of it is proved within bounds: nesting, count of
+    values, whole numbers of 63 bits, finite numbers, no NUL in a string (PostgreSQL
+    cannot store one, and no name or path needs one). Raises OutOfBounds naming where."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    nodes = 0
+    while stack:
+        item, where = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise OutOfBounds(f"more than {MAX_NODES} values", path)
+        if len(where) - len(path) > MAX_DEPTH:
+            raise OutOfBounds(f"nested deeper than {MAX_DEPTH}", where)
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise OutOfBounds("a NUL character is not allowed", where)
+        elif isinstance(item, bool) or item is None or isinstance(item, BaseModel):
+            continue  # a model checked its own fields
+        elif isinstance(item, int):
+            if abs(item) > MAX_INTEGER:
+                raise OutOfBounds(f"whole number out of range (at most {MAX_INTEGER} in "
+                                  "size)", where)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise OutOfBounds(f"{item} is not a finite number", where)
+        elif isinstance(item, dict):
+            for key, entry in item.items():
+                stack += [(key, (*where, str(key))), (entry, (*where, str(key)))]
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack += [(entry, (*where, position)) for position, entry in enumerate(item)]
+    return value
 
 
 class Strict(BaseModel):
-    """Base of every settings model: unknown keys are errors, values are immutable."""
+    """Base of every settings and request model: unknown keys are errors, values are
+    immutable, and every value is `bounded`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Strict:
+        # after coercion: 1e300 given for an int field is a whole number by then
+        for name, value in self:
+            bounded(value, (name,))
+        return self
+
+
+def json_document(data: bytes, source: str, error: type[GridtowerError] = ConfigError) -> Any:
+    """Parse JSON `data` (from `source`, for errors) and prove it `bounded`."""
+    try:
+        document = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise error(f"{source}: nested deeper than {MAX_DEPTH}") from None
+    except ValueError as exc:  # also bad UTF-8 and numbers of more than 4300 digits
+        raise error(f"{source}: invalid JSON: {exc}") from None
+    return checked(document, source, error)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def checked(document: Any, source: str, error: type[GridtowerError] = ConfigError) -> Any:
+    """`document` proved `bounded`, or `error` naming source and where."""
+    try:
+        return bounded(document)
+    except OutOfBounds as exc:
+        key = ".".join(map(str, exc.path))
+        raise error(f"{source}: {key or '(top level)'}: {exc}", field=key or None) from None
 
 
 def read_yaml(path: Path, error: type[GridtowerError] = ConfigError) -> Any:
@@ -49,21 +140,28 @@ def _documents(text: str) -> list[Any]:
 
 def _parse(path: Path, parse: Callable[[str], Any], error: type[GridtowerError]) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return _parse_text(text, str(path), parse, error)
 
 
 def _parse_text(text: str, source: str, parse: Callable[[str], Any],
                 error: type[GridtowerError]) -> Any:
+    if len(text) > MAX_YAML_CHARACTERS:
+        raise error(f"{source}: larger than {MAX_YAML_CHARACTERS} characters")
     try:
-        return parse(text)
+        document = parse(text)
+    except RecursionError:
+        raise error(f"{source}: nested deeper than {MAX_DEPTH}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise error(f"{source}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"
                     ) from exc
+    return checked(document, source, error)
 
 
 def build(
@@ -75,7 +173,10 @@ def build(
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         problem = exc.errors()[0]
-        key = ".".join(str(part) for part in (*filter(None, [prefix]), *problem["loc"]))
+        cause = problem.get("ctx", {}).get("error")
+        inner = cause.path if isinstance(cause, OutOfBounds) else ()
+        key = ".".join(str(part) for part in (*filter(None, [prefix]), *problem["loc"],
+                                               *inner))
         message = _describe(problem)
         raise error(f"{source}: {key or '(top level)'}: {message}", field=key or None) from exc
 
