@@ -32,7 +32,7 @@ def parse(texts: list[str]) -> dict[str, Any]:
             value = raw  # not YAML: the text itself
         except RecursionError:
             raise SpecError(f"--set {key}: nested deeper than {MAX_DEPTH}", field="set") from None
-        result[key] = checked(value, f"--set {key}", SpecError)
+        result[key] = checked(value, "--set", SpecError, path=(key,))
     return result
 
 

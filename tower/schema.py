@@ -74,7 +74,8 @@ def bounded(value: Any, path: tuple[str | int, ...] = ()) -> Any:
                 raise OutOfBounds(f"{item} is not a finite number", where)
         elif isinstance(item, dict):
             for key, entry in item.items():
-                stack += [(key, (*where, str(key))), (entry, (*where, str(key)))]
+                # a bad key is named by its mapping: the key itself may be what is wrong
+                stack += [(key, where), (entry, (*where, str(key)))]
         elif isinstance(item, list | tuple | set | frozenset):
             stack += [(entry, (*where, position)) for position, entry in enumerate(item)]
     return value
@@ -109,29 +110,43 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def checked(document: Any, source: str, error: type[GridtowerError] = ConfigError) -> Any:
-    """`document` proved `bounded`, or `error` naming source and where."""
+def checked(document: Any, source: str, error: type[GridtowerError] = ConfigError,
+            path: tuple[str | int, ...] = ()) -> Any:
+    """`document` (found at `path`) proved `bounded`, or `error` naming source and where."""
     try:
-        return bounded(document)
+        return bounded(document, path)
     except OutOfBounds as exc:
         key = ".".join(map(str, exc.path))
         raise error(f"{source}: {key or '(top level)'}: {exc}", field=key or None) from None
 
 
+def _checked_documents(documents: list[Any], source: str, error: type[GridtowerError]
+                       ) -> list[Any]:
+    """`documents` of one file proved `bounded` together (aliases count in every one);
+    the error names the document by its number and the key within it."""
+    try:
+        return bounded(documents)  # type: ignore[no-any-return]
+    except OutOfBounds as exc:
+        number, *inner = exc.path or (None,)
+        where = f"{source}: document {number + 1}" if isinstance(number, int) else source
+        key = ".".join(map(str, inner))
+        raise error(f"{where}: {key or '(top level)'}: {exc}", field=key or None) from None
+
+
 def read_yaml(path: Path, error: type[GridtowerError] = ConfigError) -> Any:
     """Parse a YAML file; a missing file or a syntax error names the file (and line)."""
-    return _parse(path, yaml.safe_load, error)
+    return checked(_parse(path, yaml.safe_load, error), str(path), error)
 
 
 def read_yaml_documents(path: Path, error: type[GridtowerError] = ConfigError) -> list[Any]:
     """Every non-empty YAML document of a file (`---` separated)."""
-    return _parse(path, _documents, error)
+    return _checked_documents(_parse(path, _documents, error), str(path), error)
 
 
 def yaml_documents(text: str, source: str,
                    error: type[GridtowerError] = ConfigError) -> list[Any]:
     """Every non-empty YAML document of `text`, which came from `source` (for errors)."""
-    return _parse_text(text, source, _documents, error)
+    return _checked_documents(_parse_text(text, source, _documents, error), source, error)
 
 
 def _documents(text: str) -> list[Any]:
@@ -161,7 +176,7 @@ def _parse_text(text: str, source: str, parse: Callable[[str], Any],
         where = f":{mark.line + 1}" if mark is not None else ""
         raise error(f"{source}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"
                     ) from exc
-    return checked(document, source, error)
+    return document
 
 
 def build(
