@@ -22,7 +22,7 @@ from tower.config import TowerConfig
 from tower.db import bulk_insert
 from tower.models import Attempt, Job, Output, Production
 from tower.outcomes import Outcome
-from tower.schema import Strict
+from tower.schema import Id, Int32, Strict
 from tower.specs import JobPlan, ProductionSpec, job_variables
 from tower.states import JobState, move_jobs
 from tower.timeutil import utcnow
@@ -42,23 +42,23 @@ class OutputReport(Strict):
 class Report(Strict):
     """What a pilot says about one ended attempt."""
 
-    job: int
-    attempt: int
+    job: Id
+    attempt: Id
     #: The pilot's view: finished, walltime, killed (pilot got SIGTERM), cancelled, setup.
     ending: str = Field(pattern=r"^(finished|walltime|killed|cancelled|setup)$")
-    exit_code: int | None = None
-    signal: int | None = None
+    exit_code: Int32 | None = None
+    signal: Int32 | None = None
     reason: str | None = Field(default=None, max_length=500)
     log_tail: str = ""
     outputs: list[OutputReport] = Field(default_factory=list)
     #: The payload's peak resident memory (MB), measured by the pilot.
-    max_rss_mb: int | None = Field(default=None, ge=0)
+    max_rss_mb: Int32 | None = Field(default=None, ge=0)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    job: int
-    attempt: int
+    job: Id
+    attempt: Id
     accepted: bool
     reason: str
 

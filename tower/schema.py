@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from annotated_types import Le
+from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
 from pilots.units import parse_duration, parse_memory
@@ -20,6 +20,9 @@ Model = TypeVar("Model", bound=BaseModel)
 
 #: The largest whole number any input may hold: what a signed 64-bit column stores.
 MAX_INTEGER = 2**63 - 1
+#: The largest id, count or code the database keeps in a 32-bit column (ids of jobs and
+#: messages, attempt numbers, exit codes, priorities, events of one job).
+MAX_ID = 2**31 - 1
 #: The deepest nesting of lists and mappings in a JSON body or a YAML document.
 MAX_DEPTH = 32
 #: The most values (scalars, lists, mappings; a YAML alias counts each time it is used) in
@@ -32,6 +35,10 @@ MAX_YAML_CHARACTERS = 2_000_000
 #: The largest memory size (1 PiB in MB).
 MAX_MEGABYTES = 1024**3
 
+#: A whole number of a 32-bit column.
+Int32 = Annotated[int, Ge(-MAX_ID - 1), Le(MAX_ID)]
+#: An id of a 32-bit column.
+Id = Annotated[int, Ge(0), Le(MAX_ID)]
 #: Seconds, written as 3600 or "1h".
 Seconds = Annotated[int, BeforeValidator(parse_duration), Le(MAX_SECONDS)]
 #: Megabytes, written as 2000 or "2GB".
@@ -51,6 +58,43 @@ def bounded(value: Any, path: tuple[str | int, ...] = ()) -> Any:
     """`value` itself, once every part of it is proved within bounds: nesting, count of
     values, whole numbers of 63 bits, finite numbers, no NUL in a string (PostgreSQL
     cannot store one, and no name or path needs one). Raises OutOfBounds naming where."""
+    if not _within(value):
+        _locate(value, path)
+    return value
+
+
+def _within(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is plainly within bounds: the fast pass every body and model takes,
+    on exact types and without paths (anything else is left to `_locate`)."""
+    stack = [(value, depth)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        kind = type(item)
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            return False
+        if kind is str:
+            if "\x00" in item:
+                return False
+        elif kind is int:
+            if not -MAX_INTEGER <= item <= MAX_INTEGER:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is dict:
+            for key, entry in item.items():
+                stack += ((key, depth), (entry, depth + 1))
+        elif kind is list or kind is tuple:
+            stack += ((entry, depth + 1) for entry in item)
+        elif not (kind is bool or item is None or isinstance(item, BaseModel)):
+            return False  # a subclass or a set: the careful pass decides
+    return True
+
+
+def _locate(value: Any, path: tuple[str | int, ...]) -> None:
+    """Raise OutOfBounds naming where `value` breaks a bound, if it does."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
     nodes = 0
     while stack:
@@ -78,7 +122,6 @@ def bounded(value: Any, path: tuple[str | int, ...] = ()) -> Any:
                 stack += [(key, where), (entry, (*where, str(key)))]
         elif isinstance(item, list | tuple | set | frozenset):
             stack += [(entry, (*where, position)) for position, entry in enumerate(item)]
-    return value
 
 
 class Strict(BaseModel):
@@ -90,8 +133,9 @@ class Strict(BaseModel):
     @model_validator(mode="after")
     def _bounded(self) -> Strict:
         # after coercion: 1e300 given for an int field is a whole number by then
-        for name, value in self:
-            bounded(value, (name,))
+        if not _within(self.__dict__, depth=-1):
+            for name, value in self:
+                bounded(value, (name,))
         return self
 
 

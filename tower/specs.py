@@ -20,7 +20,15 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
 from tower.errors import SpecError
-from tower.schema import Megabytes, Seconds, Strict, build, read_yaml_documents
+from tower.schema import (
+    MAX_INTEGER,
+    Int32,
+    Megabytes,
+    Seconds,
+    Strict,
+    build,
+    read_yaml_documents,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 #: An environment variable's name, as POSIX shells and `env` accept it.
@@ -80,13 +88,13 @@ class ProductionSpec(Strict):
     environment: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
     events_total: int = Field(gt=0)
-    events_per_job: int = Field(gt=0)
+    events_per_job: Int32 = Field(gt=0)
     walltime: Seconds = Field(gt=0)
-    cores: int = Field(default=1, gt=0)
+    cores: Int32 = Field(default=1, gt=0)
     memory: Megabytes | None = Field(default=None, gt=0)
     sites: list[str] = Field(default_factory=list)
     queue: str = Field(default="default", pattern=NAME_PATTERN)
-    priority: int = 0
+    priority: Int32 = 0
     #: The fair-share group its jobs count against (tower.yaml `shares`).
     group: str = Field(default="default", pattern=NAME_PATTERN)
     trial: TrialSpec | None = None
@@ -100,7 +108,8 @@ class ProductionSpec(Strict):
     post_timeout: Seconds = Field(default=600, gt=0)
     destinations: list[str] = Field(default_factory=list)
     dataset: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,299}$")
-    seed_base: int | None = Field(default=None, ge=0)
+    #: Seeds are seed_base + index, in a 64-bit column.
+    seed_base: int | None = Field(default=None, ge=0, le=MAX_INTEGER - MAX_JOBS)
     spec_dir: str = ""
 
     @field_validator("steering")

@@ -32,7 +32,7 @@ from tower.dbqueue import ack, lease, release
 from tower.errors import GridtowerError, NotFound, SpecError
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.schema import Strict, build, json_document, yaml_documents
+from tower.schema import Id, Int32, Strict, build, json_document, yaml_documents
 from tower.site_status import site_queues
 from tower.specs import parse_requests
 from tower.states import JobState
@@ -58,22 +58,22 @@ class Hello(Strict):
 class Lease(Strict):
     queue: str = Field(max_length=200)
     max: int = Field(ge=0, le=1000)
-    ack: list[int] = Field(default_factory=list, max_length=10000)
+    ack: list[Id] = Field(default_factory=list, max_length=10000)
 
 
 class Release(Strict):
-    ids: list[int] = Field(max_length=10000)
+    ids: list[Id] = Field(max_length=10000)
 
 
 class Claim(Strict):
-    jobs: list[tuple[int, int]] = Field(max_length=1000)
+    jobs: list[tuple[Id, Id]] = Field(max_length=1000)
     #: Attempts that ended since the pilot's last call: a pilot whose payloads end and
     #: whose next jobs wait reports and claims in one round trip (and one transaction).
     reports: list[attempts.Report] = Field(default_factory=list, max_length=1000)
 
 
 class Heartbeat(Strict):
-    jobs: list[tuple[int, int]] = Field(default_factory=list, max_length=10000)
+    jobs: list[tuple[Id, Id]] = Field(default_factory=list, max_length=10000)
 
 
 class Reports(Strict):
@@ -82,13 +82,13 @@ class Reports(Strict):
 
 class RetryRequest(Strict):
     classes: list[Outcome] = Field(default_factory=list)
-    exit_code: int | None = None
+    exit_code: Int32 | None = None
 
 
 class JobChoice(Strict):
     """Jobs by id, and (or) every job of a production that the action applies to."""
 
-    jobs: list[int] = Field(default_factory=list, max_length=100000)
+    jobs: list[Id] = Field(default_factory=list, max_length=100000)
     production: str | None = None
 
 

@@ -9,7 +9,7 @@ from flask import Flask, request
 from werkzeug.routing import IntegerConverter, Map
 
 from tower.errors import GridtowerError
-from tower.schema import MAX_INTEGER
+from tower.schema import MAX_ID
 
 #: The longest value of a query parameter or a path part.
 MAX_PARAMETER_LENGTH = 2000
@@ -24,11 +24,11 @@ class BadParameter(GridtowerError):
 
 
 class BoundedInteger(IntegerConverter):
-    """`<int:...>` of at most MAX_INTEGER: a larger id names nothing (404), never an
+    """`<int:...>` (an id) of at most MAX_ID: a larger id names nothing (404), never an
     overflow in the database."""
 
     def __init__(self, url_map: Map, fixed_digits: int = 0, min: int | None = None,
-                 max: int | None = MAX_INTEGER, signed: bool = False) -> None:
+                 max: int | None = MAX_ID, signed: bool = False) -> None:
         super().__init__(url_map, fixed_digits, min, max, signed)
 
 
@@ -53,7 +53,7 @@ def _check_strings() -> None:
                                field=name)
 
 
-def whole_number(name: str, default: int, low: int, high: int = MAX_INTEGER) -> int:
+def whole_number(name: str, default: int, low: int, high: int = MAX_ID) -> int:
     """The query parameter `name` as a whole number from `low` to `high` (ASCII digits:
     `int` would read other scripts' digits too), or `default` when it is not given."""
     text = request.args.get(name)

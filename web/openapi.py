@@ -10,12 +10,12 @@ from typing import Any
 
 from flask import Flask
 
-from tower.schema import MAX_INTEGER
+from tower.schema import MAX_ID
 from web.auth import body_model, permission_of
 
 PREFIX = "/api/v1"
 _PARAMETER = re.compile(r"<(?:(\w+):)?(\w+)>")
-_TYPES = {"int": {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER},
+_TYPES = {"int": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
           "path": {"type": "string"}, None: {"type": "string"}}
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {
     "error": {"type": "string"}, "message": {"type": "string"},
