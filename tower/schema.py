@@ -197,14 +197,18 @@ def _documents(text: str) -> list[Any]:
     return [document for document in yaml.safe_load_all(text) if document is not None]
 
 
-def _parse(path: Path, parse: Callable[[str], Any], error: type[GridtowerError]) -> Any:
+def read_text(path: Path, error: type[GridtowerError] = ConfigError) -> str:
+    """A text file's content (UTF-8); a missing file or other bytes become `error`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    return _parse_text(text, str(path), parse, error)
+
+
+def _parse(path: Path, parse: Callable[[str], Any], error: type[GridtowerError]) -> Any:
+    return _parse_text(read_text(path, error), str(path), parse, error)
 
 
 def _parse_text(text: str, source: str, parse: Callable[[str], Any],

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_home
+from tower.cli import main as tower_main
 from tower.config import load_config
 from tower.errors import ConfigError, GridtowerError, SpecError
 from tower.overrides import parse
@@ -130,3 +131,12 @@ def test_a_set_value_of_ages_names_its_key() -> None:
     with pytest.raises(SpecError) as caught:
         parse(["a" + ".b" * 100 + "=1"])
     assert caught.value.field == "set"
+
+
+def test_tower_submit_of_invalid_utf8_names_the_file_without_a_traceback(
+        tower_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "request.yaml"
+    path.write_bytes(b"name: caf\xe9\nsoftware: s\n")
+    assert tower_main(["--config", str(tower_yaml), "submit", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{path}: not UTF-8" in error and "Traceback" not in error
