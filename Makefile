@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench install lint clean
+.PHONY: demo test fuzz bench install lint clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,11 @@ demo: install
 test: install
 	scripts/services.sh
 	$(BIN)/pytest -q
+
+# the API fuzzed from its OpenAPI document (tests/security), with a large budget
+fuzz: install
+	scripts/services.sh
+	GRIDTOWER_FUZZ_EXAMPLES=$${GRIDTOWER_FUZZ_EXAMPLES:-500} $(BIN)/pytest -q --timeout=3600 tests/security
 
 # the suite of bench/suite.py: gridtower beside Celery and Parsl (installed into their own
 # venv), the machine's ceilings, SLURM, a million-job production; writes bench/results/

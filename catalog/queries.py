@@ -41,6 +41,11 @@ COLUMNS = {"dataset": Dataset.name, "size": CatalogFile.size, "events": CatalogF
 #: Keys of the stager's metadata itself; any other key names a production parameter.
 META_KEYS = frozenset({"production", "software", "template_hash", "seed", "index",
                        "first_event"})
+#: The largest whole number a condition compares: what SQLite's JSON numbers and the
+#: 64-bit `size` hold; the other numeric columns are 32-bit (catalog imports nothing of
+#: the tower's schema).
+MAX_WHOLE = 2**63 - 1
+_LARGEST = {"size": MAX_WHOLE, "events": 2**31 - 1, "job": 2**31 - 1, "attempt": 2**31 - 1}
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {"=": eq, ">=": ge, "<=": le, ">": gt, "<": lt}
 
 _CONDITION = re.compile(r"^([A-Za-z_][\w\-]*(?:\.[\w\-]+)*)(>=|<=|=|>|<)(.*)$", re.DOTALL)
@@ -74,11 +79,11 @@ def parse_condition(text: str) -> Condition:
         raise QueryError(f"condition {text!r}: no value after {operator!r}", field="condition")
     if key in COLUMNS:
         if key != "dataset":
-            try:
-                int(value)
-            except ValueError:
+            if not (re.fullmatch(r"-?[0-9]{1,19}", value)
+                    and abs(int(value)) <= _LARGEST[key]):
                 raise QueryError(f"condition {text!r}: {key} is compared with a whole number, "
-                                 f"not {value!r}", field="condition") from None
+                                 f"not {value!r} (at most {_LARGEST[key]} in size)",
+                                 field="condition")
         elif operator != "=":
             raise QueryError(f"condition {text!r}: dataset is matched with =",
                              field="condition")
@@ -132,7 +137,9 @@ def _literal(value: str) -> list[Any]:
         parsed = json.loads(value)
     except ValueError:
         return []
-    if isinstance(parsed, bool) or (isinstance(parsed, int | float) and math.isfinite(parsed)):
+    if isinstance(parsed, bool) or (isinstance(parsed, float) and math.isfinite(parsed)):
+        return [parsed]
+    if isinstance(parsed, int) and abs(parsed) <= MAX_WHOLE:
         return [parsed]
     return []
 

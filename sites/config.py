@@ -9,15 +9,15 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from tower.errors import ConfigError
-from tower.schema import Megabytes, Seconds, Strict, build, read_yaml
+from tower.schema import Int32, Megabytes, Seconds, Strict, build, read_yaml
 
 
 class PilotShape(Strict):
     """What one pilot is: its batch request and how it behaves."""
 
     #: Payloads a pilot runs at once.
-    slots: int = Field(default=1, gt=0)
-    cores: int = Field(default=1, gt=0)
+    slots: Int32 = Field(default=1, gt=0)
+    cores: Int32 = Field(default=1, gt=0)
     memory: Megabytes | None = Field(default=None, gt=0)
     walltime: Seconds = Field(default=3600, gt=0)
     #: The pilot stops taking work when less than the next job's walltime plus this remains.

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import Field
 from sqlalchemy import update
@@ -25,7 +25,7 @@ from tower.db import bulk_insert
 from tower.errors import OutsideRoot
 from tower.models import Attempt, Job, Output, Production
 from tower.outcomes import Outcome
-from tower.schema import Line, Strict, Text
+from tower.schema import Id, Int32, Line, Strict, Text
 from tower.specs import JobPlan, ProductionSpec, job_variables
 from tower.states import JobState, move_jobs
 from tower.timeutil import utcnow
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Characters of a payload's log tail the tower keeps.
 LOG_TAIL_LIMIT = 8000
-#: The largest id, size or count a pilot may send: the database's signed 64-bit integers.
-BIGINT_MAX = 2**63 - 1
-#: A job's or a message's id, or an attempt's number, as a pilot sends it.
-Id = Annotated[int, Field(ge=0, le=BIGINT_MAX)]
 
 
 class OutputReport(Strict):
@@ -48,7 +44,8 @@ class OutputReport(Strict):
     name: str = Field(min_length=1, max_length=NAME_MAX)
     #: Where the pilot left the file in the site's storage: its attempt's stage dir.
     path: str = Field(min_length=1, max_length=4096)
-    size: int = Field(ge=0, le=BIGINT_MAX)
+    #: Bytes; Strict's bounds keep it within the database's signed 64-bit integers.
+    size: int = Field(ge=0)
     adler32: str = Field(pattern=r"^[0-9a-f]{8}$")
 
 
@@ -67,13 +64,13 @@ class Report(Strict):
     log_tail: Text = Field(default="", max_length=65536)
     outputs: list[OutputReport] = Field(default_factory=list, max_length=1000)
     #: The payload's peak resident memory (MB), measured by the pilot.
-    max_rss_mb: int | None = Field(default=None, ge=0, le=BIGINT_MAX)
+    max_rss_mb: Int32 | None = Field(default=None, ge=0)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    job: int
-    attempt: int
+    job: Id
+    attempt: Id
     accepted: bool
     reason: str
 

@@ -48,6 +48,7 @@ from tower.policy import load_policies
 from tower.progress import bar, phase
 from tower.remote import Remote, client_settings
 from tower.runtime import Runtime
+from tower.schema import read_text
 from tower.states import JobState, PilotState
 from tower.timeutil import jsonable
 
@@ -351,10 +352,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    try:
-        text = args.file.read_text()
-    except OSError as exc:
-        raise SpecError(f"{args.file}: cannot read: {exc.strerror}") from None
+    text = read_text(args.file, SpecError)
     body = {"text": text, "source": str(args.file), "dry_run": args.dry_run,
             "spec_dir": str(args.file.parent.resolve())}
     filer = retry.actor() if args.request else None

@@ -22,7 +22,7 @@ from tower.access import AccessSettings
 from tower.errors import ConfigError
 from tower.notify import NotificationSettings, resolve_notifications
 from tower.policy import STANDARD, Policy, load_policies
-from tower.schema import Seconds, Strict, build, read_yaml, require_private
+from tower.schema import MAX_SECONDS, Seconds, Strict, build, read_yaml, require_private
 from transfer.base import TRANSFERS
 
 DEFAULT_HOME = Path("~/.gridtower")
@@ -121,7 +121,7 @@ class LoopSettings(Strict):
     interval: Seconds = Field(default=5, ge=0)
     #: Least time between the starts of two cycles of a loop that has work waiting (it did
     #: work, or the API woke it), so each cycle's fixed cost is spread over a batch.
-    busy_pause: float = Field(default=0.1, ge=0)
+    busy_pause: float = Field(default=0.1, ge=0, le=MAX_SECONDS)
     #: Jobs the matchmaker publishes per cycle at most.
     batch_size: int = Field(default=2000, gt=0)
     #: A job left assigned this long (a crash or a broker outage before the confirm), or

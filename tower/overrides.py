@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from tower.errors import SpecError
+from tower.schema import MAX_DEPTH, checked
 
 _KEY = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-.]+)*$")
 
@@ -22,13 +23,16 @@ def parse(texts: list[str]) -> dict[str, Any]:
     for text in texts:
         key, sign, raw = text.partition("=")
         key = key.strip()
-        if not sign or not _KEY.match(key):
+        if not sign or not _KEY.match(key) or key.count(".") >= MAX_DEPTH:
             raise SpecError(f"--set {text!r}: write KEY=VALUE, e.g. parameters.source=Co57",
                             field="set")
         try:
-            result[key] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            result[key] = raw
+            value = raw  # not YAML: the text itself
+        except RecursionError:
+            raise SpecError(f"--set {key}: nested deeper than {MAX_DEPTH}", field="set") from None
+        result[key] = checked(value, "--set", SpecError, path=(key,))
     return result
 
 

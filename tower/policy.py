@@ -284,6 +284,10 @@ def _apply(policy: Policy, index: int, history: Sequence[Ended], cap: int | None
 
 # -- loading ---------------------------------------------------------------------------------
 
+#: The longest chain of policies extending each other.
+MAX_EXTENDS = 20
+
+
 def shipped() -> dict[str, Any]:
     """The raw policies that ship with gridtower (`tower/policies.yaml`)."""
     text = resources.files("tower").joinpath("policies.yaml").read_text()
@@ -324,6 +328,12 @@ def _flatten(name: str, raw: Mapping[str, Any], where: str, seen: tuple[str, ...
     parent = body.get("extends")
     if parent is None:
         return body
+    if not isinstance(parent, str):
+        raise ConfigError(f"{where}: policies.{name}.extends: expected a policy's name",
+                          field=f"policies.{name}.extends")
+    if len(seen) >= MAX_EXTENDS:
+        raise ConfigError(f"{where}: policies.{name}.extends: a chain of more than "
+                          f"{MAX_EXTENDS} policies", field=f"policies.{name}.extends")
     if parent not in raw:
         raise ConfigError(f"{where}: policies.{name}.extends: no policy named {parent!r} "
                           f"(known: {', '.join(sorted(raw))})", field=f"policies.{name}.extends")

@@ -22,6 +22,7 @@ from tower.specs import (
     ParentLookup,
     ProductionSpec,
     Resolved,
+    check_job_count,
     load_requests,
     preview,
     resolve_all,
@@ -300,6 +301,10 @@ def extend(session: Session, name: str, events_total: int) -> dict[str, Any]:
     if events_total <= old:
         raise SpecError(f"events: {events_total} is not more than the {old} events the "
                         f"production has", field="events")
+    try:  # before any job is made
+        check_job_count(events_total, production.spec["events_per_job"])
+    except ValueError as exc:
+        raise SpecError(f"events: {exc}", field="events") from None
     spec = ProductionSpec.model_validate({**production.spec, "events_total": events_total})
     added = 0
     if production.full_run:  # else its approval makes the jobs, up to the new total

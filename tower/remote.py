@@ -74,6 +74,10 @@ def client_settings(url: str | None, cert: str | None, key: str | None, ca: str 
         if not isinstance(file_values, dict):
             raise ConfigError(f"{client_file}: expected a mapping of url, cert, key, ca")
         base = client_file.parent
+        for name, value in file_values.items():
+            if name in ("cert", "key", "ca") and not isinstance(value, str):
+                raise ConfigError(f"{client_file}: {name}: expected a file's path",
+                                  field=name)
         file_values = {name: (str((base / Path(value).expanduser()).resolve())
                               if name in ("cert", "key", "ca") else value)
                        for name, value in file_values.items()}

@@ -28,6 +28,12 @@ from tower.specs import ProductionSpec, Resolved
 
 #: Names productions without a `name` column: the template's name and the data row number.
 DEFAULT_PATTERN = "{template}-{row:04d}"
+#: The widest field of a name pattern (a production's name has at most 200 characters).
+MAX_WIDTH = 200
+#: A name pattern's format: fill and alignment, sign, zero, width, precision, type; no
+#: nested fields.
+_SPEC = re.compile(r"(?:[^{}]?[<>=^])?[+\- ]?0?(?P<width>[0-9]{0,3})(?:\.[0-9]{1,2})?"
+                   r"[sdxXobfeg%]?")
 #: Problems listed in one error; the rest are only counted.
 MAX_PROBLEMS = 20
 #: Delimiters a sheet may use; the header line's most frequent one wins (a comma if none).
@@ -279,15 +285,23 @@ def _variables(sheet: Sheet) -> Iterator[tuple[str, str]]:
 def _check_pattern(pattern: str, sheet: Sheet) -> None:
     """A name pattern may use only the template, the row and the sheet's columns."""
     known = {"template", "row", *(name for name, _ in _variables(sheet))}
+    where = f"{sheet.source}: name pattern {pattern!r}"
     try:
-        fields = [field for _, field, _, _ in Formatter().parse(pattern) if field is not None]
+        fields = [(field, spec) for _, field, spec, _ in Formatter().parse(pattern)
+                  if field is not None]
     except ValueError as exc:
-        raise SpecError(f"{sheet.source}: name pattern {pattern!r}: {exc}", field="name") from exc
-    for field in fields:
-        root = re.split(r"[.\[]", field, maxsplit=1)[0]
-        if root not in known:
-            raise SpecError(f"{sheet.source}: name pattern {pattern!r}: no column named "
-                            f"{root!r} (known: {', '.join(sorted(known))})", field="name")
+        raise SpecError(f"{where}: {exc}", field="name") from exc
+    for field, spec in fields:
+        # a name only: `{template.__init__}` or `{row[0]}` would reach into objects
+        if field not in known or "." in field or "[" in field:
+            raise SpecError(f"{where}: no column named {field!r} (known: "
+                            f"{', '.join(sorted(known))})", field="name")
+        # a production's name is short: `{row:>200000000}` must not build a huge string
+        match = _SPEC.fullmatch(spec or "")
+        if match is None or int(match["width"] or 0) > MAX_WIDTH:
+            raise SpecError(f"{where}: {{{field}:{spec}}}: a format of at most "
+                            f"{MAX_WIDTH} characters' width, such as 04d, is allowed",
+                            field="name")
 
 
 def plan(session: Session, text: str, source: str, template: str, pattern: str,

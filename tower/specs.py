@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,24 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
 from tower.errors import SpecError
-from tower.schema import Megabytes, Seconds, Strict, build, read_yaml_documents
+from tower.schema import (
+    MAX_INTEGER,
+    Int32,
+    Megabytes,
+    Seconds,
+    Strict,
+    build,
+    read_yaml_documents,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+#: An environment variable's name, as POSIX shells and `env` accept it.
+ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: The most jobs one production may hold, whatever its events (and after every extend):
+#: a request is checked and split before anything is written.
+MAX_JOBS = 1_000_000
+#: The longest chain of parents within one file (a parent in the database is resolved).
+MAX_PARENTS = 50
 #: Keys merged entry by entry with the parent's, instead of replaced whole.
 MERGED_KEYS = ("parameters", "steering", "environment")
 #: Keys that belong to one request and are never inherited.
@@ -72,13 +88,13 @@ class ProductionSpec(Strict):
     environment: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
     events_total: int = Field(gt=0)
-    events_per_job: int = Field(gt=0)
+    events_per_job: Int32 = Field(gt=0)
     walltime: Seconds = Field(gt=0)
-    cores: int = Field(default=1, gt=0)
+    cores: Int32 = Field(default=1, gt=0)
     memory: Megabytes | None = Field(default=None, gt=0)
     sites: list[str] = Field(default_factory=list)
     queue: str = Field(default="default", pattern=NAME_PATTERN)
-    priority: int = 0
+    priority: Int32 = 0
     #: The fair-share group its jobs count against (tower.yaml `shares`).
     group: str = Field(default="default", pattern=NAME_PATTERN)
     trial: TrialSpec | None = None
@@ -92,15 +108,44 @@ class ProductionSpec(Strict):
     post_timeout: Seconds = Field(default=600, gt=0)
     destinations: list[str] = Field(default_factory=list)
     dataset: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,299}$")
-    seed_base: int | None = Field(default=None, ge=0)
+    #: Seeds are seed_base + index, in a 64-bit column.
+    seed_base: int | None = Field(default=None, ge=0, le=MAX_INTEGER - MAX_JOBS)
     spec_dir: str = ""
 
     @field_validator("steering")
     @classmethod
     def _plain_file_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if "/" in name or name in ("", ".", ".."):
+            if ("/" in name or name in ("", ".", "..") or len(name) > 255
+                    or not name.isprintable()):
                 raise ValueError(f"{name!r} must be a plain file name")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENVIRONMENT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name "
+                                 "(letters, digits and _, not starting with a digit)")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _relative_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            parts = pattern.split("/")
+            if not pattern or pattern.startswith("/") or ".." in parts or "" in parts:
+                raise ValueError(f"{pattern!r}: an output pattern is a non-empty path "
+                                 "relative to the job's output dir, without '..' or '//'")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_parts(cls, value: str | None) -> str | None:
+        if value is not None and any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError(f"{value!r}: a dataset name has no empty, '.' or '..' part "
+                             "(no '//' and no '/' at the end)")
         return value
 
     @field_validator("parameters")
@@ -111,6 +156,14 @@ class ProductionSpec(Strict):
                 raise ValueError(f"{name!r} is not a valid variable name")
             if name in JOB_VARIABLES or name in PILOT_VARIABLES or name in POST_VARIABLES:
                 raise ValueError(f"{name!r} is a built-in variable and cannot be a parameter")
+        return value
+
+    @field_validator("events_per_job")
+    @classmethod
+    def _job_count(cls, value: int, info: ValidationInfo) -> int:
+        total = info.data.get("events_total")
+        if total is not None:
+            check_job_count(total, value)
         return value
 
     @field_validator("trial")
@@ -137,6 +190,13 @@ class ProductionSpec(Strict):
         payload = json.dumps([self.software, self.command, self.steering, self.environment],
                              sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def check_job_count(events_total: int, events_per_job: int) -> None:
+    """ValueError when `events_total` makes more than MAX_JOBS jobs of `events_per_job`."""
+    if -(-events_total // events_per_job) > MAX_JOBS:  # ceil, in whole numbers
+        raise ValueError(f"{events_total} events of {events_per_job} a job: a production "
+                         f"holds at most {MAX_JOBS} jobs")
 
 
 @dataclass(frozen=True)
@@ -218,6 +278,9 @@ def _inherit(
     if name in chain:
         cycle = " -> ".join((*chain, name))
         raise SpecError(f"{source}: parent cycle: {cycle}", field="parent")
+    if len(chain) > MAX_PARENTS:
+        raise SpecError(f"{source}: production {chain[0]}: parent: a chain of more than "
+                        f"{MAX_PARENTS} parents", field="parent")
     if name in local:
         document = local[name]
         parent = document.get("parent")

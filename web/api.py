@@ -33,11 +33,12 @@ from tower.dbqueue import ack, lease, release
 from tower.errors import GridtowerError, NotFound, SpecError
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.schema import Line, Strict, build, yaml_documents
+from tower.schema import Id, Int32, Line, Strict, build, json_document, yaml_documents
 from tower.site_status import site_queues
 from tower.specs import parse_requests
 from tower.states import JobState
 from web.auth import body_model, caller, needs
+from web.bounds import whole_number
 
 api = Blueprint("api", __name__)
 
@@ -58,22 +59,22 @@ class Hello(Strict):
 class Lease(Strict):
     queue: str = Field(max_length=200)
     max: int = Field(ge=0, le=1000)
-    ack: list[attempts.Id] = Field(default_factory=list, max_length=10000)
+    ack: list[Id] = Field(default_factory=list, max_length=10000)
 
 
 class Release(Strict):
-    ids: list[attempts.Id] = Field(max_length=10000)
+    ids: list[Id] = Field(max_length=10000)
 
 
 class Claim(Strict):
-    jobs: list[tuple[attempts.Id, attempts.Id]] = Field(max_length=1000)
+    jobs: list[tuple[Id, Id]] = Field(max_length=1000)
     #: Attempts that ended since the pilot's last call: a pilot whose payloads end and
     #: whose next jobs wait reports and claims in one round trip (and one transaction).
     reports: list[attempts.Report] = Field(default_factory=list, max_length=1000)
 
 
 class Heartbeat(Strict):
-    jobs: list[tuple[attempts.Id, attempts.Id]] = Field(default_factory=list, max_length=10000)
+    jobs: list[tuple[Id, Id]] = Field(default_factory=list, max_length=10000)
 
 
 class Reports(Strict):
@@ -82,13 +83,13 @@ class Reports(Strict):
 
 class RetryRequest(Strict):
     classes: list[Outcome] = Field(default_factory=list)
-    exit_code: int | None = None
+    exit_code: Int32 | None = None
 
 
 class JobChoice(Strict):
     """Jobs by id, and (or) every job of a production that the action applies to."""
 
-    jobs: list[int] = Field(default_factory=list, max_length=100000)
+    jobs: list[Id] = Field(default_factory=list, max_length=100000)
     production: str | None = None
 
 
@@ -136,8 +137,8 @@ def _body() -> Any:
     """The request's JSON body, validated by the model its view declares."""
     model = body_model(current_app.view_functions[request.endpoint or ""])
     assert model is not None, "the view declares no body model"
-    data = request.get_json(silent=True)
-    if data is None:
+    data = json_document(request.get_data(), "request body", error=BadRequest)
+    if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return build(model, data, "request body", error=BadRequest)
 
@@ -284,20 +285,10 @@ def list_jobs() -> Any:
     state = args.get("state")
     if state is not None and state not in {str(s) for s in JobState}:
         raise BadRequest(f"state: no state {state!r}", field="state")
-    after, limit = _integer("after", 0, 0), _integer("limit", 100, 1, 1000)
+    after, limit = whole_number("after", 0, 0), whole_number("limit", 100, 1, 1000)
     with Session(_runtime().engine) as session:
         return jsonify(jobs.page(session, args.get("production"), state, args.get("site"),
                                  after, limit))
-
-
-def _integer(name: str, default: int, low: int, high: int | None = None) -> int:
-    text = request.args.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
-        raise BadRequest(f"{name}: expected a whole number from {low}"
-                         + (f" to {high}" if high is not None else ""), field=name)
-    return int(text)
 
 
 @api.get("/jobs/<int:job_id>")
@@ -312,7 +303,7 @@ def show_job(job_id: int) -> Any:
 @needs(Permission.READ)
 def list_pilots() -> Any:
     """Pilots, newest first, filtered by site and state."""
-    limit = _integer("limit", 50, 1, 1000)
+    limit = whole_number("limit", 50, 1, 1000)
     with Session(_runtime().engine) as session:
         return jsonify({"pilots": fleet.listing(session, request.args.get("site"),
                                                 request.args.get("state"), limit)})
@@ -335,7 +326,7 @@ def site_decisions(name: str) -> Any:
     runtime = _runtime()
     if name not in runtime.config.sites:
         raise NotFound(f"no site {name!r}", field="site")
-    limit = _integer("limit", 20, 1, 200)
+    limit = whole_number("limit", 20, 1, 200)
     with Session(runtime.engine) as session:
         return jsonify({"site": name, "decisions": [
             row.model_dump(mode="json") for row in factory.recent_decisions(session, name,

@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from tower.errors import GridtowerError
 from tower.runtime import Runtime
 from tower.timeutil import jsonable
-from web import auth
+from web import auth, bounds
 from web.api import api
 from web.metrics import metrics
 from web.pages import pages
@@ -34,6 +34,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.json = JsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["gridtower"] = runtime
+    bounds.install(app)  # before the routes: it bounds their <int:> parts
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(metrics)
     app.register_blueprint(pages)

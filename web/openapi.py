@@ -10,14 +10,17 @@ from typing import Any
 
 from flask import Flask
 
+from tower.schema import MAX_ID
 from web.auth import body_model, permission_of
 
 PREFIX = "/api/v1"
 _PARAMETER = re.compile(r"<(?:(\w+):)?(\w+)>")
-_TYPES = {"int": {"type": "integer"}, "path": {"type": "string"}, None: {"type": "string"}}
+_TYPES = {"int": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+          "path": {"type": "string"}, None: {"type": "string"}}
 ERROR = {"type": "object", "required": ["error", "message"], "properties": {
     "error": {"type": "string"}, "message": {"type": "string"},
     "field": {"type": ["string", "null"], "description": "the offending field"}}}
+COMPONENT = "#/components/schemas/"
 ANSWERS = {"400": "invalid request (the message names the field)",
            "401": "a client certificate is required",
            "403": "the certificate's roles do not allow this",
@@ -26,13 +29,14 @@ ANSWERS = {"400": "invalid request (the message names the field)",
 
 def document(app: Flask) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Error": ERROR}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if not rule.rule.startswith(PREFIX + "/"):
             continue
         view = app.view_functions[rule.endpoint]
         path = _PARAMETER.sub(r"{\2}", rule.rule[len(PREFIX):])
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            operation = _operation(rule.rule, rule.endpoint, view)
+            operation = _operation(rule.rule, rule.endpoint, view, schemas)
             # one view may serve several routes: the id names the route
             operation["operationId"] = method.lower() + re.sub(r"\W+", "_", path).rstrip("_")
             paths.setdefault(path, {})[method.lower()] = operation
@@ -40,12 +44,13 @@ def document(app: Flask) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "gridtower API", "version": version("gridtower")},
         "servers": [{"url": PREFIX}],
-        "components": {"schemas": {"Error": ERROR}},
+        "components": {"schemas": schemas},
         "paths": paths,
     }
 
 
-def _operation(rule: str, endpoint: str, view: Any) -> dict[str, Any]:
+def _operation(rule: str, endpoint: str, view: Any, schemas: dict[str, Any]
+               ) -> dict[str, Any]:
     doc = (view.__doc__ or endpoint.rsplit(".", 1)[-1].replace("_", " ")).strip()
     permission = permission_of(view)
     operation: dict[str, Any] = {
@@ -57,11 +62,19 @@ def _operation(rule: str, endpoint: str, view: Any) -> dict[str, Any]:
         "responses": {"200": {"description": "done", "content": {
             "application/json": {"schema": {"type": "object"}}}},
             **{code: {"description": text, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/Error"}}}}
+                "schema": {"$ref": COMPONENT + "Error"}}}}
                for code, text in ANSWERS.items()}},
     }
     model = body_model(view)
     if model is not None:
         operation["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": model.model_json_schema()}}}
+            "application/json": {"schema": _body_schema(model, schemas)}}}
     return operation
+
+
+def _body_schema(model: Any, schemas: dict[str, Any]) -> dict[str, Any]:
+    """`model`'s JSON schema, its nested models moved to the document's components (a
+    `$ref` in an OpenAPI document resolves against the document, not the schema)."""
+    schema = model.model_json_schema(ref_template=COMPONENT + "{model}")
+    schemas.update(schema.pop("$defs", {}))
+    return dict(schema)

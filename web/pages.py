@@ -32,6 +32,7 @@ from tower.states import JOB_TERMINAL, JobState, PilotState
 from tower.timeutil import utcnow
 from web import plots
 from web.auth import caller, needs
+from web.bounds import whole_number
 
 pages = Blueprint("pages", __name__, template_folder="templates")
 
@@ -271,13 +272,9 @@ def job_list() -> str:
                                          or None, args.get("site") or None)
     if state is not None and state not in STATE_COLOURS:
         abort(400, f"state: no state {state!r}")
-    after, limit = args.get("after", "0"), args.get("limit", str(PAGE))
-    if not after.isdigit():
-        abort(400, "after: expected a job id")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        abort(400, "limit: expected a whole number from 1 to 1000")
+    after, limit = whole_number("after", 0, 0), whole_number("limit", PAGE, 1, 1000)
     with Session(_runtime().engine) as session:
-        found = jobs.page(session, production_name, state, site_name, int(after), int(limit))
+        found = jobs.page(session, production_name, state, site_name, after, limit)
         names = [p.name for p in productions.all_productions(session)]
         total = None
         if production_name and not site_name and production_name in names:
@@ -289,7 +286,7 @@ def job_list() -> str:
                            sites=list(_runtime().config.sites), total=total,
                            chosen={"production": production_name, "state": state,
                                    "site": site_name,
-                                   "limit": int(limit) if "limit" in args else None})
+                                   "limit": limit if "limit" in args else None})
 
 
 @pages.get("/jobs/<int:job_id>")
