@@ -12,7 +12,14 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 from annotated_types import Ge, Le
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
 
 from pilots.units import parse_duration, parse_memory
 from tower.errors import ConfigError, GridtowerError

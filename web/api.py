@@ -532,4 +532,4 @@ def catalog_find() -> Any:
 def catalog_verify(name: str) -> Any:
     """`?remove_leftovers=1` removes the files nothing names (see tower.catalog_verify)."""
     return jsonify(verify_dataset(_runtime(), name,
-                                  bool(_integer("remove_leftovers", 0, 0, 1))))
+                                  bool(whole_number("remove_leftovers", 0, 0, 1))))

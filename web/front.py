@@ -339,7 +339,7 @@ async def _body(connection: h11.Connection, stream: Stream, request: h11.Request
         if name == b"content-length" and int(value) > MAX_BODY_BYTES:
             raise too_large
     if connection.they_are_waiting_for_100_continue:
-        stream.write(connection.send(h11.InformationalResponse(status_code=100)) or b"")
+        stream.write(connection.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
     chunks: list[bytes] = []
     size = 0
     while True:

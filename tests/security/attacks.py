@@ -4,6 +4,7 @@ here and by bench/slowclients.py."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -60,10 +61,9 @@ def slow_headers(port: int, count: int, tls: bool, interval: float = 2.0) -> Ite
 
 def _send_all(sockets: list[socket.socket], data: bytes) -> None:
     for sock in sockets:
-        try:
+        # the server may have hung up on this one: the attack goes on with the others
+        with contextlib.suppress(OSError):
             sock.sendall(data)
-        except OSError:
-            pass  # the server hung up on this one: the attack goes on with the others
 
 
 def ask(port: int, source: str = "127.0.0.1", path: str = "/api/v1/productions") -> int | None:
