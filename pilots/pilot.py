@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import socket
 import statistics
 import threading
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pilots.batchenv import time_left
-from pilots.client import TowerClient
+from pilots.client import TowerClient, TowerRefused
 from pilots.efficiency import SlotGaps
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
@@ -94,6 +95,9 @@ class Pilot:
         self.free_dirs = [self.scratch / f"slot-{number}"
                           for number in range(settings.slots + self.ahead)]
         self.gaps = SlotGaps()
+        #: Stage dirs of failed attempts that could not be removed yet (no report names
+        #: their files); tried again after each job.
+        self.litter: set[Path] = set()
 
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
@@ -130,9 +134,10 @@ class Pilot:
                     return self.drain_reason
                 self._pause()
                 continue
+            if time.monotonic() > self.deadline:
+                return "walltime reached"
             # asked with 0 free slots too: the source keeps its connection alive
-            started = self._take(self._capacity() - len(self.running) + len(reports),
-                                 reports)
+            started = self._take(self._free(len(reports)), reports)
             if started or self.running:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > self.settings.idle_timeout:
@@ -147,6 +152,14 @@ class Pilot:
         short = len(self.recent) >= 4 and statistics.median(self.recent) < SHORT
         return self.settings.slots + (self.ahead if short else 0)
 
+    def _free(self, ended: int) -> int:
+        """Jobs to ask for now: room below the capacity, never below 0 (when payloads
+        grow past SHORT, the capacity shrinks below what the pilot holds: those wait for
+        a slot) and never more than free work dirs. `ended`: payloads that ended and
+        are not yet reported (they still count in `running`)."""
+        held = len(self.running) - ended
+        return max(0, min(self._capacity() - held, len(self.free_dirs)))
+
     def _pause(self) -> None:
         """Wait for the next poll, or less if a message comes or a payload ends first."""
         self.source.wait(self.settings.poll)
@@ -159,6 +172,10 @@ class Pilot:
         except SourceLost as exc:
             self._send_reports(reports)
             self._drain(str(exc))
+            return 0
+        except TowerRefused as exc:  # a refused lease: the next turn asks again
+            log.warning("pilot=%s: %s", self.settings.pilot_id, exc)
+            self._send_reports(reports)
             return 0
         remaining = self.deadline - time.monotonic()
         fits = [m for m in messages if m["walltime"] + self.settings.drain_margin <= remaining]
@@ -216,7 +233,18 @@ class Pilot:
             self.free_dirs.append(payload.work_dir)
             if payload.seconds is not None:
                 self.recent.append(payload.seconds)
+            if not report["outputs"] and payload.stage_dir.exists():
+                self.litter.add(payload.stage_dir)
+        if reports and self.litter:
+            self._sweep()
         return reports
+
+    def _sweep(self) -> None:
+        """Remove the stage dirs of this pilot's failed attempts that are still there."""
+        for stage_dir in list(self.litter):
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            if not stage_dir.exists():
+                self.litter.discard(stage_dir)
 
     def _send_reports(self, reports: list[dict[str, Any]]) -> None:
         """Report ended payloads in one call, when there is nothing to claim with them."""
