@@ -1,0 +1,104 @@
+"""Real pilots against a live tower, under faults from outside: a job the pilot cannot
+prepare, payloads around the claim-ahead threshold, a full site disk, a killed pilot."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlmodel import Session, col, select
+
+from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
+from tower.models import Attempt, Job, Pilot, Production
+from tower.outcomes import Outcome
+from tower.states import JobState, PilotState
+
+ONE_SLOT = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 30},
+            "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
+
+
+def attempts(tower: LiveTower) -> list[Attempt]:
+    with Session(tower.runtime.engine) as session:
+        return list(session.exec(select(Attempt).order_by(col(Attempt.id))))
+
+
+def pilots(tower: LiveTower) -> list[Pilot]:
+    with Session(tower.runtime.engine) as session:
+        return list(session.exec(select(Pilot)))
+
+
+def change_spec(tower: LiveTower, **changes: Any) -> None:
+    """Write the production's spec in the database, past submit's validation."""
+    with Session(tower.runtime.engine) as session:
+        production = session.exec(select(Production)).one()
+        production.spec = {**production.spec, **changes}
+        session.add(production)
+        session.commit()
+
+
+def pilot_logs(tower: LiveTower) -> str:
+    logs = Path(tower.runtime.config.sites["local"].scratch) / "pilot-logs"
+    return "".join(path.read_text(errors="replace") for path in sorted(logs.glob("*.log")))
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+BAD_SPECS = {
+    "environment name with '='": {"environment": {"BAD=NAME": "x"}},
+    "steering name with NUL": {"steering": {"steering\x00.json": "{}"}},
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_SPECS))
+def test_a_job_the_pilot_cannot_prepare_is_reported_and_the_pilot_goes_on(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, database_url: str,
+        bad: str) -> None:
+    if "NUL" in bad and database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's JSONB cannot hold a NUL: such a spec cannot be stored")
+    tower = live_tower(site=ONE_SLOT)
+    tower.submit(toy_production(tmp_path, jobs=1))
+    with Session(tower.runtime.engine) as session:
+        good = dict(session.exec(select(Production)).one().spec)
+    change_spec(tower, **BAD_SPECS[bad])
+
+    tower.drive(lambda: any(a.ended_at for a in attempts(tower)), timeout=60)
+    [failed] = attempts(tower)
+    assert failed.outcome == Outcome.SETUP and failed.reason
+    assert ("cannot start" in failed.reason) or ("preparing the job failed" in failed.reason)
+
+    # the same pilot's slot takes the job's next attempt once the spec is runnable
+    change_spec(tower, **{key: good[key] for key in BAD_SPECS[bad]})
+    tower.drive(tower.all_ended, timeout=120)
+    with Session(tower.runtime.engine) as session:
+        assert session.exec(select(Job)).one().state is JobState.DONE
+    ran = attempts(tower)
+    assert ran[-1].outcome == Outcome.SUCCESS and ran[-1].pilot_id == failed.pilot_id
+
+    # and it still obeys SIGTERM
+    [pilot] = [p for p in pilots(tower) if p.id == failed.pilot_id]
+    assert pilot.batch_id and alive(int(pilot.batch_id))
+    os.kill(int(pilot.batch_id), signal.SIGTERM)
+    assert wait_until(lambda: not alive(int(pilot.batch_id or 0)), timeout=30)
+    assert "Traceback" not in pilot_logs(tower)
