@@ -102,3 +102,52 @@ def test_a_job_the_pilot_cannot_prepare_is_reported_and_the_pilot_goes_on(
     os.kill(int(pilot.batch_id), signal.SIGTERM)
     assert wait_until(lambda: not alive(int(pilot.batch_id or 0)), timeout=30)
     assert "Traceback" not in pilot_logs(tower)
+
+
+#: A payload of 0.5-1.5 s drawn from its job's seed, writing one small output.
+SLEEPER = ("import random, sys, time\n"
+           "time.sleep(random.Random(int(sys.argv[1])).uniform(0.5, 1.5))\n"
+           "open(sys.argv[2] + '/out_' + sys.argv[3] + '.txt', 'w').write(sys.argv[1])\n")
+FOUR_SLOTS = {"pilot": {"slots": 4, "cores": 4, "walltime": "10m", "idle_timeout": 3},
+              "limits": {"max_queued": 2, "max_running": 2, "max_per_cycle": 2}}
+
+
+def sleepers(directory: Path, jobs: int, seed_base: int) -> Path:
+    request = {
+        "name": "sleepers", "software": "python", "seed_base": seed_base,
+        "command": ["${python}", "-c", SLEEPER, "${seed}", "${output_dir}", "${index}"],
+        "events_total": jobs, "events_per_job": 1, "walltime": "1m",
+        "outputs": ["out_*.txt"],
+    }
+    path = directory / "sleepers.yaml"
+    path.write_text(yaml.safe_dump(request))
+    return path
+
+
+@pytest.fixture(params=["database", "amqp"])
+def broker(request: pytest.FixtureRequest) -> str:
+    if request.param == "database":
+        return "database"
+    return str(request.getfixturevalue("amqp_url"))
+
+
+@pytest.mark.one_database
+def test_payloads_around_the_claim_ahead_threshold_lose_no_pilot(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, broker: str) -> None:
+    # payloads of 0.5-1.5 s: the median of the last ones crosses SHORT (1 s) both ways,
+    # and the capacity shrinks below what a pilot holds, many times a run
+    jobs, seed = 160, int(os.environ.get("GRIDTOWER_TEST_SEED", "0")) or time.time_ns() % 10**6
+    print(f"seed_base={seed}")
+    tower = live_tower(site=FOUR_SLOTS, broker=broker)
+    tower.submit(sleepers(tmp_path, jobs, seed))
+    tower.drive(tower.all_ended, timeout=200, pause=0.1)
+    assert_done_exactly_once(tower.runtime.engine, jobs)
+    assert {a.outcome for a in attempts(tower)} == {Outcome.SUCCESS}, f"seed_base={seed}"
+    # every pilot ends as an idle pilot does, none for an error
+    tower.drive(lambda: all(p.state in (PilotState.DONE, PilotState.LOST)
+                            for p in pilots(tower)), timeout=60)
+    ended = pilots(tower)
+    assert all(p.state is PilotState.DONE and (p.message or "").startswith("idle")
+               for p in ended), [(p.state, p.message) for p in ended]
+    logs = pilot_logs(tower)
+    assert " ERROR " not in logs and "Traceback" not in logs, f"seed_base={seed}"
