@@ -23,6 +23,7 @@ from typing import Any
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
 from pilots.rendering import render
+from pilots.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Payload:
     short job), anything else is moved aside to `JOB.ATTEMPT` beside it for a look."""
 
     def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], work_dir: Path,
-                 storage: Path, gaps: SlotGaps | None = None) -> None:
+                 storage: Path, gaps: SlotGaps | None = None,
+                 watchdog: Watchdog | None = None) -> None:
         self.job: int = claim["job"]
         self.attempt: int = claim["attempt"]
         self.claim = claim
@@ -68,6 +70,7 @@ class Payload:
         self.seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._gaps = gaps or SlotGaps()
+        self._watchdog = watchdog
         self._lock = threading.Lock()
         #: Set once the pilot says why the payload must end.
         self._told = threading.Event()
@@ -129,8 +132,12 @@ class Payload:
             except (OSError, ValueError) as exc:  # ValueError: an environment name with '='
                 return self._report("setup", reason=_failure(exc, f"cannot start {argv[0]!r}"))
             self._gaps.started()
+            if self._watchdog is not None:
+                self._watchdog.watch(self._process.pid)  # its process group
         began = time.monotonic()
         code = self._wait(float(self.claim["walltime"]))
+        if self._watchdog is not None:
+            self._watchdog.forget(self._process.pid)
         self._gaps.ended()
         self.seconds = time.monotonic() - began
         if code in OUTSIDE_SIGNALS and self.ending == "finished":

@@ -30,6 +30,7 @@ from pilots.client import TowerClient, TowerRefused
 from pilots.efficiency import SlotGaps
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
+from pilots.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class Pilot:
         #: Stage dirs of failed attempts that could not be removed yet (no report names
         #: their files); tried again after each job.
         self.litter: set[Path] = set()
+        #: Kills the payloads' process groups if the pilot dies; started by `run`.
+        self.watchdog: Watchdog | None = None
 
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
@@ -114,11 +117,13 @@ class Pilot:
                  self.deadline - time.monotonic())
         beating = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
         beating.start()
+        self.watchdog = Watchdog()
         why = self._work()
         for payload in list(self.running.values()):
             payload.kill("killed", why)
         while self.running:
             self._send_reports(self._finished(block=True))
+        self.watchdog.close()
         self.source.close()
         self.client.call("goodbye", {"message": why})
         log.info("pilot=%s ended: %s; %s", self.settings.pilot_id, why, self.gaps.summary())
@@ -208,7 +213,7 @@ class Pilot:
         pilot_values = {"cores": self.settings.cores, "site": self.settings.site,
                         "pilot_id": self.settings.pilot_id}
         payload = Payload(claim, pilot_values, self.free_dirs.pop(), self.settings.storage,
-                          self.gaps)
+                          self.gaps, self.watchdog)
         self.running[payload.key] = payload
         log.info("job=%s attempt=%s started", payload.job, payload.attempt)
         self.todo.put(payload)

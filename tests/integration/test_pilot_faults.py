@@ -151,3 +151,56 @@ def test_payloads_around_the_claim_ahead_threshold_lose_no_pilot(
                for p in ended), [(p.state, p.message) for p in ended]
     logs = pilot_logs(tower)
     assert " ERROR " not in logs and "Traceback" not in logs, f"seed_base={seed}"
+
+
+def processes_in(directory: Path) -> dict[int, int]:
+    """Live processes working in `directory` or below: pid -> process group."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            group = os.getpgid(int(entry.name))
+        except OSError:
+            continue
+        if (cwd + "/").startswith(f"{directory}/") and alive(int(entry.name)):
+            found[int(entry.name)] = group
+    return found
+
+
+@pytest.fixture
+def reaped() -> Iterator[list[int]]:
+    """Process groups to SIGKILL after the test, whatever it found."""
+    groups: list[int] = []
+    yield groups
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.one_database
+def test_a_pilot_killed_with_sigkill_takes_its_payloads_along(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, reaped: list[int]) -> None:
+    two = {"pilot": {"slots": 2, "walltime": "10m", "idle_timeout": 30},
+           "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
+    tower = live_tower(site=two)
+    # each payload is a shell with two sleeps, one in the background: three processes
+    tower.submit(toy_production(tmp_path, jobs=2, command=[
+        "sh", "-c", "sleep 300 & sleep 300; wait"]))
+    scratch = Path(tower.runtime.config.sites["local"].scratch)
+
+    def payloads_run() -> bool:
+        return len(processes_in(scratch)) >= 6
+    tower.drive(payloads_run, timeout=60)
+    running = processes_in(scratch)
+    reaped.extend(set(running.values()))
+    [pilot] = pilots(tower)
+    assert pilot.batch_id
+
+    os.kill(int(pilot.batch_id), signal.SIGKILL)
+    gone = wait_until(lambda: not processes_in(scratch), timeout=10)
+    assert gone, f"left running: {processes_in(scratch)}"
+    assert not any(alive(pid) for pid in running)
