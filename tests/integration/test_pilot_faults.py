@@ -204,3 +204,59 @@ def test_a_pilot_killed_with_sigkill_takes_its_payloads_along(
     gone = wait_until(lambda: not processes_in(scratch), timeout=10)
     assert gone, f"left running: {processes_in(scratch)}"
     assert not any(alive(pid) for pid in running)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB file system of its own (tmpfs), as a site's storage; unmounted afterwards."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                       check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {exc}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+
+
+#: A payload writing an output of 300 kB.
+WRITER = "import sys\nopen(sys.argv[1] + '/big_' + sys.argv[2] + '.bin', 'wb').write(b'x' * 300000)\n"
+
+
+def files_under(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if not path.is_dir())
+
+
+@pytest.mark.one_database
+def test_a_full_site_disk_leaves_no_partial_output_and_the_production_completes(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, small_disk: Path) -> None:
+    site = {"pilot": {"slots": 2, "walltime": "10m", "idle_timeout": 30},
+            "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1},
+            "storage": str(small_disk)}
+    tower = live_tower(
+        site=site, health={"cooldown": 1},
+        storage={"destinations": {"store": {"url": "local:store", "remove_source": True}},
+                 "default": ["store"], "retry_delay": 1})
+    request = yaml.safe_load(toy_production(tmp_path, jobs=4).read_text())
+    request.update(command=["${python}", "-c", WRITER, "${output_dir}", "${index}"],
+                   outputs=["big_*.bin"])
+    (tmp_path / "writers.yaml").write_text(yaml.safe_dump(request))
+    # the disk is nearly full: no output fits, each copy runs out of space part way
+    blocker = small_disk / "blocker"
+    blocker.write_bytes(b"b" * 900_000)
+    tower.submit(tmp_path / "writers.yaml")
+
+    def failed(count: int) -> Callable[[], bool]:
+        return lambda: sum(1 for a in attempts(tower) if a.ended_at) >= count
+    tower.drive(failed(3), timeout=60)
+    ended = [a for a in attempts(tower) if a.ended_at]
+    assert {a.outcome for a in ended} == {Outcome.SETUP}
+    assert all("disk is full" in (a.reason or "") for a in ended), [a.reason for a in ended]
+    # nothing of those attempts stays at the site: no partial file, no stage dir's file
+    assert files_under(small_disk) == [blocker]
+
+    blocker.unlink()  # space comes back: the production completes
+    tower.drive(tower.all_ended, timeout=120)
+    assert_done_exactly_once(tower.runtime.engine, 4)
+    assert files_under(small_disk) == []
