@@ -251,10 +251,10 @@ def test_a_full_site_disk_leaves_no_partial_output_and_the_production_completes(
         return lambda: sum(1 for a in attempts(tower) if a.ended_at) >= count
     tower.drive(failed(3), timeout=60)
     ended = [a for a in attempts(tower) if a.ended_at]
-    assert {a.outcome for a in ended} == {Outcome.SETUP}
-    assert all("disk is full" in (a.reason or "") for a in ended), [a.reason for a in ended]
     # nothing of those attempts stays at the site: no partial file, no stage dir's file
     assert files_under(small_disk) == [blocker]
+    assert {a.outcome for a in ended} == {Outcome.SETUP}
+    assert all("disk is full" in (a.reason or "") for a in ended), [a.reason for a in ended]
 
     blocker.unlink()  # space comes back: the production completes
     tower.drive(tower.all_ended, timeout=120)
