@@ -260,3 +260,25 @@ def test_a_full_site_disk_leaves_no_partial_output_and_the_production_completes(
     tower.drive(tower.all_ended, timeout=120)
     assert_done_exactly_once(tower.runtime.engine, 4)
     assert files_under(small_disk) == []
+
+
+@pytest.mark.one_database
+def test_cancelling_a_frozen_local_pilot_ends_its_payloads(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, reaped: list[int]) -> None:
+    one = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 30},
+           "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
+    tower = live_tower(site=one)
+    tower.submit(toy_production(tmp_path, jobs=1, command=["sleep", "300"]))
+    scratch = Path(tower.runtime.config.sites["local"].scratch)
+    tower.drive(lambda: bool(processes_in(scratch)), timeout=60)
+    running = processes_in(scratch)
+    reaped.extend(set(running.values()))
+    [pilot] = pilots(tower)
+    assert pilot.batch_id
+    reaped.append(os.getpgid(int(pilot.batch_id)))
+    os.kill(int(pilot.batch_id), signal.SIGSTOP)  # it cannot stop its payload itself
+    try:
+        tower.runtime.batch_system("local").cancel([pilot.batch_id])
+        assert wait_until(lambda: not processes_in(scratch), timeout=10), processes_in(scratch)
+    finally:
+        os.kill(int(pilot.batch_id), signal.SIGCONT)
