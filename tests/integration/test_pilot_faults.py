@@ -3,6 +3,7 @@ prepare, payloads around the claim-ahead threshold, a full site disk, a killed p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -175,10 +176,8 @@ def reaped() -> Iterator[list[int]]:
     groups: list[int] = []
     yield groups
     for group in groups:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.one_database
@@ -221,7 +220,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 #: A payload writing an output of 300 kB.
-WRITER = "import sys\nopen(sys.argv[1] + '/big_' + sys.argv[2] + '.bin', 'wb').write(b'x' * 300000)\n"
+WRITER = ("import sys\n"
+          "open(sys.argv[1] + '/big_' + sys.argv[2] + '.bin', 'wb').write(b'x' * 300000)\n")
 
 
 def files_under(directory: Path) -> list[Path]:
