@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fnmatch
-import functools
 import logging
 import os
 import select
@@ -127,13 +125,15 @@ class Payload:
             try:
                 self._process = subprocess.Popen(
                     argv, cwd=self.work_dir, stdin=subprocess.DEVNULL, stdout=output,
-                    stderr=subprocess.STDOUT, env=environment, start_new_session=True,
-                    preexec_fn=functools.partial(_die_with_pilot, os.getpid()))
+                    stderr=subprocess.STDOUT, env=environment, start_new_session=True)
             except (OSError, ValueError) as exc:  # ValueError: an environment name with '='
                 return self._report("setup", reason=_failure(exc, f"cannot start {argv[0]!r}"))
             self._gaps.started()
             if self._watchdog is not None:
-                self._watchdog.watch(self._process.pid)  # its process group
+                # its process group dies with the pilot (not PR_SET_PDEATHSIG: that needs a
+                # preexec_fn, which turns subprocess's vfork into a fork, and payloads
+                # then start 4x slower)
+                self._watchdog.watch(self._process.pid)
         began = time.monotonic()
         code = self._wait(float(self.claim["walltime"]))
         if self._watchdog is not None:
@@ -286,21 +286,6 @@ def _failure(exc: BaseException, what: str = "the pilot could not run the job") 
         what = f"the site's disk is full ({what})"
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return f"{what}: {detail}"[:REASON_LIMIT]
-
-
-#: Linux's prctl option that signals a process when the thread that forked it ends.
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _die_with_pilot(pilot_pid: int) -> None:
-    """In the payload's child before exec: SIGKILL it when the pilot dies, SIGKILL
-    included, on any batch system. The signal comes when the forking thread ends: slot
-    threads live as long as the pilot."""
-    if _libc is not None:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != pilot_pid:  # the pilot died before the line above
-        os._exit(1)
 
 
 def _signal_group(process: subprocess.Popen[bytes], number: int) -> None:

@@ -1,12 +1,13 @@
 """A pilot's watchdog: its payloads' process groups end with the pilot, SIGKILL included.
 
-PDEATHSIG takes a payload's first process with its pilot, but not the processes
-that one started (they are in the payload's process group), and a batch system
-that signals only the pilot's own process group (the local one, SLURM without
-cgroups, condor) misses them all. The watchdog runs in a session of its own, so
-such a signal misses it too; it reads from a pipe the process groups the pilot
-starts (`+PGID`) and reaps (`-PGID`). When the pipe ends - the pilot exited or
-died, since the kernel closes its end - it SIGKILLs the groups still listed.
+Each payload runs in a session (and process group) of its own, so a batch system
+that signals only the pilot's process group (the local one, SLURM without
+cgroups, condor) misses them, and a pilot killed with SIGKILL cannot stop them.
+The watchdog runs in a session of its own, so such a signal misses it too; it
+reads from a pipe the process groups the pilot starts (`+PGID`) and reaps
+(`-PGID`). When the pipe ends - the pilot exited or died, since the kernel
+closes its end - it SIGKILLs the groups still listed. (A payload forked in the
+instant before its pilot's death, not yet listed, escapes it.)
 
 Started as a script (standard library only), so it needs no import path.
 """
@@ -61,7 +62,7 @@ class Watchdog:
             try:
                 stream.write(line + "\n")
                 stream.flush()
-            except (BrokenPipeError, ValueError):  # gone: PDEATHSIG still takes payloads
+            except (BrokenPipeError, ValueError):  # killed by someone: the pilot goes on
                 log.warning("the payload watchdog has ended")
 
     def close(self) -> None:
