@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import logging
 import os
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
-from pilots.rendering import TemplateProblem, render
+from pilots.rendering import render
+from pilots.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,12 @@ KILL_GRACE = 10.0
 #: system's, at the same moment as its pilot's), and how long the pilot may take to say so.
 OUTSIDE_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP})
 OUTSIDE_GRACE = 2.0
+#: Characters of a reason the tower keeps.
+REASON_LIMIT = 500
+#: Errors that mean the site's disk cannot take the outputs: the site's fault, said so.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: The suffix of an output being copied into the site's storage (removed on any error).
+PARTIAL = ".part"
 
 
 class Payload:
@@ -43,7 +51,8 @@ class Payload:
     short job), anything else is moved aside to `JOB.ATTEMPT` beside it for a look."""
 
     def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], work_dir: Path,
-                 storage: Path, gaps: SlotGaps | None = None) -> None:
+                 storage: Path, gaps: SlotGaps | None = None,
+                 watchdog: Watchdog | None = None) -> None:
         self.job: int = claim["job"]
         self.attempt: int = claim["attempt"]
         self.claim = claim
@@ -61,6 +70,7 @@ class Payload:
         self.seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._gaps = gaps or SlotGaps()
+        self._watchdog = watchdog
         self._lock = threading.Lock()
         #: Set once the pilot says why the payload must end.
         self._told = threading.Event()
@@ -71,11 +81,19 @@ class Payload:
 
     def run(self) -> dict[str, Any]:
         """Run to the end; return the report for the tower. The work dir is empty again
-        after a success; after anything else it is moved aside."""
+        after a success; after anything else it is moved aside.
+
+        This is the slot's exception boundary: whatever goes wrong while the job is
+        prepared, run or collected (a bad steering name, an environment the system
+        refuses, a full disk) ends this attempt as `setup` with the reason, its process
+        is stopped and its partial outputs removed, and the slot takes the next job."""
         try:
             report = self._run()
-        except OSError as exc:  # collecting outputs failed (a full disk, say)
-            report = self._report("setup", reason=f"the pilot could not finish the job: {exc}")
+        except Exception as exc:
+            log.exception("job=%s attempt=%s: the pilot could not run it", self.job,
+                          self.attempt)
+            self._abandon()
+            report = self._report("setup", reason=_failure(exc))
         if report["ending"] == "finished" and report["exit_code"] == 0:
             self._tidy()
             return report
@@ -87,11 +105,21 @@ class Payload:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         return report
 
+    def _abandon(self) -> None:
+        """After an error: no process of this attempt runs on, and no file of it stays in
+        the site's storage (its stage dir is its own, and no report names its files)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            _signal_group(process, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                process.wait()
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+
     def _run(self) -> dict[str, Any]:
         try:
             argv, environment = self._prepare()
-        except (OSError, TemplateProblem) as exc:
-            return self._report("setup", reason=f"preparing the job failed: {exc}")
+        except (OSError, ValueError) as exc:  # a template's problem is a ValueError
+            return self._report("setup", reason=_failure(exc, "preparing the job failed"))
         log_path = self.work_dir / "payload.log"
         with open(log_path, "wb") as output, self._lock:
             if self.ending != "finished":  # killed before it started
@@ -100,11 +128,18 @@ class Payload:
                 self._process = subprocess.Popen(
                     argv, cwd=self.work_dir, stdin=subprocess.DEVNULL, stdout=output,
                     stderr=subprocess.STDOUT, env=environment, start_new_session=True)
-            except OSError as exc:
-                return self._report("setup", reason=f"cannot start {argv[0]!r}: {exc.strerror}")
+            except (OSError, ValueError) as exc:  # ValueError: an environment name with '='
+                return self._report("setup", reason=_failure(exc, f"cannot start {argv[0]!r}"))
             self._gaps.started()
+            if self._watchdog is not None:
+                # its process group dies with the pilot (not PR_SET_PDEATHSIG: that needs a
+                # preexec_fn, which turns subprocess's vfork into a fork, and payloads
+                # then start 4x slower)
+                self._watchdog.watch(self._process.pid)
         began = time.monotonic()
         code = self._wait(float(self.claim["walltime"]))
+        if self._watchdog is not None:
+            self._watchdog.forget(self._process.pid)
         self._gaps.ended()
         self.seconds = time.monotonic() - began
         if code in OUTSIDE_SIGNALS and self.ending == "finished":
@@ -198,7 +233,11 @@ class Payload:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def _collect(self) -> list[dict[str, Any]]:
-        """Move declared outputs to the site's storage, under a name carrying the attempt."""
+        """Move declared outputs to the site's storage, under a name carrying the attempt.
+
+        Across file systems each is copied under a partial name and renamed when whole,
+        so a full disk leaves no file that looks finished; on any error the caller
+        removes the attempt's stage dir, partial file included."""
         patterns = self.claim["outputs"]
         names = sorted(path.name for path in self.output_dir.iterdir() if path.is_file())
         chosen = [name for name in names if any(fnmatch.fnmatch(name, p) for p in patterns)]
@@ -207,7 +246,7 @@ class Payload:
         outputs = []
         for name in chosen:
             target = self.stage_dir / name
-            shutil.move(self.output_dir / name, target)
+            _move(self.output_dir / name, target)
             outputs.append({"name": name, "path": str(target), "size": target.stat().st_size,
                             "adler32": adler32_file(target)})
         return outputs
@@ -228,6 +267,33 @@ def stage_dir(storage: P, production: str, job: int, attempt: int) -> P:
     """Where an attempt's outputs wait in the site's storage for the stager: the tower
     accepts a reported output only as a file of this directory."""
     return storage / production / f"{job}.{attempt}"
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move `source` to `target`: a rename on one file system, else a copy to a partial
+    name beside `target` renamed when whole (the partial copy is removed on any error)."""
+    try:
+        source.rename(target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = target.with_name(f".{target.name}{PARTIAL}")
+    try:
+        shutil.copyfile(source, partial)
+        partial.rename(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    source.unlink()
+
+
+def _failure(exc: BaseException, what: str = "the pilot could not run the job") -> str:
+    """A short reason for a `setup` report; a full disk is named as the site's."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        what = f"the site's disk is full ({what})"
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"{what}: {detail}"[:REASON_LIMIT]
 
 
 def _signal_group(process: subprocess.Popen[bytes], number: int) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import socket
 import statistics
 import threading
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from pilots.batchenv import time_left
-from pilots.client import TowerClient
+from pilots.client import TowerClient, TowerRefused
 from pilots.efficiency import SlotGaps
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
+from pilots.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,11 @@ class Pilot:
         self.free_dirs = [self.scratch / f"slot-{number}"
                           for number in range(settings.slots + self.ahead)]
         self.gaps = SlotGaps()
+        #: Stage dirs of failed attempts that could not be removed yet (no report names
+        #: their files); tried again after each job.
+        self.litter: set[Path] = set()
+        #: Kills the payloads' process groups if the pilot dies; started by `run`.
+        self.watchdog: Watchdog | None = None
 
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
@@ -110,11 +117,13 @@ class Pilot:
                  self.deadline - time.monotonic())
         beating = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
         beating.start()
+        self.watchdog = Watchdog()
         why = self._work()
         for payload in list(self.running.values()):
             payload.kill("killed", why)
         while self.running:
             self._send_reports(self._finished(block=True))
+        self.watchdog.close()
         self.source.close()
         self.client.call("goodbye", {"message": why})
         log.info("pilot=%s ended: %s; %s", self.settings.pilot_id, why, self.gaps.summary())
@@ -130,9 +139,10 @@ class Pilot:
                     return self.drain_reason
                 self._pause()
                 continue
+            if time.monotonic() > self.deadline:
+                return "walltime reached"
             # asked with 0 free slots too: the source keeps its connection alive
-            started = self._take(self._capacity() - len(self.running) + len(reports),
-                                 reports)
+            started = self._take(self._free(len(reports)), reports)
             if started or self.running:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > self.settings.idle_timeout:
@@ -147,6 +157,14 @@ class Pilot:
         short = len(self.recent) >= 4 and statistics.median(self.recent) < SHORT
         return self.settings.slots + (self.ahead if short else 0)
 
+    def _free(self, ended: int) -> int:
+        """Jobs to ask for now: room below the capacity, never below 0 (when payloads
+        grow past SHORT, the capacity shrinks below what the pilot holds: those wait for
+        a slot) and never more than free work dirs. `ended`: payloads that ended and
+        are not yet reported (they still count in `running`)."""
+        held = len(self.running) - ended
+        return max(0, min(self._capacity() - held, len(self.free_dirs)))
+
     def _pause(self) -> None:
         """Wait for the next poll, or less if a message comes or a payload ends first."""
         self.source.wait(self.settings.poll)
@@ -159,6 +177,10 @@ class Pilot:
         except SourceLost as exc:
             self._send_reports(reports)
             self._drain(str(exc))
+            return 0
+        except TowerRefused as exc:  # a refused lease: the next turn asks again
+            log.warning("pilot=%s: %s", self.settings.pilot_id, exc)
+            self._send_reports(reports)
             return 0
         remaining = self.deadline - time.monotonic()
         fits = [m for m in messages if m["walltime"] + self.settings.drain_margin <= remaining]
@@ -191,7 +213,7 @@ class Pilot:
         pilot_values = {"cores": self.settings.cores, "site": self.settings.site,
                         "pilot_id": self.settings.pilot_id}
         payload = Payload(claim, pilot_values, self.free_dirs.pop(), self.settings.storage,
-                          self.gaps)
+                          self.gaps, self.watchdog)
         self.running[payload.key] = payload
         log.info("job=%s attempt=%s started", payload.job, payload.attempt)
         self.todo.put(payload)
@@ -216,7 +238,18 @@ class Pilot:
             self.free_dirs.append(payload.work_dir)
             if payload.seconds is not None:
                 self.recent.append(payload.seconds)
+            if not report["outputs"] and payload.stage_dir.exists():
+                self.litter.add(payload.stage_dir)
+        if reports and self.litter:
+            self._sweep()
         return reports
+
+    def _sweep(self) -> None:
+        """Remove the stage dirs of this pilot's failed attempts that are still there."""
+        for stage_dir in list(self.litter):
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            if not stage_dir.exists():
+                self.litter.discard(stage_dir)
 
     def _send_reports(self, reports: list[dict[str, Any]]) -> None:
         """Report ended payloads in one call, when there is nothing to claim with them."""

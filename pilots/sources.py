@@ -8,10 +8,13 @@ database-queue site never needs the AMQP client.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from typing import Any, Protocol
 
-from pilots.client import TowerClient
+from pilots.client import TowerClient, TowerRefused
+
+log = logging.getLogger(__name__)
 
 #: Source name -> "module:Class".
 SOURCES = {
@@ -85,7 +88,10 @@ class HttpSource:
         self._interrupted.set()
 
     def close(self) -> None:
-        self.get(0)
+        try:
+            self.get(0)
+        except TowerRefused as exc:  # unacknowledged leases expire and the claim decides
+            log.warning("closing the queue %s: %s", self.queue, exc)
 
 
 def open_source(kind: str, client: TowerClient, queue: str, options: dict[str, str],

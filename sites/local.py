@@ -66,10 +66,14 @@ class LocalBatch:
         return BatchStatus(BatchState.RUNNING if alive else BatchState.ENDED)
 
     def cancel(self, batch_ids: list[str]) -> None:
+        """SIGTERM each pilot's whole tree: its process group and those of the processes
+        it started (payloads run in sessions of their own), as a batch system's cgroup
+        would; a pilot too frozen to stop its payloads then loses them anyway."""
         for batch_id in batch_ids:
             if batch_id in self._children or _is_pilot(batch_id):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(int(batch_id), signal.SIGTERM)
+                for group in _groups_of_tree(int(batch_id)):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(group, signal.SIGTERM)
 
 
 def _is_pilot(batch_id: str) -> bool:
@@ -81,3 +85,25 @@ def _is_pilot(batch_id: str) -> bool:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
     return state != "Z" and b"pilot" in cmdline
+
+
+def _groups_of_tree(pid: int) -> list[int]:
+    """The process groups of `pid` and of all its descendants (from /proc), its own first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    groups, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(child)
+                if group not in groups:
+                    groups.append(group)
+    return groups
