@@ -159,6 +159,17 @@ class SiteQueue(SQLModel, table=True):
     last_error_at: datetime | None = None
 
 
+class Presence(SQLModel, table=True):
+    """When the tower's API has been serving without a break (tower.presence): one row,
+    refreshed by every serving tower process."""
+
+    name: str = Field(primary_key=True, max_length=20)
+    #: The start of the present unbroken stretch of serving.
+    since: datetime
+    #: The last refresh.
+    seen: datetime
+
+
 class FactoryDecision(SQLModel, table=True):
     """What one factory cycle decided for one site queue, and the numbers behind it."""
 

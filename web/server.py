@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from cheroot.wsgi import Server
 
+from tower import presence
 from tower.config import TowerConfig
 from tower.runtime import Runtime
 from web.app import create_app
@@ -49,10 +50,13 @@ class ApiServer:
         port = self._server.bind_addr[1]
         self.url = f"{'https' if api.tls else 'http'}://{api.bind}:{port}"
         self.thread = threading.Thread(target=self._server.serve, name="api", daemon=True)
+        self._stop = threading.Event()
 
     def bind(self, runtime: Runtime) -> None:
-        """Serve `runtime` from now on."""
+        """Serve `runtime` from now on, recording that it serves (tower.presence: the
+        monitor counts pilots' silence only while some API listened)."""
         self.serve(create_app(runtime))
+        presence.keep(runtime, self._stop)
 
     def serve(self, app: WSGIApplication) -> None:
         """Serve `app` from now on, behind the identity of trusted proxies."""
@@ -61,6 +65,7 @@ class ApiServer:
         self.thread.start()
 
     def shutdown(self) -> None:
+        self._stop.set()
         self._server.stop()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
