@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import and_, func, or_
@@ -111,7 +112,6 @@ def _recall(session: Session, runtime: Runtime) -> None:
     its backlog bound for longer than `republish_after` (its pilots went away: the jobs are
     free for another site). Their messages go stale; `_discard_stale` removes them."""
     config = runtime.config
-    waited = ago(config.loops.republish_after)
     held = backlog(session)
     walltimes = {pid: spec["walltime"] for pid, spec in session.exec(
         select(Production.id, Production.spec).where(
@@ -119,21 +119,31 @@ def _recall(session: Session, runtime: Runtime) -> None:
     for (name, queue), bound in backlog_bounds(session, runtime).items():
         longest = config.sites[name].pilot.longest_job
         too_long = [pid for pid, walltime in walltimes.items() if walltime > longest]
-        misfits = move_jobs(session, list(session.exec(select(Job.id).where(
-            Job.site == name, Job.queue == queue, col(Job.state).in_(JOB_AT_SITE),
-            or_(col(Job.walltime) > longest, and_(col(Job.walltime).is_(None),
-                                                   col(Job.production_id).in_(too_long)))
-        )).all()), JOB_AT_SITE, JobState.DEFINED,
-            f"its walltime does not fit site {name}'s pilots (at most {longest}s)", site=None)
+        misfits = _ids(session, Job.site == name, Job.queue == queue,
+                       col(Job.state).in_(JOB_AT_SITE),
+                       or_(col(Job.walltime) > longest,
+                           and_(col(Job.walltime).is_(None),
+                                col(Job.production_id).in_(too_long))))
+        misfits = move_jobs(session, misfits, JOB_AT_SITE, JobState.DEFINED,
+                            f"its walltime does not fit site {name}'s pilots (at most "
+                            f"{longest}s)", site=None)
         excess = held.get((name, queue), 0) - len(misfits) - bound
         if excess > 0:
-            extra = session.exec(select(Job.id).where(
-                Job.site == name, Job.queue == queue, Job.state == JobState.QUEUED,
-                col(Job.updated_at) < waited).order_by(col(Job.priority), col(Job.id).desc())
-                .limit(excess)).all()
-            move_jobs(session, list(extra), JobState.QUEUED, JobState.DEFINED,
+            # the last to be matched go first: the lowest priority, the newest
+            extra = _ids(session, Job.site == name, Job.queue == queue,
+                         Job.state == JobState.QUEUED,
+                         col(Job.updated_at) < ago(config.loops.republish_after),
+                         order=(col(Job.priority), col(Job.id).desc()), limit=excess)
+            move_jobs(session, extra, JobState.QUEUED, JobState.DEFINED,
                       f"site {name}'s backlog over its bound of {bound} (fewer of its "
                       "pilots run now)", site=None)
+
+
+def _ids(session: Session, *where: Any, order: tuple[Any, ...] = (),
+         limit: int | None = None) -> list[int]:
+    """The ids of the jobs that match `where`."""
+    query = sa_select(col(Job.id)).where(*where).order_by(*order).limit(limit)
+    return [job_id for (job_id,) in session.execute(query).all()]
 
 
 def _discard_stale(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> None:
@@ -148,7 +158,7 @@ def _discard_stale(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> Non
             continue
         try:
             gone = runtime.broker.discard(queue_name(site, queue),
-                                          lambda messages: _stale(runtime, site, messages))
+                                          partial(_stale, runtime, site))
         except BackendError as exc:
             log.warning("site=%s queue=%s stale messages not removed: %s", site, queue, exc)
             continue
@@ -311,8 +321,9 @@ def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
 
 def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
     """For each active production, the enabled sites it allows that are not cooling down,
-    whose pilots can give its jobs their walltime, and, if it reads input data, hold all of it (else the data is asked to be staged in
-    to one of them, and no site is eligible until it is there)."""
+    whose pilots can give its jobs their walltime, and, if it reads input data, hold all
+    of it (else the data is asked to be staged in to one of them, and no site is eligible
+    until it is there)."""
     cooling = health.cooling(session)
     enabled = [name for name, site in runtime.config.sites.items()
                if site.enabled and name not in cooling]

@@ -17,8 +17,7 @@ import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from pilots.backoff import Backoff
 from tower.config import TowerConfig

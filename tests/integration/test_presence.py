@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -64,8 +65,6 @@ def test_a_tower_away_longer_than_the_timeout_keeps_its_pilots(live_tower, tmp_p
     try:
         tower.drive(lambda: attempts(tower)[0].ended_at is not None, timeout=30)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pilot.batch_id), signal.SIGCONT)
-        except ProcessLookupError:
-            pass
     assert attempts(tower)[0].outcome == Outcome.LOST_HEARTBEAT
