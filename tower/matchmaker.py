@@ -218,9 +218,11 @@ def _candidates(session: Session, runtime: Runtime, room: dict[SiteQueue, int],
         if free <= 0 or not allowing:
             continue
         longest = runtime.config.sites[site].pilot.longest_job
-        # no more candidates than there are places: each is a row read and locked
+        # no more candidates than there are places, each a row read and locked: its room,
+        # beyond those another site queue took already (they may be among its own)
+        limit = min(batch, free + len(chosen))
         for group in groups if len(groups) > 1 else [None]:
-            for job in _defined(session, group, min(batch, free),
+            for job in _defined(session, group, limit,
                                 _allowed_at(site, queue, allowing, longest)):
                 chosen.setdefault(job.id, job)
     per_group: dict[str, list[Any]] = defaultdict(list)
