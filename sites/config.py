@@ -25,6 +25,12 @@ class PilotShape(Strict):
     #: The pilot exits after finding no work for this long.
     idle_timeout: Seconds = Field(default=120, gt=0)
 
+    @property
+    def longest_job(self) -> int:
+        """The longest walltime a job may ask and still be taken: a pilot takes a job only
+        when the job's walltime plus the drain margin fits in its walltime left."""
+        return self.walltime - self.drain_margin
+
 
 class Limits(Strict):
     """How far the factory may go at this site."""

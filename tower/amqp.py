@@ -33,7 +33,7 @@ from pilots.amqp import (
 )
 from pilots.backoff import Backoff
 from pilots.urls import redact
-from tower.broker import Message, PilotSource
+from tower.broker import Message, MessageKey, PilotSource
 from tower.errors import BackendError, ConfigError
 from tower.schema import Seconds, Strict, build
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PERSISTENT = 2
+#: Messages one discard looks at, at most (a queue holds a bounded backlog).
+DISCARD_LIMIT = 10_000
 
 
 class AmqpOptions(Strict):
@@ -87,6 +89,9 @@ class AmqpBroker:
     def depth(self, queue: str) -> int | None:
         # a declare answers with the count of ready messages, and is idempotent
         return self._use(lambda channel: self._declare(channel, queue).method.message_count)
+
+    def discard(self, queue: str, stale: Callable[[list[Message]], set[MessageKey]]) -> int:
+        return self._use(lambda channel: self._discard(channel, queue, stale))
 
     def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
         options: dict[str, str] = {"queue_type": self.options.queue_type}
@@ -153,6 +158,28 @@ class AmqpBroker:
             channel.queue_bind(queue, self.options.exchange, routing_key=queue)
             self._declared.add(queue)
         return answer
+
+    def _discard(self, channel: BlockingChannel, queue: str,
+                 stale: Callable[[list[Message]], set[MessageKey]]) -> int:
+        """Take every waiting message (unacknowledged, so a dropped connection returns
+        them), acknowledge the stale ones and put the others back, where they were."""
+        self._declare(channel, queue)
+        taken: list[tuple[int, Any]] = []
+        while len(taken) < DISCARD_LIMIT:
+            method, _, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            taken.append((method.delivery_tag, _parsed(body)))
+        doomed = stale([message for _, message in taken if message is not None])
+        gone = 0
+        for tag, message in taken:
+            # a message no pilot could read goes too
+            if message is None or (message["job"], message["attempt"]) in doomed:
+                channel.basic_ack(tag)
+                gone += 1
+            else:
+                channel.basic_nack(tag, requeue=True)
+        return gone
 
     def _publish(self, channel: BlockingChannel, queue: str, messages: list[Message]) -> None:
         if queue not in self._declared:
@@ -237,6 +264,17 @@ class _Confirms:
         log.warning("broker returned message %s: %s", properties.message_id, method.reply_text)
         if self.batch is not None:
             self.batch.refused += 1
+
+
+def _parsed(body: bytes) -> Message | None:
+    """A message's body as the tower wrote it, or None."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    ok = isinstance(message, dict) and isinstance(message.get("job"), int) \
+        and isinstance(message.get("attempt"), int)
+    return message if ok else None  # type: ignore[return-value]
 
 
 def _dropped(exc: BaseException) -> bool:

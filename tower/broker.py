@@ -7,6 +7,7 @@ a duplicate or stale message is harmless.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
@@ -27,6 +28,10 @@ class Message(TypedDict):
     attempt: int
     #: Seconds the job may run; a pilot with less time left does not take it.
     walltime: int
+
+
+#: A message's job and attempt: what makes it current or stale.
+MessageKey = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class Broker(Protocol):
 
     def depth(self, queue: str) -> int | None:
         """Messages waiting in `queue` (not taken by a pilot), or None if unknown."""
+
+    def discard(self, queue: str, stale: Callable[[list[Message]], set[MessageKey]]) -> int:
+        """Remove the waiting messages of `queue` that `stale` names (by job and attempt),
+        given all of them; the others stay, in their order. Returns how many went.
+
+        Raises BackendError when the broker is unreachable.
+        """
 
     def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
         """How a pilot consumes `queue`; `url` is the broker's address as the site sees it."""

@@ -7,12 +7,13 @@ A lease expires: a message taken by a pilot that died returns to the queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, or_, update
 from sqlmodel import Session, col, select
 
-from tower.broker import Message, PilotSource
+from tower.broker import Message, MessageKey, PilotSource
 from tower.db import transaction
 from tower.errors import ConfigError
 from tower.models import QueueMessage
@@ -39,6 +40,21 @@ class DatabaseQueue:
         with Session(self.engine) as session:
             return session.exec(select(func.count()).select_from(QueueMessage).where(
                 QueueMessage.queue == queue, _available())).one()
+
+    def discard(self, queue: str, stale: Callable[[list[Message]], set[MessageKey]]) -> int:
+        with Session(self.engine) as session:
+            rows = session.exec(select(QueueMessage.id, QueueMessage.body).where(
+                QueueMessage.queue == queue, _available())).all()
+        # judged outside the write transaction (which `stale` may not wait for); a message
+        # a pilot leased meanwhile is left to its claim
+        doomed = stale([body for _, body in rows])  # type: ignore[misc]
+        ids = [message_id for message_id, body in rows
+               if (body.get("job"), body.get("attempt")) in doomed]
+        if not ids:
+            return 0
+        with transaction(self.engine) as session:
+            return session.execute(delete(QueueMessage).where(
+                col(QueueMessage.id).in_(ids), _available())).rowcount  # type: ignore[attr-defined]
 
     def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
         return PilotSource("http", queue)

@@ -3,7 +3,8 @@
 The rule, per site queue and cycle:
 
     demand  = jobs waiting for this site queue: its backlog (assigned, queued)
-              plus defined jobs of active productions that allow the site
+              plus defined jobs of active productions that allow the site, counting
+              only jobs whose walltime its pilots can give
     wanted  = ceil(demand / payload slots per pilot) - pilots pending - pilots running
     submit  = min(wanted,
                   max_queued - pending,          # never more than max_queued waiting
@@ -28,8 +29,9 @@ import logging
 import math
 import sys
 import uuid
+from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import and_, delete, func, or_, update
 from sqlmodel import Session, col, select
 
 from sites.batch import PilotRequest
@@ -180,27 +182,49 @@ def _note_error(session: Session, site: str, queue: str, error: str) -> None:
 
 
 def _demand(session: Session, site: SiteConfig, queue: str) -> int:
+    """Jobs this site queue's pilots could run: those waiting there, and those it may take.
+    A job asking more walltime than its pilots give counts nowhere: a pilot that found it
+    would drain at once, and another would be submitted for it, without end."""
+    longest = site.pilot.longest_job
     at_site = session.exec(select(func.count()).select_from(Job).where(
-        Job.site == site.name, Job.queue == queue, col(Job.state).in_(JOB_AT_SITE))).one()
+        Job.site == site.name, Job.queue == queue, col(Job.state).in_(JOB_AT_SITE),
+        _fits(longest, _too_long(session, longest)))).one()
     return at_site + waiting(session, site, queue)
 
 
+def _too_long(session: Session, longest: int) -> list[int]:
+    """Active productions whose jobs ask more walltime than `longest`."""
+    return [pid for pid, spec in session.exec(select(Production.id, Production.spec).where(
+        col(Production.state).in_(PRODUCTION_RUNNABLE))).all()
+        if pid is not None and spec["walltime"] > longest]
+
+
+def _fits(longest: int, too_long: list[int]) -> Any:
+    """Jobs whose walltime (their own, grown by a retry, or their production's) fits."""
+    return or_(col(Job.walltime) <= longest,
+               and_(col(Job.walltime).is_(None), col(Job.production_id).not_in(too_long)))
+
+
 def waiting(session: Session, site: SiteConfig, queue: str) -> int:
-    """Defined jobs of active productions that this site queue could take (none while the
-    site cools down)."""
+    """Defined jobs of active productions that this site queue could take, their walltime
+    fitting its pilots (none while the site cools down)."""
     if site.name in health.cooling(session):
         return 0
+    longest = site.pilot.longest_job
     allowing = [pid or 0 for pid, spec in session.exec(
         select(Production.id, Production.spec).where(
             col(Production.state).in_(PRODUCTION_RUNNABLE), Production.queue == queue)).all()
-        if not spec.get("sites") or site.name in spec["sites"]]
+        if (not spec.get("sites") or site.name in spec["sites"]) and spec["walltime"] <= longest]
     if not allowing:
         return 0
     # from the tally, not a count over a million defined jobs (a production's jobs all
-    # share its queue)
+    # share its queue); the few a retry grew past the pilots' walltime are taken off
     counts = tally.counts(session)
     defined = [counts.get(pid, {}).get(JobState.DEFINED) for pid in allowing]
-    return sum(count.jobs for count in defined if count is not None)
+    grown = session.exec(select(func.count()).select_from(Job).where(
+        Job.state == JobState.DEFINED, col(Job.production_id).in_(allowing),
+        col(Job.walltime) > longest)).one()
+    return max(sum(count.jobs for count in defined if count is not None) - grown, 0)
 
 
 def _submit(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str) -> None:

@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import and_, func, or_
@@ -19,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from tower import health, placement, tally
 from tower.broker import Message, queue_name
+from tower.config import TowerConfig
 from tower.db import transaction
 from tower.errors import BackendError
 from tower.models import Job, Pilot, Production
@@ -66,6 +68,9 @@ def run_once(runtime: Runtime) -> int:
     queued = _publish(runtime, _stranded(runtime), JobState.ASSIGNED, "published")
     _publish(runtime, _vanished(runtime, depths), JobState.QUEUED,
              "republished (its message was lost)")
+    with transaction(runtime.engine) as session:
+        _recall(session, runtime)
+    _discard_stale(runtime, depths)
     assigned = _match(runtime)
     return queued + _publish(runtime, assigned, JobState.ASSIGNED, "published")
 
@@ -101,6 +106,77 @@ def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Any
             .limit(runtime.config.loops.batch_size)).all())
 
 
+def _recall(session: Session, runtime: Runtime) -> None:
+    """Take back to matching the jobs waiting at a site that cannot have them: those whose
+    walltime its pilots cannot give (a pilot finding one drains at once), and those beyond
+    its backlog bound for longer than `republish_after` (its pilots went away: the jobs are
+    free for another site). Their messages go stale; `_discard_stale` removes them."""
+    config = runtime.config
+    held = backlog(session)
+    walltimes = {pid: spec["walltime"] for pid, spec in session.exec(
+        select(Production.id, Production.spec).where(
+            col(Production.state).in_(PRODUCTION_RUNNABLE))).all()}
+    for (name, queue), bound in backlog_bounds(session, runtime).items():
+        longest = config.sites[name].pilot.longest_job
+        too_long = [pid for pid, walltime in walltimes.items() if walltime > longest]
+        misfits = _ids(session, Job.site == name, Job.queue == queue,
+                       col(Job.state).in_(JOB_AT_SITE),
+                       or_(col(Job.walltime) > longest,
+                           and_(col(Job.walltime).is_(None),
+                                col(Job.production_id).in_(too_long))))
+        misfits = move_jobs(session, misfits, JOB_AT_SITE, JobState.DEFINED,
+                            f"its walltime does not fit site {name}'s pilots (at most "
+                            f"{longest}s)", site=None)
+        excess = held.get((name, queue), 0) - len(misfits) - bound
+        if excess > 0:
+            # the last to be matched go first: the lowest priority, the newest
+            extra = _ids(session, Job.site == name, Job.queue == queue,
+                         Job.state == JobState.QUEUED,
+                         col(Job.updated_at) < ago(config.loops.republish_after),
+                         order=(col(Job.priority), col(Job.id).desc()), limit=excess)
+            move_jobs(session, extra, JobState.QUEUED, JobState.DEFINED,
+                      f"site {name}'s backlog over its bound of {bound} (fewer of its "
+                      "pilots run now)", site=None)
+
+
+def _ids(session: Session, *where: Any, order: tuple[Any, ...] = (),
+         limit: int | None = None) -> list[int]:
+    """The ids of the jobs that match `where`."""
+    query = sa_select(col(Job.id)).where(*where).order_by(*order).limit(limit)
+    return [job_id for (job_id,) in session.execute(query).all()]
+
+
+def _discard_stale(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> None:
+    """Remove the messages of jobs no longer waiting at a site queue in that attempt
+    (cancelled, taken back, claimed through another copy), where the broker holds more
+    messages than jobs wait there: a pilot would skip them, but one too long for it
+    would make it drain, and they hide the queue's true depth."""
+    with Session(runtime.engine) as session:
+        live = backlog(session)
+    for (site, queue), depth in depths.items():
+        if depth is None or depth <= live.get((site, queue), 0):
+            continue
+        try:
+            gone = runtime.broker.discard(queue_name(site, queue),
+                                          partial(_stale, runtime, site))
+        except BackendError as exc:
+            log.warning("site=%s queue=%s stale messages not removed: %s", site, queue, exc)
+            continue
+        if gone:
+            log.info("site=%s queue=%s removed %d stale messages", site, queue, gone)
+
+
+def _stale(runtime: Runtime, site: str, messages: list[Message]) -> set[tuple[int, int]]:
+    """The (job, attempt) of `messages` whose job is not waiting at `site` in that attempt."""
+    keys = {(message["job"], message["attempt"]) for message in messages}
+    with Session(runtime.engine) as session:
+        current = {(job_id, attempt) for job_id, attempt in session.execute(
+            sa_select(col(Job.id), col(Job.attempt)).where(
+                col(Job.id).in_({job for job, _ in keys}), col(Job.site) == site,
+                col(Job.state).in_(JOB_AT_SITE))).all()}
+    return keys - current
+
+
 def _match(runtime: Runtime) -> list[Placed]:
     """Assign defined jobs to sites with room, highest priority first."""
     with transaction(runtime.engine) as session:
@@ -108,12 +184,12 @@ def _match(runtime: Runtime) -> list[Placed]:
         if not any(room.values()):
             return []
         eligible = _eligible_sites(session, runtime)
-        # no more candidates than there are places: each is an ORM row read and locked
-        candidates = _candidates(session, runtime,
-                                 min(runtime.config.loops.batch_size, sum(room.values())))
+        candidates = _candidates(session, runtime, room, eligible)
         by_site: dict[str, list[Any]] = defaultdict(list)
         for job in candidates:
-            site = _choose(room, placed(job, eligible.get(job.production_id, [])), job.queue)
+            sites = fitting(runtime.config, placed(job, eligible.get(job.production_id, [])),
+                            job.walltime)
+            site = _choose(room, sites, job.queue)
             if site is not None:
                 by_site[site].append(job)
                 room[(site, job.queue)] -= 1
@@ -128,24 +204,50 @@ def _match(runtime: Runtime) -> list[Placed]:
                 for site, jobs in by_site.items() for job in jobs if job.id in moved]
 
 
-def _candidates(session: Session, runtime: Runtime, limit: int) -> list[Any]:
-    """Up to `limit` defined jobs of runnable productions to match, in the order they get
-    places: by fair share between production groups, then by priority within a group."""
+def _candidates(session: Session, runtime: Runtime, room: dict[SiteQueue, int],
+                eligible: dict[int, list[str]]) -> list[Any]:
+    """Defined jobs of runnable productions to match, in the order they get places: by
+    fair share between production groups, then by priority within a group. Each site
+    queue with room gets its own candidates, as many as its room, among the jobs it may
+    take: jobs pinned to a full site do not keep another site empty."""
+    batch = runtime.config.loops.batch_size
     groups = _waiting_groups(session)
-    if len(groups) <= 1:
-        return _defined(session, None, limit)
-    per_group = {group: _defined(session, group, limit) for group in groups}
-    return fair_order(per_group, _group_usage(session), runtime.config.shares, limit)
+    chosen: dict[int, Any] = {}
+    for (site, queue), free in room.items():
+        allowing = [pid for pid, sites in eligible.items() if site in sites]
+        if free <= 0 or not allowing:
+            continue
+        longest = runtime.config.sites[site].pilot.longest_job
+        # no more candidates than there are places, each a row read and locked: its room,
+        # beyond those another site queue took already (they may be among its own)
+        limit = min(batch, free + len(chosen))
+        for group in groups if len(groups) > 1 else [None]:
+            for job in _defined(session, group, limit,
+                                _allowed_at(site, queue, allowing, longest)):
+                chosen.setdefault(job.id, job)
+    per_group: dict[str, list[Any]] = defaultdict(list)
+    for job in sorted(chosen.values(), key=lambda job: (-job.priority, job.id)):
+        per_group[job.group].append(job)
+    usage = _group_usage(session) if len(per_group) > 1 else {}
+    return fair_order(per_group, usage, runtime.config.shares, min(batch, len(chosen)))
+
+
+def _allowed_at(site: str, queue: str, productions: list[int], longest: int) -> Any:
+    """The defined jobs a site queue may take: of productions allowing it, in its queue,
+    not pinned elsewhere, not grown past its pilots' walltime."""
+    return and_(col(Job.queue) == queue, col(Job.production_id).in_(productions),
+                or_(col(Job.only_site).is_(None), col(Job.only_site) == site),
+                or_(col(Job.walltime).is_(None), col(Job.walltime) <= longest))
 
 
 #: What matching a job needs to know of it.
 TO_MATCH: tuple[Any, ...] = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.queue,
-                             Job.only_site, Job.avoid_sites)
+                             Job.only_site, Job.avoid_sites, Job.priority, Production.group)
 
 
-def _defined(session: Session, group: str | None, limit: int) -> list[Any]:
+def _defined(session: Session, group: str | None, limit: int, allowed: Any) -> list[Any]:
     query = (sa_select(*TO_MATCH).join(Production, col(Production.id) == Job.production_id)
-             .where(col(Job.state) == JobState.DEFINED,
+             .where(col(Job.state) == JobState.DEFINED, allowed,
                     col(Production.state).in_(PRODUCTION_RUNNABLE),
                     or_(col(Job.not_before).is_(None), col(Job.not_before) <= utcnow())))
     if group is not None:
@@ -220,9 +322,10 @@ def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
 
 
 def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
-    """For each active production, the enabled sites it allows that are not cooling down
-    and, if it reads input data, hold all of it (else the data is asked to be staged in
-    to one of them, and no site is eligible until it is there)."""
+    """For each active production, the enabled sites it allows that are not cooling down,
+    whose pilots can give its jobs their walltime, and, if it reads input data, hold all
+    of it (else the data is asked to be staged in to one of them, and no site is eligible
+    until it is there)."""
     cooling = health.cooling(session)
     enabled = [name for name, site in runtime.config.sites.items()
                if site.enabled and name not in cooling]
@@ -232,7 +335,8 @@ def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
             .where(col(Production.state).in_(PRODUCTION_RUNNABLE))).all():
         allowed = spec.get("sites") or enabled
         assert production_id is not None
-        sites = [site for site in enabled if site in allowed]
+        sites = fitting(runtime.config, [site for site in enabled if site in allowed],
+                        spec["walltime"])
         if inputs:
             holding = placement.holding_sites(session, runtime.config, inputs, sites)
             if not holding and placement.request_stage_in(session, runtime.config, inputs,
@@ -251,6 +355,12 @@ def placed(job: Any, sites: list[str]) -> list[str]:
         return [site for site in sites if site == job.only_site]
     others = [site for site in sites if site not in (job.avoid_sites or [])]
     return others or sites
+
+
+def fitting(config: TowerConfig, sites: list[str], walltime: int | None) -> list[str]:
+    """The sites whose pilots take a job of `walltime` (None: the production's, checked)."""
+    return [site for site in sites
+            if walltime is None or walltime <= config.sites[site].pilot.longest_job]
 
 
 def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | None:

@@ -9,7 +9,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
@@ -74,6 +74,10 @@ class Job(SQLModel, table=True):
         Index("ix_job_state_priority", "state", "priority", "id"),
         Index("ix_job_production_state", "production_id", "state"),
         Index("ix_job_site_state", "site", "state"),
+        # the few jobs a retry gave more walltime: the factory leaves out of a site's
+        # demand those its pilots cannot take
+        Index("ix_job_grown_walltime", "walltime", postgresql_where=text("walltime IS NOT NULL"),
+              sqlite_where=text("walltime IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -157,6 +161,17 @@ class SiteQueue(SQLModel, table=True):
     queue: str = Field(primary_key=True, max_length=100)
     last_error: str | None = Field(default=None, max_length=1000)
     last_error_at: datetime | None = None
+
+
+class Presence(SQLModel, table=True):
+    """When the tower's API has been serving without a break (tower.presence): one row,
+    refreshed by every serving tower process."""
+
+    name: str = Field(primary_key=True, max_length=20)
+    #: The start of the present unbroken stretch of serving.
+    since: datetime
+    #: The last refresh.
+    seen: datetime
 
 
 class FactoryDecision(SQLModel, table=True):

@@ -8,7 +8,9 @@ for longer than the heartbeat timeout (hung, or killed under a wrapper that
 keeps its batch job alive) is lost and cancelled, so it holds no slot, and
 its attempts are lost_heartbeat, as is any attempt whose own heartbeat is
 that old; a job queued at a site that no pilot claimed within
-`monitor.claim_timeout` is claim_timeout.
+`monitor.claim_timeout` is claim_timeout. Silence and waiting count only while
+the tower's API was serving (tower.presence): a tower that was away does not
+blame its pilots for it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from collections import defaultdict
 from sqlmodel import Session
 
 from sites.batch import BatchState, BatchStatus
-from tower import fleet, health, retry, tally
+from tower import fleet, health, presence, retry, tally
 from tower.db import transaction
 from tower.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.timeutil import ago
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,12 @@ def run_once(runtime: Runtime) -> dict[str, int]:
     pilots_lost += silenced
     orphaned += abandoned
     with transaction(runtime.engine) as session:
-        silent = retry.lose_silent(session, runtime.config,
-                                   ago(runtime.config.monitor.heartbeat_timeout))
-        unclaimed = retry.time_out_claims(session, runtime.config,
-                                          ago(runtime.config.monitor.claim_timeout))
+        monitor = runtime.config.monitor
+        heard = presence.deadline(session, runtime.config, monitor.heartbeat_timeout)
+        silent = retry.lose_silent(session, runtime.config, heard) if heard else []
+        claimable = presence.deadline(session, runtime.config, monitor.claim_timeout)
+        unclaimed = (retry.time_out_claims(session, runtime.config, claimable)
+                     if claimable else [])
         cooled = health.evaluate(session, runtime.config)
     with transaction(runtime.engine) as session:
         tally.compact(session)
@@ -90,7 +93,8 @@ def _lose_silent_pilots(runtime: Runtime) -> tuple[int, int]:
     timeout = runtime.config.monitor.heartbeat_timeout
     message = f"no heartbeat for {timeout}s: written off and cancelled"
     with transaction(runtime.engine) as session:
-        silent = fleet.silent(session, ago(timeout))
+        heard = presence.deadline(session, runtime.config, timeout)
+        silent = fleet.silent(session, heard) if heard else []
         lost = set(fleet.lose(session, [pilot.id for pilot in silent], message))
         orphaned = sum(len(retry.lose_pilot_work(session, runtime.config, pilot_id,
                                                  Outcome.LOST_HEARTBEAT, message))

@@ -23,6 +23,7 @@ from tower.specs import (
     ProductionSpec,
     Resolved,
     check_job_count,
+    check_placement,
     load_requests,
     preview,
     resolve_all,
@@ -78,6 +79,7 @@ def plan_documents(session: Session, documents: list[dict[str, Any]], path: str,
 
 def _checked(session: Session, item: Resolved, config: TowerConfig, path: str) -> Resolved:
     resolve_inputs(session, item.spec, f"{path}: production {item.spec.name}")
+    check_placement(item.spec, f"{path}: production {item.spec.name}", config.sites)
     return _with_destinations(item, config, path)
 
 

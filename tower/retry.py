@@ -25,7 +25,7 @@ from tower.config import TowerConfig
 from tower.models import Attempt, Job, Production, RetryDecision
 from tower.outcomes import NOT_FAILURES, Outcome
 from tower.policy import Action, Decision, Ended, Policy, decide
-from tower.specs import ProductionSpec
+from tower.specs import ProductionSpec, longest_walltime
 from tower.states import JobState, move_jobs
 from tower.timeutil import later, utcnow
 
@@ -69,14 +69,16 @@ def settle(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec
         return None
     name, policy = policy_of(config, spec)
     decision = decide(policy, history(session, job), spec.retry.max_attempts)
-    if not _move(session, job, spec, attempt, decision):
+    if not _move(session, job, spec, attempt, decision, longest_walltime(spec, config.sites)):
         return None
     _record(session, job, attempt.number, name, outcome, decision)
     return decision
 
 
 def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
-          decision: Decision) -> bool:
+          decision: Decision, longest: int | None) -> bool:
+    """Apply `decision`; a retry whose grown walltime no allowed site's pilots can give
+    (`longest`) is held instead, with why: no pilot would ever take it."""
     assert job.id is not None
     reason = decision.reason
     if decision.action is Action.FAIL:
@@ -94,6 +96,12 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
     if decision.walltime_factor:
         grown = int((job.walltime or spec.walltime) * decision.walltime_factor)
         fields["walltime"] = min(grown, decision.max_walltime or grown)
+        if longest is not None and fields["walltime"] > longest:
+            reason = (f"{reason}, but its walltime grown to {fields['walltime']}s is more than "
+                      f"any allowed site's pilots give a job (at most {longest}s): held; "
+                      "`tower release` retries it with its walltime as it was")[:500]
+            return bool(move_jobs(session, [job.id], job.state, JobState.HELD, reason,
+                                  message=reason))
     base_memory = job.memory or spec.memory
     if decision.memory_factor and base_memory:
         grown = int(base_memory * decision.memory_factor)

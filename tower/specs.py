@@ -234,7 +234,8 @@ def parse_requests(documents: list[Any], source: str, spec_dir: str) -> list[dic
     for number, document in enumerate(documents, 1):
         if not isinstance(document, dict):
             raise SpecError(f"{source}: document {number}: expected a mapping of keys")
-        document.setdefault("spec_dir", spec_dir)
+        if spec_dir:  # else a child keeps its parent's, where the parent's files are
+            document.setdefault("spec_dir", spec_dir)
     return documents
 
 
@@ -314,6 +315,11 @@ def _merge(
             merged_origins[key] = name
             if key in MERGED_KEYS and isinstance(value, dict):
                 merged_origins.update({f"{key}.{entry}": name for entry in value})
+    # the child's directory serves only the templates it writes itself: one that names no
+    # ${spec_dir} keeps the directory of the request whose files its templates name
+    if "spec_dir" in base and "${spec_dir}" not in json.dumps(
+            [child.get(key) for key in ("command", "steering", "environment", "post")]):
+        merged["spec_dir"] = base["spec_dir"]
     return merged, merged_origins
 
 
@@ -422,3 +428,52 @@ def preview(spec: ProductionSpec) -> dict[str, Any]:
         "steering": {name: render(text, variables) for name, text in spec.steering.items()},
         "environment": {name: render(text, variables) for name, text in spec.environment.items()},
     }
+
+
+# -- where the jobs run: walltime on offer, files named under ${spec_dir} ----------------------
+
+#: `${spec_dir}` in a template and the path that follows it, up to a space, a quote, a
+#: separator or another variable.
+SPEC_DIR_PATH = re.compile(r"\$\{spec_dir\}(/[^\s'\"$;,]*)?")
+#: How a submitter who is not at the tower gets files to the jobs (README: Production requests).
+SHIPPING = ("a request sent from another machine names files there, which no job sees: "
+            "put them where the sites read them (with the software, or a shared directory) "
+            "and name them by absolute path or a parameter; ${spec_dir} is the request "
+            "file's directory at the tower, for requests submitted there")
+
+
+def longest_walltime(spec: ProductionSpec, sites: Mapping[str, Any]) -> int | None:
+    """The longest walltime a job of `spec` can get from the pilots of the enabled sites it
+    allows in its queue (a pilot keeps its drain margin), or None if no such site."""
+    room = [site.pilot.longest_job for name, site in sites.items()
+            if site.enabled and spec.queue in site.queues
+            and (not spec.sites or name in spec.sites)]
+    return max(room) if room else None
+
+
+def check_placement(spec: ProductionSpec, where: str, sites: Mapping[str, Any]) -> None:
+    """Checks that the jobs can run where they go: a pilot of an allowed site can give
+    them their walltime, and every file named under `${spec_dir}` exists."""
+    longest = longest_walltime(spec, sites)
+    if longest is not None and spec.walltime > longest:
+        raise SpecError(f"{where}: walltime: {spec.walltime}s is more than any allowed site's "
+                        f"pilots give a job: at most {longest}s (pilot walltime minus its "
+                        "drain margin)", field="walltime")
+    steps = ((f"post[{n}]", text) for n, text in enumerate(spec.post))
+    for field, text in (*templates(spec), *steps):
+        for match in SPEC_DIR_PATH.finditer(text):
+            if text[match.end():match.end() + 1] == "$":
+                continue  # the rest of the name is only known per job
+            _check_spec_file(spec, where, field, match.group(1) or "")
+
+
+def _check_spec_file(spec: ProductionSpec, where: str, field: str, rest: str) -> None:
+    named = "${spec_dir}" + rest
+    if not spec.spec_dir:
+        raise SpecError(f"{where}: {field}: names {named}, but the request came with no "
+                        f"spec_dir (its directory at the tower): {SHIPPING}", field=field)
+    path = Path(spec.spec_dir + rest)
+    if not path.exists():
+        raise SpecError(f"{where}: {field}: {named} is {path}, which does not exist at the "
+                        f"tower (spec_dir is the directory of the request file that set it, "
+                        f"or of the request that inherits it): {SHIPPING}", field=field)

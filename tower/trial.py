@@ -22,7 +22,7 @@ from tower.models import Attempt, Job, Production
 from tower.outcomes import Outcome
 from tower.progress import FINISHED
 from tower.runtime import Runtime
-from tower.specs import ProductionSpec
+from tower.specs import ProductionSpec, longest_walltime
 from tower.states import ProductionState
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,4 @@ def propose(spec: ProductionSpec, measured: dict[str, Any], config: TowerConfig
 def pilot_room(spec: ProductionSpec, config: TowerConfig) -> int | None:
     """The longest walltime a job of `spec` can get from the pilots of the sites it allows
     (a pilot keeps its drain margin), or None if no enabled site serves its queue."""
-    room = [site.pilot.walltime - site.pilot.drain_margin
-            for name, site in config.sites.items()
-            if site.enabled and spec.queue in site.queues and (not spec.sites
-                                                                or name in spec.sites)]
-    return max(room) if room else None
+    return longest_walltime(spec, config.sites)

@@ -124,8 +124,9 @@ def _waiting(session: Session, config: TowerConfig, job: Job, production: Produc
     allowed = production.spec.get("sites") or list(config.sites)
     candidates = placed(job, [site for site in config.sites if site in allowed])
     cooling = health.cooling(session)
+    walltime = job.walltime or production.spec["walltime"]
     for site in candidates:
-        lines.append(_site_line(session, config, site, job.queue, cooling))
+        lines.append(_site_line(session, config, site, job.queue, cooling, walltime))
     if not candidates:
         lines.append("No site may take it: its production allows "
                      f"{', '.join(allowed)}.")
@@ -133,9 +134,13 @@ def _waiting(session: Session, config: TowerConfig, job: Job, production: Produc
 
 
 def _site_line(session: Session, config: TowerConfig, site: str, queue: str,
-               cooling: dict[str, Any]) -> str:
+               cooling: dict[str, Any], walltime: int) -> str:
     if not config.sites[site].enabled:
         return f"Site {site} is disabled in sites.yaml."
+    longest = config.sites[site].pilot.longest_job
+    if walltime > longest:
+        return (f"Site {site} does not fit it: its walltime is {walltime}s and the site's "
+                f"pilots give a job at most {longest}s (pilot walltime minus drain margin).")
     if site in cooling:
         record = cooling[site]
         return (f"Site {site} is out of brokering until {record.cooldown_until:%H:%M:%S} UTC: "

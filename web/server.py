@@ -26,6 +26,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+from tower import presence
 from tower.config import TowerConfig
 from tower.db import POOL_SIZE
 from tower.runtime import Runtime
@@ -53,14 +54,17 @@ class ApiServer:
         port = self._socket.getsockname()[1]
         self.url = f"{'https' if api.tls else 'http'}://{api.bind}:{port}"
         self._front: Front | None = None
+        self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="api", daemon=True)
         if api.exposed:
             log.warning("api: plain HTTP on %s, reachable from other hosts, and every caller "
                         "may do everything (api.insecure: true); set api.tls", api.bind)
 
     def bind(self, runtime: Runtime) -> None:
-        """Serve `runtime` from now on."""
+        """Serve `runtime` from now on, recording that it serves (tower.presence: the
+        monitor counts pilots' silence only while some API listened)."""
         self.serve(create_app(runtime))
+        presence.keep(runtime, self._stop)
 
     def serve(self, app: WSGIApplication) -> None:
         """Serve `app` from now on, behind the identity of trusted proxies."""
@@ -71,6 +75,7 @@ class ApiServer:
         self.thread.start()
 
     def shutdown(self) -> None:
+        self._stop.set()
         if self._front is not None:
             self._front.stop()
         if self.thread.is_alive():

@@ -1,0 +1,166 @@
+"""A job no pilot can take does not storm its site (issue 18 item 6): refused at submit,
+held when a retry grows it past every site, never brokered to a site it does not fit,
+no pilot submitted for it, and what a cancelled production published is removed.
+
+The test sites' pilots give a job at most 595 s (walltime 10m, drain margin 5 s)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, select
+
+from tests.conftest import write_home
+from tests.integration.conftest import toy_production
+from tower import daemon, factory, matchmaker, productions, retry, why
+from tower.broker import Message, queue_name
+from tower.config import load_config
+from tower.db import transaction
+from tower.errors import SpecError
+from tower.models import Attempt, Job, Pilot, Production
+from tower.outcomes import Outcome
+from tower.runtime import Runtime
+from tower.specs import ProductionSpec
+from tower.states import JobState, move_jobs
+from tower.timeutil import utcnow
+
+
+@pytest.fixture
+def make_runtime(tmp_path: Path, database_url: str) -> Iterator[Any]:
+    opened: list[Runtime] = []
+
+    def make(**settings: Any) -> Runtime:
+        runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url,
+                                                      **settings)))
+        opened.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in opened:
+        daemon.stop_pilots(runtime)
+        runtime.close()
+
+
+def submit(runtime: Runtime, path: Path) -> None:
+    with transaction(runtime.engine) as session:
+        for item in productions.plan(session, path, runtime.config):
+            productions.create(session, item)
+
+
+def pilots(runtime: Runtime) -> list[Pilot]:
+    with Session(runtime.engine) as session:
+        return list(session.exec(select(Pilot)).all())
+
+
+def test_a_walltime_no_site_gives_is_refused_naming_the_field(make_runtime: Any,
+                                                              tmp_path: Path) -> None:
+    runtime = make_runtime()
+    with pytest.raises(SpecError) as caught:
+        submit(runtime, toy_production(tmp_path, walltime="20m"))
+    assert caught.value.field == "walltime"
+    assert "at most 595s" in str(caught.value)
+    with Session(runtime.engine) as session:
+        assert session.exec(select(Job)).all() == []
+
+
+def test_a_retry_that_grows_the_walltime_past_every_site_holds_the_job(
+        make_runtime: Any, tmp_path: Path) -> None:
+    # Given a job of 400 s whose attempt ran out of walltime (the policy doubles it)
+    runtime = make_runtime()
+    submit(runtime, toy_production(tmp_path, jobs=1, walltime=400))
+    with transaction(runtime.engine) as session:
+        job = session.exec(select(Job)).one()
+        assert job.id is not None
+        for current, target in ((JobState.DEFINED, JobState.ASSIGNED),
+                                (JobState.ASSIGNED, JobState.QUEUED),
+                                (JobState.QUEUED, JobState.RUNNING)):
+            move_jobs(session, [job.id], current, target, "test", site="local", attempt=1)
+        attempt = Attempt(job_id=job.id, number=1, pilot_id=None, site="local",
+                          started_at=utcnow(), heartbeat_at=utcnow())
+        session.add(attempt)
+        retry.end_attempt(session, attempt, Outcome.WALLTIME, "ran out of walltime")
+        session.refresh(job)
+        spec = ProductionSpec.model_validate(session.get_one(Production,
+                                                             job.production_id).spec)
+        # When the policy decides
+        retry.settle(session, runtime.config, job, spec, attempt)
+    # Then it is held, saying why, and keeps the walltime it had
+    with Session(runtime.engine) as session:
+        job = session.exec(select(Job)).one()
+    assert job.state == JobState.HELD
+    assert "800s" in (job.message or "") and "at most 595s" in (job.message or "")
+    assert job.walltime is None
+
+
+def force_queued(runtime: Runtime, walltime: int) -> int:
+    """Write a job straight into the local site's queue with a walltime no pilot gives."""
+    with transaction(runtime.engine) as session:
+        job = session.exec(select(Job)).one()
+        assert job.id is not None
+        move_jobs(session, [job.id], JobState.DEFINED, JobState.ASSIGNED, "forced",
+                  site="local", attempt=1, walltime=walltime)
+        move_jobs(session, [job.id], JobState.ASSIGNED, JobState.QUEUED, "forced")
+    runtime.broker.publish(queue_name("local", "default"),
+                           [Message(job=job.id, attempt=1, walltime=walltime)])
+    return job.id
+
+
+def test_no_pilot_is_submitted_for_a_job_that_fits_no_pilot(make_runtime: Any,
+                                                            tmp_path: Path) -> None:
+    runtime = make_runtime()
+    submit(runtime, toy_production(tmp_path, jobs=1))
+    job_id = force_queued(runtime, 3600)
+    # the factory, over several cycles, submits nothing for it
+    for _ in range(4):
+        assert factory.run_once(runtime) == 0
+    assert pilots(runtime) == []
+    # the matchmaker takes it back from the site it cannot run at, and its message goes
+    matchmaker.run_once(runtime)
+    with Session(runtime.engine) as session:
+        job = session.get_one(Job, job_id)
+        assert job.state == JobState.DEFINED and job.site is None
+        told = why.explain(session, runtime.config, job_id)["why"]
+    assert runtime.broker.depth(queue_name("local", "default")) == 0
+    assert any("Site local does not fit it" in line and "3600s" in line for line in told), told
+    for _ in range(3):
+        matchmaker.run_once(runtime)
+        assert factory.run_once(runtime) == 0
+    assert pilots(runtime) == []
+
+
+def test_a_job_goes_only_to_a_site_whose_pilots_fit_it(make_runtime: Any,
+                                                       tmp_path: Path) -> None:
+    runtime = make_runtime(more_sites={"big": {"pilot": {"slots": 2, "walltime": "2h"}}})
+    submit(runtime, toy_production(tmp_path, jobs=6, walltime="30m"))
+    matchmaker.run_once(runtime)
+    with Session(runtime.engine) as session:
+        sites = {job.site for job in session.exec(select(Job)).all() if job.site}
+        assert sites == {"big"}
+        assert factory.waiting(session, runtime.config.sites["local"], "default") == 0
+    factory.run_once(runtime)
+    assert {pilot.site for pilot in pilots(runtime)} == {"big"}
+
+
+def cancel_empties_the_queue(runtime: Runtime, tmp_path: Path) -> None:
+    submit(runtime, toy_production(tmp_path, jobs=6))
+    matchmaker.run_once(runtime)
+    queue = queue_name("local", "default")
+    assert runtime.broker.depth(queue) == 2
+    with transaction(runtime.engine) as session:
+        productions.control(session, "toy", "cancel", "test")
+    matchmaker.run_once(runtime)
+    assert runtime.broker.depth(queue) == 0
+
+
+def test_cancel_removes_what_it_published_from_the_database_queue(make_runtime: Any,
+                                                                  tmp_path: Path) -> None:
+    cancel_empties_the_queue(make_runtime(), tmp_path)
+
+
+@pytest.mark.one_database
+def test_cancel_removes_what_it_published_from_rabbitmq(make_runtime: Any, amqp_url: str,
+                                                        tmp_path: Path) -> None:
+    cancel_empties_the_queue(make_runtime(broker=amqp_url), tmp_path)
