@@ -45,7 +45,8 @@ HOLD_CODE = 42
 PROFILE: dict[str, Any] = {"sleep": [0.0, 2.0], "long": [0, 0, 0],
                            "codes": {0: 80, 1: 12, HOLD_CODE: 4, 3: 4},
                            "files": [1, 2], "size": [1_000, 200_000]}
-ENDED_STATES = "('done', 'failed', 'held', 'cancelled')"
+#: Seconds without progress after which a production is taken as stuck.
+STALL = 30
 
 
 def fault_policy() -> dict[str, Any]:
@@ -130,6 +131,19 @@ class FaultTower:
             self.tower = subprocess.Popen([*TOWER, "run"], env=self.env, stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT)
 
+    def wait_for_copy(self, then: float) -> None:
+        """Wait (10 s at most) until the stager holds an output it has not staged yet, then
+        `then` seconds more: a kill lands during the copy."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with self.engine.connect() as connection:
+                if connection.execute(text(
+                        "select 1 from output where not staged and lease_until is not null "
+                        "limit 1")).first():
+                    time.sleep(then)
+                    return
+            time.sleep(0.005)
+
     def kill_tower(self) -> None:
         assert self.tower is not None
         self.tower.kill()
@@ -169,11 +183,28 @@ class FaultTower:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         return not self.drained()
 
+    def progress(self) -> tuple[int, ...]:
+        """What changes while the tower works: job events, attempts, outputs staged and tried."""
+        with self.engine.connect() as connection:
+            row = connection.execute(text(
+                "select (select count(*) from jobevent), (select count(*) from attempt), "
+                "(select count(*) from output where staged), "
+                "(select coalesce(sum(tries), 0) from output)")).one()
+        return tuple(int(n) for n in row)
+
     def drain(self) -> list[str]:
-        """Wait for every job to end and the pilots to leave, stop the tower; the ledger."""
+        """Wait for every job to end and the pilots to leave, stop the tower; the ledger.
+
+        A production that made no progress for STALL seconds is stuck: the ledger says
+        where, sooner than the drain's time bound would."""
         deadline = time.monotonic() + self.shape.drain_timeout
+        last, since = self.progress(), time.monotonic()
         while self.pause(1.0) and time.monotonic() < deadline:
-            pass
+            if (now := self.progress()) != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > STALL:
+                self.extra.append(f"no progress for {STALL} s: stopped waiting at {self.counts()}")
+                break
         while self.pilots() and time.monotonic() < deadline + 20:
             time.sleep(0.5)
         self.stop_tower()
@@ -313,9 +344,12 @@ def no_faults(tower: FaultTower, long: bool) -> None:
 
 
 def tower_killed(tower: FaultTower, long: bool) -> None:
+    """SIGKILL the tower at random moments, half of them while its stager copies."""
     for _ in range(4 if long else 2):
         if not tower.pause(tower.rng.uniform(1.5, 5)):
             return
+        if tower.rng.random() < 0.5:
+            tower.wait_for_copy(tower.rng.uniform(0, 0.05))
         tower.kill_tower()
         time.sleep(tower.rng.uniform(0.5, 2))
         tower.start()
@@ -369,7 +403,7 @@ SCENARIOS: dict[str, Scenario] = {
     "random_payloads": Scenario(no_faults, lambda long: Shape(
         jobs=60 if long else 16, profile=_profile(sleep=[0.3, 1.7]))),
     "tower_killed": Scenario(tower_killed, lambda long: Shape(
-        jobs=40 if long else 12, profile=_profile(size=[500_000, 3_000_000]), lease=10)),
+        jobs=40 if long else 12, profile=_profile(size=[2_000_000, 16_000_000]), lease=10)),
     "pilots_killed_frozen": Scenario(pilots_killed_and_frozen, lambda long: Shape(
         jobs=40 if long else 12, profile=_profile(long=[0.3, 4, 8]))),
     "connections_cut": Scenario(connections_cut, lambda long: Shape(jobs=40 if long else 12)),
