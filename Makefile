@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench install lint clean
+.PHONY: demo test faults bench install lint clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ demo: install
 test: install
 	scripts/services.sh
 	$(BIN)/pytest -q
+
+# the fault suite's long scenarios (tests/faults/), each FAULT_RUNS times with new seeds;
+# prints the table of runs, faults injected and ledger results, and writes faults-report.md
+FAULT_RUNS ?= 3
+faults: install
+	scripts/services.sh
+	FAULT_RUNS=$(FAULT_RUNS) $(BIN)/pytest -q -m faults_long tests/faults
 
 # the suite of bench/suite.py: gridtower beside Celery and Parsl (installed into their own
 # venv), the machine's ceilings, SLURM, a million-job production; writes bench/results/

@@ -52,7 +52,7 @@ def check(engine: Engine, places: Places) -> list[str]:
         outputs = session.exec(select(Output)).all()
         files = session.exec(select(CatalogFile)).all()
         replicas = session.exec(select(Replica)).all()
-        found = [*_job_ends(jobs, attempts, decisions),
+        found = [*_job_ends(jobs, attempts, decisions, outputs),
                  *_catalog(jobs, attempts, outputs, files, replicas, places),
                  *_strays(attempts, outputs, replicas, places),
                  *_tally(session)]
@@ -60,7 +60,7 @@ def check(engine: Engine, places: Places) -> list[str]:
 
 
 def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
-              decisions: Iterable[RetryDecision]) -> Iterable[str]:
+              decisions: Iterable[RetryDecision], outputs: Iterable[Output]) -> Iterable[str]:
     successes: Counter[int] = Counter()
     ended_badly: set[tuple[int, int]] = set()
     for attempt in attempts:
@@ -80,7 +80,8 @@ def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
         assert job_id is not None
         state = JobState(job.state)
         if state not in ENDED:
-            yield f"job {job_id} left {state} after the drain ({job.message or 'no message'})"
+            yield (f"job {job_id} left {state} after the drain "
+                   f"({job.message or 'no message'}){_outputs_of(job, outputs)}")
         wanted = 1 if state is JobState.DONE else 0
         if successes[job_id] != wanted:
             yield f"job {job_id} is {state} with {successes[job_id]} successful attempts"
@@ -92,6 +93,20 @@ def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
                        f"{said}")
     for job_id, number in sorted(ended_badly - decided):
         yield f"attempt {number} of job {job_id} failed with no retry decision recorded"
+
+
+def _outputs_of(job: Job, outputs: Iterable[Output]) -> str:
+    """For a job left staging: whether its outputs still wait (and why) or all are staged
+    (then nothing will ever move it)."""
+    mine = [o for o in outputs if o.job_id == job.id and o.attempt == job.attempt]
+    if job.state != JobState.STAGING or not mine:
+        return ""
+    waiting = [o for o in mine if not o.staged]
+    if not waiting:
+        return f": all {len(mine)} outputs of attempt {job.attempt} are staged and cataloged"
+    return "; waiting: " + ", ".join(
+        f"{o.name} (tries {o.tries}, leased until {o.lease_until and f'{o.lease_until:%H:%M:%S}'}"
+        f", last error {o.last_error!r})" for o in waiting)
 
 
 def _catalog(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],

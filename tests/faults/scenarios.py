@@ -225,11 +225,14 @@ class FaultTower:
 
     def kill_pilot(self) -> None:
         """SIGKILL a pilot; a second later, none of its payloads may run on."""
+        payloads = self.processes(str(PAYLOAD))
         pilots = self.pilots()
+        # a pilot running payloads, when there is one: whether they die with it is the point
+        busy = sorted({_parent(child) for child in payloads} & set(pilots))
         if not pilots:
             return
-        pid = self.rng.choice(pilots)
-        payloads = [child for child in self.processes(str(PAYLOAD)) if _parent(child) == pid]
+        pid = self.rng.choice(busy or pilots)
+        payloads = [child for child in payloads if _parent(child) == pid]
         os.kill(pid, signal.SIGKILL)
         self.faults["pilot killed"] += 1
         time.sleep(1.0)
