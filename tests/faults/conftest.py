@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import RABBITMQ, missing_service, rabbitmq_reachable, rabbitmqctl
 from tests.faults.scenarios import Result
 
 RESULTS = pytest.StashKey[list[Result]]()
@@ -33,6 +38,23 @@ def seed() -> int:
     """GRIDTOWER_FAULT_SEED to replay a run, else a new one."""
     given = os.environ.get("GRIDTOWER_FAULT_SEED")
     return int(given) if given else random.SystemRandom().randrange(2**31)
+
+
+@pytest.fixture
+def fault_amqp_url() -> Iterator[str]:
+    """A vhost and a user of this scenario's own: the shared test user's password is
+    changed by every pytest session that starts, which would cut a scenario's tower off
+    its broker when another session starts beside it (a fault nobody meant to inject)."""
+    if not rabbitmq_reachable() or shutil.which("rabbitmqctl") is None:
+        missing_service(f"RabbitMQ at {RABBITMQ} with rabbitmqctl")
+    name = f"gt-faults-{uuid.uuid4().hex[:10]}"
+    password = secrets.token_hex(12)
+    rabbitmqctl("add_user", name, password)
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, name, ".*", ".*", ".*")
+    yield f"amqp://{name}:{password}@{RABBITMQ}/{name}"
+    rabbitmqctl("delete_vhost", name)
+    rabbitmqctl("delete_user", name)
 
 
 @pytest.fixture

@@ -39,6 +39,11 @@ class Places:
     storages: Iterable[Path]
     #: The value of MARKER in this scenario's payloads.
     marker: str
+    #: Where the pilots' logs are: a traceback in one is a pilot that crashed.
+    pilot_logs: Path | None = None
+    #: The attempt outcomes a scenario allows (None: any); with no fault injected, only the
+    #: payload's own failures can happen.
+    outcomes: frozenset[str] | None = None
     extra: list[str] = field(default_factory=list)
 
 
@@ -56,7 +61,8 @@ def check(engine: Engine, places: Places) -> list[str]:
                  *_catalog(jobs, attempts, outputs, files, replicas, places),
                  *_strays(attempts, outputs, replicas, places),
                  *_tally(session)]
-    return [*found, *_payloads(places), *places.extra]
+        found += _outcomes(attempts, places.outcomes)
+    return [*found, *_payloads(places), *_crashes(places.pilot_logs), *places.extra]
 
 
 def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
@@ -86,9 +92,9 @@ def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
         if successes[job_id] != wanted:
             yield f"job {job_id} is {state} with {successes[job_id]} successful attempts"
         if state in DECIDED:
-            decision = last.get(job_id)
-            if decision is None or decision.action != DECIDED[state]:
-                said = f"{decision.action} ({decision.reason})" if decision else "nothing"
+            final = last.get(job_id)
+            if final is None or final.action != DECIDED[state]:
+                said = f"{final.action} ({final.reason})" if final else "nothing"
                 yield (f"job {job_id} is {state} but its last recorded decision says "
                        f"{said}")
     for job_id, number in sorted(ended_badly - decided):
@@ -197,10 +203,30 @@ def _tally(session: Session) -> Iterable[str]:
     for (_, site, kind, _), n in tally.totals(session).items():
         if kind != tally.DONE:
             counted[(site, kind)] += n
-    for key in sorted(set(ended) | set(counted)):
-        if ended[key] != counted[key]:
-            yield (f"tally of attempts at {key[0]} ended {key[1]}: kept {counted[key]}, the "
-                   f"attempts table says {ended[key]}")
+    for where in sorted(set(ended) | set(counted)):
+        if ended[where] != counted[where]:
+            yield (f"tally of attempts at {where[0]} ended {where[1]}: kept {counted[where]}, "
+                   f"the attempts table says {ended[where]}")
+
+
+def _outcomes(attempts: Iterable[Attempt], allowed: frozenset[str] | None) -> list[str]:
+    if allowed is None:
+        return []
+    return [f"attempt {a.number} of job {a.job_id} ended {a.outcome} ({a.reason}) with no "
+            f"fault injected" for a in attempts if a.ended_at and a.outcome not in allowed]
+
+
+def _crashes(logs: Path | None) -> Iterable[str]:
+    """Tracebacks no log line introduces: an exception nothing handled (a dead thread or
+    pilot), not one a loop logged and survived."""
+    for log in sorted(logs.glob("*.log")) if logs else []:
+        lines = log.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines):
+            before = lines[number - 1] if number else ""
+            if line.startswith("Traceback") and not any(
+                    f" {level} " in before for level in ("WARNING", "ERROR", "CRITICAL")):
+                last = next((x for x in lines[number + 1:] if x and not x.startswith(" ")), "")
+                yield f"pilot {log.stem} crashed: {last} (in {log})"
 
 
 def _payloads(places: Places) -> Iterable[str]:

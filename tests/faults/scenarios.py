@@ -73,6 +73,8 @@ class Shape:
     #: storage.lease: how long outputs a dead tower leased wait for another.
     lease: int = 120
     drain_timeout: float = 90
+    #: Attempt outcomes the ledger allows (None: any).
+    outcomes: frozenset[str] | None = None
 
 
 class FaultTower:
@@ -209,7 +211,8 @@ class FaultTower:
             time.sleep(0.5)
         self.stop_tower()
         places = ledger.Places(destinations={"store": self.store}, storages=[self.storage],
-                               marker=self.run_id, extra=self.extra)
+                               marker=self.run_id, pilot_logs=self.home / "scratch" / "pilot-logs",
+                               outcomes=self.shape.outcomes, extra=self.extra)
         return ledger.check(self.engine, places)
 
     # -- processes ---------------------------------------------------------------------------
@@ -404,7 +407,8 @@ def _profile(**changes: Any) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Scenario] = {
     "random_payloads": Scenario(no_faults, lambda long: Shape(
-        jobs=60 if long else 16, profile=_profile(sleep=[0.3, 1.7]))),
+        jobs=60 if long else 16, profile=_profile(sleep=[0.3, 1.7]),
+        outcomes=frozenset({"success", "exit_code"}))),
     "tower_killed": Scenario(tower_killed, lambda long: Shape(
         jobs=40 if long else 12, profile=_profile(size=[2_000_000, 16_000_000]), lease=10)),
     "pilots_killed_frozen": Scenario(pilots_killed_and_frozen, lambda long: Shape(

@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
 
 def assert_ledger_holds(result: Result, long: bool) -> None:
-    replay = (f"FAULT_RUNS=1 GRIDTOWER_FAULT_SEED={result.seed} pytest tests/faults -k {result.scenario}"
-              + (" -m faults_long" if long else ""))
+    replay = (f"FAULT_RUNS=1 GRIDTOWER_FAULT_SEED={result.seed} pytest tests/faults "
+              f"-k {result.scenario}" + (" -m faults_long" if long else ""))
     assert not result.violations, (
         f"seed {result.seed}: the ledger of {result.scenario} does not hold "
         f"({len(result.violations)} violations; replay with {replay}):\n"
@@ -24,9 +24,10 @@ def assert_ledger_holds(result: Result, long: bool) -> None:
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_fault(scenario: str, seed: int, tmp_path: Path, postgres_url: str, amqp_url: str,
+def test_fault(scenario: str, seed: int, tmp_path: Path, postgres_url: str,
+               fault_amqp_url: str,
                record: list[Result]) -> None:
-    result = play(scenario, tmp_path, postgres_url, amqp_url, seed, run=1, long=False)
+    result = play(scenario, tmp_path, postgres_url, fault_amqp_url, seed, run=1, long=False)
     record.append(result)
     assert_ledger_holds(result, long=False)
 
@@ -35,7 +36,7 @@ def test_fault(scenario: str, seed: int, tmp_path: Path, postgres_url: str, amqp
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_fault_long(scenario: str, run: int, seed: int, tmp_path: Path, postgres_url: str,
-                    amqp_url: str, record: list[Result]) -> None:
-    result = play(scenario, tmp_path, postgres_url, amqp_url, seed, run=run, long=True)
+                    fault_amqp_url: str, record: list[Result]) -> None:
+    result = play(scenario, tmp_path, postgres_url, fault_amqp_url, seed, run=run, long=True)
     record.append(result)
     assert_ledger_holds(result, long=True)
