@@ -25,8 +25,7 @@ def assert_ledger_holds(result: Result, long: bool) -> None:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_fault(scenario: str, seed: int, tmp_path: Path, postgres_url: str,
-               fault_amqp_url: str,
-               record: list[Result]) -> None:
+               fault_amqp_url: str, record: list[Result]) -> None:
     result = play(scenario, tmp_path, postgres_url, fault_amqp_url, seed, run=1, long=False)
     record.append(result)
     assert_ledger_holds(result, long=False)
