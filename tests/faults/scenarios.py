@@ -226,16 +226,24 @@ class FaultTower:
         """Live pilots that are not frozen."""
         return [pid for pid in self.processes("pilots.main") if pid not in self.frozen]
 
+    def a_pilot(self) -> int | None:
+        """A pilot running payloads (whether they share its fate is the point), waiting 10 s
+        at most for one; else any pilot; None once the production drained."""
+        deadline = time.monotonic() + 10
+        while self.pause(0.1):
+            pilots = self.pilots()
+            busy = sorted({_parent(child) for child in self.processes(str(PAYLOAD))}
+                          & set(pilots))
+            if busy or (pilots and time.monotonic() > deadline):
+                return self.rng.choice(busy or pilots)
+        return None
+
     def kill_pilot(self) -> None:
         """SIGKILL a pilot; a second later, none of its payloads may run on."""
-        payloads = self.processes(str(PAYLOAD))
-        pilots = self.pilots()
-        # a pilot running payloads, when there is one: whether they die with it is the point
-        busy = sorted({_parent(child) for child in payloads} & set(pilots))
-        if not pilots:
+        pid = self.a_pilot()
+        if pid is None:
             return
-        pid = self.rng.choice(busy or pilots)
-        payloads = [child for child in payloads if _parent(child) == pid]
+        payloads = [child for child in self.processes(str(PAYLOAD)) if _parent(child) == pid]
         os.kill(pid, signal.SIGKILL)
         self.faults["pilot killed"] += 1
         time.sleep(1.0)
@@ -246,10 +254,9 @@ class FaultTower:
 
     def freeze_pilot(self, thaw_after: float | None) -> None:
         """SIGSTOP a pilot; SIGCONT it after `thaw_after` seconds, or never."""
-        pilots = self.pilots()
-        if not pilots:
+        pid = self.a_pilot()
+        if pid is None:
             return
-        pid = self.rng.choice(pilots)
         os.kill(pid, signal.SIGSTOP)
         self.frozen.add(pid)
         self.faults["pilot frozen"] += 1
@@ -373,10 +380,12 @@ def pilots_killed_and_frozen(tower: FaultTower, long: bool) -> None:
 
 
 def connections_cut(tower: FaultTower, long: bool) -> None:
-    for _ in range(8 if long else 4):
+    cuts = [tower.cut_broker, tower.cut_database] * (4 if long else 2)
+    tower.rng.shuffle(cuts)
+    for cut in cuts:
         if not tower.pause(tower.rng.uniform(1, 3)):
             return
-        tower.rng.choice([tower.cut_broker, tower.cut_database])()
+        cut()
 
 
 def storage_full(tower: FaultTower, long: bool) -> None:
@@ -413,12 +422,12 @@ SCENARIOS: dict[str, Scenario] = {
         jobs=40 if long else 12, profile=_profile(size=[2_000_000, 16_000_000]), lease=10)),
     "pilots_killed_frozen": Scenario(pilots_killed_and_frozen, lambda long: Shape(
         jobs=40 if long else 12, profile=_profile(long=[0.3, 4, 8]))),
-    "connections_cut": Scenario(connections_cut, lambda long: Shape(jobs=40 if long else 12)),
+    "connections_cut": Scenario(connections_cut, lambda long: Shape(jobs=40 if long else 16)),
     "storage_full": Scenario(storage_full, lambda long: Shape(
         jobs=40 if long else 12, profile=_profile(size=[200_000, 1_500_000]),
         storage_mb=6, destination_mb=128, remove_source=True)),
     "storage_unwritable": Scenario(storage_unwritable, lambda long: Shape(
-        jobs=40 if long else 12, storage_mb=64, destination_mb=64)),
+        jobs=40 if long else 16, storage_mb=64, destination_mb=64)),
 }
 
 
