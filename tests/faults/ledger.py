@@ -89,7 +89,7 @@ def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
             yield (f"job {job_id} left {state} after the drain "
                    f"({job.message or 'no message'}){_outputs_of(job, outputs)}")
         wanted = 1 if state is JobState.DONE else 0
-        if successes[job_id] != wanted:
+        if state in ENDED and successes[job_id] != wanted:
             yield f"job {job_id} is {state} with {successes[job_id]} successful attempts"
         if state in DECIDED:
             final = last.get(job_id)
@@ -134,7 +134,7 @@ def _catalog(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
         if job.state == JobState.DONE and names != sorted(declared[job_id or 0]):
             yield (f"job {job_id} is done with catalog files {names}, but its successful "
                    f"attempt declared {sorted(declared[job_id or 0])}")
-        elif job.state != JobState.DONE and names:
+        elif job.state in ENDED - {JobState.DONE} and names:
             yield f"job {job_id} is {job.state} but the catalog holds its files {names}"
     for catalog_file in files:
         yield from _replicas(catalog_file, by_file[catalog_file.id], places)

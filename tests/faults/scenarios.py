@@ -380,11 +380,15 @@ def pilots_killed_and_frozen(tower: FaultTower, long: bool) -> None:
 
 
 def connections_cut(tower: FaultTower, long: bool) -> None:
+    """Close the broker's connections and terminate the tower's database backends, half of
+    the latter while the stager holds an output."""
     cuts = [tower.cut_broker, tower.cut_database] * (4 if long else 2)
     tower.rng.shuffle(cuts)
     for cut in cuts:
         if not tower.pause(tower.rng.uniform(1, 3)):
             return
+        if cut == tower.cut_database and tower.rng.random() < 0.5:
+            tower.wait_for_copy(0)
         cut()
 
 
