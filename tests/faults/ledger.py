@@ -19,7 +19,7 @@ from catalog.models import CatalogFile, Replica
 from pilots.checksums import adler32_file
 from tower import tally
 from tower.models import Attempt, Job, Output, RetryDecision
-from tower.outcomes import Outcome
+from tower.outcomes import NOT_FAILURES, Outcome
 from tower.states import JobState
 
 #: Where a job may end after a drain: held and failed only with a decision saying so.
@@ -75,7 +75,7 @@ def _job_ends(jobs: Mapping[int | None, Job], attempts: Iterable[Attempt],
                    f"(pilot {attempt.pilot_id}, started {attempt.started_at:%H:%M:%S})")
         elif attempt.outcome == Outcome.SUCCESS:
             successes[attempt.job_id] += 1
-        else:
+        elif attempt.outcome not in NOT_FAILURES:  # a cancelled attempt needs no decision
             ended_badly.add((attempt.job_id, attempt.number))
     last: dict[int, RetryDecision] = {}
     decided: set[tuple[int, int]] = set()
