@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test fuzz bench install lint clean
+.PHONY: demo test fuzz faults bench install lint clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,13 @@ test: install
 fuzz: install
 	scripts/services.sh
 	GRIDTOWER_FUZZ_EXAMPLES=$${GRIDTOWER_FUZZ_EXAMPLES:-500} $(BIN)/pytest -q --timeout=3600 tests/security
+
+# the fault suite's long scenarios (tests/faults/), each FAULT_RUNS times with new seeds;
+# prints the table of runs, faults injected and ledger results, and writes faults-report.md
+FAULT_RUNS ?= 3
+faults: install
+	scripts/services.sh
+	FAULT_RUNS=$(FAULT_RUNS) $(BIN)/pytest -q -m faults_long tests/faults
 
 # the suite of bench/suite.py: gridtower beside Celery and Parsl (installed into their own
 # venv), the machine's ceilings, SLURM, a million-job production; writes bench/results/
