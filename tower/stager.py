@@ -257,6 +257,9 @@ def _note_copied(runtime: Runtime, output: Output, copied: list[str]) -> None:
 def _register(runtime: Runtime, output: Output, job: Job, production: Production,
               replicas: dict[str, tuple[str, str]], rejected: str | None) -> None:
     with transaction(runtime.engine) as session:
+        # the job's row first: a job's outputs are staged in parallel, and without the lock
+        # each of two last outputs sees the other unstaged and neither moves the job on
+        session.exec(select(Job.id).where(Job.id == job.id).with_for_update()).one()
         entry = files.register(session, production.dataset, output.name, output.size,
                                output.adler32, job.id, output.attempt,  # type: ignore[arg-type]
                                _metadata(job, production))

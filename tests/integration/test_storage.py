@@ -125,6 +125,25 @@ def test_a_corrupted_copy_at_the_destination_is_detected_and_made_again(
     assert replicas_match_disk(tower, {"store": root}) == 1
 
 
+#: A payload that writes three outputs, staged by the stager's threads side by side.
+THREE_OUTPUTS = ("import sys\n"
+                 "for part in 'abc': open(f'{sys.argv[1]}/out_{sys.argv[2]}_{part}.dat', 'w')"
+                 ".write(part * 1000)\n")
+
+
+def test_a_job_whose_outputs_are_staged_in_parallel_is_done(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    tower = live_tower()
+    request = {"name": "three", "software": "python", "events_total": 8, "events_per_job": 1,
+               "command": ["${python}", "-c", THREE_OUTPUTS, "${output_dir}", "${index}"],
+               "walltime": "1m", "outputs": ["out_*.dat"]}
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump(request))
+    tower.submit(path)
+    tower.drive(tower.all_ended, timeout=90)
+    assert_done_exactly_once(tower.runtime.engine, jobs=8, files_per_job=3)
+
+
 def test_sources_are_removed_only_when_asked_and_after_verification(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     tower = live_tower(retry=RETRY, storage=storage(
