@@ -8,6 +8,7 @@ break a listing, a log line or a catalog entry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import unicodedata
@@ -175,7 +176,10 @@ def write_complete(target: Path, write: Callable[[IO[bytes]], T], what: str) -> 
         os.replace(partial, target)
         _fsync_directory(target.parent)
     except BaseException as exc:
-        partial.unlink(missing_ok=True)
+        # a file system gone read-only refuses the removal too: the first error is the
+        # one to report, and the stager's sweep takes the temporary later
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise TransferError(f"{what}: {describe(exc)}") from exc
         raise

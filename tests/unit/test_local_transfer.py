@@ -10,7 +10,7 @@ import pytest
 
 from tower.config import DestinationSettings
 from tower.errors import SourceError, TransferError
-from transfer.base import FileInfo, open_transfer
+from transfer.base import FileInfo, open_transfer, write_complete
 from transfer.local import LocalTransfer
 
 #: Paths every backend refuses before touching anything (tests/integration/test_sftp.py too).
@@ -78,3 +78,18 @@ def test_a_link_out_of_the_root_is_refused(store: LocalTransfer, tmp_path: Path)
     (tmp_path / "store" / "out").symlink_to(tmp_path)
     with pytest.raises(TransferError, match="leaves its root"):
         store.stat("out/source")
+
+
+def test_a_failed_write_whose_cleanup_fails_too_reports_the_first_error(tmp_path: Path) -> None:
+    """The directory of the temporary is swapped for a file while it is written (as a
+    file system gone read-only refuses the removal): the write's own error is reported
+    as a TransferError, not the cleanup's."""
+    directory = tmp_path / "dataset"
+
+    def write(writer: object) -> None:
+        directory.rename(tmp_path / "moved")
+        directory.write_bytes(b"not a directory")
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(TransferError, match="Input/output error"):
+        write_complete(directory / "file.dat", write, "copy")
