@@ -7,7 +7,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from tower.errors import NotFound
-from tower.models import Attempt, Job, Production
+from tower.models import Attempt, Job, JobEvent, Production
 from tower.states import JobState
 
 
@@ -39,7 +39,20 @@ def show(session: Session, job_id: int) -> dict[str, Any]:
         raise NotFound(f"no job {job_id}", field="job")
     tries = session.exec(select(Attempt).where(Attempt.job_id == job_id)
                          .order_by(col(Attempt.number))).all()
-    return {**_job_dict(*row), "attempts": [a.model_dump(mode="json") for a in tries]}
+    return {**_job_dict(*row), "attempts": [a.model_dump(mode="json") for a in tries],
+            "history": history(session, job_id)}
+
+
+#: How many of a job's latest moves `tower job`, `tower why` and the job page show.
+HISTORY = 30
+
+
+def history(session: Session, job_id: int) -> list[dict[str, Any]]:
+    """The job's latest moves, oldest first: when, from which state to which, and why."""
+    events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id)
+                          .order_by(col(JobEvent.id).desc()).limit(HISTORY)).all()
+    return [{"at": event.at.isoformat(timespec="seconds"), "from": event.from_state,
+             "to": event.to_state, "reason": event.reason} for event in reversed(events)]
 
 
 def _job_dict(job: Job, production: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
-from tower import overrides, tally
+from tower import overrides, progress, tally
 from tower.config import TowerConfig
 from tower.db import analyze_after_commit, bulk_insert
 from tower.errors import Conflict, NotFound, SpecError
@@ -439,6 +439,8 @@ def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]
         result.append({
             "outputs_waiting": held.get(production.id or 0, {}),
             "name": production.name, "state": production.state, "dataset": production.dataset,
+            # the one word the CLI, the API, the pages and notifications use for it
+            "phase": progress.phase(production.state, states),
             "priority": production.priority,
             "jobs": sum(count.jobs for count in states.values()),
             "states": {state: count.jobs for state, count in states.items()},

@@ -7,12 +7,13 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from sqlmodel import Session
-
-from tower import tally
 from tower.outcomes import NOT_FAILURES
 from tower.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 #: Bar characters, in the order states fill the bar from the left.
 SYMBOLS = (("done", "#"), ("staging", "+"), ("running", ">"), ("queued", "~"),
@@ -35,7 +36,9 @@ def bar(counts: Mapping[str, int], width: int = 40) -> str:
 #: States a job no longer leaves by itself.
 FINISHED = frozenset({"done", "failed", "cancelled"})
 #: Activity kinds that are not failures.
-NOT_FAILED = frozenset({tally.DONE, *(str(outcome) for outcome in NOT_FAILURES)})
+#: ("done" is tally.DONE: the CLI draws bars with this module without loading the tally
+#: and SQLAlchemy, so the tally is imported where it is queried.)
+NOT_FAILED = frozenset({"done", *(str(outcome) for outcome in NOT_FAILURES)})
 
 
 def phase(state: str, counts: Mapping[str, int]) -> str:
@@ -59,6 +62,8 @@ class Pace:
 def paces(session: Session, counts: Mapping[int, Mapping[str, int]],
           now: datetime | None = None) -> dict[int, Pace]:
     """The pace of every production in `counts` ({production id: {state: jobs}})."""
+    from tower import tally
+
     now = now or utcnow()
     hour_ago = now - timedelta(hours=1)
     done: Counter[int] = Counter()

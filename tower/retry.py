@@ -22,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from tower import jobs, productions, tally
 from tower.config import TowerConfig
+from tower.errors import Conflict, NotFound
 from tower.models import Attempt, Job, Production, RetryDecision
 from tower.outcomes import NOT_FAILURES, Outcome
 from tower.policy import Action, Decision, Ended, Policy, decide
@@ -256,12 +257,33 @@ def _chosen(attempt: Attempt | None, classes: Sequence[str], exit_code: int | No
 
 def act_on(session: Session, action: str, job_ids: Sequence[int], production: str | None,
            by: str) -> list[int]:
-    """`hold` or `release` the given jobs, and those of `production` it applies to."""
+    """`hold` or `release` the given jobs, and those of `production` it applies to. A job
+    named by id that does not exist, or that the action cannot move, is refused before
+    anything moves (NotFound, Conflict): a silent `0 jobs held` hid typos."""
+    movable = HOLDABLE if action == "hold" else [JobState.HELD]
+    _check_named(session, action, job_ids, movable)
     chosen = list(job_ids)
     if production:
         chosen += jobs.ids_in(session, productions.get(session, production),
                               HOLDABLE if action == "hold" else [JobState.HELD])
     return hold(session, chosen, by) if action == "hold" else release(session, chosen, by)
+
+
+def _check_named(session: Session, action: str, job_ids: Sequence[int],
+                 movable: Sequence[JobState]) -> None:
+    found: dict[int | None, JobState] = {}
+    for start in range(0, len(job_ids), 5000):
+        found.update(session.exec(select(Job.id, Job.state).where(
+            col(Job.id).in_(list(job_ids[start:start + 5000])))).all())
+    missing = [job_id for job_id in job_ids if job_id not in found]
+    if missing:
+        raise NotFound(f"{action}: no job {', '.join(map(str, missing))}", field="jobs")
+    stuck = [f"job {job_id} is {found[job_id]}" for job_id in job_ids
+             if found[job_id] not in movable]
+    if stuck:
+        raise Conflict(f"{action}: {'; '.join(stuck)} (only jobs "
+                       f"{', '.join(map(str, movable))} can be "
+                       f"{'held' if action == 'hold' else 'released'})", field="jobs")
 
 
 def release(session: Session, job_ids: Sequence[int], by: str) -> list[int]:

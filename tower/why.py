@@ -11,16 +11,13 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from tower import fleet, health
+from tower import fleet, health, jobs
 from tower.config import TowerConfig
 from tower.errors import NotFound
 from tower.matchmaker import placed
-from tower.models import Attempt, FactoryDecision, Job, JobEvent, Output, Production, RetryDecision
+from tower.models import Attempt, FactoryDecision, Job, Output, Production, RetryDecision
 from tower.states import PRODUCTION_RUNNABLE, JobState, PilotState
 from tower.timeutil import utcnow
-
-#: Moves of the job listed, newest last.
-HISTORY = 30
 
 
 def explain(session: Session, config: TowerConfig, job_id: int) -> dict[str, Any]:
@@ -32,15 +29,12 @@ def explain(session: Session, config: TowerConfig, job_id: int) -> dict[str, Any
     decisions = session.exec(select(RetryDecision).where(RetryDecision.job_id == job_id)
                              .order_by(col(RetryDecision.id))).all()
     acting = [row for row in decisions if not row.passive]
-    events = session.exec(select(JobEvent).where(JobEvent.job_id == job_id)
-                          .order_by(col(JobEvent.id).desc()).limit(HISTORY)).all()
     return {
         "job": job_id, "production": production.name, "state": job.state.value,
         "attempt": job.attempt, "site": job.site,
         "why": _now(session, config, job, production, acting[-1] if acting else None),
         "decisions": [_decision(row) for row in decisions],
-        "history": [{"at": event.at.isoformat(timespec="seconds"), "from": event.from_state,
-                     "to": event.to_state, "reason": event.reason} for event in reversed(events)],
+        "history": jobs.history(session, job_id),
     }
 
 

@@ -1,0 +1,7 @@
+"""`python -m tower.cli`: the `tower` command."""
+
+import sys
+
+from tower.cli import main
+
+sys.exit(main())

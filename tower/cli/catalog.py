@@ -1,0 +1,128 @@
+"""`tower catalog ls, find, export, verify`: the datasets and their files."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from tower.cli.common import Group, ask, by_name, json_option, print_json, table
+
+
+@click.group(cls=Group)
+def catalog() -> None:
+    """the catalog: `catalog ls [DATASET]` lists datasets, or the files of one; `catalog
+    find KEY=VALUE...` finds files by metadata; `catalog export DATASET` prints its file
+    list; `catalog verify DATASET` checks every replica at its destination and lists files
+    there that nothing names (exit 1 unless all replicas are good and none is left)"""
+
+
+def print_files(rows: list[dict[str, Any]]) -> None:
+    lines = []
+    for row in rows:
+        where = ", ".join(r["url"] if r["state"] == "good" else f"{r['url']} ({r['state']})"
+                          for r in row["replicas"]) or "no replica"
+        events = "" if row["events"] is None else f"{row['events']} events"
+        lines.append([row["lfn"], row["size"], f"adler32:{row['adler32']}", events, where])
+    print("\n".join(table(lines, right="1")))
+
+
+@catalog.command()
+@click.argument("dataset", required=False, metavar="DATASET")
+@json_option
+def ls(dataset: str | None, as_json: bool) -> int:
+    """the datasets with their files and bytes, or the files of one with their replicas"""
+    from catalog import files
+
+    if dataset:
+        rows = ask("GET", "/catalog/find", lambda runtime, session: {
+            "files": files.files(session, dataset)}, params={"q": [f"dataset={dataset}"]})
+    else:
+        rows = ask("GET", "/catalog/datasets", lambda runtime, session: {
+            "datasets": files.datasets(session)})
+        rows = {"datasets": by_name(rows["datasets"])}
+    if as_json:
+        print_json(rows)
+    elif dataset:
+        print_files(rows["files"])
+    else:
+        print("\n".join(table([[row["name"], row["files"], "files", row["bytes"], "bytes"]
+                               for row in rows["datasets"]], right="13")))
+    return 0
+
+
+@catalog.command()
+@click.argument("terms", nargs=-1, required=True, metavar="KEY=VALUE...")
+@json_option
+def find(terms: tuple[str, ...], as_json: bool) -> int:
+    """files whose metadata meet every condition, such as software=toysim, source=Rn222
+    (a parameter), dataset=NAME, size>1000, events>=100"""
+    from catalog import queries
+
+    conditions = queries.parse_conditions(list(terms))  # checked here too, before asking
+    rows = ask("GET", "/catalog/find", lambda runtime, session: {
+        "files": queries.find(session, conditions)}, params={"q": list(terms)})
+    if as_json:
+        print_json(rows)
+    else:
+        print_files(rows["files"])
+    return 0
+
+
+@catalog.command()
+@click.argument("dataset", metavar="DATASET")
+@click.option("--format", "fmt", type=click.Choice(["json", "names"]), default="json",
+              show_default=True, help="rows with size, adler32, events and good replicas "
+              "(json), or the LFNs alone (names)")
+@json_option
+def export(dataset: str, fmt: str, as_json: bool) -> int:
+    """print a dataset's file list"""
+    from catalog import queries
+
+    data = ask("GET", f"/catalog/datasets/{quote(dataset)}/files", lambda runtime, session: {
+        "dataset": dataset, "names" if fmt == "names" else "files":
+        queries.export(session, dataset, fmt)}, params={"format": fmt})
+    if fmt == "names" and not as_json:
+        print("\n".join(data["names"]))
+    else:
+        print_json(data)
+    return 0
+
+
+@catalog.command()
+@click.argument("dataset", metavar="DATASET")
+@click.option("--remove-leftovers", is_flag=True,
+              help="remove the files in the dataset's directories that no replica names "
+              "(orphans, temporaries of dead copies)")
+@json_option
+def verify(dataset: str, remove_leftovers: bool, as_json: bool) -> int:
+    """check every replica of a dataset at its destination and list the files there that
+    nothing names (exit 1 unless all replicas are good and none is left)"""
+    from tower.catalog_verify import verify_dataset
+
+    summary = ask("POST", f"/catalog/datasets/{quote(dataset)}/verify",
+                  lambda runtime, session: verify_dataset(runtime, dataset, remove_leftovers),
+                  params={"remove_leftovers": int(remove_leftovers)})
+    kept = len(summary["leftovers"]) - summary["removed"]
+    failed = bool(summary["bad"] or summary["missing"] or summary["unreachable"] or kept)
+    if as_json:
+        print_json(summary)
+        return int(failed)
+    print(f"{summary['dataset']}: {summary['checked']} of {summary['replicas']} replicas "
+          f"checked: {summary['good']} good, {summary['bad']} bad, "
+          f"{summary['missing']} missing")
+    for problem in summary["problems"]:
+        print(f"  {problem['state']:<8} {problem['destination']}:{problem['path']}  "
+              f"{problem['error']}")
+    for place in summary["unreachable"]:
+        print(f"  unreachable {place['destination']} ({place['replicas']} replicas not "
+              f"checked): {place['error']}")
+    for leftover in summary["leftovers"]:
+        print(f"  {leftover['kind']:<8} {leftover['where']}:{leftover['path']}  "
+              f"{leftover['size']} bytes, named by no replica"
+              + ("  (removed)" if summary["removed"] else ""))
+    return int(failed)
+
+
+COMMANDS = [catalog]

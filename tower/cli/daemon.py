@@ -1,0 +1,135 @@
+"""`tower init, run, serve`: make a tower's home, and run its loops and API."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from tower.cli.common import config, runtime
+
+if TYPE_CHECKING:
+    from tower.runtime import Runtime
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--force", is_flag=True, help="overwrite existing files")
+def init(directory: Path, force: bool) -> int:
+    """write a starter tower.yaml, sites.yaml and example production into DIR"""
+    from tower import home
+
+    written = home.init(directory, force=force)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"\nnext: export TOWER_CONFIG={written[0]}\n"
+          f"      tower submit {written[2]} && tower run --until-done")
+    return 0
+
+
+@click.command()
+@click.option("--until-done", is_flag=True,
+              help="exit once every job has ended (non-zero if any did not succeed)")
+@click.option("--timeout", type=float, help="with --until-done: give up after SECONDS")
+@click.option("--no-api", is_flag=True, help="do not serve the API here")
+def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
+    """run the tower's loops and its API in one process"""
+    from tower import daemon
+    from tower.runtime import Runtime
+
+    loaded = config()
+    server = None
+    if not no_api:
+        from web.server import start_server
+
+        server, url = start_server(loaded)
+        loaded = loaded.model_copy(update={"api": loaded.api.model_copy(update={"url": url})})
+        print(f"tower: API at {url}", file=sys.stderr)
+    opened = Runtime.open(loaded)
+    if server is not None:
+        server.bind(opened)
+    stop = threading.Event()
+    threads = daemon.run_forever(opened, stop)
+    try:
+        if not until_done:
+            while True:
+                time.sleep(3600)
+        code = wait_done(opened, timeout)
+        end_pilots(opened)
+        return code
+    finally:
+        daemon.halt(opened, stop)
+        for thread in threads:
+            thread.join(timeout=30)
+        if server is not None:
+            server.shutdown()
+        opened.close()
+
+
+def wait_done(opened: Runtime, timeout: float | None) -> int:
+    from sqlmodel import Session
+
+    from tower import daemon, productions
+    from tower.progress import bar
+
+    deadline = time.monotonic() + timeout if timeout else None
+    tty = sys.stderr.isatty()
+    turn = 0
+    while True:
+        with Session(opened.engine) as session:
+            counts: dict[str, int] = {}
+            for row in productions.summaries(session):
+                for state, count in row["states"].items():
+                    counts[state] = counts.get(state, 0) + count
+        ended = daemon.unfinished(opened) == 0
+        # checked every second; a log that is not a terminal gets a line every 5 s
+        if tty or ended or turn % 5 == 0:
+            line = f"{bar(counts)}  " + " ".join(f"{s} {n}" for s, n in sorted(counts.items()))
+            print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr,
+                  flush=True)
+        if ended:
+            print(file=sys.stderr) if tty else None
+            return 0 if set(counts) <= {"done"} else 1
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"\ntower: gave up after {timeout:.0f}s", file=sys.stderr)
+            return 1
+        time.sleep(1)
+        turn += 1
+
+
+def end_pilots(opened: Runtime, patience: float = 30.0) -> None:
+    """The campaign is over: stop idle pilots now, and give them time to say goodbye."""
+    from sqlmodel import Session
+
+    from tower import daemon, fleet
+
+    deadline = time.monotonic() + patience
+    if daemon.stop_pilots(opened):
+        while time.monotonic() < deadline:
+            with Session(opened.engine) as session:
+                if not fleet.active(session):
+                    return
+            time.sleep(0.5)
+
+
+@click.command()
+def serve() -> int:
+    """serve the API only"""
+    from web.server import start_server
+
+    loaded = config()
+    server, url = start_server(loaded)
+    server.bind(runtime())
+    print(f"tower: API at {url}", file=sys.stderr)
+    try:
+        server.thread.join()
+    finally:
+        server.shutdown()
+    return 0
+
+
+COMMANDS = [init, run, serve]
