@@ -33,15 +33,16 @@ def print_files(rows: list[dict[str, Any]]) -> None:
 @json_option
 def ls(dataset: str | None, as_json: bool) -> int:
     """the datasets with their files and bytes, or the files of one with their replicas"""
-    from catalog import files
+    def local(runtime: Any, session: Any) -> Any:
+        from catalog import files
+
+        return ({"files": files.files(session, dataset)} if dataset
+                else {"datasets": files.datasets(session)})
 
     if dataset:
-        rows = ask("GET", "/catalog/find", lambda runtime, session: {
-            "files": files.files(session, dataset)}, params={"q": [f"dataset={dataset}"]})
+        rows = ask("GET", "/catalog/find", local, params={"q": [f"dataset={dataset}"]})
     else:
-        rows = ask("GET", "/catalog/datasets", lambda runtime, session: {
-            "datasets": files.datasets(session)})
-        rows = {"datasets": by_name(rows["datasets"])}
+        rows = {"datasets": by_name(ask("GET", "/catalog/datasets", local)["datasets"])}
     if as_json:
         print_json(rows)
     elif dataset:
@@ -58,11 +59,12 @@ def ls(dataset: str | None, as_json: bool) -> int:
 def find(terms: tuple[str, ...], as_json: bool) -> int:
     """files whose metadata meet every condition, such as software=toysim, source=Rn222
     (a parameter), dataset=NAME, size>1000, events>=100"""
-    from catalog import queries
+    def local(runtime: Any, session: Any) -> Any:
+        from catalog import queries
 
-    conditions = queries.parse_conditions(list(terms))  # checked here too, before asking
-    rows = ask("GET", "/catalog/find", lambda runtime, session: {
-        "files": queries.find(session, conditions)}, params={"q": list(terms)})
+        return {"files": queries.find(session, queries.parse_conditions(list(terms)))}
+
+    rows = ask("GET", "/catalog/find", local, params={"q": list(terms)})
     if as_json:
         print_json(rows)
     else:
@@ -78,11 +80,14 @@ def find(terms: tuple[str, ...], as_json: bool) -> int:
 @json_option
 def export(dataset: str, fmt: str, as_json: bool) -> int:
     """print a dataset's file list"""
-    from catalog import queries
+    def local(runtime: Any, session: Any) -> Any:
+        from catalog import queries
 
-    data = ask("GET", f"/catalog/datasets/{quote(dataset)}/files", lambda runtime, session: {
-        "dataset": dataset, "names" if fmt == "names" else "files":
-        queries.export(session, dataset, fmt)}, params={"format": fmt})
+        return {"dataset": dataset,
+                "names" if fmt == "names" else "files": queries.export(session, dataset, fmt)}
+
+    data = ask("GET", f"/catalog/datasets/{quote(dataset)}/files", local,
+               params={"format": fmt})
     if fmt == "names" and not as_json:
         print("\n".join(data["names"]))
     else:
@@ -99,10 +104,12 @@ def export(dataset: str, fmt: str, as_json: bool) -> int:
 def verify(dataset: str, remove_leftovers: bool, as_json: bool) -> int:
     """check every replica of a dataset at its destination and list the files there that
     nothing names (exit 1 unless all replicas are good and none is left)"""
-    from tower.catalog_verify import verify_dataset
+    def local(runtime: Any, session: Any) -> Any:
+        from tower.catalog_verify import verify_dataset
 
-    summary = ask("POST", f"/catalog/datasets/{quote(dataset)}/verify",
-                  lambda runtime, session: verify_dataset(runtime, dataset, remove_leftovers),
+        return verify_dataset(runtime, dataset, remove_leftovers)
+
+    summary = ask("POST", f"/catalog/datasets/{quote(dataset)}/verify", local,
                   params={"remove_leftovers": int(remove_leftovers)})
     kept = len(summary["leftovers"]) - summary["removed"]
     failed = bool(summary["bad"] or summary["missing"] or summary["unreachable"] or kept)

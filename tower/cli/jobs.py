@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from tower.cli.common import (
@@ -25,12 +27,14 @@ from tower.cli.common import (
 def jobs(production: str | None, state: str | None, site: str | None, after: int, limit: int,
          as_json: bool) -> int:
     """list jobs, filtered; page with --after"""
-    from tower import jobs as listing
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import jobs as listing
+
+        return listing.page(session, **params)
 
     params = {"production": production, "state": state, "site": site, "after": after,
               "limit": limit}
-    data = ask("GET", "/jobs", lambda runtime, session: listing.page(session, **params),
-               params=params)
+    data = ask("GET", "/jobs", local, params=params)
     if as_json:
         print_json(data)
         return 0
@@ -53,9 +57,12 @@ def print_history(history: list[dict[str, str]]) -> None:
 @json_option
 def job(job_id: int, as_json: bool) -> int:
     """one job with all its attempts and its moves"""
-    from tower import jobs as listing
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import jobs as listing
 
-    row = ask("GET", f"/jobs/{job_id}", lambda runtime, session: listing.show(session, job_id))
+        return listing.show(session, job_id)
+
+    row = ask("GET", f"/jobs/{job_id}", local)
     if as_json:
         print_json(row)
         return 0
@@ -77,12 +84,14 @@ def job(job_id: int, as_json: bool) -> int:
 @json_option
 def held(production: str | None, limit: int, as_json: bool) -> int:
     """held jobs, with who or which rule held them, and why"""
-    from tower import productions, retry
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import productions, retry
+
+        return {"held": retry.held(
+            session, productions.get(session, production) if production else None, limit)}
 
     params = {"production": production, "limit": limit}
-    rows = ask("GET", "/held", lambda runtime, session: {"held": retry.held(
-        session, productions.get(session, production) if production else None,
-        limit)}, params=params)["held"]
+    rows = ask("GET", "/held", local, params=params)["held"]
     if as_json:
         print_json({"held": rows})
         return 0
@@ -96,14 +105,17 @@ def held(production: str | None, limit: int, as_json: bool) -> int:
 
 def move_jobs(action: str, verb: str, ids: tuple[int, ...], production: str | None,
               as_json: bool) -> int:
-    from tower import retry
     from tower.errors import ConfigError
+
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import retry
+
+        return {verb: retry.act_on(session, action, list(ids), production, retry.actor())}
 
     if not ids and not production:
         raise ConfigError(f"{action}: give JOB ids or --production", field="jobs")
     body = {"jobs": list(ids), "production": production}
-    data = ask("POST", f"/jobs/{action}", lambda runtime, session: {
-        verb: retry.act_on(session, action, list(ids), production, retry.actor())}, body=body)
+    data = ask("POST", f"/jobs/{action}", local, body=body)
     return report_moved(verb, data[verb], as_json)
 
 
@@ -128,10 +140,12 @@ release = mover("release", "released", "let held jobs run again, with a fresh re
 def why(job_id: int, as_json: bool) -> int:
     """why a job is where it is: what it waits for, which rule retried or held it, and
     its history"""
-    from tower import why as explaining
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import why as explaining
 
-    data = ask("GET", f"/jobs/{job_id}/why",
-               lambda runtime, session: explaining.explain(session, runtime.config, job_id))
+        return explaining.explain(session, runtime.config, job_id)
+
+    data = ask("GET", f"/jobs/{job_id}/why", local)
     if as_json:
         print_json(data)
         return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from tower.cli.common import LazyChoice, ask, json_option, pilot_states, print_json, table
@@ -14,11 +16,13 @@ from tower.cli.common import LazyChoice, ask, json_option, pilot_states, print_j
 @json_option
 def pilots(site: str | None, state: str | None, limit: int, as_json: bool) -> int:
     """pilots, newest first"""
-    from tower import fleet
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import fleet
+
+        return {"pilots": fleet.listing(session, site, state, limit)}
 
     params = {"site": site, "state": state, "limit": limit}
-    rows = ask("GET", "/pilots", lambda runtime, session: {"pilots": fleet.listing(
-        session, site, state, limit)}, params=params)["pilots"]
+    rows = ask("GET", "/pilots", local, params=params)["pilots"]
     if as_json:
         print_json({"pilots": rows})
         return 0

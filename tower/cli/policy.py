@@ -94,9 +94,9 @@ def check(file: Path, as_json: bool) -> int:
 @json_option
 def simulate(name: str, production: str, as_json: bool) -> int:
     """replay a production's ended attempts through a policy: which decisions would differ"""
-    from tower import productions, replay
-
     def local(runtime: Any, session: Any) -> Any:
+        from tower import productions, replay
+
         known(name, {"policies": runtime.config.policies}, "simulate")
         return replay.simulate(session, productions.get(session, production), name,
                                runtime.config.policies[name])

@@ -32,13 +32,19 @@ def production_line(verb: str, row: dict[str, Any]) -> str:
 
 def summaries(name: str | None = None) -> list[dict[str, Any]]:
     """One production's summary, or every production's, in natural order of names."""
-    from tower import productions
+    def one(runtime: Any, session: Any) -> Any:
+        from tower import productions
+
+        return productions.summaries(session, name)[0]
+
+    def every(runtime: Any, session: Any) -> Any:
+        from tower import productions
+
+        return {"productions": productions.summaries(session)}
 
     if name:
-        return [ask("GET", f"/productions/{quote(name)}",
-                    lambda runtime, session: productions.summaries(session, name)[0])]
-    return by_name(ask("GET", "/productions", lambda runtime, session: {
-        "productions": productions.summaries(session)})["productions"])
+        return [ask("GET", f"/productions/{quote(name)}", one)]
+    return by_name(ask("GET", "/productions", every)["productions"])
 
 
 @click.command()
@@ -50,18 +56,19 @@ def summaries(name: str | None = None) -> list[dict[str, Any]]:
 @json_option
 def submit(file: Path, dry_run: bool, as_request: bool, as_json: bool) -> int:
     """validate a production request and create its jobs"""
-    from tower import productions, retry
     from tower.errors import SpecError
     from tower.schema import read_text
+
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import productions, retry
+
+        return productions.submit(session, productions.plan(session, file, runtime.config),
+                                  dry_run, requested_by=retry.actor() if as_request else None)
 
     text = read_text(file, SpecError)
     body = {"text": text, "source": str(file), "dry_run": dry_run,
             "spec_dir": str(file.parent.resolve())}
-    filer = retry.actor() if as_request else None
-    data = ask("POST", "/requests" if as_request else "/productions",
-               lambda runtime, session: productions.submit(
-                   session, productions.plan(session, file, runtime.config),
-                   dry_run, requested_by=filer), body=body)
+    data = ask("POST", "/requests" if as_request else "/productions", local, body=body)
     if as_json:
         print_json(data)
         return 0
@@ -90,7 +97,7 @@ def import_sheet(sheet: Path, template: str, pattern: str | None, dry_run: bool,
                  as_json: bool) -> int:
     """create one production per row of a request sheet (CSV), each derived from a
     template production; every row is checked first, and a bad row creates nothing"""
-    from tower import productions, sheets
+    from tower import productions, sheets  # a write: its cost goes unnoticed
 
     pattern = pattern or sheets.DEFAULT_PATTERN
     text, source = sheets.read_file(sheet), str(sheet)
@@ -139,11 +146,12 @@ def status(production: str | None, as_json: bool) -> int:
 
 
 def control(action: str, production: str, as_json: bool) -> int:
-    from tower import productions, retry
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import productions, retry
 
-    data = ask("POST", f"/productions/{quote(production)}/{action}",
-               lambda runtime, session: productions.control(session, production, action,
-                                                            retry.actor()))
+        return productions.control(session, production, action, retry.actor())
+
+    data = ask("POST", f"/productions/{quote(production)}/{action}", local)
     if as_json:
         print_json(data)
     else:
@@ -175,10 +183,12 @@ cancel = control_command("cancel", "cancel a production: its unfinished jobs end
 def extend(production: str, events: int, as_json: bool) -> int:
     """raise a production's events: new jobs continue its streams with fresh seeds, in
     the same dataset"""
-    from tower import productions
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import productions
 
-    data = ask("POST", f"/productions/{quote(production)}/extend",
-               lambda runtime, session: productions.extend(session, production, events),
+        return productions.extend(session, production, events)
+
+    data = ask("POST", f"/productions/{quote(production)}/extend", local,
                body={"events": events})
     if as_json:
         print_json(data)
@@ -194,11 +204,14 @@ def extend(production: str, events: int, as_json: bool) -> int:
 def show(production: str, as_json: bool) -> int:
     """a production's every resolved setting with the production it comes from, its trial
     and the decisions about it"""
-    from tower import productions
     from tower.progress import bar
 
-    data = ask("GET", f"/productions/{quote(production)}/settings",
-               lambda runtime, session: productions.describe(session, production))
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import productions
+
+        return productions.describe(session, production)
+
+    data = ask("GET", f"/productions/{quote(production)}/settings", local)
     if as_json:
         print_json(data)
         return 0
@@ -236,13 +249,14 @@ def show(production: str, as_json: bool) -> int:
 def clone(source: str, name: str, changes: tuple[str, ...], dry_run: bool,
           as_json: bool) -> int:
     """derive a new production from another (its parent), changing settings with --set"""
-    from tower import overrides, productions
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import overrides, productions
+
+        return productions.clone(session, runtime.config, source, name,
+                                 overrides.parse(list(changes)), dry_run)
 
     body = {"name": name, "set": list(changes), "dry_run": dry_run}
-    data = ask("POST", f"/productions/{quote(source)}/clone",
-               lambda runtime, session: productions.clone(
-                   session, runtime.config, source, name, overrides.parse(list(changes)),
-                   dry_run), body=body)
+    data = ask("POST", f"/productions/{quote(source)}/clone", local, body=body)
     if as_json:
         print_json(data)
         return 0
@@ -291,11 +305,12 @@ def watch(production: str | None, interval: float, timeout: float | None) -> int
 def failures(production: str, as_json: bool) -> int:
     """failed attempts of a production grouped by class, exit code or signal, and site,
     with counts, decisions and a sample log tail"""
-    from tower import failures as report, productions
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import failures as report, productions
 
-    data = ask("GET", f"/productions/{quote(production)}/failures",
-               lambda runtime, session: report.report(
-                   session, productions.get(session, production)))
+        return report.report(session, productions.get(session, production))
+
+    data = ask("GET", f"/productions/{quote(production)}/failures", local)
     if as_json:
         print_json(data)
         return 0
@@ -329,11 +344,11 @@ def retry(production: str, classes: tuple[str, ...], exit_code: int | None, dry_
           as_json: bool) -> int:
     """give failed jobs of a production a fresh start (their earlier attempts no longer
     count against the retry policy)"""
-    from sqlmodel import Session
-
-    from tower import productions, retry as retrying
+    from tower import productions, retry as retrying  # a write: its cost goes unnoticed
 
     if dry_run:
+        from sqlmodel import Session
+
         local_only()
         opened = runtime()
         with Session(opened.engine) as session:  # never committed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import click
@@ -44,13 +45,14 @@ def approve(production: str, tune: bool | None, changes: tuple[str, ...], note: 
             as_json: bool) -> int:
     """approve a request (its jobs, or its trial, start) or a production whose trial ended
     (the rest of its jobs are made)"""
-    from tower import approval, overrides, retry
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import approval, overrides, retry
+
+        return approval.approve(session, runtime.config, production, retry.actor(), tune,
+                                overrides.parse(list(changes)), note)
 
     body = {"tune": tune, "set": list(changes), "note": note}
-    data = ask("POST", f"/productions/{quote(production)}/approve",
-               lambda runtime, session: approval.approve(
-                   session, runtime.config, production, retry.actor(), tune,
-                   overrides.parse(list(changes)), note), body=body)
+    data = ask("POST", f"/productions/{quote(production)}/approve", local, body=body)
     if as_json:
         print_json(data)
     else:
@@ -65,11 +67,12 @@ def approve(production: str, tune: bool | None, changes: tuple[str, ...], note: 
 @json_option
 def reject(production: str, reason: str, as_json: bool) -> int:
     """reject a production request"""
-    from tower import approval, retry
+    def local(runtime: Any, session: Any) -> Any:
+        from tower import approval, retry
 
-    data = ask("POST", f"/productions/{quote(production)}/reject",
-               lambda runtime, session: approval.reject(session, production, retry.actor(),
-                                                        reason),
+        return approval.reject(session, production, retry.actor(), reason)
+
+    data = ask("POST", f"/productions/{quote(production)}/reject", local,
                body={"reason": reason})
     if as_json:
         print_json(data)

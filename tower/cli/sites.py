@@ -17,10 +17,9 @@ if TYPE_CHECKING:
 
 
 def listing(as_json: bool) -> int:
-    from tower.site_status import site_queues
-    from tower.states import PilotState
-
     def local(opened: Runtime, session: Any) -> dict[str, Any]:
+        from tower.site_status import site_queues
+
         rows, problem = site_queues(opened)
         return {"sites": rows, "broker_error": problem, "insecure": opened.config.api.exposed}
 
@@ -36,7 +35,7 @@ def listing(as_json: bool) -> int:
     print(f"{'site':<{width}} {'queue':<10} {'batch':<8} {'pilots p/r/d/e/l':>16} {'waiting':>8} "
           f"{'backlog':>9} {'broker':>7}")
     for row in rows:
-        pilots = "/".join(str(row["pilots"][state]) for state in PilotState)
+        pilots = "/".join(str(count) for count in row["pilots"].values())
         held = ("disabled" if not row["enabled"] else "cooling" if row["cooling_until"]
                 else f"{row['backlog']}/{row['bound']}")
         broker = "?" if row["broker"] is None else str(row["broker"])
@@ -110,9 +109,9 @@ def check(name: str, as_json: bool) -> int:
 @json_option
 def explain(name: str, limit: int, as_json: bool) -> int:
     """the factory's recent decisions about a site"""
-    from tower import factory
-
     def local(opened: Runtime, session: Any) -> dict[str, Any]:
+        from tower import factory
+
         site(opened, name)
         return {"site": name, "decisions": [
             row.model_dump(mode="json")
