@@ -40,7 +40,7 @@ from tower.cli import (
 
 EPILOG = """Exit codes: 0 success, 1 failure (a database or other backend that fails
 included), 2 invalid input or configuration, 3 not found, 4 conflict (a state that forbids
-the action), 5 refused by a remote tower, 130 interrupted, 141 output pipe closed."""
+the action), 5 refused by a remote tower, 130 interrupted; a closed output pipe (`tower jobs | head`) ends it quietly with 1."""
 
 
 @click.group(cls=common.Group, context_settings={"help_option_names": ["-h", "--help"]},
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(error.as_dict()))
         print(f"tower: {error}", file=sys.stderr)
         return error.exit_code
-    except BrokenPipeError:
-        return quiet_pipe()
+    except SystemExit as done:  # click's own exit, as on a closed pipe
+        return done.code if isinstance(done.code, int) else 1
     except Exception as error:
         problem = db.describe(error, given.database)
         if problem is None or given.verbose:
@@ -125,16 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         flush_quietly()
 
 
-def quiet_pipe() -> int:
-    """The reader of our output left (`tower jobs | head`): stop as a Unix tool does, with
-    no traceback, now or when Python flushes stdout at exit."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return 141  # 128 + SIGPIPE, what a shell reports for a tool the signal ended
-
-
 def flush_quietly() -> None:
+    """The reader of our output left (`tower jobs | head`): click ends the command with
+    exit 1 and no traceback; what is still buffered goes nowhere, quietly, rather than
+    raise again when Python flushes stdout at exit."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        quiet_pipe()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
