@@ -88,9 +88,9 @@ def measure(tree: Path, scratch: Path, repeat: int) -> dict[str, list[float]]:
     assert config.exists() and request.exists(), made.stdout
     subprocess.run([*TOWER, "--config", str(config), "submit", str(request)], check=True,
                    capture_output=True, env=environment(tree), cwd=tree)
-    jobs = json.loads(subprocess.run([*TOWER, "--config", str(config), "status", "--json"],
-                                     check=True, capture_output=True, text=True,
-                                     env=environment(tree), cwd=tree).stdout)["productions"][0]["jobs"]
+    listed = subprocess.run([*TOWER, "--config", str(config), "status", "--json"], check=True,
+                            capture_output=True, text=True, env=environment(tree), cwd=tree)
+    jobs = json.loads(listed.stdout)["productions"][0]["jobs"]
     assert jobs == 24, jobs
     results = {"tower --help": timed(tree, ["--help"], repeat),
                "tower status (SQLite, 24 jobs)": timed(tree, ["--config", str(config),

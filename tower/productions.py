@@ -436,14 +436,15 @@ def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]
     for production in chosen:
         states = counts.get(production.id or 0, {})
         done = states.get(JobState.DONE)
+        jobs = {state: count.jobs for state, count in states.items()}
         result.append({
             "outputs_waiting": held.get(production.id or 0, {}),
             "name": production.name, "state": production.state, "dataset": production.dataset,
             # the one word the CLI, the API, the pages and notifications use for it
-            "phase": progress.phase(production.state, states),
+            "phase": progress.phase(production.state, jobs),
             "priority": production.priority,
-            "jobs": sum(count.jobs for count in states.values()),
-            "states": {state: count.jobs for state, count in states.items()},
+            "jobs": sum(jobs.values()),
+            "states": jobs,
             "events_total": production.events_total,
             "events_done": done.events if done else 0,
             "created_at": production.created_at.isoformat(timespec="seconds"),

@@ -271,10 +271,11 @@ def act_on(session: Session, action: str, job_ids: Sequence[int], production: st
 
 def _check_named(session: Session, action: str, job_ids: Sequence[int],
                  movable: Sequence[JobState]) -> None:
-    found: dict[int | None, JobState] = {}
+    found: dict[int | None, str] = {}
     for start in range(0, len(job_ids), 5000):
-        found.update(session.exec(select(Job.id, Job.state).where(
-            col(Job.id).in_(list(job_ids[start:start + 5000])))).all())
+        found.update((job_id, str(state)) for job_id, state in session.exec(
+            select(Job.id, Job.state).where(col(Job.id).in_(list(job_ids[start:start + 5000]))))
+        )
     missing = [job_id for job_id in job_ids if job_id not in found]
     if missing:
         raise NotFound(f"{action}: no job {', '.join(map(str, missing))}", field="jobs")

@@ -30,7 +30,8 @@ def jobs(production: str | None, state: str | None, site: str | None, after: int
     def local(runtime: Any, session: Any) -> Any:
         from tower import jobs as listing
 
-        return listing.page(session, **params)
+        return listing.page(session, production=production, state=state, site=site,
+                            after=after, limit=limit)
 
     params = {"production": production, "state": state, "site": site, "after": after,
               "limit": limit}

@@ -20,9 +20,9 @@ from tower.cli.common import (
     print_json,
     report_moved,
     runtime,
-    table,
 )
 from tower.outcomes import Outcome
+
 
 def production_line(verb: str, row: dict[str, Any]) -> str:
     return (f"{verb} production {row['production']}: {row['jobs']} jobs, {row['events']} "
@@ -306,7 +306,8 @@ def failures(production: str, as_json: bool) -> int:
     """failed attempts of a production grouped by class, exit code or signal, and site,
     with counts, decisions and a sample log tail"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import failures as report, productions
+        from tower import failures as report
+        from tower import productions
 
         return report.report(session, productions.get(session, production))
 
@@ -344,7 +345,8 @@ def retry(production: str, classes: tuple[str, ...], exit_code: int | None, dry_
           as_json: bool) -> int:
     """give failed jobs of a production a fresh start (their earlier attempts no longer
     count against the retry policy)"""
-    from tower import productions, retry as retrying  # a write: its cost goes unnoticed
+    from tower import productions  # a write: its cost goes unnoticed
+    from tower import retry as retrying
 
     if dry_run:
         from sqlmodel import Session
