@@ -82,6 +82,9 @@ def test_a_database_of_another_schema_is_one_line_naming_it(tmp_path: Path) -> N
              "gridtower database")
     verbose = tower(config, "-v", "jobs")
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    checked = tower(config, "db", "check")
+    assert checked.returncode == 1 and "not this tower's schema" in checked.stdout
+    assert "missing column job.production_id" in checked.stdout
 
 
 def test_a_file_that_is_no_database_is_one_line_naming_it(tmp_path: Path) -> None:

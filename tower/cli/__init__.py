@@ -7,7 +7,7 @@
     sites        sites [list|check|explain]        pilots    pilots
     catalog      catalog ls|find|export|verify    policy    policy list|show|check|simulate
     ca           ca init|issue|revoke|crl|list     notify    notify test
-    daemon       init, run, serve                  db        database errors in one line
+    daemon       init, run, serve                  db        db check; database errors in one line
     common       global options, remote-or-local data, JSON and table output
 
 Modules here import only click and the standard library at the top; each command imports
@@ -75,7 +75,7 @@ def cli(ctx: click.Context, **options: object) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
-for module in (productions, requests, jobs, sites, pilots, catalog, policy, notify, ca,
+for module in (productions, requests, jobs, sites, pilots, catalog, policy, notify, ca, db,
                daemon):
     for command in module.COMMANDS:
         cli.add_command(command)

@@ -1,7 +1,12 @@
-"""The database as the CLI reports it: a database that is missing, unreachable or of
-another schema is one line naming it, not a traceback (`tower -v` shows the traceback)."""
+"""`tower db [check]`, and the database as every command reports it: a database that is
+missing, unreachable or of another schema is one line naming it, not a traceback (`tower -v`
+shows the traceback)."""
 
 from __future__ import annotations
+
+import click
+
+from tower.cli.common import Group, config, json_option, print_json, state
 
 
 def describe(error: BaseException, database: str | None) -> str | None:
@@ -25,3 +30,58 @@ def describe(error: BaseException, database: str | None) -> str | None:
                                       "not a database", "UndefinedColumn", "UndefinedTable")):
         hint = " (is it a gridtower database, of this version?)"
     return f"database {where}: {said}{hint}"
+
+
+@click.group(cls=Group, invoke_without_command=True)
+@json_option
+@click.pass_context
+def db(ctx: click.Context, as_json: bool) -> int | None:
+    """the database: `db check` (the default) says which database the config names and
+    whether its tables and columns are the ones this tower expects; it makes no table"""
+    return check_schema(as_json) if ctx.invoked_subcommand is None else None
+
+
+@db.command()
+@json_option
+def check(as_json: bool) -> int:
+    """which database, and whether its schema is this tower's (exit 1 if not)"""
+    return check_schema(as_json)
+
+
+def check_schema(as_json: bool) -> int:
+    from sqlalchemy import inspect
+    from sqlmodel import SQLModel
+
+    from pilots.urls import redact
+    from tower.db import make_engine
+
+    loaded = config()
+    where = state().database = redact(loaded.database_url)
+    engine = make_engine(loaded.database_url)
+    try:
+        present = inspect(engine)
+        tables = set(present.get_table_names())
+        missing = sorted(set(SQLModel.metadata.tables) - tables)
+        columns = sorted(f"{name}.{column.name}" for name, table in SQLModel.metadata.tables.items()
+                         if name in tables for column in table.columns
+                         if column.name not in {c["name"] for c in present.get_columns(name)})
+    finally:
+        engine.dispose()
+    current = not missing and not columns
+    if as_json:
+        print_json({"database": where, "current": current, "missing_tables": missing,
+                    "missing_columns": columns})
+    elif current:
+        print(f"{where}: schema current ({len(SQLModel.metadata.tables)} tables)")
+    else:
+        empty = len(missing) == len(SQLModel.metadata.tables)
+        print(f"{where}: " + ("no tables yet (`tower submit` or `tower run` makes them)"
+                              if empty else "not this tower's schema"))
+        for name in [] if empty else missing:
+            print(f"  missing table {name}")
+        for name in columns:
+            print(f"  missing column {name}")
+    return 0 if current else 1
+
+
+COMMANDS = [db]
