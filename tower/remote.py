@@ -85,7 +85,7 @@ def client_settings(url: str | None, cert: str | None, key: str | None, ca: str 
     chosen = path or os.environ.get("TOWER_CLIENT_CONFIG")
     client_file = Path(chosen).expanduser() if chosen else DEFAULT_CLIENT_FILE.expanduser()
     if chosen or (url is None and client_file.exists()):
-        from tower.schema import read_yaml
+        from sites.schema import read_yaml
 
         file_values = read_yaml(client_file) or {}
         if not isinstance(file_values, dict):

@@ -162,8 +162,8 @@ def test_listings_sort_names_naturally_and_align_their_columns(home: Path) -> No
 
 def test_a_production_whose_jobs_all_ended_reads_finished_everywhere(home: Path,
                                                                      served: str) -> None:
-    from tower import tally
-    from tower.db import make_engine, transaction
+    from tower.model import tally
+    from tower.model.db import make_engine, transaction
 
     submitted(home, "p")
     # every job ends (failed), and the tally counts them so: the production stays active
@@ -179,7 +179,7 @@ def test_a_production_whose_jobs_all_ended_reads_finished_everywhere(home: Path,
               if text.startswith("p ")]
     assert line.split()[1] == "finished"
     # the API's answer, through the remote CLI; the pages and notifications use
-    # tower.progress.phase as the summaries do
+    # tower.management.progress.phase as the summaries do
     remote = subprocess.run([*TOWER, "--url", served, "status", "p", "--json"],
                             capture_output=True, text=True, env=environment(), timeout=60)
     [row] = json.loads(remote.stdout)["productions"]

@@ -20,7 +20,7 @@ from tower.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "loaded": sorted(name for name in sys.modules
                   if name.split(".")[0] in ("sqlalchemy", "sqlmodel")
-                  or name in ("tower.models", "flask"))}))
+                  or name in ("tower.model.models", "flask"))}))
 """
 
 pytestmark = pytest.mark.one_database

@@ -30,7 +30,7 @@ def ca_dir(function: Any) -> Any:
 def init(directory: Path, name: str, days: int | None, as_json: bool) -> int:
     """make a CA in DIR: its key (0600), certificate, an empty CRL and the index of issued
     certificates"""
-    from tower import ca as authority
+    from tower.auth import ca as authority
 
     made = authority.init_ca(directory, name, authority.CA_DAYS if days is None else days)
     paths = {"cert": str(made.cert), "key": str(made.key), "crl": str(made.crl),
@@ -57,7 +57,7 @@ def issue(kind: str, name: str, directory: Path, out: Path | None, days: int | N
     """issue a certificate and its key (0600): for a person (user), a script (robot) or a
     server (host); NAME is the subject's common name, and the files are NAME.crt and
     NAME.key"""
-    from tower import ca as authority
+    from tower.auth import ca as authority
 
     cert, key = authority.issue(directory, kind, name,  # type: ignore[arg-type]
                                 authority.CERT_DAYS if days is None else days,
@@ -76,7 +76,7 @@ def issue(kind: str, name: str, directory: Path, out: Path | None, days: int | N
 def revoke(target: str, directory: Path, as_json: bool) -> int:
     """revoke a certificate, by serial (in hex, as `ca list` shows it) or file; the CRL is
     written anew (servers read it within seconds)"""
-    from tower import ca as authority
+    from tower.auth import ca as authority
 
     serial = authority.revoke(directory, target)
     crl = authority.CaFiles(directory).crl
@@ -93,7 +93,7 @@ def revoke(target: str, directory: Path, as_json: bool) -> int:
 @json_option
 def crl(directory: Path, days: int | None, as_json: bool) -> int:
     """sign the CRL anew; do so before it expires, or servers refuse every client"""
-    from tower import ca as authority
+    from tower.auth import ca as authority
 
     written = authority.write_crl(directory, days)
     if as_json:
@@ -108,7 +108,7 @@ def crl(directory: Path, days: int | None, as_json: bool) -> int:
 @json_option
 def list_certificates(directory: Path, as_json: bool) -> int:
     """certificates issued, with their state"""
-    from tower import ca as authority
+    from tower.auth import ca as authority
 
     rows = authority.listing(directory)
     if as_json:

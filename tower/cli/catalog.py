@@ -105,7 +105,7 @@ def verify(dataset: str, remove_leftovers: bool, as_json: bool) -> int:
     """check every replica of a dataset at its destination and list the files there that
     nothing names (exit 1 unless all replicas are good and none is left)"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower.catalog_verify import verify_dataset
+        from tower.management.catalog_verify import verify_dataset
 
         return verify_dataset(runtime, dataset, remove_leftovers)
 

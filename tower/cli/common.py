@@ -112,13 +112,13 @@ class LazyChoice(click.ParamType):
 
 
 def job_states() -> list[str]:
-    from tower.states import JobState
+    from tower.model.states import JobState
 
     return [state.value for state in JobState]
 
 
 def pilot_states() -> list[str]:
-    from tower.states import PilotState
+    from tower.model.states import PilotState
 
     return [state.value for state in PilotState]
 
@@ -189,8 +189,8 @@ def ask(method: str, path: str, local: Callable[[Runtime, Session], Any],
             far.close()
     from sqlmodel import Session
 
-    from tower.db import transaction
-    from tower.timeutil import jsonable
+    from catalog.timeutil import jsonable
+    from tower.model.db import transaction
 
     opened = runtime()
     try:

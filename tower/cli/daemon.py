@@ -38,7 +38,7 @@ def init(directory: Path, force: bool) -> int:
 @click.option("--no-api", is_flag=True, help="do not serve the API here")
 def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
     """run the tower's loops and its API in one process"""
-    from tower import daemon
+    from tower.loops import daemon
     from tower.runtime import Runtime
 
     loaded = config()
@@ -73,8 +73,9 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
 def wait_done(opened: Runtime, timeout: float | None) -> int:
     from sqlmodel import Session
 
-    from tower import daemon, productions
-    from tower.progress import bar
+    from tower.loops import daemon
+    from tower.management import productions
+    from tower.management.progress import bar
 
     deadline = time.monotonic() + timeout if timeout else None
     tty = sys.stderr.isatty()
@@ -105,7 +106,8 @@ def end_pilots(opened: Runtime, patience: float = 30.0) -> None:
     """The campaign is over: stop idle pilots now, and give them time to say goodbye."""
     from sqlmodel import Session
 
-    from tower import daemon, fleet
+    from tower.loops import daemon
+    from tower.model import fleet
 
     deadline = time.monotonic() + patience
     if daemon.stop_pilots(opened):

@@ -53,7 +53,7 @@ def check_schema(as_json: bool) -> int:
     from sqlmodel import SQLModel
 
     from pilots.urls import redact
-    from tower.db import make_engine
+    from tower.model.db import make_engine
 
     loaded = config()
     where = state().database = redact(loaded.database_url)

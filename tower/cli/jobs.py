@@ -28,7 +28,7 @@ def jobs(production: str | None, state: str | None, site: str | None, after: int
          as_json: bool) -> int:
     """list jobs, filtered; page with --after"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import jobs as listing
+        from tower.model import jobs as listing
 
         return listing.page(session, production=production, state=state, site=site,
                             after=after, limit=limit)
@@ -59,7 +59,7 @@ def print_history(history: list[dict[str, str]]) -> None:
 def job(job_id: int, as_json: bool) -> int:
     """one job with all its attempts and its moves"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import jobs as listing
+        from tower.model import jobs as listing
 
         return listing.show(session, job_id)
 
@@ -86,7 +86,8 @@ def job(job_id: int, as_json: bool) -> int:
 def held(production: str | None, limit: int, as_json: bool) -> int:
     """held jobs, with who or which rule held them, and why"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import productions, retry
+        from tower.management import productions
+        from tower.retries import retry
 
         return {"held": retry.held(
             session, productions.get(session, production) if production else None, limit)}
@@ -109,7 +110,7 @@ def move_jobs(action: str, verb: str, ids: tuple[int, ...], production: str | No
     from tower.errors import ConfigError
 
     def local(runtime: Any, session: Any) -> Any:
-        from tower import retry
+        from tower.retries import retry
 
         return {verb: retry.act_on(session, action, list(ids), production, retry.actor())}
 
@@ -142,7 +143,7 @@ def why(job_id: int, as_json: bool) -> int:
     """why a job is where it is: what it waits for, which rule retried or held it, and
     its history"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import why as explaining
+        from tower.management import why as explaining
 
         return explaining.explain(session, runtime.config, job_id)
 

@@ -8,7 +8,7 @@ from tower.cli.common import Group, LazyChoice, config, json_option, local_only,
 
 
 def events() -> list[str]:
-    from tower.notify import Event
+    from tower.management.notify import Event
 
     return [str(event) for event in Event]
 
@@ -26,7 +26,7 @@ def notify() -> None:
 @json_option
 def test(event: str, production: str | None, as_json: bool) -> int:
     """send one test notification to every webhook and mail recipient now"""
-    from tower.notify import Event, send_test
+    from tower.management.notify import Event, send_test
 
     local_only()
     deliveries = send_test(config(), Event(event), production)

@@ -17,7 +17,7 @@ from tower.cli.common import LazyChoice, ask, json_option, pilot_states, print_j
 def pilots(site: str | None, state: str | None, limit: int, as_json: bool) -> int:
     """pilots, newest first"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import fleet
+        from tower.model import fleet
 
         return {"pilots": fleet.listing(session, site, state, limit)}
 

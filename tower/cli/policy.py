@@ -77,7 +77,7 @@ def show(name: str, as_json: bool) -> int:
 @json_option
 def check(file: Path, as_json: bool) -> int:
     """check a policies file (no tower needed)"""
-    from tower.policy import load_policies
+    from tower.retries.policy import load_policies
 
     path = file.resolve()
     names = sorted(load_policies(str(path), path.parent), key=natural)
@@ -95,7 +95,8 @@ def check(file: Path, as_json: bool) -> int:
 def simulate(name: str, production: str, as_json: bool) -> int:
     """replay a production's ended attempts through a policy: which decisions would differ"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import productions, replay
+        from tower.management import productions
+        from tower.retries import replay
 
         known(name, {"policies": runtime.config.policies}, "simulate")
         return replay.simulate(session, productions.get(session, production), name,

@@ -21,7 +21,7 @@ from tower.cli.common import (
     report_moved,
     runtime,
 )
-from tower.outcomes import Outcome
+from tower.retries.outcomes import Outcome
 
 
 def production_line(verb: str, row: dict[str, Any]) -> str:
@@ -33,12 +33,12 @@ def production_line(verb: str, row: dict[str, Any]) -> str:
 def summaries(name: str | None = None) -> list[dict[str, Any]]:
     """One production's summary, or every production's, in natural order of names."""
     def one(runtime: Any, session: Any) -> Any:
-        from tower import productions
+        from tower.management import productions
 
         return productions.summaries(session, name)[0]
 
     def every(runtime: Any, session: Any) -> Any:
-        from tower import productions
+        from tower.management import productions
 
         return {"productions": productions.summaries(session)}
 
@@ -56,11 +56,12 @@ def summaries(name: str | None = None) -> list[dict[str, Any]]:
 @json_option
 def submit(file: Path, dry_run: bool, as_request: bool, as_json: bool) -> int:
     """validate a production request and create its jobs"""
+    from sites.schema import read_text
     from tower.errors import SpecError
-    from tower.schema import read_text
 
     def local(runtime: Any, session: Any) -> Any:
-        from tower import productions, retry
+        from tower.management import productions
+        from tower.retries import retry
 
         return productions.submit(session, productions.plan(session, file, runtime.config),
                                   dry_run, requested_by=retry.actor() if as_request else None)
@@ -97,7 +98,7 @@ def import_sheet(sheet: Path, template: str, pattern: str | None, dry_run: bool,
                  as_json: bool) -> int:
     """create one production per row of a request sheet (CSV), each derived from a
     template production; every row is checked first, and a bad row creates nothing"""
-    from tower import productions, sheets  # a write: its cost goes unnoticed
+    from tower.management import productions, sheets  # a write: its cost goes unnoticed
 
     pattern = pattern or sheets.DEFAULT_PATTERN
     text, source = sheets.read_file(sheet), str(sheet)
@@ -123,7 +124,7 @@ def import_sheet(sheet: Path, template: str, pattern: str | None, dry_run: bool,
 @json_option
 def status(production: str | None, as_json: bool) -> int:
     """jobs per state of every production, or of one"""
-    from tower.progress import bar
+    from tower.management.progress import bar
 
     rows = summaries(production)
     if as_json:
@@ -147,7 +148,8 @@ def status(production: str | None, as_json: bool) -> int:
 
 def control(action: str, production: str, as_json: bool) -> int:
     def local(runtime: Any, session: Any) -> Any:
-        from tower import productions, retry
+        from tower.management import productions
+        from tower.retries import retry
 
         return productions.control(session, production, action, retry.actor())
 
@@ -184,7 +186,7 @@ def extend(production: str, events: int, as_json: bool) -> int:
     """raise a production's events: new jobs continue its streams with fresh seeds, in
     the same dataset"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import productions
+        from tower.management import productions
 
         return productions.extend(session, production, events)
 
@@ -204,10 +206,10 @@ def extend(production: str, events: int, as_json: bool) -> int:
 def show(production: str, as_json: bool) -> int:
     """a production's every resolved setting with the production it comes from, its trial
     and the decisions about it"""
-    from tower.progress import bar
+    from tower.management.progress import bar
 
     def local(runtime: Any, session: Any) -> Any:
-        from tower import productions
+        from tower.management import productions
 
         return productions.describe(session, production)
 
@@ -250,7 +252,7 @@ def clone(source: str, name: str, changes: tuple[str, ...], dry_run: bool,
           as_json: bool) -> int:
     """derive a new production from another (its parent), changing settings with --set"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import overrides, productions
+        from tower.management import overrides, productions
 
         return productions.clone(session, runtime.config, source, name,
                                  overrides.parse(list(changes)), dry_run)
@@ -278,7 +280,7 @@ def watch(production: str | None, interval: float, timeout: float | None) -> int
     """a live view of progress and failures, refreshed until the production (or every
     production) ends"""
     # on a terminal the view replaces itself, elsewhere each refresh follows the last
-    from tower.progress import bar
+    from tower.management.progress import bar
 
     live = sys.stdout.isatty()
     deadline = time.monotonic() + timeout if timeout else None
@@ -306,8 +308,8 @@ def failures(production: str, as_json: bool) -> int:
     """failed attempts of a production grouped by class, exit code or signal, and site,
     with counts, decisions and a sample log tail"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import failures as report
-        from tower import productions
+        from tower.management import productions
+        from tower.retries import failures as report
 
         return report.report(session, productions.get(session, production))
 
@@ -345,8 +347,8 @@ def retry(production: str, classes: tuple[str, ...], exit_code: int | None, dry_
           as_json: bool) -> int:
     """give failed jobs of a production a fresh start (their earlier attempts no longer
     count against the retry policy)"""
-    from tower import productions  # a write: its cost goes unnoticed
-    from tower import retry as retrying
+    from tower.management import productions  # a write: its cost goes unnoticed
+    from tower.retries import retry as retrying
 
     if dry_run:
         from sqlmodel import Session

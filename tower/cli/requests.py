@@ -46,7 +46,8 @@ def approve(production: str, tune: bool | None, changes: tuple[str, ...], note: 
     """approve a request (its jobs, or its trial, start) or a production whose trial ended
     (the rest of its jobs are made)"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import approval, overrides, retry
+        from tower.management import approval, overrides
+        from tower.retries import retry
 
         return approval.approve(session, runtime.config, production, retry.actor(), tune,
                                 overrides.parse(list(changes)), note)
@@ -68,7 +69,8 @@ def approve(production: str, tune: bool | None, changes: tuple[str, ...], note: 
 def reject(production: str, reason: str, as_json: bool) -> int:
     """reject a production request"""
     def local(runtime: Any, session: Any) -> Any:
-        from tower import approval, retry
+        from tower.management import approval
+        from tower.retries import retry
 
         return approval.reject(session, production, retry.actor(), reason)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def listing(as_json: bool) -> int:
     def local(opened: Runtime, session: Any) -> dict[str, Any]:
-        from tower.site_status import site_queues
+        from tower.loops.site_status import site_queues
 
         rows, problem = site_queues(opened)
         return {"sites": rows, "broker_error": problem, "insecure": opened.config.api.exposed}
@@ -84,8 +84,8 @@ def site(opened: Runtime, name: str) -> SiteConfig:
 @json_option
 def check(name: str, as_json: bool) -> int:
     """test a site's access, batch commands, pilot program and paths"""
-    from tower.factory import pilot_command
-    from tower.site_check import check_site
+    from tower.loops.factory import pilot_command
+    from tower.loops.site_check import check_site
 
     local_only()
     opened = runtime()
@@ -110,7 +110,7 @@ def check(name: str, as_json: bool) -> int:
 def explain(name: str, limit: int, as_json: bool) -> int:
     """the factory's recent decisions about a site"""
     def local(opened: Runtime, session: Any) -> dict[str, Any]:
-        from tower import factory
+        from tower.loops import factory
 
         site(opened, name)
         return {"site": name, "decisions": [
