@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import write_home  # noqa: E402
-from tower.broker import Message  # noqa: E402
+from tower.brokers.broker import Message  # noqa: E402
 from tower.config import load_config  # noqa: E402
 from tower.runtime import Runtime  # noqa: E402
 

@@ -31,13 +31,14 @@ sys.path.insert(0, str(ROOT))
 from bench.submit import postgres_database  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
 from tests.integration.conftest import toy_production  # noqa: E402
-from tower import productions, tally  # noqa: E402
 from tower.cli import main as tower_main  # noqa: E402
 from tower.config import load_config  # noqa: E402
-from tower.db import transaction  # noqa: E402
-from tower.models import Job  # noqa: E402
+from tower.management import productions  # noqa: E402
+from tower.model import tally  # noqa: E402
+from tower.model.db import transaction  # noqa: E402
+from tower.model.models import Job  # noqa: E402
+from tower.model.states import JobState, move_jobs  # noqa: E402
 from tower.runtime import Runtime  # noqa: E402
-from tower.states import JobState, move_jobs  # noqa: E402
 from web.server import start_server  # noqa: E402
 
 #: Jobs moved per transaction while shaping the production.

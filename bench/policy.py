@@ -24,17 +24,18 @@ from sqlalchemy import insert  # noqa: E402
 from sqlmodel import select  # noqa: E402
 
 from bench.submit import timed_runs  # noqa: E402
+from catalog.timeutil import ago, utcnow  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
 from tests.integration.conftest import toy_production  # noqa: E402
-from tower import productions, retry  # noqa: E402
 from tower.config import load_config  # noqa: E402
-from tower.db import transaction  # noqa: E402
-from tower.models import Attempt, Job  # noqa: E402
-from tower.outcomes import Outcome  # noqa: E402
-from tower.policy import Ended, decide  # noqa: E402
+from tower.management import productions  # noqa: E402
+from tower.model.db import transaction  # noqa: E402
+from tower.model.models import Attempt, Job  # noqa: E402
+from tower.model.states import JobState, move_jobs  # noqa: E402
+from tower.retries import retry  # noqa: E402
+from tower.retries.outcomes import Outcome  # noqa: E402
+from tower.retries.policy import Ended, decide  # noqa: E402
 from tower.runtime import Runtime  # noqa: E402
-from tower.states import JobState, move_jobs  # noqa: E402
-from tower.timeutil import ago, utcnow  # noqa: E402
 
 
 def decisions_per_second(count: int = 100_000) -> float:

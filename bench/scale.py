@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT))
 from bench.broker import postgres, vhost  # noqa: E402
 from bench.pages import timings  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
-from tower import matchmaker  # noqa: E402
 from tower.cli import main as tower_main  # noqa: E402
 from tower.config import load_config  # noqa: E402
-from tower.db import transaction  # noqa: E402
-from tower.models import Pilot  # noqa: E402
+from tower.loops import matchmaker  # noqa: E402
+from tower.model.db import transaction  # noqa: E402
+from tower.model.models import Pilot  # noqa: E402
+from tower.model.states import PilotState  # noqa: E402
 from tower.runtime import Runtime  # noqa: E402
-from tower.states import PilotState  # noqa: E402
 from web.server import start_server  # noqa: E402
 
 TOWER = [sys.executable, "-m", "tower.cli"]

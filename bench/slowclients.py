@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import write_home  # noqa: E402
 from tests.security.attacks import idle_connections, slow_headers  # noqa: E402
-from tower import ca  # noqa: E402
+from tower.auth import ca  # noqa: E402
 
 OLD_COMMIT = "862815c"
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import write_home  # noqa: E402
 from tests.integration.conftest import toy_production  # noqa: E402
-from tower import productions  # noqa: E402
 from tower.config import load_config  # noqa: E402
-from tower.db import transaction  # noqa: E402
+from tower.management import productions  # noqa: E402
+from tower.model.db import transaction  # noqa: E402
 from tower.runtime import Runtime  # noqa: E402
 
 

@@ -20,8 +20,8 @@ from sqlalchemy import ColumnElement, func, update
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset, Replica, ReplicaState
+from catalog.timeutil import utcnow
 from tower.errors import Conflict, NotFound
-from tower.timeutil import utcnow
 from transfer.paths import plain_name
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from tower.models import json_column, state_column
-from tower.timeutil import utcnow
+from catalog.timeutil import utcnow
+from tower.model.models import json_column, state_column
 
 
 class ReplicaState(enum.StrEnum):

@@ -18,8 +18,8 @@ from sqlmodel import Session, col
 
 from catalog.files import get_dataset
 from catalog.models import CatalogFile, Replica, ReplicaState
+from catalog.timeutil import utcnow
 from tower.errors import BackendError
-from tower.timeutil import utcnow
 
 #: Results written per transaction.
 BATCH = 500

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sites.config import SiteConfig
+from sites.registry import resolve
 from sites.runner import Runner
-from tower.registry import resolve
-from tower.schema import build
+from sites.schema import build
 
 #: Batch system name -> backend.
 BATCH_SYSTEMS = {
@@ -41,7 +41,7 @@ class BatchStatus:
     #: The batch system's own word for how it ended (TIMEOUT, NODE_FAIL, ...).
     reason: str | None = None
     #: For an ended pilot: the outcome class its unfinished attempts get
-    #: (tower.policy.Outcome values: preempted, node_failure, out_of_memory, ...).
+    #: (tower.retries.policy.Outcome values: preempted, node_failure, out_of_memory, ...).
     outcome: str | None = None
 
 

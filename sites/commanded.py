@@ -8,8 +8,8 @@ from typing import Any
 
 from sites.config import SiteConfig
 from sites.runner import Completed, Runner
+from sites.schema import Strict, build
 from tower.errors import BackendError
-from tower.schema import Strict, build
 
 
 class CommandedBatch:

@@ -31,8 +31,8 @@ from pydantic import Field, field_validator
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
 from sites.commanded import CommandedBatch
+from sites.schema import Strict
 from tower.errors import BackendError
-from tower.schema import Strict
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
            "RESV_DEL_HOLD"}

@@ -22,35 +22,25 @@ import yaml
 from sqlmodel import Session
 
 from catalog import files
+from catalog.timeutil import jsonable
 from sites.config import SiteConfig
-from tower import (
-    approval,
-    ca,
-    daemon,
-    factory,
-    failures,
-    fleet,
-    home,
-    jobs,
-    overrides,
-    productions,
-    replay,
-    retry,
-    sheets,
-    why,
-)
+from sites.schema import read_text
+from tower import home
+from tower.auth import ca
 from tower.config import load_config
-from tower.db import transaction
 from tower.errors import ConfigError, GridtowerError, NotFound, SpecError
-from tower.notify import Event, send_test
-from tower.outcomes import Outcome
-from tower.policy import load_policies
-from tower.progress import bar, phase
+from tower.loops import daemon, factory
+from tower.management import approval, overrides, productions, sheets, why
+from tower.management.notify import Event, send_test
+from tower.management.progress import bar, phase
+from tower.model import fleet, jobs
+from tower.model.db import transaction
+from tower.model.states import JobState, PilotState
 from tower.remote import Remote, client_settings
+from tower.retries import failures, replay, retry
+from tower.retries.outcomes import Outcome
+from tower.retries.policy import load_policies
 from tower.runtime import Runtime
-from tower.schema import read_text
-from tower.states import JobState, PilotState
-from tower.timeutil import jsonable
 
 log = logging.getLogger("tower")
 
@@ -775,7 +765,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     _local_only(args)
     from catalog import queries
-    from tower.catalog_verify import verify_dataset
+    from tower.management.catalog_verify import verify_dataset
 
     conditions = queries.parse_conditions(args.terms) if args.action == "find" else []
     if args.action != "find" and (len(args.terms) > 1 or
@@ -848,7 +838,7 @@ def cmd_sites(args: argparse.Namespace) -> int:
         if not args.name:
             raise ConfigError(f"sites {args.action}: give the site's NAME", field="name")
         return _site_check(args) if args.action == "check" else _site_explain(args)
-    from tower.site_status import site_queues
+    from tower.loops.site_status import site_queues
 
     def local(runtime: Runtime, session: Session) -> dict[str, Any]:
         rows, problem = site_queues(runtime)
@@ -891,8 +881,8 @@ def _site(runtime: Runtime, name: str) -> SiteConfig:
 
 
 def _site_check(args: argparse.Namespace) -> int:
-    from tower.factory import pilot_command
-    from tower.site_check import check_site
+    from tower.loops.factory import pilot_command
+    from tower.loops.site_check import check_site
 
     _local_only(args)
     runtime = _runtime(args)

@@ -18,11 +18,11 @@ from pydantic import Field, PositiveFloat, ValidationInfo, field_validator, mode
 
 from sites.batch import check_options
 from sites.config import SiteConfig, SshAccess, load_sites
-from tower.access import AccessSettings
+from sites.schema import MAX_SECONDS, Seconds, Strict, build, read_yaml, require_private
+from tower.auth.access import AccessSettings
 from tower.errors import ConfigError
-from tower.notify import NotificationSettings, resolve_notifications
-from tower.policy import STANDARD, Policy, load_policies
-from tower.schema import MAX_SECONDS, Seconds, Strict, build, read_yaml, require_private
+from tower.management.notify import NotificationSettings, resolve_notifications
+from tower.retries.policy import STANDARD, Policy, load_policies
 from transfer.base import TRANSFERS
 
 DEFAULT_HOME = Path("~/.gridtower")
@@ -266,7 +266,7 @@ class StorageSettings(Strict):
 
 class RetrySettings(Strict):
     #: The tower's own retry policies: a YAML file (whose `policies` key maps names to
-    #: policies) or such a mapping inline. They join the shipped ones (tower/policies.yaml).
+    #: policies) or such a mapping inline. They join the shipped ones (tower/retries/policies.yaml).
     policies: str | dict[str, Any] | None = None
     #: The policy of productions that name none.
     policy: str = Field(default=STANDARD, min_length=1)
@@ -303,7 +303,7 @@ class TowerFile(Strict):
     health: HealthSettings = HealthSettings()
     #: Who may do what through the API (with api.tls): roles by certificate subject.
     access: AccessSettings = AccessSettings()
-    #: Who hears of production events (tower/notify.py): webhooks, e-mail.
+    #: Who hears of production events (tower/management/notify.py): webhooks, e-mail.
     notifications: NotificationSettings = NotificationSettings()
     #: Fair shares of the sites' slots between production groups (a production's
     #: `group`), as weights; a group not named weighs 1.

@@ -18,6 +18,7 @@ import requests
 from pydantic import Field, field_validator
 
 from pilots.urls import redact
+from sites.schema import Strict, build, read_yaml
 from tower.errors import (
     BackendError,
     ConfigError,
@@ -28,7 +29,6 @@ from tower.errors import (
     SpecError,
     Unauthorized,
 )
-from tower.schema import Strict, build, read_yaml
 
 DEFAULT_CLIENT_FILE = Path("~/.gridtower/client.yaml")
 #: Seconds for connecting and for each answer.

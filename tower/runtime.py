@@ -10,9 +10,9 @@ from sqlalchemy import Engine
 
 from sites.batch import BatchSystem, open_batch_system
 from sites.runner import Runner, open_runner
-from tower.broker import Broker, open_broker
+from tower.brokers.broker import Broker, open_broker
 from tower.config import DestinationSettings, TowerConfig, site_storage
-from tower.db import create_schema, make_engine
+from tower.model.db import create_schema, make_engine
 from transfer.base import Transfer, open_transfer
 
 

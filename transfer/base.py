@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pilots.checksums import CHUNK
+from sites.registry import resolve
 from tower.errors import SourceError, TransferError
-from tower.registry import resolve
 
 if TYPE_CHECKING:
     from tower.config import DestinationSettings

@@ -10,33 +10,22 @@ from pydantic import Field
 from sqlmodel import Session
 
 from catalog import files, queries
-from tower import (
-    approval,
-    attempts,
-    factory,
-    failures,
-    fleet,
-    jobs,
-    overrides,
-    productions,
-    replay,
-    retry,
-    sheets,
-    wakeups,
-    why,
-)
-from tower.access import Permission
-from tower.broker import queue_name
-from tower.catalog_verify import verify_dataset
-from tower.db import transaction
-from tower.dbqueue import ack, lease, release
+from sites.schema import Id, Int32, Line, Strict, build, json_document, yaml_documents
+from tower.auth.access import Permission
+from tower.brokers.broker import queue_name
+from tower.brokers.dbqueue import ack, lease, release
 from tower.errors import GridtowerError, NotFound, SpecError
-from tower.outcomes import Outcome
+from tower.loops import attempts, factory, wakeups
+from tower.loops.site_status import site_queues
+from tower.management import approval, overrides, productions, sheets, why
+from tower.management.catalog_verify import verify_dataset
+from tower.management.specs import parse_requests
+from tower.model import fleet, jobs
+from tower.model.db import transaction
+from tower.model.states import JobState
+from tower.retries import failures, replay, retry
+from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.schema import Id, Int32, Line, Strict, build, json_document, yaml_documents
-from tower.site_status import site_queues
-from tower.specs import parse_requests
-from tower.states import JobState
 from web.auth import body_model, caller, needs
 from web.bounds import whole_number
 
@@ -374,7 +363,7 @@ def production_settings(name: str) -> Any:
 
 class CloneRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
-    #: KEY=VALUE settings (tower.overrides).
+    #: KEY=VALUE settings (tower.management.overrides).
     set: list[str] = Field(default_factory=list, max_length=200)
     dry_run: bool = False
 
@@ -530,6 +519,6 @@ def catalog_find() -> Any:
 @api.post("/catalog/datasets/<path:name>/verify")
 @needs(Permission.MANAGE)
 def catalog_verify(name: str) -> Any:
-    """`?remove_leftovers=1` removes the files nothing names (see tower.catalog_verify)."""
+    """`?remove_leftovers=1` removes the files nothing names (see tower.management.catalog_verify)."""
     return jsonify(verify_dataset(_runtime(), name,
                                   bool(whole_number("remove_leftovers", 0, 0, 1))))

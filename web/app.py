@@ -9,9 +9,9 @@ from flask import Flask, jsonify, render_template, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
+from catalog.timeutil import jsonable
 from tower.errors import GridtowerError
 from tower.runtime import Runtime
-from tower.timeutil import jsonable
 from web import auth, bounds
 from web.api import api
 from web.metrics import metrics

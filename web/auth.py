@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from pydantic import BaseModel
 
-from tower.access import TRUSTED, Permission, Principal, allows, principal
+from tower.auth.access import TRUSTED, Permission, Principal, allows, principal
 from tower.errors import Forbidden, Unauthorized
 from tower.runtime import Runtime
 from web.identity import identity

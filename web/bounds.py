@@ -1,15 +1,15 @@
 """What a request may hold, checked at the edge before any view runs: path and query
 strings without NUL and of bounded length, ids in paths that fit a 64-bit column, and one
 parser for whole-number query parameters. Bodies are checked by their models
-(`tower.schema.Strict`), after `tower.schema.json_document` bounded their shape."""
+(`sites.schema.Strict`), after `sites.schema.json_document` bounded their shape."""
 
 from __future__ import annotations
 
 from flask import Flask, request
 from werkzeug.routing import IntegerConverter, Map
 
+from sites.schema import MAX_ID
 from tower.errors import GridtowerError
-from tower.schema import MAX_ID
 
 #: The longest value of a query parameter or a path part.
 MAX_PARAMETER_LENGTH = 2000

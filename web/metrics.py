@@ -19,11 +19,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from tower import productions, tally
-from tower.access import Permission
-from tower.models import Output
+from tower.auth.access import Permission
+from tower.loops.site_status import site_queues
+from tower.management import productions
+from tower.model import tally
+from tower.model.models import Output
 from tower.runtime import Runtime
-from tower.site_status import site_queues
 from web.auth import needs
 
 metrics = Blueprint("metrics", __name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask
 
-from tower.schema import MAX_ID
+from sites.schema import MAX_ID
 from web.auth import body_model, permission_of
 
 PREFIX = "/api/v1"

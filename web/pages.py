@@ -1,7 +1,7 @@
 """The status pages: server-rendered HTML that refreshes itself and needs no JavaScript.
 
 Overview, production, site, jobs, job, pilots and the catalog browser. Counts come from
-the kept tally (`tower.tally`), never from a scan of the jobs table, so the overview and
+the kept tally (`tower.model.tally`), never from a scan of the jobs table, so the overview and
 production pages stay fast with millions of jobs. Each page reads with the caller's role;
 the production page's actions (pause, resume, cancel, retry) show only to those who may
 manage, and post back to the page with a same-origin check.
@@ -21,15 +21,18 @@ from sqlmodel import Session, col, select
 
 from catalog import files, queries
 from catalog.models import CatalogFile, Dataset
-from tower import approval, factory, fleet, jobs, productions, progress, retry, tally, why
-from tower.access import Permission, allows
+from catalog.timeutil import utcnow
+from tower.auth.access import Permission, allows
 from tower.errors import Forbidden, GridtowerError
-from tower.models import Attempt, Job, Output, Production, SiteHealth
-from tower.outcomes import NOT_FAILURES, Outcome, blame
+from tower.loops import factory
+from tower.loops.site_status import site_queues
+from tower.management import approval, productions, progress, why
+from tower.model import fleet, jobs, tally
+from tower.model.models import Attempt, Job, Output, Production, SiteHealth
+from tower.model.states import JOB_TERMINAL, JobState, PilotState
+from tower.retries import retry
+from tower.retries.outcomes import NOT_FAILURES, Outcome, blame
 from tower.runtime import Runtime
-from tower.site_status import site_queues
-from tower.states import JOB_TERMINAL, JobState, PilotState
-from tower.timeutil import utcnow
 from web import plots
 from web.auth import caller, needs
 from web.bounds import whole_number

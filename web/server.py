@@ -15,7 +15,7 @@ Why that front, and not cheroot (used before) or a ready-made asyncio server:
   asyncio accepts and shakes hands, each stage of a connection has a deadline for the
   whole stage, heads and bodies are bounded, connections are counted per client address
   and in all (`api.limits`), and only a complete request takes a thread of a pool as large
-  as the database pool (tower/db.py), so a slow client holds no thread and the app never
+  as the database pool (tower/model/db.py), so a slow client holds no thread and the app never
   waits for a database connection.
 """
 
@@ -26,9 +26,9 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
-from tower import presence
 from tower.config import TowerConfig
-from tower.db import POOL_SIZE
+from tower.loops import presence
+from tower.model.db import POOL_SIZE
 from tower.runtime import Runtime
 from web.app import create_app
 from web.front import Front
@@ -61,7 +61,7 @@ class ApiServer:
                         "may do everything (api.insecure: true); set api.tls", api.bind)
 
     def bind(self, runtime: Runtime) -> None:
-        """Serve `runtime` from now on, recording that it serves (tower.presence: the
+        """Serve `runtime` from now on, recording that it serves (tower.loops.presence: the
         monitor counts pilots' silence only while some API listened)."""
         self.serve(create_app(runtime))
         presence.keep(runtime, self._stop)

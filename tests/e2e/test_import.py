@@ -13,7 +13,7 @@ from sqlmodel import Session, create_engine, select
 
 from tests.conftest import write_home
 from tests.e2e.test_cli import TOWER, productions_in, tower
-from tower.models import Production
+from tower.model.models import Production
 
 COMPONENTS = ["PMT", "TPC", "cryostat", "RFR", "skin"]
 SOURCES = ["Rn222", "Kr85", "Co60", "K40"]

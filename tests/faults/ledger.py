@@ -17,10 +17,10 @@ from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Replica
 from pilots.checksums import adler32_file
-from tower import tally
-from tower.models import Attempt, Job, Output, RetryDecision
-from tower.outcomes import NOT_FAILURES, Outcome
-from tower.states import JobState
+from tower.model import tally
+from tower.model.models import Attempt, Job, Output, RetryDecision
+from tower.model.states import JobState
+from tower.retries.outcomes import NOT_FAILURES, Outcome
 
 #: Where a job may end after a drain: held and failed only with a decision saying so.
 ENDED = {JobState.DONE, JobState.FAILED, JobState.HELD, JobState.CANCELLED}
@@ -185,7 +185,7 @@ def _size(path: str) -> int | str:
 
 
 def _tally(session: Session) -> Iterable[str]:
-    """The counters tower/tally.py keeps, against a count of the jobs and attempts tables."""
+    """The counters tower/model/tally.py keeps, against a count of the jobs and attempts tables."""
     scanned = {(pid, str(state)): (n, int(events)) for pid, state, n, events in session.exec(
         select(Job.production_id, Job.state, func.count(), func.sum(Job.events))
         .group_by(col(Job.production_id), col(Job.state))).all()}

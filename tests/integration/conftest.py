@@ -13,10 +13,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from tests.conftest import write_home
-from tower import daemon, productions
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Attempt, Pilot
+from tower.loops import daemon
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import Attempt, Pilot
 from tower.runtime import Runtime
 from web.server import start_server
 
@@ -137,9 +138,9 @@ def assert_done_exactly_once(engine: Engine, jobs: int, files_per_job: int = 1) 
     from collections import Counter
 
     from catalog.models import CatalogFile
-    from tower.models import Job, JobEvent
-    from tower.outcomes import Outcome
-    from tower.states import JobState
+    from tower.model.models import Job, JobEvent
+    from tower.model.states import JobState
+    from tower.retries.outcomes import Outcome
 
     with Session(engine) as session:
         rows = session.exec(select(Job)).all()
@@ -162,8 +163,8 @@ def assert_tally_matches(engine: Engine) -> None:
 
     from sqlalchemy import func
 
-    from tower import tally
-    from tower.models import Job, JobEvent
+    from tower.model import tally
+    from tower.model.models import Job, JobEvent
 
     with Session(engine) as session:
         scanned = {(pid, str(state)): (n, int(events)) for pid, state, n, events in session.exec(

@@ -18,10 +18,10 @@ from sqlmodel import Session
 
 from tests.conftest import write_home
 from tests.integration.test_failures import flaky_production
-from tower import ca
+from tower.auth import ca
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Pilot
+from tower.model.db import transaction
+from tower.model.models import Pilot
 from tower.runtime import Runtime
 from web.server import start_server
 
@@ -57,7 +57,7 @@ class Tower:
 
     def digest(self) -> str:
         """Everything the database holds, as one hash (but the serving API's own clock,
-        tower.presence, which it refreshes every second whoever calls)."""
+        tower.loops.presence, which it refreshes every second whoever calls)."""
         hasher = hashlib.sha256()
         with Session(self.runtime.engine) as session:
             tables = [row[0] for row in session.execute(text(
@@ -203,7 +203,8 @@ def test_the_openapi_document_lists_every_route_and_only_real_ones(tower: Tower)
 
 
 def test_a_pilot_credential_of_another_site_cannot_claim_this_sites_job(tower: Tower) -> None:
-    from tower import matchmaker, productions
+    from tower.loops import matchmaker
+    from tower.management import productions
 
     with transaction(tower.runtime.engine) as session:
         session.add(Pilot(id="p2", site="other", batch_id=None, state="running"))
@@ -261,8 +262,8 @@ def test_the_cli_submits_and_follows_a_production_on_a_remote_tower_over_https(
 
     import yaml
 
-    from tower import daemon
     from tower.cli import main as tower_main
+    from tower.loops import daemon
 
     home = tmp_path / "home"
     authority = ca.init_ca(home / "ca", "test CA").directory

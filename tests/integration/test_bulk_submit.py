@@ -10,10 +10,10 @@ from sqlmodel import Session, select
 
 from tests.conftest import write_home
 from tests.integration.conftest import toy_production
-from tower import productions
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Job
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import Job
 from tower.runtime import Runtime
 
 

@@ -20,9 +20,9 @@ from pilots.checksums import adler32_file
 from tests.conftest import write_home
 from tower import cli
 from tower.config import load_config
-from tower.db import transaction
 from tower.errors import Conflict, TransferError
-from tower.models import Job, Production
+from tower.model.db import transaction
+from tower.model.models import Job, Production
 from tower.runtime import Runtime
 from web.app import create_app
 

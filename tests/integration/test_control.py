@@ -14,7 +14,7 @@ from catalog.models import CatalogFile
 from tests.integration.conftest import LiveTower
 from tests.integration.test_failures import RETRY, flaky_production
 from tower.cli import main as tower_main
-from tower.models import Job, Pilot
+from tower.model.models import Job, Pilot
 
 
 def cli(tower: LiveTower, capsys: pytest.CaptureFixture[str], *argv: str,

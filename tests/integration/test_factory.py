@@ -10,15 +10,16 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from catalog.timeutil import ago
 from tests.conftest import write_home
 from tests.integration.conftest import toy_production
-from tower import daemon, factory, productions
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import FactoryDecision, Pilot, SiteQueue
+from tower.loops import daemon, factory
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import FactoryDecision, Pilot, SiteQueue
+from tower.model.states import PilotState
 from tower.runtime import Runtime
-from tower.states import PilotState
-from tower.timeutil import ago
 
 
 @pytest.fixture

@@ -25,11 +25,12 @@ from sqlmodel import Session, col, select
 from tests.cluster import SlurmCluster
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
 from tests.integration.test_slurm import slurm_site
-from tower import failures, health
 from tower.cli import main as tower_main
-from tower.models import Attempt, Job, Output, Pilot, RetryDecision, SiteHealth
-from tower.outcomes import Outcome
-from tower.states import JobState
+from tower.loops import health
+from tower.model.models import Attempt, Job, Output, Pilot, RetryDecision, SiteHealth
+from tower.model.states import JobState
+from tower.retries import failures
+from tower.retries.outcomes import Outcome
 
 FLAKY = Path(__file__).with_name("flaky.py")
 #: Policies of these tests: the shipped standard one without waits, and one that retries
@@ -361,7 +362,7 @@ def test_failure_report_groups_by_class_code_and_site(
     tower.submit(flaky_production(tmp_path, jobs=3, fail_share=1.0, exit_code=9))
     tower.drive(tower.all_ended, timeout=90)
     with Session(tower.runtime.engine) as session:
-        from tower import productions
+        from tower.management import productions
 
         report = failures.report(session, productions.get(session, "flaky"))
     [group] = report["groups"]
@@ -374,9 +375,9 @@ def test_why_tells_what_a_waiting_job_waits_for(
         capsys: pytest.CaptureFixture[str]) -> None:
     from datetime import timedelta
 
-    from tower import matchmaker
-    from tower.db import transaction
-    from tower.timeutil import utcnow
+    from catalog.timeutil import utcnow
+    from tower.loops import matchmaker
+    from tower.model.db import transaction
 
     tower = live_tower(more_sites={"other": {"enabled": False}})
     tower.submit(flaky_production(tmp_path, jobs=1))

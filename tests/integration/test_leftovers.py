@@ -20,18 +20,18 @@ import yaml
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
+from catalog.timeutil import utcnow
 from tests.cluster import SshDaemon, free_port
 from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
 from tests.integration.test_failures import RETRY, flaky_production
 from tests.integration.test_storage import sftp_destination, storage
-from tower import leftovers
-from tower.catalog_verify import verify_dataset
 from tower.config import load_config
-from tower.db import make_engine, transaction
-from tower.models import Attempt, Output
+from tower.loops import leftovers
+from tower.management.catalog_verify import verify_dataset
+from tower.model.db import make_engine, transaction
+from tower.model.models import Attempt, Output
 from tower.runtime import Runtime
-from tower.timeutil import utcnow
 
 #: Long ago, by the destination's clock: a temporary this old belongs to no live copy.
 OLD = time.time() - 3600

@@ -19,8 +19,8 @@ from sqlmodel import Session, col, select
 from tests.integration.conftest import LiveTower
 from tests.integration.test_control import cli
 from tower.cli import main as tower_main
-from tower.matchmaker import fair_order
-from tower.models import Attempt, Job, JobEvent, Production
+from tower.loops.matchmaker import fair_order
+from tower.model.models import Attempt, Job, JobEvent, Production
 
 pytestmark = pytest.mark.one_database
 

@@ -14,12 +14,13 @@ from sqlmodel import Session, col, select
 
 from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, toy_production
-from tower import daemon, matchmaker, productions, site_status
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Job, Pilot
+from tower.loops import daemon, matchmaker, site_status
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import Job, Pilot
+from tower.model.states import JobState, PilotState
 from tower.runtime import Runtime
-from tower.states import JobState, PilotState
 
 
 @pytest.fixture

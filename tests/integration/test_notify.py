@@ -19,17 +19,19 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlmodel import Session, select
 
+from catalog.timeutil import utcnow
 from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, toy_production
 from tests.integration.test_failures import RETRY, flaky_production
-from tower import daemon, notify, productions, tally
 from tower.cli import main as tower_main
 from tower.config import load_config
-from tower.db import transaction
 from tower.errors import ConfigError
-from tower.models import Notification
+from tower.loops import daemon
+from tower.management import notify, productions
+from tower.model import tally
+from tower.model.db import transaction
+from tower.model.models import Notification
 from tower.runtime import Runtime
-from tower.timeutil import utcnow
 
 pytestmark = pytest.mark.one_database
 

@@ -11,15 +11,16 @@ import pytest
 from flask.testing import FlaskClient
 from sqlmodel import Session, select
 
+from catalog.timeutil import ago
 from tests.conftest import write_home
 from tests.integration.conftest import toy_production
-from tower import matchmaker, monitor, productions
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Attempt, Job, Pilot
+from tower.loops import matchmaker, monitor
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import Attempt, Job, Pilot
+from tower.model.states import JobState
 from tower.runtime import Runtime
-from tower.states import JobState
-from tower.timeutil import ago
 from web.app import create_app
 
 
@@ -83,7 +84,7 @@ def test_a_stale_attempt_is_refused(client: FlaskClient) -> None:
 def test_a_cancelled_job_is_refused(client: FlaskClient, runtime: Runtime) -> None:
     [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
     with transaction(runtime.engine) as session:
-        from tower.states import move_jobs_from
+        from tower.model.states import move_jobs_from
         move_jobs_from(session, [message["job"]], JobState.CANCELLED, "test")
     [answer] = post(client, "p1", "claim", {"jobs": [[message["job"], message["attempt"]]]})["jobs"]
     assert not answer["granted"] and answer["reason"] == "the job is cancelled"
@@ -139,7 +140,7 @@ def test_a_pilot_may_only_lease_its_own_sites_queues(client: FlaskClient) -> Non
 
 
 def test_a_lease_expires_and_the_message_returns(client: FlaskClient, runtime: Runtime) -> None:
-    from tower.models import QueueMessage
+    from tower.model.models import QueueMessage
 
     taken = post(client, "p1", "lease", {"queue": "local.default", "max": 10})["messages"]
     assert len(taken) == 3
@@ -161,7 +162,7 @@ def test_released_messages_return_and_acked_ones_are_gone(client: FlaskClient,
     again = post(client, "p2", "lease", {"queue": "local.default", "max": 10,
                                          "ack": [taken[1]["id"]]})["messages"]
     assert taken[0]["id"] in [m["id"] for m in again]
-    from tower.models import QueueMessage
+    from tower.model.models import QueueMessage
 
     def stored() -> list[int | None]:
         with Session(runtime.engine) as session:

@@ -11,9 +11,9 @@ import pytest
 from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower, toy_production
-from tower.models import Attempt, Job, Pilot
-from tower.outcomes import Outcome
-from tower.states import JobState, PilotState
+from tower.model.models import Attempt, Job, Pilot
+from tower.model.states import JobState, PilotState
+from tower.retries.outcomes import Outcome
 
 # what a pilot does does not depend on the tower's database
 pytestmark = pytest.mark.one_database

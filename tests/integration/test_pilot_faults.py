@@ -17,9 +17,9 @@ import yaml
 from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
-from tower.models import Attempt, Job, Pilot, Production
-from tower.outcomes import Outcome
-from tower.states import JobState, PilotState
+from tower.model.models import Attempt, Job, Pilot, Production
+from tower.model.states import JobState, PilotState
+from tower.retries.outcomes import Outcome
 
 ONE_SLOT = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 30},
             "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}

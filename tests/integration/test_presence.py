@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower, toy_production
-from tower.models import Attempt, Job, Pilot
-from tower.outcomes import Outcome
+from tower.model.models import Attempt, Job, Pilot
+from tower.retries.outcomes import Outcome
 from web.server import ApiServer
 
 

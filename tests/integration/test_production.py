@@ -12,9 +12,9 @@ from sqlmodel import Session, col, select
 from catalog.models import CatalogFile, Replica
 from pilots.checksums import adler32_file
 from tests.integration.conftest import LiveTower, toy_production
-from tower.models import Attempt, Job, JobEvent, Pilot
-from tower.outcomes import Outcome
-from tower.states import JobState
+from tower.model.models import Attempt, Job, JobEvent, Pilot
+from tower.model.states import JobState
+from tower.retries.outcomes import Outcome
 
 
 def test_a_whole_production_ends_done_and_cataloged(live_tower: Callable[..., LiveTower],

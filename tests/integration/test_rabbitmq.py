@@ -20,13 +20,13 @@ from sqlmodel import Session, col, select
 from tests.cluster import free_port
 from tests.conftest import RABBITMQ, missing_service, rabbitmqctl, write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
-from tower import daemon, matchmaker
-from tower.broker import Message
+from tower.brokers.broker import Message
 from tower.config import load_config
-from tower.db import make_engine
 from tower.errors import BackendError
-from tower.models import Attempt, Job, JobEvent, Pilot
-from tower.states import JobState
+from tower.loops import daemon, matchmaker
+from tower.model.db import make_engine
+from tower.model.models import Attempt, Job, JobEvent, Pilot
+from tower.model.states import JobState
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.one_database]
 

@@ -14,11 +14,11 @@ from sqlalchemy import func
 from sqlmodel import Session, select
 
 from tests.conftest import write_home
-from tower import productions, sheets
 from tower.config import load_config
-from tower.db import transaction
 from tower.errors import SpecError
-from tower.models import Job, Production
+from tower.management import productions, sheets
+from tower.model.db import transaction
+from tower.model.models import Job, Production
 from tower.runtime import Runtime
 
 TEMPLATE: dict[str, Any] = {

@@ -20,13 +20,14 @@ from sqlmodel import Session, col, select
 from tests.cluster import SlurmCluster, SshServer
 from tests.conftest import write_home
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
-from tower import factory, monitor, productions
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Attempt, FactoryDecision, Pilot, RetryDecision
-from tower.outcomes import Outcome
+from tower.loops import factory, monitor
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import Attempt, FactoryDecision, Pilot, RetryDecision
+from tower.model.states import PILOT_ACTIVE, PilotState
+from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.states import PILOT_ACTIVE, PilotState
 
 pytestmark = [pytest.mark.slurm, pytest.mark.one_database]
 
@@ -245,8 +246,8 @@ def test_site_values_with_shell_metacharacters_never_run(
         request.write_text(yaml.safe_dump({"name": "p", "software": "s", "command": ["true"],
                                            "walltime": "1m", "events_total": 1,
                                            "events_per_job": 1}))
-        from tower import productions
-        from tower.db import transaction
+        from tower.management import productions
+        from tower.model.db import transaction
 
         with transaction(runtime.engine) as session:
             for item in productions.plan(session, request, runtime.config):
@@ -256,7 +257,7 @@ def test_site_values_with_shell_metacharacters_never_run(
         with Session(runtime.engine) as session:
             [pilot] = session.exec(select(Pilot)).all()
         assert pilot.state == PilotState.LOST and "sbatch exited" in (pilot.message or "")
-        from tower.site_check import check_site
+        from tower.loops.site_check import check_site
 
         site_config = runtime.config.sites["local"]
         checks = check_site(site_config, runtime.batch_system("local"),

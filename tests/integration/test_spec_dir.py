@@ -16,8 +16,8 @@ import yaml
 from sqlmodel import Session
 
 from tests.integration.conftest import EXAMPLES, LiveTower
-from tower import productions
 from tower.cli import main as tower_main
+from tower.management import productions
 
 #: A request whose command runs a script beside the request file.
 REQUEST = {"name": "beside", "software": "toysim 1.0", "events_total": 400,

@@ -23,10 +23,11 @@ from catalog.models import CatalogFile, Dataset, Replica
 from tests.cluster import SshDaemon
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
 from tests.integration.test_failures import RETRY, attempts_by_job, decisions, flaky_production
-from tower import productions, stager
-from tower.db import insert_missing, transaction
-from tower.models import Attempt, Job, Output, StageIn
-from tower.outcomes import Outcome
+from tower.loops import stager
+from tower.management import productions
+from tower.model.db import insert_missing, transaction
+from tower.model.models import Attempt, Job, Output, StageIn
+from tower.retries.outcomes import Outcome
 
 TIMEOUT = 3
 

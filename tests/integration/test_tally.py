@@ -10,15 +10,16 @@ from pathlib import Path
 from sqlalchemy import func, text
 from sqlmodel import Session, col, select
 
+from catalog.timeutil import utcnow
 from tests.conftest import write_home
 from tests.integration.conftest import assert_tally_matches, toy_production
-from tower import productions, progress, tally
 from tower.config import load_config
-from tower.db import create_schema, transaction
-from tower.models import Job, JobTally
+from tower.management import productions, progress
+from tower.model import tally
+from tower.model.db import create_schema, transaction
+from tower.model.models import Job, JobTally
+from tower.model.states import JobState, move_jobs
 from tower.runtime import Runtime
-from tower.states import JobState, move_jobs
-from tower.timeutil import utcnow
 
 
 def _runtime(tmp_path: Path, database_url: str, jobs: int = 300) -> Runtime:

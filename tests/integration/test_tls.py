@@ -1,4 +1,4 @@
-"""HTTPS with client certificates on loopback: real handshakes, certificates from tower/ca.py.
+"""HTTPS with client certificates on loopback: real handshakes, certificates from tower/auth/ca.py.
 
 The server is the tower's own (`web.server.start_server`), serving a small Flask app
 that answers with what `web.identity.identity()` says of the caller.
@@ -18,7 +18,7 @@ import requests
 from flask import Flask, jsonify, request
 
 from tests.conftest import write_home
-from tower import ca
+from tower.auth import ca
 from tower.config import load_config
 from tower.runtime import Runtime
 from web.identity import identity

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_home
-from tower import wakeups
 from tower.config import load_config
-from tower.db import transaction
+from tower.loops import wakeups
+from tower.model.db import transaction
 from tower.runtime import Runtime
 
 

@@ -13,19 +13,21 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
+from catalog.timeutil import utcnow
 from tests.conftest import write_home
 from tests.integration.conftest import toy_production
-from tower import daemon, factory, matchmaker, productions, retry, why
-from tower.broker import Message, queue_name
+from tower.brokers.broker import Message, queue_name
 from tower.config import load_config
-from tower.db import transaction
 from tower.errors import SpecError
-from tower.models import Attempt, Job, Pilot, Production
-from tower.outcomes import Outcome
+from tower.loops import daemon, factory, matchmaker
+from tower.management import productions, why
+from tower.management.specs import ProductionSpec
+from tower.model.db import transaction
+from tower.model.models import Attempt, Job, Pilot, Production
+from tower.model.states import JobState, move_jobs
+from tower.retries import retry
+from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
-from tower.specs import ProductionSpec
-from tower.states import JobState, move_jobs
-from tower.timeutil import utcnow
 
 
 @pytest.fixture

@@ -26,10 +26,11 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.conftest import write_home
 from tests.integration.test_failures import flaky_production
-from tower import ca, productions
+from tower.auth import ca
 from tower.config import load_config
-from tower.db import transaction
-from tower.models import Pilot
+from tower.management import productions
+from tower.model.db import transaction
+from tower.model.models import Pilot
 from tower.runtime import Runtime
 from web.server import start_server
 

@@ -21,8 +21,8 @@ from sqlmodel import Session, select
 
 from tests.cluster import SshDaemon
 from tests.integration.conftest import LiveTower, live_tower, toy_production  # noqa: F401
-from tower.db import transaction
-from tower.models import Attempt, Output, Pilot, QueueMessage
+from tower.model.db import transaction
+from tower.model.models import Attempt, Output, Pilot, QueueMessage
 
 #: Unique to this run, in every name an attack tries to create, to look for it anywhere.
 TOKEN = f"gridtower-attack-{uuid.uuid4().hex[:8]}"

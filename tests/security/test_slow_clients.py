@@ -16,7 +16,7 @@ import requests
 from tests.conftest import write_home
 from tests.integration.conftest import LiveTower
 from tests.security.attacks import ask, idle_connections, slow_headers
-from tower import ca
+from tower.auth import ca
 
 pytestmark = pytest.mark.one_database  # the serving stack does not depend on the database
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tower.access import AccessSettings, Permission, Role, allows, pilot_of, principal
+from sites.schema import build
+from tower.auth.access import AccessSettings, Permission, Role, allows, pilot_of, principal
 from tower.errors import ConfigError
-from tower.schema import build
 
 SETTINGS = build(AccessSettings, {"roles": [
     {"dn": "CN=Ada,OU=users,O=gridtower", "role": "admin"},

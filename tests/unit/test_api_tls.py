@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import write_home
-from tower import ca
+from tower.auth import ca
 from tower.config import TowerConfig, load_config
 from tower.errors import ConfigError
 from web.identity import ENVIRON_KEY, ProxiedIdentity

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
+from sites.schema import MAX_NODES, json_document
 from tests.conftest import write_home
 from tower.cli import main as tower_main
 from tower.config import load_config
 from tower.errors import ConfigError, GridtowerError, SpecError
-from tower.overrides import parse
-from tower.policy import load_policies
+from tower.management.overrides import parse
+from tower.management.specs import load_requests
 from tower.remote import client_settings
-from tower.schema import MAX_NODES, json_document
-from tower.specs import load_requests
+from tower.retries.policy import load_policies
 
 AGES = "9" * 400 + "d"  # past what a float holds
 

@@ -15,7 +15,7 @@ from pilots.urls import redact
 from tests.conftest import write_home
 from tower.config import load_config
 from tower.errors import ConfigError
-from tower.factory import pilot_request
+from tower.loops.factory import pilot_request
 from tower.runtime import Runtime
 
 URL = "amqp://producer:s3cret-pw@broker.example.org:5672/production"

@@ -1,4 +1,4 @@
-"""tower/ca.py: the CA's own certificate, each kind issued, pilot credentials, revocation."""
+"""tower/auth/ca.py: the CA's own certificate, each kind issued, pilot credentials, revocation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tower import ca
+from tower.auth import ca
 from tower.cli import main
 from tower.errors import ConfigError, Conflict, NotFound
 

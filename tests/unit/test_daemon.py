@@ -8,8 +8,8 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
-from tower import daemon
 from tower.config import load_config
+from tower.loops import daemon
 from tower.runtime import Runtime
 
 

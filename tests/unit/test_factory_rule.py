@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sites.config import SiteConfig
-from tower.factory import pilots_to_submit
+from tower.loops.factory import pilots_to_submit
 
 SITE = SiteConfig.model_validate({
     "name": "s", "scratch": "/s", "storage": "/t", "pilot": {"slots": 4},

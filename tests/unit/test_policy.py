@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tower.errors import ConfigError
-from tower.outcomes import INFRASTRUCTURE, Outcome
-from tower.policy import Action, Ended, Policy, decide, load_policies
+from tower.retries.outcomes import INFRASTRUCTURE, Outcome
+from tower.retries.policy import Action, Ended, Policy, decide, load_policies
 
 SHIPPED = load_policies(None, Path("."))
 STANDARD = SHIPPED["standard"]
@@ -170,7 +170,7 @@ def test_a_policy_file_that_is_not_a_mapping_of_policies_is_refused(tmp_path: Pa
 
 
 def test_preemption_is_not_a_sign_of_a_broken_site() -> None:
-    from tower.outcomes import SITE_FAULTS
+    from tower.retries.outcomes import SITE_FAULTS
 
     assert Outcome.PREEMPTED not in SITE_FAULTS and Outcome.PILOT_KILLED not in SITE_FAULTS
     assert {Outcome.NODE_FAILURE, Outcome.PILOT_VANISHED, Outcome.LOST_HEARTBEAT} <= SITE_FAULTS

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tower.errors import SpecError
-from tower.sheets import Sheet, derive, read, typed
+from tower.management.sheets import Sheet, derive, read, typed
 
 
 def documents(text: str, pattern: str = "{template}-{row:04d}") -> list[dict[str, Any]]:

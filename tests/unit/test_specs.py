@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tower.errors import SpecError
-from tower.specs import (
+from tower.management.specs import (
     ProductionSpec,
     Resolved,
     load_requests,

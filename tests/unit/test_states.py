@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from tower.db import create_schema, make_engine, transaction
 from tower.errors import IllegalTransition
-from tower.models import Job, JobEvent, Production
-from tower.states import JOB_TRANSITIONS, JobState, check, move_jobs, move_jobs_from
+from tower.model.db import create_schema, make_engine, transaction
+from tower.model.models import Job, JobEvent, Production
+from tower.model.states import JOB_TRANSITIONS, JobState, check, move_jobs, move_jobs_from
 
 LEGAL = [(a, b) for a, targets in JOB_TRANSITIONS.items() for b in sorted(targets)]
 ILLEGAL = [(a, b) for a, b in itertools.product(JobState, JobState)

@@ -1,0 +1,274 @@
+"""The pilot factory: keep each site queue supplied with pilots while work waits for it.
+
+The rule, per site queue and cycle:
+
+    demand  = jobs waiting for this site queue: its backlog (assigned, queued)
+              plus defined jobs of active productions that allow the site, counting
+              only jobs whose walltime its pilots can give
+    wanted  = ceil(demand / payload slots per pilot) - pilots pending - pilots running
+    submit  = min(wanted,
+                  max_queued - pending,          # never more than max_queued waiting
+                  max_running - alive,           # every pending pilot may start: never
+                                                 # more than max_running at once
+                  max_per_cycle)                 # ramp up gently
+
+`alive` is pending + running + draining: draining pilots take no new work, so
+they add no capacity, but they hold their batch slot until they end.
+
+Before deciding, pending pilots are cancelled when no work waits for the site
+queue, and those pending longer than `limits.max_queue_wait` are cancelled and
+replaced. The decision is made under a lock on the site queue's row, and the
+pilots it submits are recorded before they are handed to the batch system, so
+two tower processes together never exceed the limits. Every decision is kept
+with its numbers (`tower sites explain`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, update
+from sqlmodel import Session, col, select
+
+from catalog.timeutil import ago, utcnow
+from sites.batch import PilotRequest
+from sites.config import SiteConfig
+from tower.auth import credentials
+from tower.brokers.broker import queue_name
+from tower.errors import BackendError
+from tower.loops import health
+from tower.model import fleet, tally
+from tower.model.db import insert_missing, transaction
+from tower.model.models import FactoryDecision, Job, Pilot, Production, SiteQueue
+from tower.model.states import JOB_AT_SITE, PRODUCTION_RUNNABLE, JobState, PilotState, move_pilots
+from tower.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: Factory decisions kept per site queue, for `tower sites explain`.
+DECISIONS_KEPT = 200
+#: A reserved pilot still without a batch id this long after its reservation was
+#: left by a tower that died between deciding and submitting.
+UNSUBMITTED_AFTER = 300
+
+
+def pilots_to_submit(demand: int, slots: int, pending: int, running: int, draining: int,
+                     site: SiteConfig) -> int:
+    """How many pilots to submit now (the rule in this module's docstring)."""
+    limits = site.limits
+    wanted = math.ceil(demand / slots) - pending - running
+    alive = pending + running + draining
+    return max(0, min(wanted, limits.max_queued - pending, limits.max_running - alive,
+                      limits.max_per_cycle))
+
+
+def run_once(runtime: Runtime) -> int:
+    """One cycle over every enabled site queue; returns the number of pilots submitted."""
+    submitted = 0
+    for site in runtime.config.sites.values():
+        if not site.enabled:
+            continue
+        for queue in site.queues:
+            try:
+                submitted += _supply(runtime, site, queue)
+            except BackendError as exc:
+                # one site's trouble must not starve the others: record it, go on
+                log.warning("site=%s queue=%s: %s", site.name, queue, exc)
+                with transaction(runtime.engine) as session:
+                    _note_error(session, site.name, queue, str(exc))
+    return submitted
+
+
+def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
+    """Decide under the site queue's lock, reserving the pilots to submit; then submit
+    them and cancel the ones no longer wanted, outside the lock."""
+    batch = runtime.batch_system(site.name)
+    with transaction(runtime.engine) as session:
+        _lock(session, site.name, queue)
+        _forget_unsubmitted(session, site.name, queue)
+        demand = _demand(session, site, queue)
+        cancel = _unwanted(session, site, queue, demand)
+        counts = fleet.counts(session, site.name, queue)
+        pending, running = counts[PilotState.SUBMITTED], counts[PilotState.RUNNING]
+        draining = counts[PilotState.DRAINING]
+        count = pilots_to_submit(demand, site.pilot.slots, pending, running, draining, site)
+        reserved = [uuid.uuid4().hex for _ in range(count)]
+        for pilot_id in reserved:
+            session.add(Pilot(id=pilot_id, site=site.name, queue=queue, slots=site.pilot.slots,
+                              walltime=site.pilot.walltime, log_path=batch.log_path(pilot_id)))
+        limits = site.limits
+        note = (f"pending {pending}/{limits.max_queued}, running {running}/{limits.max_running}"
+                f", draining {draining}, backlog {demand}: submit {count}"
+                + (f", cancel {len(cancel)} ({cancel[0][1]})" if cancel else ""))
+        _record(session, FactoryDecision(site=site.name, queue=queue, demand=demand,
+                                         pending=pending, running=running, draining=draining,
+                                         submit=count, cancel=len(cancel), note=note))
+    if cancel:
+        batch.cancel([batch_id for batch_id, _ in cancel])
+    for index, pilot_id in enumerate(reserved):
+        try:
+            _submit(runtime, site, queue, pilot_id)
+        except Exception:
+            # the site refuses: the rest of this cycle's reservations are not tried
+            with transaction(runtime.engine) as session:
+                fleet.lose(session, reserved[index + 1:], "not submitted: an earlier "
+                           "submission in the same cycle failed")
+            raise
+    if count or cancel:
+        log.info("site=%s queue=%s %s", site.name, queue, note)
+    return count
+
+
+def _lock(session: Session, site: str, queue: str) -> None:
+    """Hold the site queue's row until the transaction ends (created on first use)."""
+    insert_missing(session, SiteQueue, site=site, queue=queue)
+    session.exec(select(SiteQueue).where(SiteQueue.site == site, SiteQueue.queue == queue)
+                 .with_for_update()).one()
+
+
+def _forget_unsubmitted(session: Session, site: str, queue: str) -> None:
+    """Pilots reserved by a tower that died before submitting them count no more."""
+    stale = session.exec(select(Pilot.id).where(
+        Pilot.site == site, Pilot.queue == queue, Pilot.state == PilotState.SUBMITTED,
+        col(Pilot.batch_id).is_(None), col(Pilot.submitted_at) < ago(UNSUBMITTED_AFTER))).all()
+    if stale:
+        fleet.lose(session, list(stale), "reserved but never handed to the batch system")
+
+
+def _unwanted(session: Session, site: SiteConfig, queue: str,
+              demand: int) -> list[tuple[str, str]]:
+    """Pending pilots to cancel, ended here: all of them when no work waits, else those
+    pending longer than max_queue_wait (they are replaced in this same cycle)."""
+    query = select(Pilot).where(Pilot.site == site.name, Pilot.queue == queue,
+                                Pilot.state == PilotState.SUBMITTED,
+                                col(Pilot.batch_id).is_not(None))
+    if demand == 0:
+        reason = "no backlog left"
+    elif site.limits.max_queue_wait:
+        reason = f"pending longer than {site.limits.max_queue_wait:.0f}s"
+        query = query.where(col(Pilot.submitted_at) < ago(site.limits.max_queue_wait))
+    else:
+        return []
+    pilots = {pilot.id: pilot.batch_id for pilot in session.exec(query).all()}
+    ended = move_pilots(session, list(pilots), PilotState.SUBMITTED, PilotState.DONE,
+                        ended_at=utcnow(), message=f"cancelled while pending: {reason}")
+    return [(pilots[pilot_id] or "", reason) for pilot_id in ended]
+
+
+def _record(session: Session, decision: FactoryDecision) -> None:
+    """Keep the last DECISIONS_KEPT decisions of each site queue."""
+    session.add(decision)
+    session.flush()
+    assert decision.id is not None
+    session.execute(delete(FactoryDecision).where(
+        col(FactoryDecision.site) == decision.site, col(FactoryDecision.queue) == decision.queue,
+        col(FactoryDecision.id) <= decision.id - DECISIONS_KEPT))
+
+
+def recent_decisions(session: Session, site: str, limit: int) -> list[FactoryDecision]:
+    """The last `limit` decisions for `site` (all its queues), newest first."""
+    return list(session.exec(select(FactoryDecision).where(FactoryDecision.site == site)
+                             .order_by(col(FactoryDecision.id).desc()).limit(limit)).all())
+
+
+def _note_error(session: Session, site: str, queue: str, error: str) -> None:
+    """Remember the last error of a site queue, for `tower sites`."""
+    insert_missing(session, SiteQueue, site=site, queue=queue)
+    session.execute(update(SiteQueue).where(col(SiteQueue.site) == site,
+                                            col(SiteQueue.queue) == queue)
+                    .values(last_error=error[:1000], last_error_at=utcnow()))
+
+
+def _demand(session: Session, site: SiteConfig, queue: str) -> int:
+    """Jobs this site queue's pilots could run: those waiting there, and those it may take.
+    A job asking more walltime than its pilots give counts nowhere: a pilot that found it
+    would drain at once, and another would be submitted for it, without end."""
+    longest = site.pilot.longest_job
+    at_site = session.exec(select(func.count()).select_from(Job).where(
+        Job.site == site.name, Job.queue == queue, col(Job.state).in_(JOB_AT_SITE),
+        _fits(longest, _too_long(session, longest)))).one()
+    return at_site + waiting(session, site, queue)
+
+
+def _too_long(session: Session, longest: int) -> list[int]:
+    """Active productions whose jobs ask more walltime than `longest`."""
+    return [pid for pid, spec in session.exec(select(Production.id, Production.spec).where(
+        col(Production.state).in_(PRODUCTION_RUNNABLE))).all()
+        if pid is not None and spec["walltime"] > longest]
+
+
+def _fits(longest: int, too_long: list[int]) -> Any:
+    """Jobs whose walltime (their own, grown by a retry, or their production's) fits."""
+    return or_(col(Job.walltime) <= longest,
+               and_(col(Job.walltime).is_(None), col(Job.production_id).not_in(too_long)))
+
+
+def waiting(session: Session, site: SiteConfig, queue: str) -> int:
+    """Defined jobs of active productions that this site queue could take, their walltime
+    fitting its pilots (none while the site cools down)."""
+    if site.name in health.cooling(session):
+        return 0
+    longest = site.pilot.longest_job
+    allowing = [pid or 0 for pid, spec in session.exec(
+        select(Production.id, Production.spec).where(
+            col(Production.state).in_(PRODUCTION_RUNNABLE), Production.queue == queue)).all()
+        if (not spec.get("sites") or site.name in spec["sites"]) and spec["walltime"] <= longest]
+    if not allowing:
+        return 0
+    # from the tally, not a count over a million defined jobs (a production's jobs all
+    # share its queue); the few a retry grew past the pilots' walltime are taken off
+    counts = tally.counts(session)
+    defined = [counts.get(pid, {}).get(JobState.DEFINED) for pid in allowing]
+    grown = session.exec(select(func.count()).select_from(Job).where(
+        Job.state == JobState.DEFINED, col(Job.production_id).in_(allowing),
+        col(Job.walltime) > longest)).one()
+    return max(sum(count.jobs for count in defined if count is not None) - grown, 0)
+
+
+def _submit(runtime: Runtime, site: SiteConfig, queue: str, pilot_id: str) -> None:
+    """Hand a reserved pilot to the batch system; a refusal leaves it lost, with why."""
+    request = pilot_request(runtime, site, queue, pilot_id)
+    try:
+        batch_id = runtime.batch_system(site.name).submit(request)
+    except Exception as exc:
+        with transaction(runtime.engine) as session:
+            fleet.lose(session, [pilot_id], f"submission failed: {exc}")
+        raise
+    with transaction(runtime.engine) as session:
+        session.execute(update(Pilot).where(col(Pilot.id) == pilot_id)
+                        .values(batch_id=batch_id, updated_at=utcnow()))
+
+
+def pilot_command(site: SiteConfig) -> list[str]:
+    """The pilot program at the site, as an argv prefix."""
+    if site.pilot_command == ["pilot"] and site.batch == "local":
+        # a local pilot runs with the tower's own interpreter, found or not on PATH
+        return [sys.executable, "-m", "pilots.main"]
+    return list(site.pilot_command)
+
+
+def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
+                  pilot_id: str) -> PilotRequest:
+    """The pilot's command line at the site, and the environment that carries its secrets."""
+    config = runtime.config
+    source = runtime.broker.pilot_source(queue_name(site.name, queue), site.broker_url)
+    command = pilot_command(site)
+    options = [part for key, value in source.options.items()
+               for part in ("--source-option", f"{key}={value}")]
+    argv = [
+        *command,
+        "--tower", config.api_url, "--site", site.name, "--queue", queue,
+        "--pilot-id", pilot_id, "--source", source.kind, "--broker-queue", source.queue,
+        *options,
+        "--slots", str(site.pilot.slots), "--cores", str(site.pilot.cores),
+        "--walltime", str(site.pilot.walltime), "--drain-margin", str(site.pilot.drain_margin),
+        "--idle-timeout", str(site.pilot.idle_timeout),
+        "--heartbeat", str(config.monitor.heartbeat_interval),
+        "--scratch", site.scratch, "--storage", site.storage,
+        *credentials.deliver(runtime, site, pilot_id),
+    ]
+    return PilotRequest(pilot_id, argv, source.environment)

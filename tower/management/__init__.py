@@ -1,0 +1,13 @@
+"""Production management: what a production manager submits, decides, reads
+and hears.
+
+- specs: production requests (schema, inheritance, checks, job splitting)
+- productions: productions in the database (submission, lookup, counts)
+- sheets: request sheets (a CSV, one production a row)
+- approval: approving and rejecting requests and trials
+- overrides: KEY=VALUE settings from the command line
+- notify: notifications by webhook and e-mail
+- progress: progress bars and pace
+- why: `tower why JOB`, told from what was recorded
+- catalog_verify: `catalog verify` through the runtime's backends
+"""

@@ -1,0 +1,523 @@
+"""Notifications of production events, by webhook and by e-mail.
+
+A production manager hears when a production completes, when too many of its attempts
+fail, or when it waits for approval, without watching pages. Each cycle the notifier
+reads every production's kept counts (the tally, never the jobs table) and records each
+event it has not recorded yet, one row per target; the row's unique key (production,
+event, occurrence, target) makes a second tower's insert of the same event a no-op.
+Then it delivers what is due, one row claimed at a time and outside any transaction,
+retrying a failed delivery with a growing delay up to `max_tries`.
+
+Secrets stay out of logs and of the database: a webhook is named by its scheme and host
+alone (its path, query string and headers may hold tokens), and the SMTP password is read
+from its file at each delivery.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import smtplib
+import ssl
+import unicodedata
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from pydantic import Field, ValidationInfo, field_validator
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
+
+from catalog.timeutil import later, utcnow
+from sites.schema import Seconds, Strict, require_private
+from tower.errors import BackendError, ConfigError
+from tower.management import progress
+from tower.model import tally
+from tower.model.db import create_schema, insert_missing, make_engine, transaction
+from tower.model.models import Notification, Production
+from tower.model.states import ProductionState
+
+if TYPE_CHECKING:
+    from tower.config import TowerConfig
+    from tower.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Event(enum.StrEnum):
+    COMPLETED = "completed"                  # no job of an active production is left to run
+    FAILING = "failing"                      # failed attempts reached the threshold
+    AWAITING_APPROVAL = "awaiting_approval"  # a manager must approve it
+
+
+#: Production states in which a manager's approval is awaited: a collaborator's request,
+#: and a production whose trial ended.
+AWAITING = frozenset({ProductionState.REQUESTED, ProductionState.APPROVAL})
+#: Production states in which attempts may still end (a paused one's running jobs go on).
+ATTEMPTING = frozenset({ProductionState.TRIAL, ProductionState.ACTIVE, ProductionState.PAUSED})
+#: The occurrence of `failing`: a production is told failing once, whatever follows.
+ONCE = "once"
+
+#: The longest wait on a webhook or the mail server, and the lease of a notification being
+#: delivered: far longer than one delivery may take, so only a dead tower's lease expires.
+MAX_TIMEOUT = 120
+LEASE = 5 * MAX_TIMEOUT
+#: The longest delay between two tries of a delivery.
+MAX_DELAY = 3600
+#: Notifications one cycle delivers at most.
+BATCH = 50
+
+
+def _all_events() -> list[Event]:
+    return list(Event)
+
+
+def _no_control_characters(value: str) -> str:
+    # a CR or LF would end a header line early (header injection)
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+class Webhook(Strict):
+    """An HTTP(S) endpoint that receives each event as a JSON POST."""
+
+    #: http:// or https:// (the server's certificate is verified).
+    url: str
+    events: list[Event] = Field(default_factory=_all_events, min_length=1)
+    timeout: Seconds = Field(default=10, gt=0, le=MAX_TIMEOUT)
+    #: Sent with each POST, such as an Authorization token; never logged.
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        _no_control_characters(url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL")
+        if not parts.hostname:
+            raise ValueError("no host in the URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL (it would reach logs): "
+                             "send them in headers")
+        try:
+            parts.port  # noqa: B018 (urlsplit checks the port when it is read)
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        return url
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not name or not all(char.isalnum() or char in "-_" for char in name):
+                raise ValueError(f"{name!r} is not a header name")
+            _no_control_characters(value)
+        return headers
+
+    @property
+    def key(self) -> str:
+        """Stable across restarts, and no secret: a digest of the URL."""
+        return "webhook " + hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+    @property
+    def name(self) -> str:
+        """What logs and outputs show: scheme and host, never path, query or headers."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"webhook {parts.scheme}://{parts.hostname}{port}"
+
+
+class Smtp(Strict):
+    """A mail server that sends each event to `recipients` as a short plain-text mail."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=25, ge=1, le=65535)
+    #: Upgrade the connection to TLS with STARTTLS (usually port 587).
+    starttls: bool = False
+    #: Speak TLS from the start (usually port 465). The server's certificate is verified.
+    ssl: bool = False
+    username: str | None = None
+    #: A file holding the password, mode 0600 (relative to tower.yaml); read at each login.
+    password_file: Path | None = Field(default=None, validate_default=True)
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    events: list[Event] = Field(default_factory=_all_events, min_length=1)
+    timeout: Seconds = Field(default=30, gt=0, le=MAX_TIMEOUT)
+
+    @field_validator("ssl")
+    @classmethod
+    def _one_tls(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("starttls"):
+            raise ValueError("choose starttls or ssl, not both")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _login(cls, password_file: Path | None, info: ValidationInfo) -> Path | None:
+        username = info.data.get("username")
+        if (username is None) != (password_file is None):
+            raise ValueError("username and password_file go together")
+        if username is not None and not (info.data.get("starttls") or info.data.get("ssl")):
+            raise ValueError("a password must not travel in clear: set starttls or ssl")
+        return password_file
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, sender: str) -> str:
+        return _address(sender)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, recipients: list[str]) -> list[str]:
+        return [_address(recipient) for recipient in recipients]
+
+    @property
+    def key(self) -> str:
+        return "smtp"
+
+    @property
+    def name(self) -> str:
+        return f"smtp {self.host}:{self.port}"
+
+
+def _address(value: str) -> str:
+    _no_control_characters(value)
+    if "@" not in parseaddr(value)[1] or "," in value:
+        raise ValueError(f"{value!r} is not one e-mail address")
+    return value
+
+
+Target = Webhook | Smtp
+
+
+class NotificationSettings(Strict):
+    """Who hears of production events, and when a production counts as failing."""
+
+    webhooks: list[Webhook] = Field(default_factory=list)
+    smtp: Smtp | None = None
+    #: A production is failing once this share of its ended attempts failed...
+    failure_threshold: float = Field(default=0.25, gt=0.0, le=1.0)
+    #: ...and at least this many of its attempts ended.
+    failure_min_attempts: int = Field(default=20, gt=0)
+    #: A failed delivery is tried again after this, doubling per try up to an hour...
+    retry_delay: Seconds = Field(default=30, gt=0)
+    #: ...and given up after this many tries.
+    max_tries: int = Field(default=8, gt=0)
+
+    def targets(self) -> list[Target]:
+        return [*self.webhooks, *([self.smtp] if self.smtp else [])]
+
+
+def resolve_notifications(settings: NotificationSettings, home: Path,
+                          source: Path) -> NotificationSettings:
+    """The password file made absolute (relative to tower.yaml's `home`) and checked:
+    there, and readable by its owner alone; raises ConfigError naming the key."""
+    if settings.smtp is None or settings.smtp.password_file is None:
+        return settings
+    key = "notifications.smtp.password_file"
+    path = (home / settings.smtp.password_file.expanduser()).resolve()
+    require_private(path, key, source, "a password file")
+    smtp = settings.smtp.model_copy(update={"password_file": path})
+    return settings.model_copy(update={"smtp": smtp})
+
+
+class DeliveryError(BackendError):
+    """A notification could not be delivered."""
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+def run_once(runtime: Runtime) -> dict[str, int]:
+    """Record new events, then deliver what is due: how many events were new, and how many
+    deliveries were made and failed this cycle."""
+    settings = runtime.config.notifications
+    if not settings.targets():
+        return {"events": 0, "sent": 0, "failed": 0}
+    events = detect(runtime)
+    sent, failed = deliver_due(runtime)
+    return {"events": events, "sent": sent, "failed": failed}
+
+
+def detect(runtime: Runtime) -> int:
+    """Record each production event not recorded yet, one row per target that wants it;
+    returns the number of new events. Reads without a write lock; writes only when there
+    is something new."""
+    # tower.management.productions imports tower.config, which imports this module's settings
+    from tower.management import productions
+
+    config = runtime.config
+    wanted: dict[Event, list[str]] = {}
+    for target in config.notifications.targets():
+        for event in target.events:
+            wanted.setdefault(event, []).append(target.key)
+    with Session(runtime.engine) as session:
+        known = set(session.exec(select(Notification.production_id, Notification.event,
+                                        Notification.occurrence).distinct()).all())
+        counts = productions.state_counts(session)
+        found: list[tuple[int, Event, str, dict[str, Any]]] = []
+        for production in productions.all_productions(session):
+            states = counts.get(production.id or 0, {})
+            for event, occurrence in _new_events(session, config, production, states, known,
+                                                 wanted):
+                found.append((production.id or 0, event, occurrence,
+                              facts(session, config, production, states, event)))
+    if found:
+        with transaction(runtime.engine) as session:
+            for production_id, event, occurrence, payload in found:
+                for key in wanted[event]:
+                    insert_missing(session, Notification, production_id=production_id,
+                                   event=event, occurrence=occurrence, target=key,
+                                   payload=payload)
+    for _, event, _, payload in found:
+        log.info("production=%s event=%s recorded", payload["production"], event)
+    return len(found)
+
+
+def _new_events(session: Session, config: TowerConfig, production: Production,
+                states: dict[str, int], known: set[tuple[int, str, str]],
+                wanted: dict[Event, list[str]]) -> list[tuple[Event, str]]:
+    """The events of `production` (with their occurrence) that a target wants and that
+    were not recorded yet."""
+    phase = progress.phase(production.state, states)
+    candidates = []
+    if phase == "finished":
+        # an extended production completes anew: its total of events tells the two apart
+        candidates.append((Event.COMPLETED, str(production.events_total)))
+    if production.state in AWAITING:
+        candidates.append((Event.AWAITING_APPROVAL, str(production.state)))
+    new = [(event, occurrence) for event, occurrence in candidates
+           if event in wanted and (production.id, event, occurrence) not in known]
+    # a finished production's attempts no longer change: it is looked at once more, in the
+    # cycle that sees it complete, so a long tower's old productions cost nothing
+    if (Event.FAILING in wanted and (production.id, Event.FAILING, ONCE) not in known
+            and production.state in ATTEMPTING
+            and (phase != "finished" or (Event.COMPLETED, str(production.events_total)) in new)
+            and _failing(attempts(session, production.id or 0), config)):
+        new.append((Event.FAILING, ONCE))
+    return new
+
+
+def attempts(session: Session, production_id: int) -> tuple[int, int]:
+    """(failed, ended) attempts of a production, from the activity tally."""
+    failed = ended = 0
+    for (_, _, kind, _), count in tally.totals(session, production_id=production_id).items():
+        if kind == tally.DONE:  # a job done, not an attempt
+            continue
+        ended += count
+        if kind not in progress.NOT_FAILED:
+            failed += count
+    return failed, ended
+
+
+def _failing(counted: tuple[int, int], config: TowerConfig) -> bool:
+    failed, ended = counted
+    settings = config.notifications
+    return ended >= settings.failure_min_attempts and failed / ended >= settings.failure_threshold
+
+
+def facts(session: Session, config: TowerConfig, production: Production,
+          states: dict[str, int], event: Event) -> dict[str, Any]:
+    """What a notification tells: the webhook's JSON body, and the mail's lines."""
+    failed, ended = attempts(session, production.id or 0)
+    done = tally.counts(session, production.id).get(production.id or 0, {}).get("done")
+    return {
+        "event": str(event), "production": production.name,
+        "state": progress.phase(production.state, states), "jobs": dict(states),
+        "events_done": done.events if done else 0, "events_total": production.events_total,
+        "failed_attempts": failed, "ended_attempts": ended,
+        "url": f"{config.api_url}/productions/{quote(production.name)}",
+        "at": utcnow().isoformat(timespec="seconds"),
+    }
+
+
+# -- delivery -----------------------------------------------------------------------------------
+
+def deliver_due(runtime: Runtime) -> tuple[int, int]:
+    """Deliver the notifications due, each claimed first so that only one tower sends it;
+    returns (sent, failed)."""
+    now = utcnow()
+    with Session(runtime.engine) as session:
+        due = session.exec(select(Notification.id).where(
+            Notification.state == "pending",
+            or_(col(Notification.next_try_at).is_(None), col(Notification.next_try_at) <= now),
+            or_(col(Notification.lease_until).is_(None), col(Notification.lease_until) < now))
+            .order_by(col(Notification.id)).limit(BATCH)).all()
+    targets = {target.key: target for target in runtime.config.notifications.targets()}
+    sent = failed = 0
+    for notification_id in due:
+        notification = _claim(runtime, notification_id)
+        if notification is None:  # another tower took it
+            continue
+        try:
+            target = targets.get(notification.target)
+            if target is None:
+                raise DeliveryError("its target is no longer configured")
+            deliver(target, notification.payload)
+        except DeliveryError as exc:
+            _try_later(runtime, notification, exc)
+            failed += 1
+        else:
+            _finish(runtime, notification, state="sent", sent_at=utcnow())
+            log.info("production=%s event=%s sent to %s", notification.payload["production"],
+                     notification.event, target.name)
+            sent += 1
+    return sent, failed
+
+
+def _claim(runtime: Runtime, notification_id: int | None) -> Notification | None:
+    now = utcnow()
+    with transaction(runtime.engine) as session:
+        return session.scalars(update(Notification).where(
+            col(Notification.id) == notification_id, col(Notification.state) == "pending",
+            or_(col(Notification.lease_until).is_(None), col(Notification.lease_until) < now))
+            .values(lease_until=later(LEASE), lease_owner=runtime.instance)
+            .returning(Notification)).first()
+
+
+def _try_later(runtime: Runtime, notification: Notification, error: DeliveryError) -> None:
+    settings = runtime.config.notifications
+    if notification.tries + 1 >= settings.max_tries:
+        log.error("production=%s event=%s target=%s given up after %s tries: %s",
+                  notification.payload["production"], notification.event, notification.target,
+                  notification.tries + 1, error)
+        _finish(runtime, notification, state="failed", last_error=str(error)[:500])
+        return
+    delay = min(settings.retry_delay * 2 ** notification.tries, MAX_DELAY)
+    log.warning("production=%s event=%s target=%s not delivered, retry in %ss: %s",
+                notification.payload["production"], notification.event, notification.target,
+                delay, error)
+    _finish(runtime, notification, next_try_at=later(delay), last_error=str(error)[:500])
+
+
+def _finish(runtime: Runtime, notification: Notification, **values: Any) -> None:
+    """One try over: the lease released, the try counted, `values` set."""
+    with transaction(runtime.engine) as session:
+        session.execute(update(Notification).where(col(Notification.id) == notification.id)
+                        .values(tries=Notification.tries + 1, lease_until=None,
+                                lease_owner=None, **values)
+                        .execution_options(synchronize_session=False))
+
+
+def deliver(target: Target, payload: dict[str, Any]) -> None:
+    """Send `payload` to one target now; raises DeliveryError saying why not."""
+    if isinstance(target, Webhook):
+        _post(target, payload)
+    else:
+        _mail(target, payload)
+
+
+def _post(webhook: Webhook, payload: dict[str, Any]) -> None:
+    # the foreign errors' texts hold the whole URL, query string included: they are not
+    # chained, and only their kind is told
+    try:
+        answer = requests.post(webhook.url, json=payload, headers=webhook.headers,
+                               timeout=webhook.timeout, allow_redirects=False)
+    except requests.Timeout:
+        raise DeliveryError(f"{webhook.name}: no answer within {webhook.timeout}s") from None
+    except requests.exceptions.SSLError:
+        raise DeliveryError(f"{webhook.name}: TLS failed (is the server's certificate "
+                            "trusted?)") from None
+    except requests.ConnectionError:
+        raise DeliveryError(f"{webhook.name}: cannot connect") from None
+    except requests.RequestException as exc:
+        raise DeliveryError(f"{webhook.name}: {type(exc).__name__}") from None
+    if not 200 <= answer.status_code < 300:  # a redirect is not a delivery either
+        raise DeliveryError(f"{webhook.name}: answered {answer.status_code} {answer.reason}")
+
+
+def _mail(smtp: Smtp, payload: dict[str, Any]) -> None:
+    message = EmailMessage()
+    message["Subject"] = subject(payload)
+    message["From"] = smtp.sender
+    message["To"] = ", ".join(smtp.recipients)
+    message["Date"] = formatdate()
+    message.set_content(body(payload))
+    context = ssl.create_default_context()
+    try:
+        client = (smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
+                  if smtp.ssl else smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout))
+        with client:
+            if smtp.starttls:
+                client.starttls(context=context)
+            if smtp.username is not None and smtp.password_file is not None:
+                client.login(smtp.username, smtp.password_file.read_text().rstrip("\r\n"))
+            client.send_message(message)
+    except (smtplib.SMTPException, OSError) as exc:  # neither text holds the password
+        raise DeliveryError(f"{smtp.name}: {exc}") from exc
+
+
+#: What each event says of a production, in a mail's subject.
+SAYS = {Event.COMPLETED: "completed", Event.FAILING: "is failing",
+        Event.AWAITING_APPROVAL: "awaits approval"}
+
+
+def subject(payload: dict[str, Any]) -> str:
+    test = " (test)" if payload.get("test") else ""
+    return f"[gridtower] production {payload['production']} {SAYS[payload['event']]}{test}"
+
+
+def body(payload: dict[str, Any]) -> str:
+    jobs = ", ".join(f"{state} {count}" for state, count in sorted(payload["jobs"].items()))
+    return (f"Production {payload['production']} {SAYS[payload['event']]}.\n\n"
+            f"state:     {payload['state']}\n"
+            f"jobs:      {jobs or 'none'}\n"
+            f"events:    {payload['events_done']} of {payload['events_total']} done\n"
+            f"attempts:  {payload['failed_attempts']} of {payload['ended_attempts']} "
+            f"ended attempts failed\n"
+            f"page:      {payload['url']}\n"
+            f"at:        {payload['at']}\n")
+
+
+# -- `tower notify test` ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Delivery:
+    target: str
+    error: str | None
+
+
+def send_test(config: TowerConfig, event: Event, production: str | None = None
+              ) -> list[Delivery]:
+    """Send one notification of `event` to every target now, with the facts of
+    `production` (else made-up ones), marked as a test; what each target made of it."""
+    targets = config.notifications.targets()
+    if not targets:
+        raise ConfigError(f"{config.path}: notifications: no webhook and no smtp to notify",
+                          field="notifications")
+    payload = {**_test_facts(config, event, production), "test": True}
+    deliveries = []
+    for target in targets:
+        try:
+            deliver(target, payload)
+            deliveries.append(Delivery(target.name, None))
+        except DeliveryError as exc:
+            deliveries.append(Delivery(target.name, str(exc)))
+    return deliveries
+
+
+def _test_facts(config: TowerConfig, event: Event, name: str | None) -> dict[str, Any]:
+    if name is None:
+        return {"event": str(event), "production": "example", "state": "active",
+                "jobs": {"done": 1}, "events_done": 100, "events_total": 100,
+                "failed_attempts": 0, "ended_attempts": 1,
+                "url": f"{config.api_url}/productions/example",
+                "at": utcnow().isoformat(timespec="seconds")}
+    from tower.management import productions  # see detect()
+
+    engine = make_engine(config.database_url)
+    try:
+        create_schema(engine)  # a tower that never ran: no such production, not a crash
+        with Session(engine) as session:
+            production = productions.get(session, name)
+            states = productions.state_counts(session, production.id).get(production.id or 0,
+                                                                           {})
+            return facts(session, config, production, states, event)
+    finally:
+        engine.dispose()

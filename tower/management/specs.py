@@ -1,0 +1,479 @@
+"""Production requests: the YAML schema, inheritance from parents, checks, and job splitting.
+
+A request is resolved against its parents (in the same file or already in the
+database), validated whole — schema, sites, every template rendered for a
+trial job — and only then turned into rows by `tower.management.productions`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from pilots.rendering import TemplateProblem, identifiers, render
+from sites.schema import (
+    MAX_INTEGER,
+    Int32,
+    Megabytes,
+    Seconds,
+    Strict,
+    build,
+    read_yaml_documents,
+)
+from tower.errors import SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+#: An environment variable's name, as POSIX shells and `env` accept it.
+ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: The most jobs one production may hold, whatever its events (and after every extend):
+#: a request is checked and split before anything is written.
+MAX_JOBS = 1_000_000
+#: The longest chain of parents within one file (a parent in the database is resolved).
+MAX_PARENTS = 50
+#: Keys merged entry by entry with the parent's, instead of replaced whole.
+MERGED_KEYS = ("parameters", "steering", "environment")
+#: Keys that belong to one request and are never inherited.
+OWN_KEYS = ("name", "parent", "abstract")
+
+#: Variables the tower knows for each job.
+JOB_VARIABLES = ("production", "dataset", "software", "index", "seed", "first_event",
+                 "last_event", "events", "attempt", "spec_dir")
+#: Variables only the pilot knows, filled in at the site.
+PILOT_VARIABLES = ("output_dir", "work_dir", "input_dir", "python", "cores", "site",
+                   "pilot_id")
+#: Variables of the post step: the staged output's local path and its name.
+POST_VARIABLES = ("file", "name")
+
+
+class RetrySpec(Strict):
+    #: The retry policy (tower.yaml's retry.policy when unset).
+    policy: str | None = Field(default=None, min_length=1)
+    #: Attempts a job gets at most, below the policy's own max_attempts.
+    max_attempts: int | None = Field(default=None, gt=0, le=100)
+
+
+class TrialSpec(Strict):
+    """A first run of a few events; the rest waits for approval."""
+
+    events: int = Field(gt=0)
+    #: `manual`: wait for `tower approve`; `auto`: approve itself when every trial job
+    #: succeeded (else wait for a person).
+    approve: Literal["manual", "auto"] = "manual"
+    #: `propose`: show the walltime, memory and events per job the trial suggests;
+    #: `set`: use them for the full run when it is approved.
+    tune: Literal["propose", "set"] = "propose"
+    #: What a full job should last; default: the largest walltime the allowed sites'
+    #: pilots can give a job.
+    target_walltime: Seconds | None = Field(default=None, gt=0)
+
+
+class ProductionSpec(Strict):
+    """A production request, resolved (every inherited key filled in)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    parent: str | None = None
+    abstract: bool = False
+    description: str = ""
+    software: str = Field(min_length=1)
+    command: list[str] = Field(min_length=1)
+    steering: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    events_total: int = Field(gt=0)
+    events_per_job: Int32 = Field(gt=0)
+    walltime: Seconds = Field(gt=0)
+    cores: Int32 = Field(default=1, gt=0)
+    memory: Megabytes | None = Field(default=None, gt=0)
+    sites: list[str] = Field(default_factory=list)
+    queue: str = Field(default="default", pattern=NAME_PATTERN)
+    priority: Int32 = 0
+    #: The fair-share group its jobs count against (tower.yaml `shares`).
+    group: str = Field(default="default", pattern=NAME_PATTERN)
+    trial: TrialSpec | None = None
+    retry: RetrySpec = RetrySpec()
+    #: Catalog files every job reads: logical names (/dataset/file) or dataset names.
+    inputs: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
+    #: Run by the tower for each output once it is staged and cataloged (a template, like
+    #: `command`, with ${file} and ${name} too); a non-zero exit rejects the output.
+    post: list[str] = Field(default_factory=list)
+    post_timeout: Seconds = Field(default=600, gt=0)
+    destinations: list[str] = Field(default_factory=list)
+    dataset: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,299}$")
+    #: Seeds are seed_base + index, in a 64-bit column.
+    seed_base: int | None = Field(default=None, ge=0, le=MAX_INTEGER - MAX_JOBS)
+    spec_dir: str = ""
+
+    @field_validator("steering")
+    @classmethod
+    def _plain_file_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if ("/" in name or name in ("", ".", "..") or len(name) > 255
+                    or not name.isprintable()):
+                raise ValueError(f"{name!r} must be a plain file name")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENVIRONMENT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name "
+                                 "(letters, digits and _, not starting with a digit)")
+        return value
+
+    @field_validator("outputs")
+    @classmethod
+    def _relative_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            parts = pattern.split("/")
+            if not pattern or pattern.startswith("/") or ".." in parts or "" in parts:
+                raise ValueError(f"{pattern!r}: an output pattern is a non-empty path "
+                                 "relative to the job's output dir, without '..' or '//'")
+        return value
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_parts(cls, value: str | None) -> str | None:
+        if value is not None and any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError(f"{value!r}: a dataset name has no empty, '.' or '..' part "
+                             "(no '//' and no '/' at the end)")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not name.isidentifier():
+                raise ValueError(f"{name!r} is not a valid variable name")
+            if name in JOB_VARIABLES or name in PILOT_VARIABLES or name in POST_VARIABLES:
+                raise ValueError(f"{name!r} is a built-in variable and cannot be a parameter")
+        return value
+
+    @field_validator("events_per_job")
+    @classmethod
+    def _job_count(cls, value: int, info: ValidationInfo) -> int:
+        total = info.data.get("events_total")
+        if total is not None:
+            check_job_count(total, value)
+        return value
+
+    @field_validator("trial")
+    @classmethod
+    def _trial_is_a_part(cls, value: TrialSpec | None, info: ValidationInfo
+                         ) -> TrialSpec | None:
+        total = info.data.get("events_total")
+        if value is not None and total is not None and value.events >= total:
+            raise ValueError(f"events: {value.events} must be fewer than events_total "
+                             f"({total})")
+        return value
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or self.name
+
+    @property
+    def job_count(self) -> int:
+        return math.ceil(self.events_total / self.events_per_job)
+
+    @property
+    def template_hash(self) -> str:
+        """Identifies what each job runs: software, command, steering and environment."""
+        payload = json.dumps([self.software, self.command, self.steering, self.environment],
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def check_job_count(events_total: int, events_per_job: int) -> None:
+    """ValueError when `events_total` makes more than MAX_JOBS jobs of `events_per_job`."""
+    if -(-events_total // events_per_job) > MAX_JOBS:  # ceil, in whole numbers
+        raise ValueError(f"{events_total} events of {events_per_job} a job: a production "
+                         f"holds at most {MAX_JOBS} jobs")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request with its parents applied, and where each value came from."""
+
+    spec: ProductionSpec
+    #: key (or "parameters.x", "steering.f") -> name of the production that set it
+    origins: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    index: int
+    seed: int
+    first_event: int
+    events: int
+
+
+#: Looks up a production already in the database: (resolved spec dict, origins) or None.
+ParentLookup = Callable[[str], tuple[dict[str, Any], dict[str, str]] | None]
+
+
+def load_requests(path: Path) -> list[dict[str, Any]]:
+    """The request documents of a YAML file (one, or several separated by `---`)."""
+    return parse_requests(read_yaml_documents(path, error=SpecError), str(path),
+                          str(path.parent.resolve()))
+
+
+def parse_requests(documents: list[Any], source: str, spec_dir: str) -> list[dict[str, Any]]:
+    """Check that `documents` are request mappings; relative paths in them are relative to
+    `spec_dir` (the request file's directory)."""
+    if not documents:
+        raise SpecError(f"{source}: no production request in this file")
+    for number, document in enumerate(documents, 1):
+        if not isinstance(document, dict):
+            raise SpecError(f"{source}: document {number}: expected a mapping of keys")
+        if spec_dir:  # else a child keeps its parent's, where the parent's files are
+            document.setdefault("spec_dir", spec_dir)
+    return documents
+
+
+def resolve_all(
+    documents: list[dict[str, Any]],
+    source: str,
+    lookup: ParentLookup,
+    known_sites: Mapping[str, Any],
+    known_destinations: Mapping[str, Any],
+    known_policies: Collection[str],
+) -> list[Resolved]:
+    """Resolve and check every non-abstract request; raise SpecError at the first problem."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for number, document in enumerate(documents, 1):
+        name = document.get("name")
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"{source}: document {number}: name: required key is missing",
+                            field="name")
+        if name in by_name:
+            raise SpecError(f"{source}: {name}: name appears twice in this file", field="name")
+        by_name[name] = document
+    resolved = []
+    for name, document in by_name.items():
+        raw, origins = _inherit(name, by_name, lookup, source, chain=())
+        if document.get("abstract"):
+            _check_keys(raw, f"{source}: {name}")
+            continue
+        where = f"{source}: production {name}"
+        spec = build(ProductionSpec, raw, where, error=SpecError)
+        check(spec, where, known_sites, known_destinations, known_policies)
+        resolved.append(Resolved(spec, origins))
+    if not resolved:
+        raise SpecError(f"{source}: every request in this file is abstract; nothing to submit")
+    return resolved
+
+
+def _inherit(
+    name: str, local: dict[str, dict[str, Any]], lookup: ParentLookup, source: str,
+    chain: tuple[str, ...],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    if name in chain:
+        cycle = " -> ".join((*chain, name))
+        raise SpecError(f"{source}: parent cycle: {cycle}", field="parent")
+    if len(chain) > MAX_PARENTS:
+        raise SpecError(f"{source}: production {chain[0]}: parent: a chain of more than "
+                        f"{MAX_PARENTS} parents", field="parent")
+    if name in local:
+        document = local[name]
+        parent = document.get("parent")
+        if parent is None:
+            return dict(document), _origins(document, name)
+        if not isinstance(parent, str):
+            raise SpecError(f"{source}: production {name}: parent: expected a name",
+                            field="parent")
+        base, origins = _inherit(parent, local, lookup, source, (*chain, name))
+        return _merge(base, origins, document, name)
+    stored = lookup(name)
+    if stored is None:
+        child = chain[-1] if chain else name
+        raise SpecError(f"{source}: production {child}: parent: no production named {name!r} "
+                        "in this file or in the database", field="parent")
+    return dict(stored[0]), dict(stored[1])
+
+
+def _merge(
+    base: dict[str, Any], origins: dict[str, str], child: dict[str, Any], name: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    merged = {key: value for key, value in base.items() if key not in OWN_KEYS}
+    merged_origins = {key: value for key, value in origins.items()
+                      if key.split(".", 1)[0] not in OWN_KEYS}
+    for key, value in child.items():
+        if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+            merged_origins.update({f"{key}.{entry}": name for entry in value})
+        else:
+            merged[key] = value
+            merged_origins[key] = name
+            if key in MERGED_KEYS and isinstance(value, dict):
+                merged_origins.update({f"{key}.{entry}": name for entry in value})
+    # the child's directory serves only the templates it writes itself: one that names no
+    # ${spec_dir} keeps the directory of the request whose files its templates name
+    if "spec_dir" in base and "${spec_dir}" not in json.dumps(
+            [child.get(key) for key in ("command", "steering", "environment", "post")]):
+        merged["spec_dir"] = base["spec_dir"]
+    return merged, merged_origins
+
+
+def _origins(document: dict[str, Any], name: str) -> dict[str, str]:
+    origins = {key: name for key in document}
+    for key in MERGED_KEYS:
+        if isinstance(document.get(key), dict):
+            origins.update({f"{key}.{entry}": name for entry in document[key]})
+    return origins
+
+
+def _check_keys(raw: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(raw) - set(ProductionSpec.model_fields))
+    if unknown:
+        raise SpecError(f"{where}: {unknown[0]}: unknown key", field=unknown[0])
+
+
+def check(
+    spec: ProductionSpec, where: str, known_sites: Mapping[str, Any],
+    known_destinations: Mapping[str, Any], known_policies: Collection[str],
+) -> None:
+    """Checks beyond the schema: sites, destinations, the retry policy, and every template
+    against its variables."""
+    if spec.retry.policy is not None and spec.retry.policy not in known_policies:
+        raise SpecError(f"{where}: retry.policy: no policy named {spec.retry.policy!r} "
+                        f"(known: {', '.join(sorted(known_policies))})", field="retry.policy")
+    for site in spec.sites:
+        if site not in known_sites:
+            raise SpecError(f"{where}: sites: unknown site {site!r} "
+                            f"(known: {', '.join(sorted(known_sites)) or 'none'})", field="sites")
+    for destination in spec.destinations:
+        if destination not in known_destinations:
+            raise SpecError(
+                f"{where}: destinations: unknown destination {destination!r} "
+                f"(known: {', '.join(sorted(known_destinations)) or 'none'})",
+                field="destinations")
+    if spec.events_per_job > spec.events_total:
+        raise SpecError(f"{where}: events_per_job: larger than events_total "
+                        f"({spec.events_per_job} > {spec.events_total})", field="events_per_job")
+    _check_templates(where, templates(spec), {*JOB_VARIABLES, *PILOT_VARIABLES,
+                                              *spec.parameters})
+    # the post step runs at the tower, on the staged file: no pilot variables there
+    _check_templates(where, ((f"post[{n}]", text) for n, text in enumerate(spec.post)),
+                     {*JOB_VARIABLES, *POST_VARIABLES, *spec.parameters})
+
+
+def _check_templates(where: str, items: Iterable[tuple[str, str]], defined: set[str]) -> None:
+    for field, text in items:
+        try:
+            names = identifiers(text)
+        except TemplateProblem as exc:
+            raise SpecError(f"{where}: {field}: {exc}", field=field) from exc
+        for name in names:
+            if name not in defined:
+                raise SpecError(f"{where}: {field}: ${{{name}}} is not defined (known: "
+                                f"{', '.join(sorted(defined))})", field=field)
+
+
+def templates(spec: ProductionSpec) -> Iterator[tuple[str, str]]:
+    """Every template of a request, with the key that holds it."""
+    for position, argument in enumerate(spec.command):
+        yield f"command[{position}]", argument
+    for name, text in spec.steering.items():
+        yield f"steering.{name}", text
+    for name, text in spec.environment.items():
+        yield f"environment.{name}", text
+
+
+def split(spec: ProductionSpec, start_index: int = 0, start_event: int = 0) -> Iterator[JobPlan]:
+    """The jobs of `spec`: events_per_job each, the last one smaller when the total demands."""
+    remaining = spec.events_total - start_event
+    index, first = start_index, start_event
+    while remaining > 0:
+        events = min(spec.events_per_job, remaining)
+        yield JobPlan(index, seed_for(spec, index), first, events)
+        index, first, remaining = index + 1, first + events, remaining - events
+
+
+def seed_for(spec: ProductionSpec, index: int) -> int:
+    """The seed of stream `index`: seed_base + index, or reproducible from the name and index."""
+    if spec.seed_base is not None:
+        return spec.seed_base + index
+    digest = hashlib.sha256(f"{spec.name}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF  # fits any generator's 32-bit seed
+
+
+def job_variables(spec: ProductionSpec, job: JobPlan, attempt: int) -> dict[str, Any]:
+    """The variables the tower hands the pilot for one job."""
+    return {
+        **spec.parameters,
+        "production": spec.name, "dataset": spec.dataset_name, "software": spec.software,
+        "index": job.index, "seed": job.seed, "first_event": job.first_event,
+        "last_event": job.first_event + job.events - 1, "events": job.events,
+        "attempt": attempt, "spec_dir": spec.spec_dir,
+    }
+
+
+
+def preview(spec: ProductionSpec) -> dict[str, Any]:
+    """The first job rendered as a pilot would, with placeholders for what only the site knows."""
+    job = next(split(spec))
+    variables = {**job_variables(spec, job, attempt=1),
+                 **{name: f"<{name}>" for name in PILOT_VARIABLES}}
+    return {
+        "command": [render(argument, variables) for argument in spec.command],
+        "steering": {name: render(text, variables) for name, text in spec.steering.items()},
+        "environment": {name: render(text, variables) for name, text in spec.environment.items()},
+    }
+
+
+# -- where the jobs run: walltime on offer, files named under ${spec_dir} ----------------------
+
+#: `${spec_dir}` in a template and the path that follows it, up to a space, a quote, a
+#: separator or another variable.
+SPEC_DIR_PATH = re.compile(r"\$\{spec_dir\}(/[^\s'\"$;,]*)?")
+#: How a submitter who is not at the tower gets files to the jobs (README: Production requests).
+SHIPPING = ("a request sent from another machine names files there, which no job sees: "
+            "put them where the sites read them (with the software, or a shared directory) "
+            "and name them by absolute path or a parameter; ${spec_dir} is the request "
+            "file's directory at the tower, for requests submitted there")
+
+
+def longest_walltime(spec: ProductionSpec, sites: Mapping[str, Any]) -> int | None:
+    """The longest walltime a job of `spec` can get from the pilots of the enabled sites it
+    allows in its queue (a pilot keeps its drain margin), or None if no such site."""
+    room = [site.pilot.longest_job for name, site in sites.items()
+            if site.enabled and spec.queue in site.queues
+            and (not spec.sites or name in spec.sites)]
+    return max(room) if room else None
+
+
+def check_placement(spec: ProductionSpec, where: str, sites: Mapping[str, Any]) -> None:
+    """Checks that the jobs can run where they go: a pilot of an allowed site can give
+    them their walltime, and every file named under `${spec_dir}` exists."""
+    longest = longest_walltime(spec, sites)
+    if longest is not None and spec.walltime > longest:
+        raise SpecError(f"{where}: walltime: {spec.walltime}s is more than any allowed site's "
+                        f"pilots give a job: at most {longest}s (pilot walltime minus its "
+                        "drain margin)", field="walltime")
+    steps = ((f"post[{n}]", text) for n, text in enumerate(spec.post))
+    for field, text in (*templates(spec), *steps):
+        for match in SPEC_DIR_PATH.finditer(text):
+            if text[match.end():match.end() + 1] == "$":
+                continue  # the rest of the name is only known per job
+            _check_spec_file(spec, where, field, match.group(1) or "")
+
+
+def _check_spec_file(spec: ProductionSpec, where: str, field: str, rest: str) -> None:
+    named = "${spec_dir}" + rest
+    if not spec.spec_dir:
+        raise SpecError(f"{where}: {field}: names {named}, but the request came with no "
+                        f"spec_dir (its directory at the tower): {SHIPPING}", field=field)
+    path = Path(spec.spec_dir + rest)
+    if not path.exists():
+        raise SpecError(f"{where}: {field}: {named} is {path}, which does not exist at the "
+                        f"tower (spec_dir is the directory of the request file that set it, "
+                        f"or of the request that inherits it): {SHIPPING}", field=field)

@@ -1,0 +1,10 @@
+"""The domain model: the tables, the one state table that moves jobs, productions and
+pilots, the counters kept as they move, and the database.
+
+- models: the tower's tables (productions, jobs, attempts, pilots, events, outputs)
+- states: the state machines; every status change of a job goes through here
+- tally: counters kept as jobs move (per state, per five minutes)
+- db: engines and sessions, SQLite and PostgreSQL
+- jobs: reading jobs back (filtered lists, one job with its attempts)
+- fleet: pilots in the database
+"""

@@ -1,0 +1,173 @@
+"""Engines and sessions: the same code on SQLite (embedded, WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import JSON, Engine, event, insert, inspect
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session, SQLModel, create_engine
+
+import catalog.models  # noqa: F401  (registers the catalog's tables)
+import tower.model.models  # noqa: F401  (registers the tower's tables)
+
+#: SQLite waits this long for another writer before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for `postgresql://` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+#: Connections a PostgreSQL engine keeps open; the API serves as many requests at once
+#: (web/front.py), so a request rarely waits for a connection.
+POOL_SIZE = 10
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """An engine for `url`, tuned for the tower's many short transactions."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False},
+                               poolclass=NullPool, **options)
+        _tune_sqlite(engine)
+        return engine
+    # no pre-ping (a round trip per transaction): a connection found dead raises, the pool
+    # then drops every connection it holds, and the loop's next cycle or the pilot's
+    # retry of its call (after a 5xx) gets a fresh one
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=20, **options)
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling defers BEGIN and starts reads as
+    # shared locks that deadlock when upgraded; take the write lock up front
+    # (BEGIN IMMEDIATE) so concurrent writers queue on busy_timeout instead.
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table that does not exist yet."""
+    from tower.model import tally
+
+    new_tally = not inspect(engine).has_table("jobtally")
+    SQLModel.metadata.create_all(engine)
+    if engine.dialect.name == "postgresql":
+        _vacuum_often(engine)
+    if new_tally:  # a database from before the tally: count its jobs once
+        with transaction(engine) as session:
+            tally.rebuild(session)
+
+
+#: Tables whose rows change state all day: PostgreSQL's default waits for a fifth of a
+#: table to be dead before vacuuming, and until then every index on `state` carries the
+#: dead entries of a million moves (a page that takes 20 ms then takes 100 ms).
+HOT_TABLES = ("job", "attempt", "output", "queuemessage", "pilot", "jobtally", "activity")
+
+
+def _vacuum_often(engine: Engine) -> None:
+    with engine.begin() as connection:
+        for table in HOT_TABLES:
+            connection.exec_driver_sql(
+                f"ALTER TABLE {table} SET (autovacuum_vacuum_scale_factor = 0.01, "
+                "autovacuum_analyze_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 1)")
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any error."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+def insert_missing(session: Session, model: Any, **values: Any) -> None:
+    """INSERT a row unless one with the same key exists (a concurrent insert included)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def bulk_insert(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT `rows` (dicts with the same keys) into `model`'s table, in this transaction.
+
+    PostgreSQL takes them as one COPY stream: a statement per row (executemany, even
+    pipelined) costs the client and the server several times more for the job events
+    and attempts the hot paths write by the batch. Column defaults are filled in here,
+    as an INSERT would."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(model), rows)
+        return
+    table = model.__table__
+    given = list(rows[0])
+    defaults = {column.name: column.default for column in table.columns
+                if column.name not in given and column.default is not None}
+    columns = [*given, *defaults]
+    json_columns = {column.name for column in table.columns if isinstance(column.type, JSON)}
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    session.flush()  # rows the ORM holds go first, as they would before an INSERT
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            values = [row[name] for name in given]
+            values += [default.arg(None) if default.is_callable else default.arg
+                       for default in defaults.values()]
+            copy.write_row([_copy_value(value, name in json_columns)
+                            for name, value in zip(columns, values, strict=True)])
+
+
+def _copy_value(value: Any, is_json: bool) -> Any:
+    if is_json:
+        return None if value is None else json.dumps(value)
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def analyze_after_commit(session: Session, model: Any) -> None:
+    """Have PostgreSQL re-read `model`'s table statistics once this transaction commits.
+
+    Called after a bulk insert of jobs: until autovacuum comes by (a minute or more), the
+    planner would take the new rows for a handful and move jobs by scanning every job
+    in their state instead of fetching them by id, at a cost that grows with the
+    production."""
+    session.info.setdefault("analyze", set()).add(model.__table__.name)
+
+
+@event.listens_for(Session, "after_commit")
+def _analyze(session: Session) -> None:
+    tables = session.info.pop("analyze", None)
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    if tables and engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            for table in sorted(tables):
+                connection.exec_driver_sql(f"ANALYZE {table}")
+            connection.commit()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_analyze(session: Session) -> None:
+    session.info.pop("analyze", None)

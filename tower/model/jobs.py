@@ -1,0 +1,56 @@
+"""Reading jobs back: filtered lists with keyset pagination, and one job with its attempts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from tower.errors import NotFound
+from tower.model.models import Attempt, Job, Production
+from tower.model.states import JobState
+
+
+def list_jobs(session: Session, production: str | None = None, state: str | None = None,
+              site: str | None = None, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    """Jobs in id order after id `after`; filters combine."""
+    query = (select(Job, Production.name).join(Production, col(Production.id) == Job.production_id)
+             .where(col(Job.id) > after).order_by(col(Job.id)).limit(limit))
+    if production:
+        query = query.where(Production.name == production)
+    if state:
+        query = query.where(Job.state == JobState(state))
+    if site:
+        query = query.where(Job.site == site)
+    return [_job_dict(job, name) for job, name in session.exec(query).all()]
+
+
+def page(session: Session, production: str | None = None, state: str | None = None,
+         site: str | None = None, after: int = 0, limit: int = 100) -> dict[str, Any]:
+    """One page of jobs, and the id to give as `after` for the next (None: no more)."""
+    rows = list_jobs(session, production, state, site, after, limit)
+    return {"jobs": rows, "next_after": rows[-1]["id"] if len(rows) == limit else None}
+
+
+def show(session: Session, job_id: int) -> dict[str, Any]:
+    row = session.exec(select(Job, Production.name).join(
+        Production, col(Production.id) == Job.production_id).where(Job.id == job_id)).first()
+    if row is None:
+        raise NotFound(f"no job {job_id}", field="job")
+    tries = session.exec(select(Attempt).where(Attempt.job_id == job_id)
+                         .order_by(col(Attempt.number))).all()
+    return {**_job_dict(*row), "attempts": [a.model_dump(mode="json") for a in tries]}
+
+
+def _job_dict(job: Job, production: str) -> dict[str, Any]:
+    return {"id": job.id, "production": production, "index": job.index, "state": job.state.value,
+            "site": job.site, "attempt": job.attempt, "seed": job.seed,
+            "first_event": job.first_event, "events": job.events, "message": job.message,
+            "updated_at": job.updated_at.isoformat(timespec="seconds")}
+
+
+def ids_in(session: Session, production: Production, states: list[JobState]) -> list[int]:
+    """The ids of a production's jobs in `states`."""
+    return [job_id for job_id in session.exec(select(Job.id).where(
+        Job.production_id == production.id, col(Job.state).in_(states))).all()
+        if job_id is not None]
