@@ -36,7 +36,7 @@ from tests.faults import ledger
 
 TOWER = [sys.executable, "-m", "tower.cli"]
 PAYLOAD = Path(__file__).with_name("payload.py")
-POLICIES = Path(__file__).resolve().parents[2] / "tower" / "policies.yaml"
+POLICIES = Path(__file__).resolve().parents[2] / "tower" / "retries" / "policies.yaml"
 #: In the environment of the tower and so of its pilots and payloads: teardown finds them.
 RUN_VARIABLE = "GRIDTOWER_FAULT_RUN"
 #: Exit code the suite's policy holds a job for (any other non-zero code is retried).

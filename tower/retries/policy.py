@@ -290,7 +290,7 @@ MAX_EXTENDS = 20
 
 def shipped() -> dict[str, Any]:
     """The raw policies that ship with gridtower (`tower/retries/policies.yaml`)."""
-    text = resources.files("tower").joinpath("policies.yaml").read_text()
+    text = resources.files("tower.retries").joinpath("policies.yaml").read_text()
     return dict(yaml.safe_load(text)["policies"])
 
 
