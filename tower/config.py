@@ -19,7 +19,7 @@ from sites.config import SiteConfig, load_sites
 from sites.schema import MAX_SECONDS, Seconds, Strict, build, read_yaml, require_private
 from tower.auth.access import AccessSettings
 from tower.errors import ConfigError
-from tower.management.notify import NotificationSettings, resolve_notifications
+from tower.management.notification_settings import NotificationSettings, resolve_notifications
 from tower.retries.policy import STANDARD, Policy, load_policies
 from transfer.base import DestinationSettings
 

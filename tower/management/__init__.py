@@ -6,7 +6,8 @@ and hears.
 - sheets: request sheets (a CSV, one production a row)
 - approval: approving and rejecting requests and trials
 - overrides: KEY=VALUE settings from the command line
-- notify: notifications by webhook and e-mail
+- notify: notifications recorded and delivered, by webhook and e-mail;
+  notification_settings: their section of tower.yaml
 - progress: progress bars and pace
 - why: `tower why JOB`, told from what was recorded
 - catalog_verify: `catalog verify` through the runtime's backends

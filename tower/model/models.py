@@ -318,7 +318,7 @@ class Notification(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     production_id: int
-    #: tower.management.notify.Event: completed, failing, awaiting_approval.
+    #: tower.management.notification_settings.Event: completed, failing, awaiting_approval.
     event: str = Field(max_length=40)
     #: Which time the event happens: the events total for `completed` (an extended
     #: production completes anew), the state for `awaiting_approval`, `once` for `failing`.
