@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, update
 from sqlmodel import Session, col, select
 
+from catalog.errors import Conflict, NotFound
 from catalog.models import CatalogFile, Dataset, Replica, ReplicaState
 from catalog.timeutil import utcnow
-from tower.errors import Conflict, NotFound
 from transfer.paths import plain_name
 
 

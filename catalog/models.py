@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from catalog.columns import json_column, state_column
 from catalog.timeutil import utcnow
-from tower.model.models import json_column, state_column
 
 
 class ReplicaState(enum.StrEnum):

@@ -31,7 +31,7 @@ from sqlmodel import Session, col, select
 
 from catalog.files import describe, get_dataset
 from catalog.models import CatalogFile, Dataset, Replica, ReplicaState
-from tower.errors import GridtowerError
+from sites.errors import GridtowerError
 
 FORMATS = ("json", "names")
 

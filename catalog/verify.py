@@ -19,7 +19,7 @@ from sqlmodel import Session, col
 from catalog.files import get_dataset
 from catalog.models import CatalogFile, Replica, ReplicaState
 from catalog.timeutil import utcnow
-from tower.errors import BackendError
+from sites.errors import BackendError
 
 #: Results written per transaction.
 BATCH = 500

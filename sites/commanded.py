@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from sites.config import SiteConfig
+from sites.errors import BackendError
 from sites.runner import Completed, Runner
 from sites.schema import Strict, build
-from tower.errors import BackendError
 
 
 class CommandedBatch:

@@ -51,8 +51,8 @@ from pydantic import Field, field_validator
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
 from sites.commanded import CommandedBatch
+from sites.errors import BackendError
 from sites.schema import Strict
-from tower.errors import BackendError
 
 #: What statuses() asks condor_q and condor_history for.
 ATTRIBUTES = ("ClusterId", "ProcId", "JobStatus", "ExitCode", "ExitBySignal", "ExitSignal",

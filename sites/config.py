@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from sites.errors import ConfigError
 from sites.schema import Int32, Megabytes, Seconds, Strict, build, read_yaml
-from tower.errors import ConfigError
 
 
 class PilotShape(Strict):

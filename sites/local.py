@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
 from sites.config import SiteConfig
+from sites.errors import BackendError
 from sites.runner import Runner
-from tower.errors import BackendError
 
 
 class LocalBatch:

@@ -7,7 +7,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from tower.errors import ConfigError
+from sites.errors import ConfigError
 
 
 def resolve(table: Mapping[str, str], name: str, kind: str) -> Any:

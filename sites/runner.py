@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sites.config import SiteConfig, SshAccess
+from sites.errors import BackendError
 from sites.ssh import connect, endpoint
-from tower.errors import BackendError
 
 log = logging.getLogger(__name__)
 

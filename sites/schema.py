@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from pilots.units import parse_duration, parse_memory
-from tower.errors import ConfigError, GridtowerError
+from sites.errors import ConfigError, GridtowerError
 
 Model = TypeVar("Model", bound=BaseModel)
 

@@ -31,8 +31,8 @@ from pydantic import Field, field_validator
 
 from sites.batch import BatchState, BatchStatus, PilotRequest
 from sites.commanded import CommandedBatch
+from sites.errors import BackendError
 from sites.schema import Strict
-from tower.errors import BackendError
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
            "RESV_DEL_HOLD"}

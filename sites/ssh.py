@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sites.config import SshAccess
-from tower.errors import BackendError
+from sites.errors import BackendError
 
 if TYPE_CHECKING:
     import paramiko

@@ -1,4 +1,5 @@
-"""The `Transfer` seam: files to and from a destination, always complete under their final name.
+"""The `Transfer` seam: files to and from a destination, always complete under their final name;
+the settings of a destination (`DestinationSettings`, read from tower.yaml), and the registry.
 
 A backend is one module and one line in `TRANSFERS`. Every path it is given
 is relative to the destination's root and checked here, in one place, before
@@ -16,14 +17,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationInfo, field_validator
 
 from pilots.checksums import CHUNK
+from sites.config import SshAccess
 from sites.registry import resolve
-from tower.errors import SourceError, TransferError
-
-if TYPE_CHECKING:
-    from tower.config import DestinationSettings
+from sites.schema import Seconds, Strict
+from transfer.errors import SourceError, TransferError
 
 T = TypeVar("T")
 
@@ -32,6 +35,100 @@ TRANSFERS = {
     "local": "transfer.local:LocalTransfer",
     "sftp": "transfer.sftp:SftpTransfer",
 }
+
+
+class DestinationSettings(Strict):
+    """One named place outputs go to, and how the tower reaches it.
+
+    Written as a URL alone (`local:/path`, `sftp://user@host:port/path`) or as
+    a mapping with `url` and the keys below; both load as this.
+    """
+
+    #: `local:PATH` (relative: to tower.yaml) or `sftp://user@host[:port]/absolute/path`.
+    url: str
+    #: sftp: the private key (mode 0600; no agent, no password).
+    key_file: str | None = Field(default=None, validate_default=True)
+    #: sftp: the server's host key must be here; an unknown or changed key is refused.
+    known_hosts: str = "~/.ssh/known_hosts"
+    #: sftp: the longest any one wait may last (connecting, a request, a block of data).
+    timeout: Seconds = Field(default=60, gt=0)
+    #: Transfers to this destination at once (sftp: one connection each).
+    parallel: int = Field(default=4, gt=0, le=64)
+    #: Whether the site's copy may be deleted once this destination holds it, verified.
+    remove_source: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition(":")[0]
+
+    @property
+    def root(self) -> str:
+        """The destination's directory: the path of a local destination, or on the server."""
+        if self.scheme == "sftp":
+            return str(PurePosixPath(unquote(urlsplit(self.url).path)))
+        return self.url.partition(":")[2]
+
+    def ssh_access(self) -> SshAccess:
+        """How to reach an sftp destination's server (sites/ssh.py connects with it)."""
+        if self.scheme != "sftp" or self.key_file is None:
+            raise ValueError(f"{self.scheme}: not an sftp destination")
+        parts = urlsplit(self.url)
+        return SshAccess(host=parts.hostname or "", port=parts.port or 22,
+                         user=unquote(parts.username or ""), key_file=self.key_file,
+                         known_hosts=self.known_hosts, timeout=self.timeout)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        scheme, colon, rest = url.partition(":")
+        if not colon or not scheme:
+            raise ValueError("expected SCHEME:..., such as 'local:/path' or "
+                             "'sftp://user@host/path'")
+        if scheme not in TRANSFERS:
+            raise ValueError(f"unknown scheme {scheme!r} (known: {', '.join(sorted(TRANSFERS))})")
+        if scheme == "local" and not rest:
+            raise ValueError("expected a directory after 'local:'")
+        if scheme == "sftp":
+            _check_sftp_url(url)
+        return url
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, key_file: str | None, info: ValidationInfo) -> str | None:
+        url = info.data.get("url")  # absent when the url itself was refused
+        if url is None:
+            return key_file
+        sftp = url.partition(":")[0] == "sftp"
+        if sftp and not key_file:
+            raise ValueError("an sftp destination needs a private key (mode 0600)")
+        if key_file and not sftp:
+            raise ValueError("only sftp destinations use a key")
+        return key_file
+
+
+def _check_sftp_url(url: str) -> None:
+    """The shape `sftp://user@host[:port]/path`; a password is refused, it would end up in logs."""
+    usage = "expected sftp://user@host[:port]/path"
+    if not url.startswith("sftp://"):
+        raise ValueError(usage)
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ValueError("a password does not belong in the URL: sftp destinations log in "
+                         "with key_file")
+    if not parts.username:
+        raise ValueError(f"no user: {usage}")
+    if not parts.hostname:
+        raise ValueError(f"no host: {usage}")
+    try:
+        parts.port  # noqa: B018 (urlsplit checks the port when it is read)
+    except ValueError:
+        raise ValueError(f"the port must be a number from 1 to 65535: {usage}") from None
+    if unquote(parts.path).strip("/") == "":
+        raise ValueError(f"no path: {usage}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"no query or fragment: {usage}")
+    if any(unicodedata.category(char) == "Cc" for char in unquote(url)):
+        raise ValueError("control characters in the URL")
 
 
 @dataclass(frozen=True)

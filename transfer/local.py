@@ -7,9 +7,15 @@ import os
 from pathlib import Path
 
 from pilots.checksums import adler32_file, adler32_stream
-from tower.config import DestinationSettings
-from tower.errors import SourceError, TransferError
-from transfer.base import Entry, FileInfo, copy_source, describe, write_complete
+from transfer.base import (
+    DestinationSettings,
+    Entry,
+    FileInfo,
+    copy_source,
+    describe,
+    write_complete,
+)
+from transfer.errors import SourceError, TransferError
 from transfer.paths import inside
 
 

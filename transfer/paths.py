@@ -12,8 +12,8 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path, PurePath
 
-from tower.errors import OutsideRoot, TransferError
 from transfer.base import checked_path
+from transfer.errors import OutsideRoot, TransferError
 
 #: Bytes a file name may take (NAME_MAX of Linux file systems).
 NAME_MAX = 255

@@ -32,10 +32,10 @@ from pathlib import Path, PurePosixPath
 import paramiko
 
 from pilots.checksums import adler32_stream
+from sites.errors import BackendError
 from sites.ssh import connect, endpoint
-from tower.config import DestinationSettings
-from tower.errors import BackendError, SourceError, TransferError
 from transfer.base import (
+    DestinationSettings,
     Entry,
     FileInfo,
     checked_path,
@@ -44,6 +44,7 @@ from transfer.base import (
     partial_name,
     write_complete,
 )
+from transfer.errors import SourceError, TransferError
 from transfer.paths import require_under
 
 log = logging.getLogger(__name__)

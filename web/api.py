@@ -519,6 +519,7 @@ def catalog_find() -> Any:
 @api.post("/catalog/datasets/<path:name>/verify")
 @needs(Permission.MANAGE)
 def catalog_verify(name: str) -> Any:
-    """`?remove_leftovers=1` removes the files nothing names (see tower.management.catalog_verify)."""
+    """`?remove_leftovers=1` removes the files nothing names (see
+    tower.management.catalog_verify)."""
     return jsonify(verify_dataset(_runtime(), name,
                                   bool(whole_number("remove_leftovers", 0, 0, 1))))

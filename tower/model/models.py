@@ -5,31 +5,15 @@ The catalog's tables live in `catalog.models`; both share SQLModel's metadata.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint, text
-from sqlalchemy import Enum as SAEnum
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from catalog.columns import JSONType, json_column, state_column
 from catalog.timeutil import utcnow
 from tower.model.states import JobState, PilotState, ProductionState
-
-#: JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
-JSONType = JSON().with_variant(JSONB(), "postgresql")
-
-
-def json_column() -> Any:
-    return Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
-
-
-def state_column(states: type[enum.StrEnum], default: Any = None, index: bool = False) -> Any:
-    """A state stored as its value in a VARCHAR (no database enum type to migrate)."""
-    column_type = SAEnum(states, native_enum=False, create_constraint=False, length=20,
-                         values_callable=lambda members: [member.value for member in members])
-    return Field(default=default, sa_column=Column(column_type, nullable=False, index=index))
 
 
 class Production(SQLModel, table=True):
@@ -334,7 +318,7 @@ class Notification(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     production_id: int
-    #: tower.management.notify.Event: completed, failing, awaiting_approval.
+    #: tower.management.notification_settings.Event: completed, failing, awaiting_approval.
     event: str = Field(max_length=40)
     #: Which time the event happens: the events total for `completed` (an extended
     #: production completes anew), the state for `awaiting_approval`, `once` for `failing`.
