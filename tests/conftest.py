@@ -122,16 +122,16 @@ def rabbitmq_reachable() -> bool:
 
 
 @pytest.fixture(scope="session")
-def rabbit_user() -> tuple[str, str]:
-    """A RabbitMQ user with a password, so tests see credentials carried (and never shown)."""
+def rabbit_user() -> Iterator[tuple[str, str]]:
+    """A RabbitMQ user with a password, so tests see credentials carried (and never shown).
+    Each test session has a user of its own: two sessions side by side must not change
+    each other's password under their running towers."""
     if not rabbitmq_reachable() or shutil.which("rabbitmqctl") is None:
         missing_service(f"RabbitMQ at {RABBITMQ} with rabbitmqctl")
-    name, password = "gridtower-test", secrets.token_hex(12)
-    try:
-        rabbitmqctl("add_user", name, password)
-    except subprocess.CalledProcessError:
-        rabbitmqctl("change_password", name, password)
-    return name, password
+    name, password = f"gridtower-test-{uuid.uuid4().hex[:10]}", secrets.token_hex(12)
+    rabbitmqctl("add_user", name, password)
+    yield name, password
+    rabbitmqctl("delete_user", name)
 
 
 @pytest.fixture
