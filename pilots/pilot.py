@@ -258,10 +258,16 @@ class Pilot:
 
     def _reported(self, reports: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> None:
         for report, verdict in zip(reports, verdicts, strict=True):
-            self.running.pop((report["job"], report["attempt"]), None)
+            payload = self.running.pop((report["job"], report["attempt"]), None)
             log.info("job=%s attempt=%s ended %s: %s", report["job"], report["attempt"],
                      report["ending"], verdict["reason"] if verdict["accepted"]
                      else f"refused ({verdict['reason']})")
+            if not verdict["accepted"] and payload is not None:
+                # the tower will never stage what a refused report names (an attempt it
+                # wrote off while this pilot was frozen, say): nothing else removes it
+                self.litter.add(payload.stage_dir)
+        if self.litter:
+            self._sweep()
 
     def _drain(self, reason: str) -> None:
         if not self.draining:

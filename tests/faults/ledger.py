@@ -157,6 +157,14 @@ def _replicas(catalog_file: CatalogFile, replicas: list[Replica],
                    f"the catalog says {catalog_file.size} bytes {catalog_file.adler32}")
 
 
+def strays(engine: Engine, places: Places) -> list[str]:
+    """The files nothing names, alone (what the tower's sweep is still to take)."""
+    with Session(engine) as session:
+        return list(_strays(session.exec(select(Attempt)).all(),
+                            session.exec(select(Output)).all(),
+                            session.exec(select(Replica)).all(), places))
+
+
 def _strays(attempts: Iterable[Attempt], outputs: Iterable[Output],
             replicas: Iterable[Replica], places: Places) -> Iterable[str]:
     """Files at a destination or a site's storage that nothing names: no replica, no

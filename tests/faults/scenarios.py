@@ -209,10 +209,15 @@ class FaultTower:
                 break
         while self.pilots() and time.monotonic() < deadline + 20:
             time.sleep(0.5)
-        self.stop_tower()
         places = ledger.Places(destinations={"store": self.store}, storages=[self.storage],
                                marker=self.run_id, pilot_logs=self.home / "scratch" / "pilot-logs",
                                outcomes=self.shape.outcomes, extra=self.extra)
+        # a temporary of a copy the killed tower left is swept once older than the lease,
+        # by a sweep that runs once a lease: the tower gets that long to take it
+        swept = time.monotonic() + min(2 * self.shape.lease + 5, 30)
+        while ledger.strays(self.engine, places) and time.monotonic() < swept:
+            time.sleep(1)
+        self.stop_tower()
         return ledger.check(self.engine, places)
 
     # -- processes ---------------------------------------------------------------------------
@@ -296,12 +301,13 @@ class FaultTower:
     def fill(self, path: Path, seconds: float) -> None:
         """Fill the tmpfs at `path` to the last byte for `seconds`, then free it again."""
         filler = path / ".fault-filler"
-        with open(filler, "wb") as out, contextlib.suppress(OSError):
+        # full already (the outputs in flight took the last byte) is full all the same
+        with contextlib.suppress(OSError), open(filler, "wb") as out:
             while out.write(b"\0" * 65536):
                 pass
         self.faults[f"{path.name} full"] += 1
         self.pause(seconds)
-        filler.unlink()
+        filler.unlink(missing_ok=True)
 
     def read_only(self, path: Path, seconds: float) -> None:
         """Remount the tmpfs at `path` read-only for `seconds` (root ignores file modes)."""
