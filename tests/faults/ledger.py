@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Replica
 from pilots.checksums import adler32_file
+from tests.integration.conftest import job_tally
 from tower.model import tally
 from tower.model.models import Attempt, Job, Output, RetryDecision
 from tower.model.states import JobState
@@ -194,12 +195,7 @@ def _size(path: str) -> int | str:
 
 def _tally(session: Session) -> Iterable[str]:
     """The counters tower/model/tally.py keeps, against a count of the jobs and attempts tables."""
-    scanned = {(pid, str(state)): (n, int(events)) for pid, state, n, events in session.exec(
-        select(Job.production_id, Job.state, func.count(), func.sum(Job.events))
-        .group_by(col(Job.production_id), col(Job.state))).all()}
-    kept = {(pid, state): (count.jobs, count.events)
-            for pid, states in tally.counts(session).items()
-            for state, count in states.items()}
+    kept, scanned = job_tally(session)
     for key in sorted(set(scanned) | set(kept)):
         if scanned.get(key) != kept.get(key):
             yield (f"tally of production {key[0]} {key[1]}: kept (jobs, events) "

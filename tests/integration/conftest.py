@@ -157,6 +157,26 @@ def assert_done_exactly_once(engine: Engine, jobs: int, files_per_job: int = 1) 
     assert_tally_matches(engine)
 
 
+Counts = dict[tuple[int, str], tuple[int, int]]
+
+
+def job_tally(session: Session) -> tuple[Counts, Counts]:
+    """(kept, scanned): jobs and events per production and state as the tally keeps them,
+    and as a scan of the jobs table counts them."""
+    from sqlalchemy import func
+
+    from tower.model import tally
+    from tower.model.models import Job
+
+    scanned = {(pid, str(state)): (n, int(events)) for pid, state, n, events in session.exec(
+        select(Job.production_id, Job.state, func.count(), func.sum(Job.events))
+        .group_by(col(Job.production_id), col(Job.state))).all()}
+    kept = {(pid, state): (count.jobs, count.events)
+            for pid, states in tally.counts(session).items()
+            for state, count in states.items()}
+    return kept, scanned
+
+
 def assert_tally_matches(engine: Engine) -> None:
     """The kept counters say what a scan of the jobs and attempts tables says."""
     from collections import Counter
@@ -164,15 +184,10 @@ def assert_tally_matches(engine: Engine) -> None:
     from sqlalchemy import func
 
     from tower.model import tally
-    from tower.model.models import Job, JobEvent
+    from tower.model.models import JobEvent
 
     with Session(engine) as session:
-        scanned = {(pid, str(state)): (n, int(events)) for pid, state, n, events in session.exec(
-            select(Job.production_id, Job.state, func.count(), func.sum(Job.events))
-            .group_by(col(Job.production_id), col(Job.state))).all()}
-        kept = {(pid, state): (count.jobs, count.events)
-                for pid, states in tally.counts(session).items()
-                for state, count in states.items()}
+        kept, scanned = job_tally(session)
         assert kept == scanned
         outcomes = Counter(
             (a.site, a.outcome, a.exit_code if a.outcome == "exit_code"
