@@ -39,6 +39,8 @@ OUTSIDE_GRACE = 2.0
 REASON_LIMIT = 500
 #: Errors that mean the site's disk cannot take the outputs: the site's fault, said so.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Errors of the site's file systems (full, read-only, failing): reported, not a pilot's bug.
+SITE_ERRORS = DISK_FULL | {errno.EROFS, errno.EIO}
 #: The suffix of an output being copied into the site's storage (removed on any error).
 PARTIAL = ".part"
 
@@ -90,8 +92,12 @@ class Payload:
         try:
             report = self._run()
         except Exception as exc:
-            log.exception("job=%s attempt=%s: the pilot could not run it", self.job,
-                          self.attempt)
+            if isinstance(exc, OSError) and exc.errno in SITE_ERRORS:
+                # the site's disks, not a fault of the pilot: no traceback to read
+                log.warning("job=%s attempt=%s: %s", self.job, self.attempt, _failure(exc))
+            else:
+                log.exception("job=%s attempt=%s: the pilot could not run it", self.job,
+                              self.attempt)
             self._abandon()
             report = self._report("setup", reason=_failure(exc))
         if report["ending"] == "finished" and report["exit_code"] == 0:
@@ -292,6 +298,8 @@ def _failure(exc: BaseException, what: str = "the pilot could not run the job") 
     """A short reason for a `setup` report; a full disk is named as the site's."""
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         what = f"the site's disk is full ({what})"
+    elif isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        what = f"the site's disk is read-only ({what})"
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return f"{what}: {detail}"[:REASON_LIMIT]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pilots.batchenv import time_left
-from pilots.client import TowerClient, TowerRefused
+from pilots.client import TowerClient, TowerRefused, TowerUnreachable
 from pilots.efficiency import SlotGaps
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
@@ -40,6 +40,8 @@ RECENT = 32
 #: Jobs claimed ahead at least (a quarter of the slots, if more): enough that a slot runs
 #: short payloads back to back between two of the pilot's calls to the tower.
 AHEAD = 4
+#: Seconds a refused pilot waits for its payloads to stop before it removes their stage dirs.
+FORSAKE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,15 @@ class Pilot:
         beating = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
         beating.start()
         self.watchdog = Watchdog()
-        why = self._work()
-        for payload in list(self.running.values()):
-            payload.kill("killed", why)
-        while self.running:
-            self._send_reports(self._finished(block=True))
+        try:
+            why = self._work()
+            for payload in list(self.running.values()):
+                payload.kill("killed", why)
+            while self.running:
+                self._send_reports(self._finished(block=True))
+        except (TowerRefused, TowerUnreachable):
+            self._forsake()
+            raise
         self.watchdog.close()
         self.source.close()
         self.client.call("goodbye", {"message": why})
@@ -243,6 +249,20 @@ class Pilot:
         if reports and self.litter:
             self._sweep()
         return reports
+
+    def _forsake(self) -> None:
+        """The tower refused this pilot (it wrote the pilot off while it was frozen, say) or
+        is gone: no report of it will be accepted, so nothing it ran will be staged. Its
+        payloads are stopped and their stage dirs removed, or they stay at the site for good."""
+        forsaken = list(self.running.values())
+        for payload in forsaken:
+            payload.kill("killed", "the tower refused this pilot")
+        deadline = time.monotonic() + FORSAKE_SECONDS
+        while self.running and time.monotonic() < deadline:
+            for report in self._finished(block=True):
+                self.running.pop((report["job"], report["attempt"]), None)
+        self.litter.update(payload.stage_dir for payload in forsaken)
+        self._sweep()
 
     def _sweep(self) -> None:
         """Remove the stage dirs of this pilot's failed attempts that are still there."""
