@@ -347,3 +347,19 @@ def test_the_api_serves_the_catalog(runtime: Runtime, tmp_path: Path) -> None:
     assert stray.exists()
     checked = client.post("/api/v1/catalog/datasets/rn/verify?remove_leftovers=1")
     assert checked.json["removed"] == 1 and not stray.exists()  # type: ignore[index]
+
+
+def test_the_files_of_a_dataset_are_listed_in_natural_order(
+        runtime: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for job in production(runtime, "many", "toysim 1.0", RADON, jobs=12):
+        stage(runtime, tmp_path, "many", job, 1, b"z" * 10)
+    code, listed = run(capsys, runtime, "ls", "many")
+    assert code == 0 and [row["lfn"] for row in listed["files"]] == [
+        f"/many/decays_{index}.csv" for index in range(12)]
+
+
+def test_natural_order_takes_ascii_digits_only() -> None:
+    from tower.cli.common import natural
+
+    # '²' is a digit to str.isdigit() and not to int(): it sorts as text, never raises
+    assert sorted(["b_10", "b_²", "b_2"], key=natural) == ["b_2", "b_10", "b_²"]

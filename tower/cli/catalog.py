@@ -41,6 +41,7 @@ def ls(dataset: str | None, as_json: bool) -> int:
 
     if dataset:
         rows = ask("GET", "/catalog/find", local, params={"q": [f"dataset={dataset}"]})
+        rows["files"] = by_name(rows["files"], "lfn")
     else:
         rows = {"datasets": by_name(ask("GET", "/catalog/datasets", local)["datasets"])}
     if as_json:

@@ -129,8 +129,9 @@ def print_json(data: Any) -> None:
 
 def natural(name: str) -> list[Any]:
     """Sort key: `decays_2` before `decays_10` (runs of digits compare as numbers)."""
-    return [int(part) if part.isdigit() else part.lower()
-            for part in re.split(r"(\d+)", name)]
+    # ASCII digits only: int() refuses some characters that str.isdigit() accepts ('²')
+    return [int(part) if part.isascii() and part.isdigit() else part.lower()
+            for part in re.split(r"([0-9]+)", name)]
 
 
 def by_name(rows: list[dict[str, Any]], key: str = "name") -> list[dict[str, Any]]:
