@@ -66,18 +66,20 @@ class LiveTower:
             return total
 
     def running_attempt(self, timeout: float = 60) -> Attempt:
-        """Drive the tower until an attempt runs; returns the first one."""
+        """Drive the tower until an attempt runs; returns the first one seen running (it may
+        have ended since: a short payload does not wait for the test)."""
         running = select(Attempt).where(col(Attempt.ended_at).is_(None))
+        seen: list[Attempt] = []
 
         def an_attempt_runs() -> bool:
             with Session(self.runtime.engine) as session:
-                return session.exec(running).first() is not None
+                attempt = session.exec(running).first()
+            if attempt is not None:
+                seen.append(attempt)
+            return bool(seen)
 
         self.drive(an_attempt_runs, timeout)
-        with Session(self.runtime.engine) as session:
-            attempt = session.exec(running).first()
-        assert attempt is not None
-        return attempt
+        return seen[0]
 
     def signal_running_pilot(self, number: int, timeout: float = 60) -> Attempt:
         """Wait for an attempt to run, send its pilot process `number`; returns the attempt."""
