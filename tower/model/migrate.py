@@ -78,8 +78,11 @@ def upgrade(engine: Engine, where: str, location: Path = LOCATION) -> Upgraded:
                 make_at_head(connection)
                 return Upgraded(None, head)
             known = {rev.revision for rev in script(location).walk_revisions()}
-            if before not in known:
-                raise SchemaError(revision.problem(before, where))
+            if before and before not in known:
+                raise SchemaError(
+                    f"database {where} is at revision {before}, which no migration of this "
+                    f"gridtower knows (it goes up to {head}): the database is newer than "
+                    "this gridtower (or not gridtower's); run the gridtower that upgraded it")
             new_tally = before == "" and not inspect(connection).has_table("jobtally")
             if before == "":
                 adopt(connection, where, location)
@@ -110,9 +113,8 @@ def adopt(connection: Connection, where: str, location: Path = LOCATION) -> None
     if lacking:
         raise SchemaError(
             f"database {where} has no schema revision and lacks {', '.join(lacking[:5])}"
-            f"{' ...' if len(lacking) > 5 else ''}: it is older than gridtower's first "
-            "migration; upgrade it by starting the last gridtower without migrations on it "
-            "first (that one adds missing tables), or rebuild it")
+            f"{' ...' if len(lacking) > 5 else ''}: a gridtower older than the first "
+            "migration made it, and no migration leads from there; nothing was changed")
 
 
 @cache
