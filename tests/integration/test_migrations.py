@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 import sqlmodel
 from alembic import command
-from sqlalchemy import DateTime, Engine, Integer, MetaData, inspect, select, text
-from sqlmodel import Session, col
+from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, Table, inspect, select, text
+from sqlmodel import Session, SQLModel, col
+from sqlmodel.sql.sqltypes import AutoString
 
 from pilots.urls import redact
 from tests.conftest import write_home
@@ -280,3 +282,66 @@ def test_a_pre_migration_database_missing_a_column_is_refused_and_left_alone(
         migrate.upgrade(engine, database_url)
     present = inspect(engine)
     assert not present.has_table("alembic_version") and not present.has_table("jobtally")
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Path:
+    """A copy of the shipped migrations, to add revisions to."""
+    copy = tmp_path / "migrations"
+    shutil.copytree(migrate.LOCATION, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+#: A migration as a developer would write one: on SQLite, changing a column's type makes
+#: Alembic copy the table (job, which attempts, outputs and catalog files refer to).
+SECOND = '''"""job.message grows, and jobs get a note"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{number}"
+down_revision = "{head}"
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("job") as batch_op:
+        batch_op.add_column(sa.Column("note", sa.String(length=100), nullable=True))
+        batch_op.alter_column("message", type_=sa.String(length=800),
+                              existing_type=sa.String(length=500))
+'''
+
+
+def test_a_migration_that_copies_a_table_keeps_its_rows_and_the_rows_referring_to_them(
+        engine: Engine, database_url: str, scripts: Path) -> None:
+    old = load_pre_migration_database(engine)
+    number = f"{int(revision.HEAD) + 1:04d}"
+    (scripts / "versions" / f"{number}_job_note.py").write_text(
+        SECOND.format(number=number, head=revision.HEAD))
+    done = migrate.upgrade(engine, redact(database_url), scripts)
+    assert (done.before, done.after) == ("", number)
+    assert same_columns(read_rows(engine, set(old)), old) == old
+    present = inspect(engine)
+    assert {c["name"]: c["type"].length for c in present.get_columns("job")
+            if c["name"] in ("note", "message")} == {"note": 100, "message": 800}
+    assert [k["referred_table"] for k in present.get_foreign_keys("attempt")] == ["job"]
+    with engine.connect() as connection:
+        assert revision.read(raw_cursor(connection)) == number
+
+
+def test_tower_db_revision_writes_the_next_migration_from_the_models(
+        engine: Engine, database_url: str, scripts: Path, tmp_path: Path) -> None:
+    head_module = tmp_path / "revision.py"
+    head_module.write_text(Path(revision.__file__).read_text())
+    scratch = Table("scratch", SQLModel.metadata, Column("id", Integer, primary_key=True),
+                    Column("name", AutoString(length=30), nullable=False))
+    try:
+        written = migrate.new_revision("Add the scratch table", scripts, head_module)
+    finally:
+        SQLModel.metadata.remove(scratch)
+    number = f"{int(revision.HEAD) + 1:04d}"
+    assert written.name == f"{number}_add_the_scratch_table.py"
+    source = written.read_text()
+    assert "op.create_table('scratch'" in source
+    assert "sa.String(length=30)" in source and "sqlmodel" not in source
+    assert f'HEAD = "{number}"' in head_module.read_text()
+    done = migrate.upgrade(engine, redact(database_url), scripts)  # it runs, on either database
+    assert done.after == number and inspect(engine).has_table("scratch")

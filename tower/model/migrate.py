@@ -64,7 +64,8 @@ class Upgraded:
 def upgrade(engine: Engine, where: str, location: Path = LOCATION) -> Upgraded:
     """Bring the database to the head revision in one transaction (on SQLite with foreign
     keys off, as batch ALTERs copy tables, and checked after). A new database is made at
-    head; a database newer than this gridtower raises SchemaError."""
+    head from the models; a database newer than this gridtower raises SchemaError.
+    `location`: other migrations than the shipped ones (tests, `tower db revision`)."""
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":  # only outside a transaction
             connection.connection.driver_connection.execute(  # type: ignore[union-attr]
@@ -74,7 +75,7 @@ def upgrade(engine: Engine, where: str, location: Path = LOCATION) -> Upgraded:
             before = revision.read(raw_cursor(connection))
             head = script(location).get_current_head()
             assert head is not None
-            if before is None:
+            if before is None and location == LOCATION:  # other scripts: run from nothing
                 make_at_head(connection)
                 return Upgraded(None, head)
             known = {rev.revision for rev in script(location).walk_revisions()}
@@ -177,22 +178,22 @@ def differences(connection: Connection) -> list[Any]:
     return list(compare_metadata(context, SQLModel.metadata))
 
 
-def new_revision(message: str, location: Path = LOCATION) -> Path:
+def new_revision(message: str, location: Path = LOCATION,
+                 head_module: Path = Path(revision.__file__)) -> Path:
     """Write the next migration from what autogenerate finds between the models and a
-    scratch SQLite database at head, and move tower/model/revision.py's HEAD to it."""
+    scratch SQLite database at head, and move HEAD in `head_module` (tower/model/revision.py)
+    to it. Returns the migration's path."""
     head = script(location).get_current_head()
     assert head is not None
     number = f"{int(head) + 1:0{len(head)}d}"
-    slug = re.sub(r"[^a-z0-9]+", "_", message.lower()).strip("_")[:40]
     scratch = create_engine("sqlite://")
     with scratch.begin() as connection:
         command.upgrade(config(connection, location), "head")
-        command.revision(config(connection, location), message, autogenerate=True,
-                         rev_id=number)
+        written = command.revision(config(connection, location), message, autogenerate=True,
+                                   rev_id=number)
     scratch.dispose()
     script.cache_clear()
-    module = Path(revision.__file__)
-    module.write_text(re.sub(r'^HEAD = "\d+"$', f'HEAD = "{number}"', module.read_text(),
-                             flags=re.MULTILINE))
-    written = next((location / "versions").glob(f"{number}_*.py"))
-    return written.rename(written.with_name(f"{number}_{slug}.py"))
+    head_module.write_text(re.sub(r'^HEAD = "\d+"$', f'HEAD = "{number}"',
+                                  head_module.read_text(), flags=re.MULTILINE))
+    assert written is not None and not isinstance(written, list)
+    return Path(written.path)
