@@ -56,11 +56,14 @@ def check_schema(as_json: bool) -> int:
     from sqlalchemy import inspect
     from sqlmodel import SQLModel
 
-    from tower.model.db import make_engine
+    from tower.model import revision
+    from tower.model.db import make_engine, raw_cursor
 
     loaded, where = _database()
     engine = make_engine(loaded.database_url)
     try:
+        with engine.connect() as connection:
+            found = revision.read(raw_cursor(connection))
         present = inspect(engine)
         tables = set(present.get_table_names())
         missing = sorted(set(SQLModel.metadata.tables) - tables)
@@ -69,16 +72,20 @@ def check_schema(as_json: bool) -> int:
                          if column.name not in {c["name"] for c in present.get_columns(name)})
     finally:
         engine.dispose()
-    current = not missing and not columns
+    trouble = revision.problem(found, where)
+    current = not missing and not columns and trouble is None
     if as_json:
-        print_json({"database": where, "current": current, "missing_tables": missing,
+        print_json({"database": where, "current": current, "revision": found or None,
+                    "head": revision.HEAD, "problem": trouble, "missing_tables": missing,
                     "missing_columns": columns})
     elif current:
-        print(f"{where}: schema current ({len(SQLModel.metadata.tables)} tables)")
+        print(f"{where}: schema current ({len(SQLModel.metadata.tables)} tables, revision "
+              f"{found})")
     else:
         empty = len(missing) == len(SQLModel.metadata.tables)
-        print(f"{where}: " + ("no tables yet (`tower submit` or `tower run` makes them)"
-                              if empty else "not this tower's schema"))
+        print(trouble if trouble and not empty else f"{where}: " + (
+            "no tables yet (`tower submit` or `tower run` makes them)" if empty
+            else "not this tower's schema"))
         for name in [] if empty else missing:
             print(f"  missing table {name}")
         for name in columns:
