@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -345,3 +349,55 @@ def test_tower_db_revision_writes_the_next_migration_from_the_models(
     assert f'HEAD = "{number}"' in head_module.read_text()
     done = migrate.upgrade(engine, redact(database_url), scripts)  # it runs, on either database
     assert done.after == number and inspect(engine).has_table("scratch")
+
+
+def test_the_check_needs_only_a_db_api_cursor(engine: Engine, database_url: str) -> None:
+    """What a command that reads without SQLAlchemy uses: tower.model.revision on the
+    driver's own connection (sqlite3, psycopg), and importing it loads no SQLAlchemy."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, tower.model.revision; "
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+         "('sqlalchemy', 'sqlmodel', 'alembic')))"],
+        capture_output=True, text=True, check=True, timeout=60)
+    assert imported.stdout.strip() == "[]"
+
+    def cursor() -> Any:
+        if engine.dialect.name == "sqlite":
+            return sqlite3.connect(engine.url.database or "", isolation_level=None).cursor()
+        import psycopg
+
+        return psycopg.connect(database_url, autocommit=True).cursor()
+
+    assert revision.check(cursor(), "here") == revision.EMPTY
+    create_schema(engine)
+    assert revision.check(cursor(), "here") == revision.CURRENT
+    for statement, says in (("UPDATE alembic_version SET version_num = '9999'", "newer"),
+                            ("DROP TABLE alembic_version", "no schema revision")):
+        with engine.begin() as connection:
+            connection.exec_driver_sql(statement)
+        with pytest.raises(SchemaError, match=f"^database here .*{says}"):
+            revision.check(cursor(), "here")
+
+
+def test_two_towers_starting_on_a_new_database_make_it_once(database_url: str) -> None:
+    engines = [make_engine(database_url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def start(engine: Engine) -> None:
+        try:
+            create_schema(engine)
+        except BaseException as error:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=start, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with engines[0].connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            (revision.HEAD,)]
+        assert migrate.differences(connection) == []
+    for engine in engines:
+        engine.dispose()
