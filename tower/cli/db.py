@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from tower.cli.common import Group, config, json_option, print_json, state
+from tower.cli.common import Group, config, json_option, local_only, print_json, state
 
 
 def describe(error: BaseException, database: str | None) -> str | None:
@@ -176,6 +176,7 @@ def revision(message: str) -> int:
 def _database() -> tuple[Any, str]:
     from pilots.urls import redact
 
+    local_only()
     loaded = config()
     where = state().database = redact(loaded.database_url)
     return loaded, where
