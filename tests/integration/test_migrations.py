@@ -245,6 +245,7 @@ def test_a_database_of_the_release_before_upgrades_in_place_and_runs_a_productio
             row for row in old[name] if kept(row)], name
 
 
+@pytest.mark.one_database  # the check on SQLite: the tests above (a cursor, `tower status`)
 def test_a_database_older_or_newer_than_the_code_is_refused_in_one_line(
         engine: Engine, database_url: str, tmp_path: Path) -> None:
     config = write_home(tmp_path / "home", database_url)
@@ -254,7 +255,7 @@ def test_a_database_older_or_newer_than_the_code_is_refused_in_one_line(
            "`tower db upgrade`", [["status"], ["run", "--until-done", "--timeout", "5"]])
     new = ("9999", f"is at revision 9999, this gridtower needs {revision.HEAD}: the database "
            "is newer than this gridtower",
-           [["jobs"], ["run", "--no-api", "--until-done", "--timeout", "5"], ["serve"]])
+           [["run", "--no-api", "--until-done", "--timeout", "5"], ["serve"]])
     for found, says, commands in (old, new):
         with engine.begin() as connection:
             connection.execute(text("UPDATE alembic_version SET version_num = :v"),
@@ -267,9 +268,8 @@ def test_a_database_older_or_newer_than_the_code_is_refused_in_one_line(
             assert lines[0].startswith("tower: database ")
         with pytest.raises(SchemaError, match=re.escape(says)):
             Runtime.open(load_config(config))
-        current = tower(config, "db", "current", "--json")
-        assert current.returncode == 6
-        assert json.loads(current.stdout)["revision"] == found
+    current = tower(config, "db", "current", "--json")
+    assert current.returncode == 6 and json.loads(current.stdout)["revision"] == "9999"
     newer = tower(config, "db", "upgrade")
     assert newer.returncode == 6 and "newer than this gridtower" in newer.stderr
     with engine.connect() as connection:  # nothing was changed
