@@ -126,6 +126,11 @@ class Pilot(SQLModel, table=True):
     state: PilotState = state_column(PilotState, PilotState.SUBMITTED)
     batch_id: str | None = Field(default=None, max_length=100)
     slots: int = 1
+    #: Its shape as submitted, which a claim checks jobs against: cores, memory (MB; None:
+    #: not declared, any job's memory fits) and walltime (s). Cores None: recorded before
+    #: pilots had a shape: its site's present one applies.
+    cores: int | None = None
+    memory: int | None = None
     walltime: int = 0
     host: str | None = Field(default=None, max_length=255)
     log_path: str | None = Field(default=None, max_length=1000)
