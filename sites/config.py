@@ -21,7 +21,7 @@ _UNITS = {"cores": " cores", "memory": " MB", "walltime": "s"}
 
 def amount(need: str, value: int) -> str:
     """`value` of `need` as messages show it: 8 cores, 2000 MB, 3600s."""
-    return f"{value}{_UNITS[need]}"
+    return "1 core" if need == "cores" and value == 1 else f"{value}{_UNITS[need]}"
 
 
 @dataclass(frozen=True)
