@@ -30,7 +30,7 @@ import math
 import sys
 import uuid
 
-from sqlalchemy import delete, func, not_, update
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import ago, utcnow
@@ -201,11 +201,11 @@ def waiting(session: Session, site: SiteConfig, queue: str) -> int:
     holding their needs (none while the site cools down)."""
     if site.name in health.cooling(session):
         return 0
-    allowing = {pid or 0: needs_of(spec) for pid, spec in session.exec(
+    allowing = [pid or 0 for pid, spec in session.exec(
         select(Production.id, Production.spec).where(
             col(Production.state).in_(PRODUCTION_RUNNABLE), Production.queue == queue)).all()
         if (not spec.get("sites") or site.name in spec["sites"])
-        and site.pilot.misfit(needs_of(spec)) is None}
+        and site.pilot.misfit(needs_of(spec)) is None]
     if not allowing:
         return 0
     # from the tally, not a count over a million defined jobs (a production's jobs all
@@ -213,8 +213,8 @@ def waiting(session: Session, site: SiteConfig, queue: str) -> int:
     counts = tally.counts(session)
     defined = [counts.get(pid, {}).get(JobState.DEFINED) for pid in allowing]
     grown = session.exec(select(func.count()).select_from(Job).where(
-        Job.state == JobState.DEFINED, col(Job.production_id).in_(list(allowing)),
-        not_(jobs.fitting(site.pilot, allowing)))).one()
+        Job.state == JobState.DEFINED, col(Job.production_id).in_(allowing),
+        jobs.grown_past(site.pilot))).one()
     return max(sum(count.jobs for count in defined if count is not None) - grown, 0)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, false, or_
 from sqlmodel import Session, col, select
 
 from sites.config import GROWN, Needs, PilotShape
@@ -29,6 +29,14 @@ def fitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
             conditions.append(or_(and_(own.is_not(None), own <= offered),
                                   and_(own.is_(None), by_production(need))))
     return and_(*conditions)
+
+
+def grown_past(shape: PilotShape) -> Any:
+    """A condition on jobs: those a retry grew past what a pilot of `shape` holds (their own
+    memory or walltime). Of productions that fit, these are the jobs that do not; it reads
+    the partial indexes of the grown columns, not every job of a production."""
+    return or_(false(), *(col(getattr(Job, need)) > offered for need in GROWN
+                          if (offered := shape.offer(need)) is not None))
 
 
 def list_jobs(session: Session, production: str | None = None, state: str | None = None,

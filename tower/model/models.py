@@ -58,10 +58,12 @@ class Job(SQLModel, table=True):
         Index("ix_job_state_priority", "state", "priority", "id"),
         Index("ix_job_production_state", "production_id", "state"),
         Index("ix_job_site_state", "site", "state"),
-        # the few jobs a retry gave more walltime: the factory leaves out of a site's
-        # demand those its pilots cannot take
+        # the few jobs a retry gave more walltime or memory: the factory leaves out of a
+        # site's demand those its pilots cannot take
         Index("ix_job_grown_walltime", "walltime", postgresql_where=text("walltime IS NOT NULL"),
               sqlite_where=text("walltime IS NOT NULL")),
+        Index("ix_job_grown_memory", "memory", postgresql_where=text("memory IS NOT NULL"),
+              sqlite_where=text("memory IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
