@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
 from tests.conftest import write_home
-from tests.integration.conftest import toy_production
+from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
 from tower.brokers.broker import Message, queue_name
 from tower.config import load_config
 from tower.errors import SpecError
@@ -334,3 +334,46 @@ def test_a_pilot_records_the_shape_it_was_submitted_with(make_runtime: Any,
     assert factory.run_once(runtime) == 1
     [pilot] = pilot_rows(runtime)
     assert (pilot.cores, pilot.memory, pilot.walltime) == (2, 2000, 600)
+
+
+def test_a_real_pilot_refused_a_job_it_cannot_hold_goes_on_and_another_pilot_runs_it(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    # Given local's pilots of 2000 MB, one fat job (1500 MB) and light ones, and a first
+    # pilot that was submitted with 1000 MB (before the site admin raised local's memory)
+    tower = live_tower(site={**LOCAL, "limits": {"max_queued": 1, "max_running": 2,
+                                                 "max_per_cycle": 1}})
+    tower.submit(toy_production(tmp_path, "fat", jobs=1, memory=1500))
+    tower.submit(toy_production(tmp_path, "light", jobs=4, sleep=0.002))
+    matchmaker.run_once(tower.runtime)
+    assert factory.run_once(tower.runtime) == 1
+    with transaction(tower.runtime.engine) as session:
+        [old] = session.exec(select(Pilot)).all()
+        session.execute(update(Pilot).where(col(Pilot.id) == old.id).values(memory=1000))
+
+    def refused() -> bool:
+        with Session(tower.runtime.engine) as session:
+            return bool(session.exec(select(JobEvent).where(
+                col(JobEvent.reason).startswith(f"refused by pilot {old.id}"))).first())
+
+    # When it takes the fat job's message, it is refused that job alone
+    tower.drive(refused, timeout=60, without=("factory",))
+    # Then it goes on with the light ones, and a pilot that can hold the fat job runs it
+    tower.drive(tower.all_ended, timeout=90)
+    assert_done_exactly_once(tower.runtime.engine, jobs=5)
+    with Session(tower.runtime.engine) as session:
+        fat = session.exec(select(Attempt).join(Job, col(Job.id) == Attempt.job_id).join(
+            Production, col(Production.id) == Job.production_id).where(
+            Production.name == "fat")).all()
+        ran_at_old = session.exec(select(Attempt).where(Attempt.pilot_id == old.id)).all()
+    assert len(fat) == 1 and fat[0].pilot_id != old.id
+    assert ran_at_old, "the refused pilot stopped instead of running the light jobs"
+
+    # it ends only when idle, as a pilot does
+    def old_ended() -> bool:
+        with Session(tower.runtime.engine) as session:
+            return session.get_one(Pilot, old.id).state == PilotState.DONE
+
+    tower.drive(old_ended, timeout=60)
+    with Session(tower.runtime.engine) as session:
+        assert (session.get_one(Pilot, old.id).message or "").startswith("idle for")
+
