@@ -29,6 +29,8 @@ from tower.loops import daemon, factory, matchmaker
 from tower.management import productions, why
 from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
+from tower.model.jobs import fitting as job_rows_fitting
+from tower.model.jobs import misfitting as job_rows_misfitting
 from tower.model.models import Attempt, Job, JobEvent, Pilot, Production
 from tower.model.states import JobState, PilotState, move_jobs
 from tower.retries import retry
@@ -149,6 +151,34 @@ def test_heavy_jobs_are_matched_only_where_they_fit(make_runtime: Any, tmp_path:
     assert {sites[job_id] for job_id in heavy} == {"big"}
     assert sites[grown.id] == "big"
     assert set(sites.values()) == {"local", "big"}  # the light ones spread
+
+
+def test_the_database_conditions_agree_with_the_fit_test_for_every_job(
+        make_runtime: Any, tmp_path: Path) -> None:
+    """`jobs.fitting` and `jobs.misfitting` (what the matchmaker and the factory ask the
+    database) split the jobs exactly as `PilotShape.misfit` does, grown ones included."""
+    runtime = make_runtime()
+    for name, extra in {"plain": {}, "cores4": {"cores": 4}, "memory1500": {"memory": 1500},
+                        "memory4000": {"memory": 4000}, "long": {"walltime": 500}}.items():
+        submit(runtime, toy_production(tmp_path, name, jobs=6, **extra))
+    grown = [(None, None), (1000, None), (3000, None), (None, 300), (None, 590), (20000, 590)]
+    with transaction(runtime.engine) as session:
+        for job in session.exec(select(Job)).all():
+            memory, walltime = grown[job.index]
+            session.execute(update(Job).where(col(Job.id) == job.id)
+                            .values(memory=memory, walltime=walltime))
+    with Session(runtime.engine) as session:
+        needs = matchmaker.production_needs(session)
+        rows = session.exec(select(Job)).all()
+        for site in ("local", "big"):
+            shape = runtime.config.sites[site].pilot
+            fit = set(session.exec(select(Job.id).where(job_rows_fitting(shape, needs))).all())
+            misfit = set(session.exec(select(Job.id).where(
+                job_rows_misfitting(shape, needs))).all())
+            expected = {job.id for job in rows if shape.misfit(
+                needs[job.production_id].grown(job.memory, job.walltime)) is None}
+            assert fit == expected and misfit == {job.id for job in rows} - expected, site
+            assert 0 < len(fit) < len(rows)
 
 
 def test_no_pilot_is_submitted_for_a_backlog_no_pilot_shape_can_run(

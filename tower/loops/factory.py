@@ -209,12 +209,13 @@ def waiting(session: Session, site: SiteConfig, queue: str) -> int:
     if not allowing:
         return 0
     # from the tally, not a count over a million defined jobs (a production's jobs all
-    # share its queue); the few a retry grew past the pilots' shape are taken off
+    # share its queue); the few a retry grew past the pilots' shape (the misfits of
+    # productions that fit) are taken off
     counts = tally.counts(session)
     defined = [counts.get(pid, {}).get(JobState.DEFINED) for pid in allowing]
     grown = session.exec(select(func.count()).select_from(Job).where(
         Job.state == JobState.DEFINED, col(Job.production_id).in_(allowing),
-        jobs.grown_past(site.pilot))).one()
+        jobs.misfitting(site.pilot, {}))).one()
     return max(sum(count.jobs for count in defined if count is not None) - grown, 0)
 
 

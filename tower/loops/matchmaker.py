@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_
+from sqlalchemy import and_, func, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -123,8 +123,7 @@ def _recall(session: Session, runtime: Runtime) -> None:
     for (name, queue), bound in backlog_bounds(session, runtime).items():
         shape = config.sites[name].pilot
         misfits = _ids(session, Job.site == name, Job.queue == queue,
-                       col(Job.state).in_(JOB_AT_SITE), col(Job.production_id).in_(list(needs)),
-                       not_(job_rows.fitting(shape, needs)))
+                       col(Job.state).in_(JOB_AT_SITE), job_rows.misfitting(shape, needs))
         misfits = move_jobs(session, misfits, JOB_AT_SITE, JobState.DEFINED,
                             f"it does not fit site {name}'s pilots ({shape.summary()})",
                             site=None)
