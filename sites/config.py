@@ -77,6 +77,18 @@ class PilotShape(Strict):
         return next((need for need in NEEDS if not self.holds(need, getattr(needs, need))),
                     None)
 
+    def shortfall(self, needs: Needs) -> str | None:
+        """What this pilot lacks for a job of `needs`, as messages tell it; None when it
+        holds the job."""
+        need = self.misfit(needs)
+        if need is None:
+            return None
+        asked, offered = getattr(needs, need), self.offer(need)
+        assert asked is not None and offered is not None
+        margin = " (pilot walltime minus drain margin)" if need == "walltime" else ""
+        return (f"{need}: it needs {amount(need, asked)}, a pilot gives a job at most "
+                f"{amount(need, offered)}{margin}")
+
     def summary(self) -> str:
         """The shape as messages show it: 8 cores, 16000 MB, 595s a job."""
         memory = "memory not declared" if self.memory is None else amount("memory", self.memory)

@@ -130,3 +130,12 @@ def test_bad_job_cores_and_memory_are_named_in_a_request(field: str, value: Any,
         build(ProductionSpec, {**REQUEST, field: value}, "p.yaml", error=SpecError)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"p.yaml: {field}: ") and problem in str(caught.value)
+
+
+def test_shortfall_tells_what_a_pilot_lacks() -> None:
+    assert SMALL.shortfall(Needs(cores=2, memory=2000, walltime=595)) is None
+    assert SMALL.shortfall(Needs(cores=2, memory=2500, walltime=60)) == (
+        "memory: it needs 2500 MB, a pilot gives a job at most 2000 MB")
+    assert SMALL.shortfall(Needs(cores=1, memory=None, walltime=900)) == (
+        "walltime: it needs 900s, a pilot gives a job at most 595s (pilot walltime minus "
+        "drain margin)")

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select, tuple_
 
 from catalog.timeutil import utcnow
 from pilots.payload import stage_dir
-from sites.config import PilotShape, amount
+from sites.config import PilotShape
 from sites.schema import Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
 from tower.errors import OutsideRoot
@@ -147,14 +147,8 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
 def _misfit(job: Job, spec: ProductionSpec, shape: PilotShape) -> str | None:
     """Why the pilot of `shape` cannot hold `job` (grown by a retry, or a stale message
     from before sites.yaml changed), or None when it can."""
-    needs = needs_of(spec).grown(job.memory, job.walltime)
-    need = shape.misfit(needs)
-    if need is None:
-        return None
-    offered = shape.offer(need)
-    assert offered is not None
-    return (f"does not fit this pilot: {need} {amount(need, getattr(needs, need))}, the "
-            f"pilot gives a job at most {amount(need, offered)}")
+    lacking = shape.shortfall(needs_of(spec).grown(job.memory, job.walltime))
+    return None if lacking is None else f"does not fit this pilot: {lacking}"
 
 
 def _rematch(session: Session, config: TowerConfig, pilot_id: str,

@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
-from sites.config import Needs, amount
+from sites.config import Needs
 from tower.config import TowerConfig
 from tower.errors import NotFound
 from tower.loops import health
@@ -134,18 +134,9 @@ def _site_line(session: Session, config: TowerConfig, site: str, queue: str,
                cooling: dict[str, Any], needs: Needs) -> str:
     if not config.sites[site].enabled:
         return f"Site {site} is disabled in sites.yaml."
-    shape = config.sites[site].pilot
-    need = shape.misfit(needs)
-    if need is not None:
-        offered = shape.offer(need)
-        assert offered is not None
-        asked = amount(need, getattr(needs, need))
-        if need == "walltime":
-            return (f"Site {site} does not fit it: its walltime is {asked} and the site's "
-                    f"pilots give a job at most {amount(need, offered)} (pilot walltime minus "
-                    "drain margin).")
-        return (f"Site {site} does not fit it: it needs {asked} and the site's pilots have "
-                f"{amount(need, offered)} ({need}).")
+    lacking = config.sites[site].pilot.shortfall(needs)
+    if lacking is not None:
+        return f"Site {site} does not fit it: {lacking}."
     if site in cooling:
         record = cooling[site]
         return (f"Site {site} is out of brokering until {record.cooldown_until:%H:%M:%S} UTC: "
