@@ -20,15 +20,23 @@ from sqlmodel import Session, col, select, tuple_
 
 from catalog.timeutil import utcnow
 from pilots.payload import stage_dir
+from sites.config import PilotShape
 from sites.schema import Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
 from tower.errors import OutsideRoot
 from tower.loops import placement
-from tower.management.specs import JobPlan, ProductionSpec, job_variables
+from tower.management.specs import (
+    JobPlan,
+    ProductionSpec,
+    job_variables,
+    needs_of,
+    no_fit,
+    offers,
+)
 from tower.model import fleet
 from tower.model.db import bulk_insert
 from tower.model.models import Attempt, Job, Output, Production
-from tower.model.states import JobState, move_jobs
+from tower.model.states import JOB_AT_SITE, JobState, move_jobs
 from tower.retries import retry
 from tower.retries.outcomes import Outcome
 from transfer.paths import NAME_MAX, inside, name_problem
@@ -86,22 +94,32 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     """Give the pilot the jobs it may run now, with everything it needs to run them.
 
     A job that is not waiting for this attempt at this pilot's site (stale,
-    cancelled, claimed by another pilot) is refused with the reason. A claim
-    repeated by the pilot that holds the attempt is granted again: claiming is
-    idempotent, and the pilot runs each (job, attempt) once.
+    cancelled, claimed by another pilot) is refused with the reason. So is one the
+    pilot cannot hold (its cores, memory or walltime), which goes back to matching.
+    A claim repeated by the pilot that holds the attempt is granted again: claiming
+    is idempotent, and the pilot runs each (job, attempt) once.
     """
     pilot = fleet.require_working(session, pilot_id)
+    shape = fleet.shape(pilot, config.sites)
     jobs = _jobs(session, [job_id for job_id, _ in wanted], lock=True)
+    productions = _productions(session, {job.production_id for job in jobs.values()})
     answers: dict[tuple[int, int], dict[str, Any]] = {}
     eligible: list[int] = []
+    misfits: list[tuple[Job, str]] = []
     for job_id, number in wanted:
         job = jobs.get(job_id)
         refusal = _refusal(job, number, pilot.site)
+        if not refusal and shape is not None:
+            assert job is not None
+            refusal = _misfit(job, productions[job.production_id][0], shape)
+            if refusal:
+                misfits.append((job, refusal))
         if refusal:
             answers[(job_id, number)] = {"job": job_id, "attempt": number, "granted": False,
                                          "reason": refusal}
         else:
             eligible.append(job_id)
+    _rematch(session, config, pilot_id, misfits, productions)
     # a pilot may claim before the matchmaker recorded the broker's confirmation
     moved = set(move_jobs(session, eligible, [JobState.QUEUED, JobState.ASSIGNED],
                           JobState.RUNNING, f"claimed by pilot {pilot_id}"))
@@ -112,10 +130,10 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     # a claim repeated by its own pilot (its answer was lost) is granted again, the same
     moved |= _claimed_by(session, pilot_id, [key for key in answers
                                              if _current(jobs.get(key[0]), key[1])])
-    productions = _productions(session, {jobs[job_id].production_id for job_id in moved})
     # for each production that reads input data, where the site's jobs find it
     inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
-              for production_id, (_, lfns) in productions.items() if lfns}
+              for production_id in {jobs[job_id].production_id for job_id in moved}
+              if (lfns := productions[production_id][1])}
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
@@ -124,6 +142,34 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]
+
+
+def _misfit(job: Job, spec: ProductionSpec, shape: PilotShape) -> str | None:
+    """Why the pilot of `shape` cannot hold `job` (grown by a retry, or a stale message
+    from before sites.yaml changed), or None when it can."""
+    lacking = shape.shortfall(needs_of(spec).grown(job.memory, job.walltime))
+    return None if lacking is None else f"does not fit this pilot: {lacking}"
+
+
+def _rematch(session: Session, config: TowerConfig, pilot_id: str,
+             misfits: list[tuple[Job, str]],
+             productions: dict[int, tuple[ProductionSpec, Any]]) -> None:
+    """Send jobs a pilot could not hold back to matching, for a site whose pilots can;
+    a job no allowed site can hold any more is held, with why (else it would go round)."""
+    for job, refusal in misfits:
+        assert job.id is not None
+        spec = productions[job.production_id][0]
+        stuck = no_fit(needs_of(spec).grown(job.memory, job.walltime),
+                       offers(spec, config.sites, only_site=job.only_site))
+        reason = f"refused by pilot {pilot_id}: {refusal}"
+        if stuck is None:
+            move_jobs(session, [job.id], list(JOB_AT_SITE), JobState.DEFINED, reason,
+                      site=None, message=reason[:500])
+            continue
+        reason = f"{reason}; it fits no allowed site ({stuck[1]}): held"[:500]
+        if move_jobs(session, [job.id], list(JOB_AT_SITE), JobState.HELD, reason,
+                     message=reason):
+            retry.record_action(session, [job.id], "tower", "hold", reason)
 
 
 def _current(job: Job | None, number: int) -> bool:

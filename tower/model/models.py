@@ -58,10 +58,12 @@ class Job(SQLModel, table=True):
         Index("ix_job_state_priority", "state", "priority", "id"),
         Index("ix_job_production_state", "production_id", "state"),
         Index("ix_job_site_state", "site", "state"),
-        # the few jobs a retry gave more walltime: the factory leaves out of a site's
-        # demand those its pilots cannot take
+        # the few jobs a retry gave more walltime or memory: the factory leaves out of a
+        # site's demand those its pilots cannot take
         Index("ix_job_grown_walltime", "walltime", postgresql_where=text("walltime IS NOT NULL"),
               sqlite_where=text("walltime IS NOT NULL")),
+        Index("ix_job_grown_memory", "memory", postgresql_where=text("memory IS NOT NULL"),
+              sqlite_where=text("memory IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -126,6 +128,11 @@ class Pilot(SQLModel, table=True):
     state: PilotState = state_column(PilotState, PilotState.SUBMITTED)
     batch_id: str | None = Field(default=None, max_length=100)
     slots: int = 1
+    #: Its shape as submitted, which a claim checks jobs against: cores, memory (MB; None:
+    #: not declared, any job's memory fits) and walltime (s). Cores None: recorded before
+    #: pilots had a shape: its site's present one applies.
+    cores: int | None = None
+    memory: int | None = None
     walltime: int = 0
     host: str | None = Field(default=None, max_length=255)
     log_path: str | None = Field(default=None, max_length=1000)
