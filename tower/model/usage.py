@@ -21,9 +21,12 @@ from tower.model.models import Usage
 
 #: Successful attempts a distribution reads at most, the latest first.
 SAMPLE = 5000
-#: The figures of each distribution, in the order they are shown.
-FIGURES = ("memory_mb", "cpu_seconds", "wall_seconds", "cpu_seconds_per_event",
-           "wall_seconds_per_event", "efficiency")
+#: The figures of a distribution and their labels, in the order `tower show` and the
+#: production page show them.
+FIGURES = (("memory_mb", "peak memory (MB)"), ("cpu_seconds", "CPU time (s)"),
+           ("wall_seconds", "wall time (s)"), ("cpu_seconds_per_event", "CPU per event (s)"),
+           ("wall_seconds_per_event", "wall per event (s)"),
+           ("efficiency", "efficiency: CPU / (wall x cores)"))
 
 
 def record(session: Session, rows: Sequence[dict[str, Any]]) -> None:

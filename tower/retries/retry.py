@@ -96,7 +96,7 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
     if decision.action is Action.RETRY_ELSEWHERE:
         fields["avoid_sites"] = sorted({*(job.avoid_sites or []), attempt.site})
     if decision.walltime_factor:
-        grown = int((job.walltime or spec.walltime) * decision.walltime_factor)
+        grown = int((job_need(job.walltime, spec.walltime) or 0) * decision.walltime_factor)
         fields["walltime"] = min(grown, decision.max_walltime or grown)
         if longest is not None and fields["walltime"] > longest:
             reason = (f"{reason}, but its walltime grown to {fields['walltime']}s is more than "
@@ -104,7 +104,7 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
                       "`tower release` retries it with its walltime as it was")[:500]
             return bool(move_jobs(session, [job.id], job.state, JobState.HELD, reason,
                                   message=reason))
-    base_memory = job.memory or spec.memory
+    base_memory = job_need(job.memory, spec.memory)
     if decision.memory_factor and base_memory:
         grown = int(base_memory * decision.memory_factor)
         fields["memory"] = min(grown, decision.max_memory or grown)
