@@ -24,7 +24,7 @@ from catalog.timeutil import later, utcnow
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound
 from tower.management import productions
-from tower.management.specs import ProductionSpec, longest_walltime
+from tower.management.specs import ProductionSpec, job_need, longest_walltime
 from tower.model import jobs, tally
 from tower.model.models import Attempt, Job, Production, RetryDecision
 from tower.model.states import JobState, move_jobs
