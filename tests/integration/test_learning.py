@@ -163,8 +163,8 @@ def test_tune_auto_follows_the_p95_within_the_site_shape_and_records_each_change
     assert decisions["walltime"]["p95"] == pytest.approx(0.2)
     assert "latest 5 successful attempts x 1.5" in decisions["memory"]["reason"]
     settings = {row["key"]: (row["value"], row["from"]) for row in shown["settings"]}
-    assert settings["memory"] == (3600, tune.ORIGIN)
-    assert settings["walltime"] == (tune.MIN_WALLTIME, tune.ORIGIN)
+    assert settings["memory"] == (3600, "tuned (tune: auto)")
+    assert settings["walltime"] == (tune.MIN_WALLTIME, "tuned (tune: auto)")
 
     # every later job asks what was learnt, the one grown by its retry too (3600 > 1500);
     # the running job keeps what it was given

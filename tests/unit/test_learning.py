@@ -11,8 +11,7 @@ import pytest
 from tests.unit.test_specs import BASE, resolve
 from tower.errors import SpecError
 from tower.management.specs import TUNE_FACTOR, TUNE_MIN_SAMPLE, job_need
-from tower.model.models import Usage
-from tower.model.usage import describe, percentile
+from tower.model.usage import Used, describe, percentile
 
 
 def test_percentiles_are_nearest_rank() -> None:
@@ -24,12 +23,11 @@ def test_percentiles_are_nearest_rank() -> None:
 
 def test_distributions_of_known_figures() -> None:
     # ten attempts of ten events on two cores: 100..190 MB, 1..10 s of CPU, 2..20 s of wall
-    rows = [Usage(production_id=1, job_id=n, attempt=1, site="local", events=10, cores=2,
-                  max_rss_mb=100 + 10 * n, cpu_seconds=n + 1, wall_seconds=2 * (n + 1))
-            for n in range(10)]
+    rows = [Used(job_id=n, events=10, cores=2, max_rss_mb=100 + 10 * n, cpu_seconds=n + 1,
+                 wall_seconds=2 * (n + 1)) for n in range(10)]
     # one more measured by an older pilot: wall time only
-    rows.append(Usage(production_id=1, job_id=10, attempt=1, site="local", events=10, cores=2,
-                      wall_seconds=40))
+    rows.append(Used(job_id=10, events=10, cores=2, max_rss_mb=None, cpu_seconds=None,
+                     wall_seconds=40))
     figures = describe(rows)
     assert figures is not None and figures["attempts"] == 11
     assert figures["memory_mb"] == {"median": 145.0, "p95": 190.0, "max": 190.0}

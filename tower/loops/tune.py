@@ -4,7 +4,7 @@ request's safety factor — never more than the allowed sites' pilots offer, and
 `min_sample` attempts succeeded.
 
 The loop changes the production's `memory` and `walltime` (their origin becomes
-`tune: auto`), so every job not yet claimed runs with them: the matchmaker, the factory and
+`NAME (tune: auto)`), so every job not yet claimed runs with them: the matchmaker, the factory and
 the claim read the production's values. A job that runs keeps what its claim gave it, and
 a job whose own walltime or memory grew by a retry keeps that when it is the larger
 (`specs.job_need`). Each change is a TuneDecision with the old and new value and the
@@ -40,7 +40,8 @@ STEP = 0.1
 #: The least tuning asks for: room for a payload's start and the measuring's jitter.
 MIN_MEMORY = 64
 MIN_WALLTIME = 60
-#: The origin `tower show` gives a tuned setting.
+#: The origin `tower show` gives a tuned setting, after the production's name (a clone
+#: inherits it so, and `own_document` never takes it for the author's own).
 ORIGIN = "tune: auto"
 
 
@@ -87,7 +88,8 @@ def tune(session: Session, config: TowerConfig, production: Production
         production.spec = {**production.spec,
                            **{decision.setting: decision.new for decision in decisions}}
         production.origins = {**production.origins,
-                               **{decision.setting: ORIGIN for decision in decisions}}
+                               **{decision.setting: f"{production.name} ({ORIGIN})"
+                                  for decision in decisions}}
         production.updated_at = utcnow()
         session.add_all(decisions)
     session.add(production)
