@@ -3,11 +3,13 @@ HTTP API are shown as distributions by `tower show` (text and --json) and the pr
 page; `tune: auto` changes the memory and walltime of later jobs once enough attempts
 succeeded, within the site's pilot shape, and records each change.
 
-The pilot here is the test speaking the pilot's HTTP API (register, lease, claim, report),
-so the figures it reports are known; the tower, its API and database are real."""
+Most pilots here are the test speaking the pilot's HTTP API (register, lease, claim,
+report), so the figures they report are known; the tower, its API and database are real.
+The last test runs real local pilots, whose measures `tune: auto` follows."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from tests.integration.test_pages import Reader, browser  # noqa: F401  (a fixtu
 from tower.cli import main as tower_main
 from tower.loops import matchmaker, tune
 from tower.model.db import transaction
-from tower.model.models import Job, Pilot, Production, TuneDecision
+from tower.model.models import Attempt, Job, Pilot, Production, TuneDecision, Usage
 from tower.retries import retry
 from tower.retries.outcomes import Outcome
 
@@ -206,3 +208,28 @@ def test_tune_auto_never_asks_more_than_the_sites_pilots_have(
     pilot.finish(claimed, _figures([6000] * 5, [1.0] * 5, [2.0] * 5))
     assert tune.run_once(tower.runtime) == 0
     assert cli(tower, capsys, "show", "fixed")["tuning"] == []
+
+
+def test_tune_auto_with_real_pilots_learns_from_what_they_measured(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    tower = live_tower()
+    path = tmp_path / "learnt.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "learnt", "software": "sim 1", "events_total": 200, "events_per_job": 10,
+        "command": ["${python}", "-c", "import time; block = bytearray(64 * 2**20); "
+                    "time.sleep(0.05 * ${events})"],
+        "walltime": "5m", "memory": 1000, "tune": {"min_sample": 5}}))
+    tower.submit(path)
+    tower.drive(tower.all_ended, timeout=180)
+    with Session(tower.runtime.engine) as session:
+        decisions = {row.setting: row for row in session.exec(select(TuneDecision)).all()}
+        used = session.exec(select(Usage)).all()
+        starts = session.exec(select(Attempt.started_at)).all()
+    assert len(used) == 20 and all(row.max_rss_mb and row.max_rss_mb >= 64 for row in used)
+    memory = decisions["memory"]
+    # the pilots' measure of the first successes, x 1.5
+    assert memory.old == 1000 and 5 <= memory.samples < 20
+    assert memory.p95 >= 64 and memory.new == math.ceil(memory.p95 * 1.5)
+    assert (decisions["walltime"].old, decisions["walltime"].new) == (300, tune.MIN_WALLTIME)
+    # jobs claimed after the change ran with it
+    assert any(start > memory.at for start in starts)
