@@ -164,6 +164,10 @@ def test_tune_auto_follows_the_p95_within_the_site_shape_and_records_each_change
     assert (decisions["walltime"]["old"], decisions["walltime"]["new"]) == (540, tune.MIN_WALLTIME)
     assert decisions["walltime"]["p95"] == pytest.approx(0.2)
     assert "latest 5 successful attempts x 1.5" in decisions["memory"]["reason"]
+    capsys.readouterr()
+    assert tower_main(["--config", str(tower.home / "tower.yaml"), "show", "tuned"]) == 0
+    text = capsys.readouterr().out
+    assert "tuned memory 1000 -> 3600 at " in text and "tuned walltime 540 -> 60 at " in text
     settings = {row["key"]: (row["value"], row["from"]) for row in shown["settings"]}
     assert settings["memory"] == (3600, "tuned (tune: auto)")
     assert settings["walltime"] == (tune.MIN_WALLTIME, "tuned (tune: auto)")
