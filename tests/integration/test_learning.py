@@ -201,7 +201,7 @@ def test_tune_auto_never_asks_more_than_the_sites_pilots_have(
     decisions = {row.setting: row for row in rows}
     assert (decisions["memory"].new, decisions["memory"].bound) == (8000, 8000)
     assert (decisions["walltime"].new, decisions["walltime"].bound) == (LONGEST, LONGEST)
-    assert "bounded by the sites' largest 8000" in decisions["memory"].reason
+    assert "= 9000, bounded by a pilot's 8000" in decisions["memory"].reason
     assert (production.spec["memory"], production.spec["walltime"]) == (8000, LONGEST)
     [later] = pilot.claim(1)
     assert (later["memory"], later["walltime"]) == (8000, LONGEST)

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from sites.config import SiteConfig
 from tests.unit.test_specs import BASE, resolve
 from tower.errors import SpecError
-from tower.management.specs import TUNE_FACTOR, TUNE_MIN_SAMPLE, job_need
+from tower.loops.tune import pilot_bounds
+from tower.management.specs import TUNE_FACTOR, TUNE_MIN_SAMPLE, ProductionSpec, job_need
 from tower.model.usage import Used, describe, percentile
 
 
@@ -83,3 +85,26 @@ def test_a_bad_tune_names_its_field(tune: Any, field: str, words: str) -> None:
         resolve({**BASE, "tune": tune})
     assert caught.value.field == field
     assert words in str(caught.value) and "prod.yaml" in str(caught.value)
+
+
+def _site(name: str, cores: int, memory: int | None, walltime: str) -> SiteConfig:
+    return SiteConfig(name=name, scratch="/s", storage="/d",
+                      pilot={"cores": cores, "memory": memory, "walltime": walltime,
+                             "drain_margin": 0})
+
+
+def test_tuning_is_bounded_by_one_pilot_that_holds_the_cores() -> None:
+    sites = {"tier2": _site("tier2", 8, 4000, "1h"), "bigmem": _site("bigmem", 1, 16000, "1d"),
+             "hpc": _site("hpc", 8, 12000, "30m")}
+    eight = ProductionSpec.model_validate({**BASE, "cores": 8, "sites": []})
+    one = ProductionSpec.model_validate({**BASE, "sites": []})
+    # 8 cores and 10 GB: only hpc holds both, so its walltime bounds too
+    assert pilot_bounds(eight, sites, 10000) == (12000, 1800)
+    # more than any 8-core pilot has: the one with the most memory
+    assert pilot_bounds(eight, sites, 20000) == (12000, 1800)
+    # a small job: both 8-core pilots hold it; the longer walltime
+    assert pilot_bounds(eight, sites, 1000) == (4000, 3600)
+    assert pilot_bounds(one, sites, 10000) == (16000, 86400)
+    # a pilot that declares no memory takes any
+    assert pilot_bounds(one, {"open": _site("open", 1, None, "2h")}, 10**6) == (None, 7200)
+    assert pilot_bounds(one, {}, 1000) == (None, None)

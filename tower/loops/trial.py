@@ -16,9 +16,10 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from tower.config import TowerConfig
+from tower.loops import tune
 from tower.management import approval, productions
 from tower.management.progress import FINISHED
-from tower.management.specs import ProductionSpec, largest_memory, longest_walltime
+from tower.management.specs import ProductionSpec, longest_walltime
 from tower.model import tally, usage
 from tower.model.db import transaction
 from tower.model.models import Job, Production
@@ -108,7 +109,7 @@ def propose(spec: ProductionSpec, measured: dict[str, Any], config: TowerConfig
     walltime = min(max(math.ceil(events * per_event), 60), target)
     peak = measured["peak_memory_mb"]
     memory = math.ceil(peak * MEMORY_MARGIN) if peak else spec.memory
-    largest = largest_memory(spec, config.sites)
+    largest, _ = tune.pilot_bounds(spec, config.sites, memory)
     if memory is not None and largest is not None:
         memory = min(memory, largest)  # never more than a pilot of an allowed site has
     cpu = measured.get("cpu_seconds_per_event")

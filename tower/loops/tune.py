@@ -1,7 +1,7 @@
 """`tune: auto`: a running production's later jobs ask for the memory and walltime its
 successful attempts used — the p95 of the latest (tower.model.usage.SAMPLE) times the
-request's safety factor — never more than the allowed sites' pilots offer, and only once
-`min_sample` attempts succeeded.
+request's safety factor — never more than one pilot of the allowed sites offers
+(`pilot_bounds`), and only once `min_sample` attempts succeeded.
 
 The loop changes the production's `memory` and `walltime` (their origin becomes
 `NAME (tune: auto)`), so every job not yet claimed runs with them: the matchmaker, the factory and
@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlmodel import Session, col, or_, select
 
 from catalog.timeutil import utcnow
 from tower.config import TowerConfig
-from tower.management.specs import ProductionSpec, largest_memory, longest_walltime
+from tower.management.specs import ProductionSpec, TuneSpec
 from tower.model import usage
 from tower.model.db import transaction
 from tower.model.models import Production, TuneDecision
@@ -76,13 +78,16 @@ def tune(session: Session, config: TowerConfig, production: Production
     if len(rows) < spec.tune.min_sample:
         return []  # looked at again next cycle: the sample grows with each success
     production.tuned_at = utcnow()
-    memory = sorted(float(row.max_rss_mb) for row in rows if row.max_rss_mb is not None)
-    per_event = sorted(row.wall_seconds / row.events for row in rows)
+    tuning = spec.tune
+    # a pilot that does not measure memory leaves it as requested
+    memory = _wanted([float(row.max_rss_mb) for row in rows if row.max_rss_mb is not None],
+                     1, MIN_MEMORY, tuning)
+    walltime = _wanted([row.wall_seconds / row.events for row in rows], spec.events_per_job,
+                       MIN_WALLTIME, tuning)
+    most_memory, longest = pilot_bounds(spec, config.sites, memory.value if memory else None)
     decisions = [decision for decision in (
-        _decide(production, spec, "memory", spec.memory, memory, 1, MIN_MEMORY,
-                largest_memory(spec, config.sites)),
-        _decide(production, spec, "walltime", spec.walltime, per_event, spec.events_per_job,
-                MIN_WALLTIME, longest_walltime(spec, config.sites)),
+        _decide(production, "memory", spec.memory, memory, most_memory),
+        _decide(production, "walltime", spec.walltime, walltime, longest),
     ) if decision is not None]
     if decisions:
         production.spec = {**production.spec,
@@ -96,25 +101,67 @@ def tune(session: Session, config: TowerConfig, production: Production
     return decisions
 
 
-def _decide(production: Production, spec: ProductionSpec, setting: str, old: int | None,
-            measured: Sequence[float], scale: int, least: int, bound: int | None
-            ) -> TuneDecision | None:
-    """The change of one setting the measurements ask for (`scale` of them per job), or
-    None: too few measured, or too small a change to make."""
-    assert spec.tune is not None
-    factor = spec.tune.factor
-    if len(measured) < spec.tune.min_sample:
-        return None  # a pilot that does not measure memory leaves it as requested
-    p95 = usage.percentile(measured, 0.95)
-    wanted = max(least, math.ceil(p95 * scale * factor))
-    new = min(wanted, bound) if bound is not None else wanted
+def pilot_bounds(spec: ProductionSpec, sites: Mapping[str, Any], memory: int | None
+                 ) -> tuple[int | None, int | None]:
+    """The most memory (MB) and walltime (s) one pilot can give a job of `spec` that wants
+    `memory`, among the allowed site queues' pilots that hold its cores (all of them, if
+    none does): one that holds `memory` (of those, the longest walltime), else the one with
+    the most memory. Both bounds come from one pilot, so a job tuned within them fits it.
+    None for memory when that pilot declares none (it takes any); (None, None) when no
+    site serves the production."""
+    shapes = [site.pilot for name, site in sites.items()
+              if site.enabled and spec.queue in site.queues
+              and (not spec.sites or name in spec.sites)]
+    shapes = [shape for shape in shapes if shape.cores >= spec.cores] or shapes
+    if not shapes:
+        return None, None
+    holding = [shape for shape in shapes
+               if shape.memory is None or memory is None or shape.memory >= memory]
+    best = (max(holding, key=lambda shape: shape.longest_job) if holding
+            else max(shapes, key=lambda shape: shape.memory or 0))
+    return best.memory, best.longest_job
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the measurements of one setting ask for, and the evidence."""
+
+    samples: int
+    #: The p95 of the measurements (MB, or seconds per event).
+    p95: float
+    #: Measurements per job (events per job for the walltime, else 1).
+    scale: int
+    factor: float
+    value: int
+
+
+def _wanted(measured: list[float], scale: int, least: int, tuning: TuneSpec
+            ) -> Wanted | None:
+    """The value the p95 of `measured` (`scale` of them per job) asks for, at least `least`;
+    None below the minimum sample."""
+    if len(measured) < tuning.min_sample:
+        return None
+    p95 = usage.percentile(sorted(measured), 0.95)
+    return Wanted(len(measured), p95, scale, tuning.factor,
+                  max(least, math.ceil(p95 * scale * tuning.factor)))
+
+
+def _decide(production: Production, setting: str, old: int | None, wanted: Wanted | None,
+            bound: int | None) -> TuneDecision | None:
+    """The change of one setting, within `bound`; None when nothing is wanted or the change
+    would be too small to make."""
+    if wanted is None:
+        return None
+    new = min(wanted.value, bound) if bound is not None else wanted.value
     if old is not None and abs(new - old) <= STEP * old:
         return None
     unit = "MB" if setting == "memory" else "s per event"
-    reason = (f"p95 {p95:.4g} {unit} of the latest {len(measured)} successful attempts x {factor}"
-              + (f" x {scale} events" if scale != 1 else "")
-              + (f" = {wanted}, bounded by the sites' largest {bound}" if new < wanted else ""))
+    reason = (f"p95 {wanted.p95:.4g} {unit} of the latest {wanted.samples} successful "
+              f"attempts x {wanted.factor}"
+              + (f" x {wanted.scale} events" if wanted.scale != 1 else "")
+              + (f" = {wanted.value}, bounded by a pilot's {bound}" if new < wanted.value
+                 else ""))
     log.info("production=%s tune %s %s -> %s: %s", production.name, setting, old, new, reason)
     return TuneDecision(production_id=production.id or 0, setting=setting, old=old, new=new,
-                        samples=len(measured), p95=p95, factor=factor, bound=bound,
-                        reason=reason[:500])
+                        samples=wanted.samples, p95=wanted.p95, factor=wanted.factor,
+                        bound=bound, reason=reason[:500])

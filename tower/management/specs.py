@@ -490,16 +490,6 @@ def longest_walltime(spec: ProductionSpec, sites: Mapping[str, Any]) -> int | No
     return max(room) if room else None
 
 
-def largest_memory(spec: ProductionSpec, sites: Mapping[str, Any]) -> int | None:
-    """The most memory (MB) a job of `spec` can get from one pilot of the enabled sites it
-    allows in its queue; None if one of them declares no memory (it takes any), or if there
-    is no such site."""
-    offered = [site.pilot.memory for name, site in sites.items()
-               if site.enabled and spec.queue in site.queues
-               and (not spec.sites or name in spec.sites)]
-    return None if not offered or None in offered else max(offered)
-
-
 def check_placement(spec: ProductionSpec, where: str, sites: Mapping[str, Any]) -> None:
     """Checks that the jobs can run where they go: a pilot of an allowed site can give
     them their walltime, and every file named under `${spec_dir}` exists."""
