@@ -33,8 +33,14 @@ class Needs:
     walltime: int
 
     def grown(self, memory: int | None, walltime: int | None) -> Needs:
-        """These needs with a job's own memory and walltime (a retry's), where it has them."""
-        return replace(self, memory=memory or self.memory, walltime=walltime or self.walltime)
+        """These needs with a job's own memory and walltime (a retry grew them) where those are
+        larger: a production tuned up since the retry gives its jobs the tuned value."""
+        return replace(self, memory=_larger(memory, self.memory),
+                       walltime=_larger(walltime, self.walltime) or self.walltime)
+
+
+def _larger(own: int | None, production: int | None) -> int | None:
+    return production if own is None else own if production is None else max(own, production)
 
 
 class PilotShape(Strict):

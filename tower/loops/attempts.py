@@ -33,7 +33,7 @@ from tower.management.specs import (
     no_fit,
     offers,
 )
-from tower.model import fleet
+from tower.model import fleet, usage
 from tower.model.db import bulk_insert
 from tower.model.models import Attempt, Job, Output, Production
 from tower.model.states import JOB_AT_SITE, JobState, move_jobs
@@ -75,6 +75,8 @@ class Report(Strict):
     outputs: list[OutputReport] = Field(default_factory=list, max_length=1000)
     #: The payload's peak resident memory (MB), measured by the pilot.
     max_rss_mb: Int32 | None = Field(default=None, ge=0)
+    cpu_seconds: float | None = Field(default=None, ge=0, le=1e9)
+    wall_seconds: float | None = Field(default=None, ge=0, le=1e9)
 
 
 @dataclass(frozen=True)
@@ -223,12 +225,13 @@ def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSp
 
 def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
+    needs = needs_of(spec).grown(job.memory, job.walltime)
     return {
         "job": job.id, "attempt": job.attempt, "granted": True,
         "production": spec.name, "command": spec.command, "steering": spec.steering,
         "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
-        "outputs": spec.outputs, "walltime": job.walltime or spec.walltime, "cores": spec.cores,
-        "memory": job.memory or spec.memory,
+        "outputs": spec.outputs, "walltime": needs.walltime,
+        "cores": needs.cores, "memory": needs.memory,
     }
 
 
@@ -269,6 +272,7 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
     specs = _specs(session, {job.production_id for job in jobs.values()})
     verdicts = []
     succeeded: list[tuple[Job, Report]] = []
+    used: list[dict[str, Any]] = []
     for item in reports:
         # popped: the same attempt twice in one batch is ended once
         attempt = open_attempts.pop((item.job, item.attempt), None)
@@ -291,12 +295,27 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
         _end(session, attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:
             succeeded.append((job, item))
+            used.append(_usage(job, spec, attempt, item))
         else:
             retry.settle(session, config, job, spec, attempt)
         verdicts.append(Verdict(item.job, item.attempt, problem is None,
                                 f"refused: {problem}" if problem else str(outcome)))
     _move_succeeded(session, succeeded)
+    usage.record(session, used)
     return verdicts
+
+
+def _usage(job: Job, spec: ProductionSpec, attempt: Attempt, item: Report) -> dict[str, Any]:
+    """What a successful attempt used, for tower.model.usage. A pilot that does not measure
+    wall time leaves the attempt's span at the tower (claim to report) in its place."""
+    assert attempt.ended_at is not None
+    wall = item.wall_seconds
+    if wall is None:
+        wall = max(0.0, (attempt.ended_at - attempt.started_at).total_seconds())
+    return {"production_id": job.production_id, "job_id": job.id, "attempt": item.attempt,
+            "site": attempt.site, "events": job.events, "cores": spec.cores,
+            "max_rss_mb": item.max_rss_mb, "cpu_seconds": item.cpu_seconds,
+            "wall_seconds": wall, "at": attempt.ended_at}
 
 
 def output_problem(item: Report, spec: ProductionSpec, storage: str | None,
@@ -375,6 +394,8 @@ def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
     attempt.exit_code = item.exit_code
     attempt.signal = item.signal
     attempt.max_rss_mb = item.max_rss_mb
+    attempt.cpu_seconds = item.cpu_seconds
+    attempt.wall_seconds = item.wall_seconds
     retry.end_attempt(session, attempt, outcome, reason)
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
 from sites.config import NEEDS, Needs, PilotShape, amount
@@ -77,6 +77,35 @@ class TrialSpec(Strict):
     target_walltime: Seconds | None = Field(default=None, gt=0)
 
 
+#: `tune: auto`'s defaults: the safety factor on the observed p95, and the successful
+#: attempts it waits for before it changes anything.
+TUNE_FACTOR = 1.5
+TUNE_MIN_SAMPLE = 20
+
+
+class TuneSpec(Strict):
+    """`tune: auto`: later jobs' memory and walltime follow what the production's successful
+    attempts used — their p95 times `factor` — within what the allowed sites' pilots offer
+    (tower.loops.tune)."""
+
+    mode: Literal["off", "auto"] = "auto"
+    factor: float = Field(default=TUNE_FACTOR, ge=1.0, le=10.0, strict=True)
+    min_sample: int = Field(default=TUNE_MIN_SAMPLE, ge=5, le=1000, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `tune: auto`; YAML reads a bare `off` as false
+        if value is False:
+            return {"mode": "off"}
+        if isinstance(value, str):
+            return {"mode": value}
+        if not isinstance(value, dict):
+            raise ValueError("expected auto, off, or a mapping such as {mode: auto, factor: "
+                             f"1.5, min_sample: 20}}, got {value!r}")
+        return value
+
+
 class ProductionSpec(Strict):
     """A production request, resolved (every inherited key filled in)."""
 
@@ -101,6 +130,8 @@ class ProductionSpec(Strict):
     #: The fair-share group its jobs count against (tower.yaml `shares`).
     group: str = Field(default="default", pattern=NAME_PATTERN)
     trial: TrialSpec | None = None
+    #: `auto`: memory and walltime follow the successful attempts' p95 (TuneSpec).
+    tune: TuneSpec | None = None
     retry: RetrySpec = RetrySpec()
     #: Catalog files every job reads: logical names (/dataset/file) or dataset names.
     inputs: list[str] = Field(default_factory=list)

@@ -17,7 +17,8 @@ from tower.model.states import JobState
 def fitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
     """A condition on jobs: of the productions in `needs` (each production's needs), those
     a pilot of `shape` holds, by `PilotShape.holds`, with their own memory and walltime
-    where a retry grew them. `misfitting` is its complement (among those productions)."""
+    where a retry grew them (`Needs.grown`: both the job's own and its production's must
+    fit). `misfitting` is its complement (among those productions)."""
     def by_production(need: str) -> Any:
         return col(Job.production_id).in_(
             [pid for pid, asked in needs.items() if shape.holds(need, getattr(asked, need))])
@@ -26,8 +27,7 @@ def fitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
     for need in GROWN:
         offered, own = shape.offer(need), col(getattr(Job, need))
         if offered is not None:
-            conditions.append(or_(and_(own.is_not(None), own <= offered),
-                                  and_(own.is_(None), by_production(need))))
+            conditions += [or_(own.is_(None), own <= offered), by_production(need)]
     return and_(*conditions)
 
 
@@ -43,7 +43,7 @@ def misfitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
     for need in GROWN:
         offered, own = shape.offer(need), col(getattr(Job, need))
         if offered is not None:
-            conditions += [own > offered, and_(own.is_(None), by_production(need))]
+            conditions += [own > offered, by_production(need)]
     return or_(*conditions)
 
 

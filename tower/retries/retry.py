@@ -95,12 +95,12 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
         fields["only_site"] = attempt.site
     if decision.action is Action.RETRY_ELSEWHERE:
         fields["avoid_sites"] = sorted({*(job.avoid_sites or []), attempt.site})
+    current = needs_of(spec).grown(job.memory, job.walltime)
     if decision.walltime_factor:
-        grown = int((job.walltime or spec.walltime) * decision.walltime_factor)
+        grown = int(current.walltime * decision.walltime_factor)
         fields["walltime"] = min(grown, decision.max_walltime or grown)
-    base_memory = job.memory or spec.memory
-    if decision.memory_factor and base_memory:
-        grown = int(base_memory * decision.memory_factor)
+    if decision.memory_factor and current.memory:
+        grown = int(current.memory * decision.memory_factor)
         fields["memory"] = min(grown, decision.max_memory or grown)
     if "walltime" in fields or "memory" in fields:
         needs = needs_of(spec).grown(fields.get("memory", job.memory),
