@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -19,6 +19,13 @@ class PilotShape(Strict):
     slots: Int32 = Field(default=1, gt=0)
     cores: Int32 = Field(default=1, gt=0)
     memory: Megabytes | None = Field(default=None, gt=0)
+    #: How far (a fraction) a payload may go over its memory request before its pilot
+    #: kills it as `out_of_memory`; 0.1 lets a 1000 MB job peak at 1100 MB.
+    memory_tolerance: float = Field(default=0.1, ge=0, le=10)
+    #: How the pilot measures and enforces its payloads' memory: `auto` (the cgroup v2
+    #: memory controller when it may use one, else polling /proc), `cgroup`, `poll`, or
+    #: `off` (only the peak of each payload's largest process, nothing enforced).
+    memory_watch: Literal["auto", "cgroup", "poll", "off"] = "auto"
     walltime: Seconds = Field(default=3600, gt=0)
     #: The pilot stops taking work when less than the next job's walltime plus this remains.
     drain_margin: Seconds = Field(default=60, ge=0)

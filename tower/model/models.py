@@ -115,6 +115,8 @@ class Attempt(SQLModel, table=True):
     log_tail: str | None = Field(default=None, sa_column=Column(Text))
     #: The payload's peak resident memory (MB), as its pilot measured it.
     max_rss_mb: int | None = None
+    cpu_seconds: float | None = None
+    wall_seconds: float | None = None
 
 
 class Pilot(SQLModel, table=True):
