@@ -14,8 +14,8 @@ from sqlmodel import Session, col, select
 
 from tests.cluster import SlurmCluster
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
-from tests.integration.test_slurm import slurm_site
-from tower.model.models import Attempt, Job
+from tests.integration.test_slurm import on_slurm, slurm_site  # noqa: F401 (a fixture)
+from tower.model.models import Attempt, Job, Pilot
 from tower.retries.outcomes import Outcome
 
 pytestmark = pytest.mark.one_database
@@ -80,11 +80,24 @@ def test_four_core_and_one_core_jobs_share_a_pilot_never_beyond_its_cores(
 
 def test_a_payload_over_its_memory_is_killed_then_retried_with_more(
         live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
-    stamps = tmp_path / "stamps"
-    stamps.mkdir()
     tower = live_tower(site={"pilot": {"cores": 2, "slots": 2, "memory": 2000,
                                        "memory_tolerance": 0.1, "walltime": "10m",
                                        "idle_timeout": 3}, "limits": ONE_PILOT})
+    over_memory_then_retried(tower, tmp_path)
+
+
+@pytest.mark.slurm
+def test_on_slurm_a_payload_over_its_memory_is_killed_then_retried_with_more(
+        on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    tower = live_tower(site=slurm_site(
+        pilot={"slots": 1, "cores": 1, "memory": 1000, "walltime": "10m", "drain_margin": 5,
+               "idle_timeout": 4}, limits=ONE_PILOT))
+    over_memory_then_retried(tower, tmp_path)
+
+
+def over_memory_then_retried(tower: LiveTower, tmp_path: Path) -> None:
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
     # 130 MB: over 100 MB + 10%, within the 150 MB + 10% the standard policy's retry gives
     tower.submit(hungry_production(tmp_path, "hungry", 1, stamps,
                                    ("--allocate-mb", "130", "--hold", "1"), memory=100))
@@ -99,6 +112,11 @@ def test_a_payload_over_its_memory_is_killed_then_retried_with_more(
         [job] = session.exec(select(Job)).all()
     assert job.memory == 150
     assert list(stamps_of(stamps)) == [f"hungry-0-{second.number}"]
+    # the pilot says how it watches memory (no delegated cgroup v2 on the test machines)
+    with Session(tower.runtime.engine) as session:
+        pilot = session.get(Pilot, first.pilot_id)
+    assert pilot is not None and pilot.log_path
+    assert "payloads' memory: polling /proc" in Path(pilot.log_path).read_text()
 
 
 def test_peak_memory_and_cpu_of_a_payload_tree_are_measured(
