@@ -12,7 +12,6 @@ import pytest
 import yaml
 from sqlmodel import Session, col, select
 
-from tests.cluster import SlurmCluster
 from tests.integration.conftest import LiveTower, assert_done_exactly_once
 from tests.integration.test_slurm import on_slurm, slurm_site  # noqa: F401 (a fixture)
 from tower.model.models import Attempt, Job, Pilot
@@ -87,8 +86,9 @@ def test_a_payload_over_its_memory_is_killed_then_retried_with_more(
 
 
 @pytest.mark.slurm
+@pytest.mark.usefixtures("on_slurm")
 def test_on_slurm_a_payload_over_its_memory_is_killed_then_retried_with_more(
-        on_slurm: SlurmCluster, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     tower = live_tower(site=slurm_site(
         pilot={"slots": 1, "cores": 1, "memory": 1000, "walltime": "10m", "drain_margin": 5,
                "idle_timeout": 4}, limits=ONE_PILOT))
