@@ -146,8 +146,8 @@ class Pilot:
         beating.start()
         self.watchdog = Watchdog()
         self.meter = open_meter(self.settings.memory_watch)
-        log.info("pilot=%s: %d cores, %s memory; payloads' memory: %s",
-                 self.settings.pilot_id, self.settings.cores,
+        log.info("pilot=%s: %d cores, %d slots, %s memory; payloads' memory: %s",
+                 self.settings.pilot_id, self.settings.cores, self.settings.slots,
                  f"{self.settings.memory} MB" if self.settings.memory else "unknown",
                  self.meter.kind)
         try:

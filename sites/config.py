@@ -17,6 +17,8 @@ class PilotShape(Strict):
 
     #: Payloads a pilot runs at once.
     slots: Int32 = Field(default=1, gt=0)
+    #: The pilot's cores (default: its slots, one core a slot). Its payloads run together
+    #: while the sum of their cores fits: 4 slots of 1 core run one 1-core job at a time.
     cores: Int32 = Field(default=1, gt=0)
     memory: Megabytes | None = Field(default=None, gt=0)
     #: How far (a fraction) a payload may go over its memory request before its pilot
@@ -31,6 +33,13 @@ class PilotShape(Strict):
     drain_margin: Seconds = Field(default=60, ge=0)
     #: The pilot exits after finding no work for this long.
     idle_timeout: Seconds = Field(default=120, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cores_of_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cores" not in data and "slots" in data:
+            return {**data, "cores": data["slots"]}
+        return data
 
     @property
     def longest_job(self) -> int:
