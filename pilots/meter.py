@@ -162,14 +162,22 @@ def _processes() -> list[tuple[int, int, int]]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as stream:
-                text = stream.read()
+            text = _read(f"/proc/{name}/stat")
         except OSError:  # it ended meanwhile
             continue
         # the command name may hold spaces and parentheses: the fields follow the last ')'
         fields = text[text.rindex(b")") + 2:].split()
         found.append((int(name), int(fields[1]), int(fields[3])))
     return found
+
+
+def _read(path: str) -> bytes:
+    """A small /proc file; os.open, not open: half the cost, paid for every process."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(descriptor, 1024)
+    finally:
+        os.close(descriptor)
 
 
 def _descendants(root: int, children: dict[int, list[int]]) -> set[int]:
@@ -185,8 +193,7 @@ def _descendants(root: int, children: dict[int, list[int]]) -> set[int]:
 def _anonymous_mb(pid: int) -> float:
     """Resident pages that are the process's own (resident minus file and shared pages)."""
     try:
-        with open(f"/proc/{pid}/statm", "rb") as stream:
-            fields = stream.read().split()
+        fields = _read(f"/proc/{pid}/statm").split()
     except OSError:
         return 0.0
     return max(0, int(fields[1]) - int(fields[2])) * PAGE_MB
