@@ -6,7 +6,8 @@ Starts K sleeping payloads, each a session of a shell with one child (as a paylo
 runs its program under a wrapper), and times `PollingMeter.sample()` — which reads every
 process of the machine once, adds each tree up and checks its limit — over --samples
 calls. Its CPU per second of a pilot is the sample's CPU time over the meter's period
-(pilots.meter.POLL). Mean, median, p99 and max, in ms.
+(pilots.meter.POLL). Mean, median, p99 and max, in ms. Also what watching costs each
+payload on its own: a `start` and a `stop`, in µs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ def measure(payloads: int, samples: int) -> dict[str, Any]:
             "cpu_share": statistics.fmean(cpu) / 1000 / POLL}
 
 
+def per_payload(count: int = 20000) -> dict[str, float]:
+    """Wall µs of one `start` + `stop` (the pilot pays them between a payload's end and
+    the next start in its slot)."""
+    meter = PollingMeter(period=3600)
+    times = []
+    try:
+        for number in range(count):
+            began = time.perf_counter()
+            meter.start((number, 1), os.getpid(), None)
+            meter.stop((number, 1))
+            times.append(1e6 * (time.perf_counter() - began))
+    finally:
+        meter.close()
+    times.sort()
+    return {"mean_us": statistics.fmean(times), "median_us": statistics.median(times),
+            "p99_us": times[int(len(times) * 0.99)], "max_us": times[-1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,8 +79,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = [measure(count, args.samples) for count in args.payloads]
+    pair = per_payload()
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"reads": results, "start_stop": pair}, indent=2))
         return
     print(f"one read of /proc every {POLL}s; CPU ms per read:")
     for row in results:
@@ -69,6 +89,8 @@ def main() -> None:
               f"mean {row['mean_ms']:.2f}, median {row['median_ms']:.2f}, "
               f"p99 {row['p99_ms']:.2f}, max {row['max_ms']:.2f}; "
               f"{100 * row['cpu_share']:.2f}% of a core")
+    print(f"start + stop per payload: mean {pair['mean_us']:.1f} µs, median "
+          f"{pair['median_us']:.1f}, p99 {pair['p99_us']:.1f}, max {pair['max_us']:.0f}")
 
 
 if __name__ == "__main__":
