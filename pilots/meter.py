@@ -98,8 +98,9 @@ class PollingMeter:
         self._period = period
         self._watched: dict[tuple[int, int], _Watched] = {}
         self._lock = threading.Lock()
+        #: Wakes the thread when it idles without payloads; not while it samples.
         self._wake = threading.Condition(self._lock)
-        self._closed = False
+        self._closed = threading.Event()
         threading.Thread(target=self._run, daemon=True, name="meter").start()
 
     def start(self, key: tuple[int, int], pid: int, limit_mb: float | None) -> None:
@@ -116,22 +117,23 @@ class PollingMeter:
 
     def close(self) -> None:
         with self._wake:
-            self._closed = True
+            self._closed.set()
             self._wake.notify()
 
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._watched and not self._closed:
+                while not self._watched and not self._closed.is_set():
                     self._wake.wait()
-                if self._closed:
-                    return
+            if self._closed.is_set():
+                return
             try:
                 self.sample()
             except Exception:  # the thread's boundary: the next sample tries again
                 log.exception("reading /proc failed")
-            with self._wake:
-                self._wake.wait(self._period)
+            # payloads starting meanwhile wait for the next sample: one read per period
+            if self._closed.wait(self._period):
+                return
 
     def sample(self) -> None:
         """Read every process once, add each payload's tree up, kill trees over limits."""

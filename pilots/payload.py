@@ -230,13 +230,15 @@ class Payload:
         if usage.cpu_seconds is not None:
             self.cpu_seconds = usage.cpu_seconds
         if usage.over_limit:
+            asked = f"{self.memory} MB requested" if self.memory else \
+                "no request: the pilot's memory"
+            # a cgroup's count of OOM kills includes the system's own, with no limit set
+            why = (f"over its limit of {self.limit_mb:.0f} MB ({asked}, plus the site's "
+                   "tolerance)") if self.limit_mb else "by the system's OOM killer"
             with self._lock:
                 if self.ending == "finished":
-                    asked = f"{self.memory} MB requested" if self.memory else \
-                        "no request: the pilot's memory"
                     self.ending, self.reason = "out_of_memory", (
-                        f"killed using {self.max_rss_mb} MB, over its limit of "
-                        f"{self.limit_mb:.0f} MB ({asked}, plus the site's tolerance)")
+                        f"killed using {self.max_rss_mb} MB, {why}")
 
     def refuse(self, reason: str) -> dict[str, Any]:
         """The report of a job the pilot will not start (it can never fit the pilot)."""
