@@ -110,7 +110,8 @@ def test_a_site_may_reach_the_broker_by_another_address(tmp_path: Path) -> None:
 
 def test_the_pilot_gets_its_memory_settings_only_when_a_site_sets_them(tmp_path: Path) -> None:
     shaped = {"pilot": {"slots": 2, "cores": 4, "memory": "4GB", "memory_tolerance": 0.25}}
-    config = write_home(tmp_path, "sqlite:///x.db", shaped, more_sites={"plain": {}})
+    config = write_home(tmp_path, "sqlite:///x.db", shaped,
+                        more_sites={"plain": {"pilot": {"slots": 2}}})
     runtime = Runtime.open(load_config(config), create=False)
     request = pilot_request(runtime, runtime.config.sites["local"], "default", "p1")
     settings = settings_from(parser().parse_args(request.argv[3:]))
