@@ -7,6 +7,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pilots.pilot import Pilot
 from tests.unit.test_pilot_capacity import a_pilot
 
@@ -84,3 +86,15 @@ def test_a_job_bigger_than_the_pilot_is_reported_not_run(tmp_path: Path) -> None
     report = reports.of(3)
     assert report["ending"] == "finished" and report["exit_code"] == 0
     assert report["wall_seconds"] > 0 and report["cpu_seconds"] >= 0
+
+
+def test_a_payload_is_held_to_its_request_or_else_to_the_pilots_memory(
+        tmp_path: Path) -> None:
+    pilot = shaped(tmp_path / "a", cores=4, memory=1000)
+    pilot._start(claim(1, memory=200))
+    pilot._start(claim(2))
+    limits = {payload.job: payload.limit_mb for payload in pilot.running.values()}
+    assert limits == {1: pytest.approx(220), 2: pytest.approx(1100)}  # tolerance 0.1
+    unknown = shaped(tmp_path / "b", cores=4)
+    unknown._start(claim(3))
+    assert [payload.limit_mb for payload in unknown.running.values()] == [None]
