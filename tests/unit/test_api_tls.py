@@ -126,6 +126,13 @@ def test_an_empty_bundle_directory_is_refused(home: Path) -> None:
     ("10.0.0.1", None, None),
     ("10.0.0.1", " ", None),
     ("10.0.0.2", "CN=carol,O=gridtower", "from TLS"),
+    # as nginx's $ssl_client_s_dn prints them (OpenSSL's RFC 2253 form): OpenSSL's names
+    # of attributes RFC 4514 lacks, UTF-8 as escaped bytes; written as the TLS layer would
+    ("10.0.0.1", "emailAddress=carol@example.org,CN=carol,O=gridtower",
+     "1.2.840.113549.1.9.1=carol@example.org,CN=carol,O=gridtower"),
+    ("10.0.0.1", "CN=carol,serialNumber=42,SN=Jones,GN=Carol,O=gridtower",
+     "CN=carol,2.5.4.5=42,2.5.4.4=Jones,2.5.4.42=Carol,O=gridtower"),
+    ("10.0.0.1", r"CN=Jos\C3\A9 Mu\C3\B1oz,O=gridtower", "CN=José Muñoz,O=gridtower"),
 ])
 def test_the_proxy_header_counts_from_trusted_addresses_alone(
         remote: str, header: str | None, seen: str | None) -> None:
