@@ -119,11 +119,15 @@ def end_pilots(opened: Runtime, patience: float = 30.0) -> None:
 
 
 @click.command()
-def serve() -> int:
+@click.option("--bind", metavar="ADDRESS", help="listen on ADDRESS instead of api.bind")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="listen on PORT instead of api.port (several API processes of one "
+                   "tower.yaml behind a proxy)")
+def serve(bind: str | None, port: int | None) -> int:
     """serve the API only"""
     from web.server import start_server
 
-    loaded = config()
+    loaded = config().listening_on(bind, port)
     server, url = start_server(loaded)
     server.bind(runtime())
     print(f"tower: API at {url}", file=sys.stderr)
