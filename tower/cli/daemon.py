@@ -52,6 +52,8 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
     opened = Runtime.open(loaded)
     if server is not None:
         server.bind(opened)
+    # the name of this process's leases (Output.lease_owner), told apart from its peers'
+    print(f"tower: loops running as instance {opened.instance}", file=sys.stderr)
     stop = threading.Event()
     threads = daemon.run_forever(opened, stop)
     try:
