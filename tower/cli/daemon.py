@@ -42,15 +42,19 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
     from tower.runtime import Runtime
 
     loaded = config()
+    opened = Runtime.open(loaded)  # a database of another schema stops here, in one line
     server = None
     if not no_api:
         from web.server import start_server
 
-        server, url = start_server(loaded)
-        loaded = loaded.model_copy(update={"api": loaded.api.model_copy(update={"url": url})})
+        try:
+            server, url = start_server(loaded)
+        except BaseException:
+            opened.close()
+            raise
+        opened.config = loaded.model_copy(
+            update={"api": loaded.api.model_copy(update={"url": url})})
         print(f"tower: API at {url}", file=sys.stderr)
-    opened = Runtime.open(loaded)
-    if server is not None:
         server.bind(opened)
     # the name of this process's leases (Output.lease_owner), told apart from its peers'
     print(f"tower: loops running as instance {opened.instance}", file=sys.stderr)
@@ -129,9 +133,10 @@ def serve(bind: str | None, port: int | None) -> int:
     """serve the API only"""
     from web.server import start_server
 
-    loaded = config().listening_on(bind, port)
-    server, url = start_server(loaded)
-    server.bind(runtime())
+    opened = runtime()  # a database of another schema stops here, in one line
+    opened.config = opened.config.listening_on(bind, port)
+    server, url = start_server(opened.config)
+    server.bind(opened)
     print(f"tower: API at {url}", file=sys.stderr)
     try:
         server.thread.join()
