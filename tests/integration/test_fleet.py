@@ -213,6 +213,9 @@ def fleet(tmp_path: Path, postgres_url: str, amqp_url: str) -> Iterator[Fleet]:
         certs[name] = (str(cert), str(key))
     grid = ca.init_ca(tmp_path / "grid-ca", "a grid CA").directory
     certs["grid_user"] = grid_user_cert(grid, tmp_path)
+    foreign = ca.init_ca(tmp_path / "foreign-ca", "a CA nginx does not know").directory
+    cert, key = ca.issue(foreign, "user", "admin", days=1)  # its subject: the admin's
+    certs["foreign"] = (str(cert), str(key))
     nginx_port, api_ports = free_port(), [free_port(), free_port()]
     config = write_home(
         home, postgres_url, broker=amqp_url,
@@ -328,6 +331,8 @@ def test_roles_work_through_nginx_and_no_client_names_itself(fleet: Fleet) -> No
     # escaped UTF-8): the grant written as the tower writes DNs holds
     assert fleet.call("GET", productions, "grid_user").status_code == 200
     assert fleet.call("POST", productions, "grid_user", json={}).status_code == 403
+    # a certificate of a CA outside the bundle, whatever its subject, is refused by nginx
+    assert fleet.call("GET", productions, "foreign").status_code == 400
     # a client naming itself to nginx: nginx replaces the header with what it verified
     assert fleet.call("GET", productions, headers=admin_header).status_code == 401
     assert fleet.call("POST", productions, "reader", json={},
