@@ -142,8 +142,20 @@ chromium_browser() {
     echo "services: chromium installed"
 }
 
+# tests/integration/test_fleet.py runs nginx itself, in the foreground on loopback
+# ports with a configuration of its own; the system's nginx service is not started.
+nginx_package() {
+    if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+        echo "services: nginx already installed"
+        return 0
+    fi
+    need_packages nginx
+    echo "services: nginx installed"
+}
+
 postgres
 rabbitmq
 rabbitmq_tls
 slurm_packages
 chromium_browser
+nginx_package

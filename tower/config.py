@@ -240,6 +240,15 @@ class TowerConfig(Strict):
         scheme = "https" if self.api.tls else "http"
         return self.api.url or f"{scheme}://{self.api.bind}:{self.api.port}"
 
+    def listening_on(self, bind: str | None, port: int | None) -> TowerConfig:
+        """This configuration with the API listening elsewhere (several `tower serve` of one
+        tower.yaml behind a proxy), checked as if tower.yaml said so."""
+        changes = {key: value for key, value in (("bind", bind), ("port", port))
+                   if value is not None}
+        api = build(ApiSettings, {**self.api.model_dump(), **changes},
+                    f"{self.path} with the command line", prefix="api")
+        return self.model_copy(update={"api": api})
+
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The path of tower.yaml: explicit, else $TOWER_CONFIG, else $TOWER_HOME/tower.yaml."""

@@ -5,6 +5,12 @@ handshake verified; a trusted reverse proxy may name it in a header instead
 (`ProxiedIdentity`). Nothing else sets it, and no request header can: headers
 reach the environ as `HTTP_*` keys. DNs are RFC 4514 strings, as
 `cryptography`'s `Name.rfc4514_string()` writes them.
+
+A proxy's DN is read as OpenSSL prints it (nginx's `$ssl_client_s_dn`, Apache's
+`SSL_CLIENT_S_DN` with `LegacyDNStringFormat` off): RFC 4514 with OpenSSL's short names,
+some of which (emailAddress, serialNumber...) RFC 4514 does not list, and UTF-8 escaped
+as `\\XX` pairs. It is rewritten as the TLS layer would write it, so a grant names a caller
+the same way whichever way the certificate came.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 from flask import request
 
 if TYPE_CHECKING:
@@ -24,6 +31,17 @@ log = logging.getLogger(__name__)
 
 #: The environ key holding the caller's DN, or None for a caller without a certificate.
 ENVIRON_KEY = "gridtower.identity"
+#: OpenSSL's short names of DN attributes that RFC 4514 (and so `cryptography`) lacks.
+OPENSSL_NAMES = {
+    "emailAddress": NameOID.EMAIL_ADDRESS, "serialNumber": NameOID.SERIAL_NUMBER,
+    "SN": NameOID.SURNAME, "GN": NameOID.GIVEN_NAME, "title": NameOID.TITLE,
+    "initials": NameOID.INITIALS, "generationQualifier": NameOID.GENERATION_QUALIFIER,
+    "dnQualifier": NameOID.DN_QUALIFIER, "pseudonym": NameOID.PSEUDONYM,
+    "postalCode": NameOID.POSTAL_CODE, "businessCategory": NameOID.BUSINESS_CATEGORY,
+    "street": NameOID.STREET_ADDRESS, "jurisdictionC": NameOID.JURISDICTION_COUNTRY_NAME,
+    "jurisdictionST": NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME,
+    "jurisdictionL": NameOID.JURISDICTION_LOCALITY_NAME,
+}
 
 
 def identity() -> str | None:
@@ -75,7 +93,7 @@ def _dn(value: str | None, proxy: str) -> str | None:
     if not value or not value.strip():
         return None
     try:
-        return x509.Name.from_rfc4514_string(value.strip()).rfc4514_string()
+        return x509.Name.from_rfc4514_string(value.strip(), OPENSSL_NAMES).rfc4514_string()
     except ValueError:
         log.warning("proxy=%s sent an identity that is not an RFC 4514 DN: %r", proxy, value)
         return None

@@ -55,6 +55,7 @@ class ApiServer:
         self.url = f"{'https' if api.tls else 'http'}://{api.bind}:{port}"
         self._front: Front | None = None
         self._stop = threading.Event()
+        self._ended = threading.Event()
         self.thread = threading.Thread(target=self._run, name="api", daemon=True)
         if api.exposed:
             log.warning("api: plain HTTP on %s, reachable from other hosts, and every caller "
@@ -78,8 +79,10 @@ class ApiServer:
         self._stop.set()
         if self._front is not None:
             self._front.stop()
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
+            # not thread.is_alive(): on Python 3.11 a join() that Ctrl-C interrupted (`tower
+            # serve` waits in one) leaves the thread marked stopped while it still serves,
+            # and closing the socket under its event loop ends it with a traceback
+            self._ended.wait(timeout=10)
         self._socket.close()
 
     def _run(self) -> None:
@@ -88,6 +91,8 @@ class ApiServer:
             self._front.run()
         except Exception:
             log.exception("api: the server stopped")
+        finally:
+            self._ended.set()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -3,7 +3,11 @@ their key named; the TLS context built from them; the proxy's identity header.""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ from tower.auth import ca
 from tower.config import TowerConfig, load_config
 from tower.errors import ConfigError
 from web.identity import ENVIRON_KEY, ProxiedIdentity
+from web.server import start_server
 from web.tls import server_context
 
 TLS = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key", "ca_bundle": "ca/ca.crt",
@@ -126,6 +131,13 @@ def test_an_empty_bundle_directory_is_refused(home: Path) -> None:
     ("10.0.0.1", None, None),
     ("10.0.0.1", " ", None),
     ("10.0.0.2", "CN=carol,O=gridtower", "from TLS"),
+    # as nginx's $ssl_client_s_dn prints them (OpenSSL's RFC 2253 form): OpenSSL's names
+    # of attributes RFC 4514 lacks, UTF-8 as escaped bytes; written as the TLS layer would
+    ("10.0.0.1", "emailAddress=carol@example.org,CN=carol,O=gridtower",
+     "1.2.840.113549.1.9.1=carol@example.org,CN=carol,O=gridtower"),
+    ("10.0.0.1", "CN=carol,serialNumber=42,SN=Jones,GN=Carol,O=gridtower",
+     "CN=carol,2.5.4.5=42,2.5.4.4=Jones,2.5.4.42=Carol,O=gridtower"),
+    ("10.0.0.1", r"CN=Jos\C3\A9 Mu\C3\B1oz,O=gridtower", "CN=José Muñoz,O=gridtower"),
 ])
 def test_the_proxy_header_counts_from_trusted_addresses_alone(
         remote: str, header: str | None, seen: str | None) -> None:
@@ -140,3 +152,36 @@ def test_the_proxy_header_counts_from_trusted_addresses_alone(
 
     assert environs[0][ENVIRON_KEY] == seen
     assert "HTTP_X_CLIENT_DN" not in environs[0]
+
+
+def test_ctrl_c_in_a_join_still_stops_the_server_before_its_socket_closes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`tower serve` waits in `thread.join()`; on Python 3.11 a Ctrl-C there leaves the
+    thread marked stopped while it serves: shutdown() must not take that for its end (it
+    closed the socket under the running event loop, which logged a traceback)."""
+    server, _ = start_server(load_config(write_home(tmp_path, "sqlite:///x.db")))
+    server.serve(lambda environ, start: [])
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with caplog.at_level(logging.ERROR):
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                server.thread.join()
+        finally:
+            server.shutdown()
+        loop = server._front._loop if server._front else None
+        assert loop is not None and loop.is_closed()  # the event loop ended first
+    assert [record.getMessage() for record in caplog.records] == []
+
+
+def test_serve_listens_where_its_command_line_says_checked_as_tower_yaml(home: Path) -> None:
+    config = load(home, tls=TLS, trusted_proxies=["127.0.0.2"])
+
+    moved = config.listening_on(None, 8472)
+    assert (moved.api.bind, moved.api.port, moved.api.trusted_proxies) == (
+        "127.0.0.1", 8472, ["127.0.0.2"])
+    assert moved.api.tls == config.api.tls
+    assert config.listening_on("0.0.0.0", None).api.bind == "0.0.0.0"  # HTTPS: allowed
+    plain = load(home)
+    with pytest.raises(ConfigError, match=r"with the command line: api: api.bind 0.0.0.0 is "
+                                          r"reachable from other hosts"):
+        plain.listening_on("0.0.0.0", None)

@@ -56,6 +56,8 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
             update={"api": loaded.api.model_copy(update={"url": url})})
         print(f"tower: API at {url}", file=sys.stderr)
         server.bind(opened)
+    # the name of this process's leases (Output.lease_owner), told apart from its peers'
+    print(f"tower: loops running as instance {opened.instance}", file=sys.stderr)
     stop = threading.Event()
     threads = daemon.run_forever(opened, stop)
     try:
@@ -123,11 +125,16 @@ def end_pilots(opened: Runtime, patience: float = 30.0) -> None:
 
 
 @click.command()
-def serve() -> int:
+@click.option("--bind", metavar="ADDRESS", help="listen on ADDRESS instead of api.bind")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="listen on PORT instead of api.port (several API processes of one "
+                   "tower.yaml behind a proxy)")
+def serve(bind: str | None, port: int | None) -> int:
     """serve the API only"""
     from web.server import start_server
 
     opened = runtime()  # a database of another schema stops here, in one line
+    opened.config = opened.config.listening_on(bind, port)
     server, url = start_server(opened.config)
     server.bind(opened)
     print(f"tower: API at {url}", file=sys.stderr)
