@@ -7,6 +7,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,10 +107,19 @@ def tower_yaml(tmp_path: Path) -> Path:
 RABBITMQ = os.environ.get("GRIDTOWER_TEST_RABBITMQ", "127.0.0.1:5672")
 
 
-def rabbitmqctl(*args: str) -> str:
-    """Run rabbitmqctl against the local node (needs its Erlang cookie: run as root)."""
-    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True,
-                          text=True, timeout=120).stdout
+def rabbitmqctl(*args: str, tries: int = 3) -> str:
+    """Run rabbitmqctl against the local node (needs its Erlang cookie: run as root). On a
+    loaded machine its CLI node sometimes fails to reach the broker (exit 64 seen, once in
+    a few hundred calls): it is tried again, and a last failure shows what it said."""
+    for attempt in range(1, tries + 1):
+        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode == 0:
+            return done.stdout
+        if attempt < tries:
+            time.sleep(attempt)
+    raise RuntimeError(f"rabbitmqctl {' '.join(args)}: exit {done.returncode}: "
+                       f"{(done.stderr or done.stdout).strip()[-500:]}")
 
 
 def rabbitmq_reachable() -> bool:
