@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -14,6 +15,17 @@ from tower.brokers.broker import Broker, open_broker
 from tower.config import DestinationSettings, TowerConfig, site_storage
 from tower.model.db import create_schema, make_engine
 from transfer.base import Transfer, open_transfer
+
+
+@dataclass
+class Pulse:
+    """One loop's pulse in this process (tower.loops.liveness reads it): its thread, and
+    when (time.time()) its thread started, its current cycle started and its last one ended."""
+
+    thread: threading.Thread | None = None
+    born: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
 
 
 @dataclass
@@ -29,6 +41,11 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: One event per loop: set to run the loop's next cycle now instead of after its pause.
     _alarms: dict[str, threading.Event] = field(default_factory=dict)
+    #: The loops this process runs, by name (none: an API-only process).
+    pulses: dict[str, Pulse] = field(default_factory=dict)
+    #: Runners of sites a reload changed or removed: a cycle may still hold one, so they
+    #: close with the runtime, not at the reload.
+    _retired: list[Runner] = field(default_factory=list)
 
     @classmethod
     def open(cls, config: TowerConfig, create: bool = True) -> Runtime:
@@ -48,6 +65,16 @@ class Runtime:
         such as room in a site's backlog after a claim, or outputs after a report."""
         for loop in loops:
             self.alarm(loop).set()
+
+    def swap_config(self, config: TowerConfig, stale_sites: set[str]) -> None:
+        """Serve `config` from now on (one assignment: a reader holds the old or the new
+        whole); the batch systems and runners of `stale_sites` are opened anew on next use."""
+        with self._lock:
+            for site in stale_sites:
+                self._batch.pop(site, None)
+                if site in self._runners:
+                    self._retired.append(self._runners.pop(site))
+            self.config = config
 
     def runner(self, site: str) -> Runner:
         """How commands run at `site` (locally or over SSH), one per site, reused."""
@@ -79,7 +106,7 @@ class Runtime:
             return self._transfers[key]
 
     def close(self) -> None:
-        for runner in self._runners.values():
+        for runner in [*self._runners.values(), *self._retired]:
             runner.close()
         for transfer in self._transfers.values():
             transfer.close()

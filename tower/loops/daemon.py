@@ -15,7 +15,7 @@ from tower.loops import factory, matchmaker, monitor, stager, trial, wakeups
 from tower.management import notify
 from tower.model import fleet, tally
 from tower.model.states import JOB_TERMINAL
-from tower.runtime import Runtime
+from tower.runtime import Pulse, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Threa
     they run until `stop` is set."""
     threads = [threading.Thread(target=_spin, args=(loop, runtime, stop), name=loop.name,
                                 daemon=True) for loop in LOOPS]
-    for thread in threads:
+    for loop, thread in zip(LOOPS, threads, strict=True):
+        runtime.pulses[loop.name] = Pulse(thread)
         thread.start()
     listener = wakeups.listen(runtime, stop)
     return threads + ([listener] if listener else [])
@@ -80,9 +81,13 @@ def _spin(loop: Loop, runtime: Runtime, stop: threading.Event) -> None:
     batches drains at the database's pace, not one batch per interval), else after the
     interval or when woken."""
     alarm = runtime.alarm(loop.name)
+    pulse = runtime.pulses.setdefault(loop.name, Pulse())
     while not stop.is_set():
         started = time.monotonic()
-        if not run_guarded(loop, runtime):
+        pulse.started = time.time()
+        worked = run_guarded(loop, runtime)
+        pulse.ended = time.time()
+        if not worked:
             alarm.wait(runtime.config.loops.interval)
         alarm.clear()
         stop.wait(started + runtime.config.loops.busy_pause - time.monotonic())
