@@ -242,6 +242,8 @@ class TowerConfig(Strict):
     #: Every retry policy by name: the shipped ones and the tower's own.
     policies: dict[str, Policy]
     sites: dict[str, SiteConfig]
+    #: The file the sites come from.
+    sites_path: Path | None = None
 
     @property
     def api_url(self) -> str:
@@ -298,7 +300,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         "api": _resolve_api(raw.api, home, path),
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
         "retry": raw.retry, "health": raw.health, "policies": policies, "access": raw.access,
-        "sites": sites,
+        "sites": sites, "sites_path": sites_path,
         "notifications": resolve_notifications(raw.notifications, home, path),
         "shares": raw.shares,
         "logging": _resolve_logging(raw.logging, home),

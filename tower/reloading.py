@@ -4,9 +4,12 @@ The files are read whole and checked as at start; a bad one is refused, its erro
 and key) logged, and the configuration in force stays. A good one replaces the sites, the
 policies and `retry.policy` in one assignment (tower.runtime.Runtime.swap_config): a loop
 reading the configuration sees the old or the new, never half of each. Pilots and jobs
-are rows in the database, untouched: a pilot of a site that went away runs on and
-reports, and gets no more work. Other keys of tower.yaml (database, broker, api, ...)
-take effect at the next start, and a reload that finds them changed says so.
+are rows in the database, untouched. A site may leave sites.yaml only once nothing is in
+flight there (no pilot alive, no job assigned, queued, running or staging at it): its
+pilots' ends, its outputs and its queue need its settings, so such a file is refused too,
+saying to set `enabled: false` first and remove the site once it is empty. Other keys of
+tower.yaml (database, broker, api, ...) take effect at the next start, and a reload that
+finds them changed says so.
 """
 
 from __future__ import annotations
@@ -14,8 +17,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
 from tower.config import TowerConfig, load_config
-from tower.errors import GridtowerError
+from tower.errors import ConfigError, GridtowerError
+from tower.model import fleet
+from tower.model.models import Job
+from tower.model.states import JOB_AT_SITE, JobState
 from tower.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -23,7 +32,9 @@ log = logging.getLogger(__name__)
 #: What a reload replaces.
 RELOADED = ("sites", "policies", "retry")
 #: What is the running process's own, never read from the files again.
-KEPT = ("path", "home")
+KEPT = ("path", "home", "sites_path")
+#: Jobs that hold a site: its queue, a pilot of it, or its storage.
+IN_FLIGHT = JOB_AT_SITE | {JobState.RUNNING, JobState.STAGING}
 
 
 def reload(runtime: Runtime) -> bool:
@@ -32,6 +43,7 @@ def reload(runtime: Runtime) -> bool:
     old = runtime.config
     try:
         new = load_config(old.path)
+        _check_removals(runtime, set(old.sites) - set(new.sites), new)
     except GridtowerError as exc:
         log.error("reload refused, the configuration in force stays: %s", exc)
         return False
@@ -43,6 +55,23 @@ def reload(runtime: Runtime) -> bool:
     for key in restart_needed(old, new):
         log.warning("reload: %s: %s changed; it takes effect at the next start", old.path, key)
     return True
+
+
+def _check_removals(runtime: Runtime, removed: set[str], new: TowerConfig) -> None:
+    """Refuse to drop a site that still has work in flight (ConfigError naming it)."""
+    if not removed:
+        return
+    with Session(runtime.engine) as session:
+        for site in sorted(removed):
+            pilots = len(fleet.active(session, site))
+            jobs = session.exec(select(func.count()).select_from(Job).where(
+                Job.site == site, col(Job.state).in_(IN_FLIGHT))).one()
+            if pilots or jobs:
+                sites = new.sites_path
+                raise ConfigError(
+                    f"{sites}: sites.{site}: removed while {pilots} pilots are alive and {jobs} "
+                    f"jobs are in flight there: set `enabled: false` first, and remove it once "
+                    "`tower sites` shows it empty", field=f"sites.{site}")
 
 
 def describe(old: TowerConfig, new: TowerConfig) -> list[str]:

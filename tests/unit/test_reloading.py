@@ -76,3 +76,25 @@ def test_a_policy_file_refused_keeps_the_policies_in_force(
     assert not reloading.reload(runtime)
     assert runtime.config is before
     assert "tower.yaml retry.policies: policies.quick.payload_failures" in caplog.text
+
+
+def test_a_site_with_work_in_flight_cannot_leave_sites_yaml(
+        runtime: Runtime, tower_yaml: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tower.model import fleet
+    from tower.model.db import transaction
+    from tower.model.models import Pilot
+
+    with transaction(runtime.engine) as session:
+        session.add(Pilot(id="p1", site="local", batch_id="1", state="running"))
+    before = runtime.config
+    sites = tower_yaml.parent / "sites.yaml"
+    edit(sites, lambda data: data["sites"].update(
+        gone=data["sites"].pop("local")))  # renamed: local leaves
+    assert not reloading.reload(runtime)
+    assert runtime.config is before
+    assert f"{sites}: sites.local: removed while 1 pilots are alive and 0 jobs" in caplog.text
+    assert "enabled: false" in caplog.text
+    with transaction(runtime.engine) as session:
+        fleet.end(session, "p1", "drained")
+    assert reloading.reload(runtime)  # once empty, it may go
+    assert set(runtime.config.sites) == {"gone"}
