@@ -48,9 +48,7 @@ def reload(runtime: Runtime) -> bool:
         log.error("reload refused, the configuration in force stays: %s", exc)
         return False
     changes = describe(old, new)
-    stale = {name for name, site in old.sites.items() if new.sites.get(name) != site}
-    runtime.swap_config(old.model_copy(update={key: getattr(new, key) for key in RELOADED}),
-                        stale)
+    runtime.swap_config(old.model_copy(update={key: getattr(new, key) for key in RELOADED}))
     log.info("reload: %s", "; ".join(changes) if changes else "nothing changed")
     for key in restart_needed(old, new):
         log.warning("reload: %s: %s changed; it takes effect at the next start", old.path, key)

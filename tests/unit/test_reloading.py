@@ -43,6 +43,7 @@ def test_a_good_reload_says_what_changed_and_opens_a_changed_sites_batch_system_
         strictest={"extends": "strict"}) or data["loops"].update(interval=9))
     caplog.set_level(logging.INFO, "tower.reloading")
     assert reloading.reload(runtime)
+    assert runtime.batch_system("other") is not None
     assert set(runtime.config.sites) == {"local", "other"}
     assert runtime.config.sites["local"].pilot.slots == 3
     assert "strictest" in runtime.config.policies
@@ -98,3 +99,36 @@ def test_a_site_with_work_in_flight_cannot_leave_sites_yaml(
         fleet.end(session, "p1", "drained")
     assert reloading.reload(runtime)  # once empty, it may go
     assert set(runtime.config.sites) == {"gone"}
+
+
+def test_a_cycle_reads_one_configuration_whatever_a_reload_swaps_in_meanwhile(
+        runtime: Runtime, tower_yaml: Path) -> None:
+    from tower.loops import daemon
+
+    seen = []
+
+    def cycle(view: Runtime) -> int:
+        before = view.config
+        edit(tower_yaml.parent / "sites.yaml", lambda data: data["sites"]["local"][
+            "pilot"].update(slots=5))
+        assert reloading.reload(runtime)  # as the keeper thread would, mid-cycle
+        seen.append((before, view.config, view.batch_system("local")))
+        return 0
+
+    daemon.run_guarded(daemon.Loop("probe", cycle), runtime)
+    [(before, during, batch)] = seen
+    assert during is before and before.sites["local"].pilot.slots == 2
+    assert runtime.config.sites["local"].pilot.slots == 5  # the next cycle's
+    # the cycle's batch system was the old settings'; the next cycle's has the new ones
+    assert batch.site.pilot.slots == 2  # type: ignore[attr-defined]
+    assert runtime.batch_system("local").site.pilot.slots == 5  # type: ignore[attr-defined]
+
+
+def test_an_unchanged_site_keeps_its_batch_system_and_so_its_child_pilots(
+        runtime: Runtime, tower_yaml: Path) -> None:
+    batch = runtime.batch_system("local")
+    edit(tower_yaml, lambda data: data["retry"].update(policy="strict"))
+    assert reloading.reload(runtime)
+    assert runtime.config.retry.policy == "strict"
+    assert runtime.config.sites["local"] is not None
+    assert runtime.batch_system("local") is batch

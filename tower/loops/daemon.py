@@ -45,7 +45,7 @@ def run_cycle(runtime: Runtime) -> None:
 def run_guarded(loop: Loop, runtime: Runtime) -> bool:
     """Run one cycle of `loop`; returns whether it did any work."""
     try:
-        return busy(loop.run_once(runtime))
+        return busy(loop.run_once(runtime.snapshot()))
     except Exception:  # the loop boundary: log with traceback, try again next cycle
         log.exception("loop=%s cycle failed", loop.name)
         return False
