@@ -2,7 +2,8 @@
 a good file is put in force while a production runs, and the production completes; a bad
 one is refused, logged naming the file and the key, and the old configuration stays. Its
 log is JSON lines, as tower.yaml's `logging` section asks, and lines about a job carry
-the production, the job and the attempt."""
+the production, the job and the attempt. Under systemd (NOTIFY_SOCKET) it says when it is
+ready and feeds the watchdog while its loops cycle."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +32,11 @@ LOGGING = {"level": "INFO", "format": "json", "file": {"path": "logs/tower.log"}
 class Running:
     """`tower run` in a process of its own, its API on a free port."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, **variables: str) -> None:
         self.config = config
         self.stderr = config.parent / "stderr.txt"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("TOWER_")}
+        environment.update(variables)
         with open(self.stderr, "wb") as sink:
             self.process = subprocess.Popen([*TOWER, "--config", str(config), "run", *args],
                                             stdout=subprocess.DEVNULL, stderr=sink,
@@ -77,8 +80,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
 def running() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(config: Path, *args: str) -> Running:
-        started.append(Running(config, *args))
+    def start(config: Path, *args: str, **variables: str) -> Running:
+        started.append(Running(config, *args, **variables))
         return started[-1]
 
     yield start
@@ -167,3 +170,15 @@ def test_tower_reload_checks_the_files_first_then_asks_the_running_tower(
     wait_for(lambda: bool(tower_run.logged(r"^reload: ")))
     assert tower_run.logged(r"^reload: site added: second; site changed: local \(limits\)$")
     assert tower_run.sites() == {"local", "second"}
+
+
+def test_under_systemd_it_says_ready_and_feeds_the_watchdog_while_its_loops_cycle(
+        tmp_path: Path, running: Callable[..., Running]) -> None:
+    config = write_home(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'tower.db'}")
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(30)
+        running(config, NOTIFY_SOCKET=address, WATCHDOG_USEC="1000000")
+        said = [systemd.recv(100).decode() for _ in range(3)]
+    assert said == ["READY=1", "WATCHDOG=1", "WATCHDOG=1"]
