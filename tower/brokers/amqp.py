@@ -103,7 +103,7 @@ class AmqpBroker:
         parameters = connection_parameters(
             self.url, ca_file=self.options.ca_file, cert_file=self.options.cert_file,
             key_file=self.options.key_file, timeout=timeout)
-        parameters.connection_attempts = 1
+        parameters.connection_attempts, parameters.stack_timeout = 1, timeout
         try:
             pika.BlockingConnection(parameters).close()
         except CONNECTION_ERRORS as exc:

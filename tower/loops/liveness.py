@@ -140,7 +140,11 @@ class Probe:
         self._at = 0.0
 
     def __call__(self) -> dict[str, Check]:
-        with self._lock:
+        # while a probe runs, others take the last answer rather than wait for it (a probe
+        # may take PROBE_TIMEOUT per check; no caller should hold a thread that long)
+        if not self._lock.acquire(blocking=not self._answer):
+            return self._answer
+        try:
             if time.monotonic() - self._at >= PROBE_REUSE:
                 answer = readiness(self.runtime)
                 for name, check in answer.items():
@@ -151,6 +155,8 @@ class Probe:
                         log.warning("readiness: %s ok again", name)
                 self._answer, self._at = answer, time.monotonic()
             return self._answer
+        finally:
+            self._lock.release()
 
 
 def record_loops(session: Session, runtime: Runtime) -> None:
