@@ -178,7 +178,7 @@ def reload(as_json: bool) -> int:
     from tower.loops import liveness
     from tower.model.db import transaction
 
-    opened = runtime()  # loads and checks tower.yaml, sites.yaml and the policies
+    opened = runtime(create=False)  # loads and checks tower.yaml, sites.yaml, the policies
     try:
         with transaction(opened.engine) as session:
             asked = liveness.ask_reload(session)
