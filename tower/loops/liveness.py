@@ -238,7 +238,9 @@ def keep(runtime: Runtime, stop: threading.Event, hangup: threading.Event,
         while not stop.is_set():
             requested = False
             try:
-                with transaction(runtime.engine) as session:
+                # an API-only process writes nothing here: a read, not a write transaction
+                with (transaction(runtime.engine) if runtime.pulses
+                      else Session(runtime.engine)) as session:
                     record_loops(session, runtime)
                     asked = _reload_asked(session)
                 requested, handled, read = read and asked != handled, asked, True
@@ -246,7 +248,10 @@ def keep(runtime: Runtime, stop: threading.Event, hangup: threading.Event,
                 log.exception("loop pulses not recorded")
             if hangup.is_set() or requested:
                 hangup.clear()
-                reload()
+                try:
+                    reload()
+                except Exception:  # the thread's boundary: the old configuration stays
+                    log.exception("reload failed, the configuration in force stays")
             if period is not None and time.monotonic() - fed >= period and fit(runtime):
                 notify("WATCHDOG=1")
                 fed = time.monotonic()
