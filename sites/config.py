@@ -3,13 +3,44 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, model_validator
 
 from sites.errors import ConfigError
-from sites.schema import Int32, Megabytes, Seconds, Strict, build, read_yaml
+from sites.schema import Cores, Int32, Megabytes, Seconds, Strict, build, read_yaml
+
+#: What a job needs of the pilot that runs it, in the order a misfit is told.
+NEEDS = ("cores", "memory", "walltime")
+#: The needs a retry may grow: a job then has its own, in the columns of these names.
+GROWN = ("memory", "walltime")
+_UNITS = {"cores": " cores", "memory": " MB", "walltime": "s"}
+
+
+def amount(need: str, value: int) -> str:
+    """`value` of `need` as messages show it: 8 cores, 2000 MB, 3600s."""
+    return "1 core" if need == "cores" and value == 1 else f"{value}{_UNITS[need]}"
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one job needs: cores, memory (MB; None: it asks none) and walltime (s)."""
+
+    cores: int
+    memory: int | None
+    walltime: int
+
+    def grown(self, memory: int | None, walltime: int | None) -> Needs:
+        """These needs with a job's own memory and walltime (a retry grew them) where those are
+        larger: a production tuned up since the retry gives its jobs the tuned value."""
+        return replace(self, memory=_larger(memory, self.memory),
+                       walltime=_larger(walltime, self.walltime) or self.walltime)
+
+
+def _larger(own: int | None, production: int | None) -> int | None:
+    return production if own is None else own if production is None else max(own, production)
 
 
 class PilotShape(Strict):
@@ -17,7 +48,11 @@ class PilotShape(Strict):
 
     #: Payloads a pilot runs at once.
     slots: Int32 = Field(default=1, gt=0)
-    cores: Int32 = Field(default=1, gt=0)
+    #: Cores and memory (MB) of the whole pilot, shared by the jobs it runs at once: a job
+    #: needing more than the pilot has is never matched to it. Memory unset means the site
+    #: does not say: the tower then matches jobs of any memory there (the batch system
+    #: enforces what it enforces), so a site admin who wants memory matched declares it.
+    cores: Cores = 1
     memory: Megabytes | None = Field(default=None, gt=0)
     walltime: Seconds = Field(default=3600, gt=0)
     #: The pilot stops taking work when less than the next job's walltime plus this remains.
@@ -30,6 +65,41 @@ class PilotShape(Strict):
         """The longest walltime a job may ask and still be taken: a pilot takes a job only
         when the job's walltime plus the drain margin fits in its walltime left."""
         return self.walltime - self.drain_margin
+
+    def offer(self, need: str) -> int | None:
+        """The most of `need` (one of NEEDS) this pilot gives one job; None: not known,
+        no limit."""
+        return {"cores": self.cores, "memory": self.memory, "walltime": self.longest_job}[need]
+
+    def holds(self, need: str, value: int | None) -> bool:
+        """Whether a job asking `value` of `need` (None: nothing) fits this pilot."""
+        offered = self.offer(need)
+        return value is None or offered is None or value <= offered
+
+    def misfit(self, needs: Needs) -> str | None:
+        """The first need (of NEEDS) this pilot cannot hold, or None when it holds all: the
+        one test of whether a job fits a pilot, which matching, claims, the factory, submit
+        and retries share."""
+        return next((need for need in NEEDS if not self.holds(need, getattr(needs, need))),
+                    None)
+
+    def shortfall(self, needs: Needs) -> str | None:
+        """What this pilot lacks for a job of `needs`, as messages tell it; None when it
+        holds the job."""
+        need = self.misfit(needs)
+        if need is None:
+            return None
+        asked, offered = getattr(needs, need), self.offer(need)
+        assert asked is not None and offered is not None
+        margin = " (pilot walltime minus drain margin)" if need == "walltime" else ""
+        return (f"{need}: it needs {amount(need, asked)}, a pilot gives a job at most "
+                f"{amount(need, offered)}{margin}")
+
+    def summary(self) -> str:
+        """The shape as messages show it: 8 cores, 16000 MB, 595s a job."""
+        memory = "memory not declared" if self.memory is None else amount("memory", self.memory)
+        return (f"{amount('cores', self.cores)}, {memory}, "
+                f"{amount('walltime', self.longest_job)} a job")
 
 
 class Limits(Strict):

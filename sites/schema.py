@@ -42,6 +42,8 @@ MAX_SECONDS = 366 * 86400
 MAX_YAML_CHARACTERS = 2_000_000
 #: The largest memory size (1 PiB in MB).
 MAX_MEGABYTES = 1024**3
+#: The most cores a job or a pilot may have: more than any batch request of one pilot.
+MAX_CORES = 100_000
 
 #: A whole number of a 32-bit column.
 Int32 = Annotated[int, Ge(-MAX_ID - 1), Le(MAX_ID)]
@@ -51,6 +53,17 @@ Id = Annotated[int, Ge(0), Le(MAX_ID)]
 Seconds = Annotated[int, BeforeValidator(parse_duration), Le(MAX_SECONDS)]
 #: Megabytes, written as 2000 or "2GB".
 Megabytes = Annotated[int, BeforeValidator(parse_memory), Le(MAX_MEGABYTES)]
+
+
+def _count(value: Any) -> Any:
+    # YAML reads `yes` as true, which int() would take for 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number of cores, got {value!r}")
+    return value
+
+
+#: Cores of a job or a pilot.
+Cores = Annotated[int, BeforeValidator(_count), Ge(1), Le(MAX_CORES)]
 
 
 class OutOfBounds(ValueError):

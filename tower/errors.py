@@ -12,8 +12,8 @@ from sites.errors import BackendError, ConfigError, GridtowerError
 from transfer.errors import OutsideRoot, SourceError, TransferError
 
 __all__ = ["BackendError", "ConfigError", "Conflict", "Forbidden", "GridtowerError",
-           "IllegalTransition", "NotFound", "OutsideRoot", "SourceError", "SpecError",
-           "TransferError", "Unauthorized"]
+           "IllegalTransition", "NotFound", "OutsideRoot", "SchemaError", "SourceError",
+           "SpecError", "TransferError", "Unauthorized"]
 
 
 class SpecError(GridtowerError):
@@ -38,3 +38,10 @@ class Unauthorized(Forbidden):
     """A client certificate is required."""
 
     status = 401
+
+
+class SchemaError(GridtowerError):
+    """The database's schema revision is not this gridtower's: run `tower db upgrade`."""
+
+    status = 503
+    exit_code = 6

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from pilots.urls import redact
 from sites.batch import BatchSystem, open_batch_system
 from sites.config import SiteConfig
 from sites.runner import Runner, open_runner
@@ -54,9 +55,16 @@ class Runtime:
 
     @classmethod
     def open(cls, config: TowerConfig, create: bool = True) -> Runtime:
+        """The tower on `config`'s database: a new one gets its tables; one of another
+        schema revision raises SchemaError (`create=False`: nothing is checked or made, and
+        nothing connects yet)."""
         engine = make_engine(config.database_url)
         if create:
-            create_schema(engine)
+            try:
+                create_schema(engine, redact(config.database_url))
+            except BaseException:
+                engine.dispose()
+                raise
         return cls(config, engine, open_broker(config.broker_url, engine, config.broker_options,
                                                str(config.path)))
 

@@ -27,7 +27,7 @@ from tower.errors import Forbidden, GridtowerError
 from tower.loops import factory
 from tower.loops.site_status import site_queues
 from tower.management import approval, productions, progress, why
-from tower.model import fleet, jobs, tally
+from tower.model import fleet, jobs, tally, usage
 from tower.model.models import Attempt, Job, Output, Production, SiteHealth
 from tower.model.states import JOB_TERMINAL, JobState, PilotState
 from tower.retries import retry
@@ -169,6 +169,8 @@ def production(name: str) -> str:
         at_sites = _jobs_at_sites(session, pid)
         points = tally.activity(session, production_id=pid, since=utcnow() - WINDOW)
         parameters = sorted(productions.parameters(chosen))
+        used = usage.distribution(session, pid)
+        tuning = productions.tuning(session, pid)
         linked = set(session.exec(select(Production.name).where(
             col(Production.name).in_({origin for _, _, origin in parameters}))).all())
     failures: Counter[tuple[str, int]] = Counter()
@@ -184,7 +186,8 @@ def production(name: str) -> str:
     return render_template(
         "production.html", production=chosen, summary=summary, pace=pace,
         phase=progress.phase(chosen.state, summary["states"]),
-        parameters=parameters, linked=linked,
+        parameters=parameters, linked=linked, usage=used, tuning=tuning,
+        usage_figures=usage.FIGURES,
         failures=[{"class": kind, "code": code, "blame": blame(Outcome(kind)), "attempts": n}
                   for (kind, code), n in failures.most_common()],
         per_site=dict(sorted(per_site.items())), may_manage=_may_manage(),

@@ -15,8 +15,8 @@ from tests.conftest import write_home
 from tests.integration.conftest import assert_tally_matches, toy_production
 from tower.config import load_config
 from tower.management import productions, progress
-from tower.model import tally
-from tower.model.db import create_schema, transaction
+from tower.model import migrate, tally
+from tower.model.db import transaction
 from tower.model.models import Job, JobTally
 from tower.model.states import JobState, move_jobs
 from tower.runtime import Runtime
@@ -106,7 +106,8 @@ def test_a_database_from_before_the_tally_is_recounted(tmp_path: Path,
                   JobState.CANCELLED, "test")
     with runtime.engine.begin() as connection:
         connection.execute(text("DROP TABLE jobtally"))
-    create_schema(runtime.engine)
+        connection.execute(text("DROP TABLE alembic_version"))  # and before migrations
+    migrate.upgrade(runtime.engine, "the test's")
     with Session(runtime.engine) as session:
         assert productions.state_counts(session) == {1: {"defined": 30, "cancelled": 20}}
     assert_tally_matches(runtime.engine)

@@ -40,7 +40,8 @@ from tower.cli import (
 
 EPILOG = """Exit codes: 0 success, 1 failure (a database or other backend that fails
 included), 2 invalid input or configuration, 3 not found, 4 conflict (a state that forbids
-the action), 5 refused by a remote tower, 130 interrupted; a closed output pipe
+the action), 5 refused by a remote tower, 6 the database's schema revision is not this
+gridtower's (`tower db upgrade`), 130 interrupted; a closed output pipe
 (`tower jobs | head`) ends it quietly with 1."""
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from tower.cli.common import config, runtime, state
+from tower.cli.common import config, local_only, runtime, state
 
 if TYPE_CHECKING:
     from tower.runtime import Runtime
@@ -43,15 +43,19 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
     from tower.runtime import Runtime
 
     loaded = configured()
+    opened = Runtime.open(loaded)  # a database of another schema stops here, in one line
     server = None
     if not no_api:
         from web.server import start_server
 
-        server, url = start_server(loaded)
-        loaded = loaded.model_copy(update={"api": loaded.api.model_copy(update={"url": url})})
+        try:
+            server, url = start_server(loaded)
+        except BaseException:
+            opened.close()
+            raise
+        opened.config = loaded.model_copy(
+            update={"api": loaded.api.model_copy(update={"url": url})})
         print(f"tower: API at {url}", file=sys.stderr)
-    opened = Runtime.open(loaded)
-    if server is not None:
         server.bind(opened)
     stop = threading.Event()
     threads = daemon.run_forever(opened, stop)
@@ -127,9 +131,9 @@ def serve() -> int:
     from tower.loops import liveness
     from web.server import start_server
 
-    loaded = configured()
-    server, url = start_server(loaded)
-    opened = runtime()
+    configured()
+    opened = runtime()  # a database of another schema stops here, in one line
+    server, url = start_server(opened.config)
     server.bind(opened)
     stop = threading.Event()
     attend(opened, stop)
@@ -178,7 +182,8 @@ def reload(as_json: bool) -> int:
     from tower.loops import liveness
     from tower.model.db import transaction
 
-    opened = runtime(create=False)  # loads and checks tower.yaml, sites.yaml, the policies
+    local_only()
+    opened = runtime()  # loads and checks tower.yaml, sites.yaml, the policies; the schema
     try:
         with transaction(opened.engine) as session:
             asked = liveness.ask_reload(session)

@@ -1,12 +1,15 @@
-"""`tower db [check]`, and the database as every command reports it: a database that is
-missing, unreachable or of another schema is one line naming it, not a traceback (`tower -v`
-shows the traceback)."""
+"""`tower db [check]`, `db upgrade|current|history` (and `db revision`, for developers),
+and the database as every command reports it: a database that is missing, unreachable or of
+another schema is one line naming it, not a traceback (`tower -v` shows the traceback)."""
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import click
 
-from tower.cli.common import Group, config, json_option, print_json, state
+from tower.cli.common import Group, config, json_option, local_only, print_json, state
 
 
 def describe(error: BaseException, database: str | None) -> str | None:
@@ -37,7 +40,8 @@ def describe(error: BaseException, database: str | None) -> str | None:
 @click.pass_context
 def db(ctx: click.Context, as_json: bool) -> int | None:
     """the database: `db check` (the default) says which database the config names and
-    whether its tables and columns are the ones this tower expects; it makes no table"""
+    whether its tables and columns are the ones this tower expects (it makes no table);
+    `db upgrade` brings it to this gridtower's schema revision"""
     return check_schema(as_json) if ctx.invoked_subcommand is None else None
 
 
@@ -52,13 +56,14 @@ def check_schema(as_json: bool) -> int:
     from sqlalchemy import inspect
     from sqlmodel import SQLModel
 
-    from pilots.urls import redact
-    from tower.model.db import make_engine
+    from tower.model import revision
+    from tower.model.db import make_engine, raw_cursor
 
-    loaded = config()
-    where = state().database = redact(loaded.database_url)
+    loaded, where = _database()
     engine = make_engine(loaded.database_url)
     try:
+        with engine.connect() as connection:
+            found = revision.read(raw_cursor(connection))
         present = inspect(engine)
         tables = set(present.get_table_names())
         missing = sorted(set(SQLModel.metadata.tables) - tables)
@@ -67,21 +72,114 @@ def check_schema(as_json: bool) -> int:
                          if column.name not in {c["name"] for c in present.get_columns(name)})
     finally:
         engine.dispose()
-    current = not missing and not columns
+    trouble = revision.problem(found, where)
+    current = not missing and not columns and trouble is None
     if as_json:
-        print_json({"database": where, "current": current, "missing_tables": missing,
+        print_json({"database": where, "current": current, "revision": found or None,
+                    "head": revision.HEAD, "problem": trouble, "missing_tables": missing,
                     "missing_columns": columns})
     elif current:
-        print(f"{where}: schema current ({len(SQLModel.metadata.tables)} tables)")
+        print(f"{where}: schema current ({len(SQLModel.metadata.tables)} tables, revision "
+              f"{found})")
     else:
         empty = len(missing) == len(SQLModel.metadata.tables)
-        print(f"{where}: " + ("no tables yet (`tower submit` or `tower run` makes them)"
-                              if empty else "not this tower's schema"))
+        print(trouble if trouble and not empty else f"{where}: " + (
+            "no tables yet (`tower submit` or `tower run` makes them)" if empty
+            else "not this tower's schema"))
         for name in [] if empty else missing:
             print(f"  missing table {name}")
         for name in columns:
             print(f"  missing column {name}")
     return 0 if current else 1
+
+
+@db.command()
+@json_option
+def upgrade(as_json: bool) -> int:
+    """bring the database to this gridtower's schema revision, in one transaction (a new
+    database is made; one made before migrations is adopted first); back it up before"""
+    from tower.model import migrate
+    from tower.model.db import make_engine
+
+    loaded, where = _database()
+    engine = make_engine(loaded.database_url)
+    try:
+        done = migrate.upgrade(engine, where)
+    finally:
+        engine.dispose()
+    said = ("made at" if done.before is None else
+            "already at" if done.before == done.after else
+            f"upgraded from {done.before or 'before migrations'} to")
+    if as_json:
+        print_json({"database": where, "before": done.before, "after": done.after})
+    else:
+        print(f"{where}: {said} revision {done.after}")
+    return 0
+
+
+@db.command()
+@json_option
+def current(as_json: bool) -> int:
+    """the database's schema revision and this gridtower's (exit 6 unless they agree or the
+    database is new)"""
+    from tower.model import revision
+    from tower.model.db import make_engine, raw_cursor
+
+    loaded, where = _database()
+    engine = make_engine(loaded.database_url)
+    try:
+        with engine.connect() as connection:
+            found = revision.read(raw_cursor(connection))
+    finally:
+        engine.dispose()
+    trouble = revision.problem(found, where)
+    if as_json:
+        print_json({"database": where, "revision": found or None, "head": revision.HEAD,
+                    "new": found is None, "current": found == revision.HEAD,
+                    "problem": trouble})
+    else:
+        print(f"{where}: " + ("new (no table yet)" if found is None else
+                              "no revision (made before migrations)" if found == "" else
+                              f"revision {found}") + f"; this gridtower: {revision.HEAD}")
+        if trouble is not None:
+            print(f"tower: {trouble}", file=sys.stderr)
+    return 6 if trouble is not None else 0
+
+
+@db.command()
+@json_option
+def history(as_json: bool) -> int:
+    """the migrations this gridtower ships, oldest first"""
+    from tower.model import migrate
+
+    revisions = migrate.history()
+    if as_json:
+        print_json(revisions)
+    else:
+        for item in revisions:
+            print(f"{item['revision']}  {item['message'].splitlines()[0]}"
+                  + ("  (head)" if item["head"] else ""))
+    return 0
+
+
+@db.command(hidden=True)
+@click.option("-m", "--message", required=True, help="what the migration changes")
+def revision(message: str) -> int:
+    """for developers: write the next migration from the models (autogenerate against a
+    scratch SQLite database at head) and move HEAD in tower/model/revision.py to it"""
+    from tower.model import migrate
+
+    print(f"wrote {migrate.new_revision(message)}: read it, adjust it, test it")
+    return 0
+
+
+def _database() -> tuple[Any, str]:
+    from pilots.urls import redact
+
+    local_only()
+    loaded = config()
+    where = state().database = redact(loaded.database_url)
+    return loaded, where
 
 
 COMMANDS = [db]

@@ -204,8 +204,8 @@ def extend(production: str, events: int, as_json: bool) -> int:
 @click.argument("production", metavar="PRODUCTION")
 @json_option
 def show(production: str, as_json: bool) -> int:
-    """a production's every resolved setting with the production it comes from, its trial
-    and the decisions about it"""
+    """a production's every resolved setting with the production it comes from, its trial,
+    what its successful attempts used (median, p95, max) and the decisions about it"""
     from tower.management.progress import bar
 
     def local(runtime: Any, session: Any) -> Any:
@@ -228,16 +228,38 @@ def show(production: str, as_json: bool) -> int:
     report = data["trial_report"]
     if report:
         proposal = report["proposal"]
+        rate = report["seconds_per_event"]
         print(f"  trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
-              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB "
-              f"({report['memory_per_event_mb']} MB per event)")
+              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB, "
+              f"{rate['max'] if rate else '-'} s per event at most")
         print(f"  proposal: events_per_job {proposal['events_per_job']}, walltime "
               f"{proposal['walltime']}s, memory {proposal['memory']} MB ({proposal['why']})")
+    print_usage(data["usage"])
+    for row in data["tuning"]:
+        print(f"  tuned {row['setting']} {row['old']} -> {row['new']} at {row['at']} "
+              f"({row['reason']})")
     width = max((len(row["key"]) for row in data["settings"]), default=0)
     for row in data["settings"]:
         value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
         print(f"  {row['key']:<{width}}  {value:<40}  from {row['from']}")
     return 0
+
+
+def print_usage(usage: dict[str, Any] | None) -> None:
+    """The distributions of what the successful attempts used, as a table."""
+    from tower.model.usage import FIGURES
+
+    if not usage:
+        print("  usage: no successful attempt measured yet")
+        return
+    print(f"  usage of the latest {usage['attempts']} successful attempts (at most "
+          f"{usage['sample']}); efficiency overall {usage['overall_efficiency'] or '-'}")
+    width = max(len(label) for _, label in FIGURES)
+    print(f"    {'':<{width}}  {'median':>10}  {'p95':>10}  {'max':>10}")
+    for key, label in FIGURES:
+        figures = usage[key] or {}
+        print(f"    {label:<{width}}  " + "  ".join(
+            f"{figures.get(name, '-'):>10}" for name in ("median", "p95", "max")))
 
 
 @click.command()

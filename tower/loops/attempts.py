@@ -20,16 +20,24 @@ from sqlmodel import Session, col, select, tuple_
 
 from catalog.timeutil import utcnow
 from pilots.payload import stage_dir
+from sites.config import PilotShape
 from sites.schema import Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
 from tower.errors import OutsideRoot
 from tower.logs import about
 from tower.loops import placement
-from tower.management.specs import JobPlan, ProductionSpec, job_variables
-from tower.model import fleet
+from tower.management.specs import (
+    JobPlan,
+    ProductionSpec,
+    job_variables,
+    needs_of,
+    no_fit,
+    offers,
+)
+from tower.model import fleet, usage
 from tower.model.db import bulk_insert
 from tower.model.models import Attempt, Job, Output, Production
-from tower.model.states import JobState, move_jobs
+from tower.model.states import JOB_AT_SITE, JobState, move_jobs
 from tower.retries import retry
 from tower.retries.outcomes import Outcome
 from transfer.paths import NAME_MAX, inside, name_problem
@@ -68,6 +76,8 @@ class Report(Strict):
     outputs: list[OutputReport] = Field(default_factory=list, max_length=1000)
     #: The payload's peak resident memory (MB), measured by the pilot.
     max_rss_mb: Int32 | None = Field(default=None, ge=0)
+    cpu_seconds: float | None = Field(default=None, ge=0, le=1e9)
+    wall_seconds: float | None = Field(default=None, ge=0, le=1e9)
 
 
 @dataclass(frozen=True)
@@ -87,22 +97,32 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     """Give the pilot the jobs it may run now, with everything it needs to run them.
 
     A job that is not waiting for this attempt at this pilot's site (stale,
-    cancelled, claimed by another pilot) is refused with the reason. A claim
-    repeated by the pilot that holds the attempt is granted again: claiming is
-    idempotent, and the pilot runs each (job, attempt) once.
+    cancelled, claimed by another pilot) is refused with the reason. So is one the
+    pilot cannot hold (its cores, memory or walltime), which goes back to matching.
+    A claim repeated by the pilot that holds the attempt is granted again: claiming
+    is idempotent, and the pilot runs each (job, attempt) once.
     """
     pilot = fleet.require_working(session, pilot_id)
+    shape = fleet.shape(pilot, config.sites)
     jobs = _jobs(session, [job_id for job_id, _ in wanted], lock=True)
+    productions = _productions(session, {job.production_id for job in jobs.values()})
     answers: dict[tuple[int, int], dict[str, Any]] = {}
     eligible: list[int] = []
+    misfits: list[tuple[Job, str]] = []
     for job_id, number in wanted:
         job = jobs.get(job_id)
         refusal = _refusal(job, number, pilot.site)
+        if not refusal and shape is not None:
+            assert job is not None
+            refusal = _misfit(job, productions[job.production_id][0], shape)
+            if refusal:
+                misfits.append((job, refusal))
         if refusal:
             answers[(job_id, number)] = {"job": job_id, "attempt": number, "granted": False,
                                          "reason": refusal}
         else:
             eligible.append(job_id)
+    _rematch(session, config, pilot_id, misfits, productions)
     # a pilot may claim before the matchmaker recorded the broker's confirmation
     moved = set(move_jobs(session, eligible, [JobState.QUEUED, JobState.ASSIGNED],
                           JobState.RUNNING, f"claimed by pilot {pilot_id}"))
@@ -113,10 +133,10 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     # a claim repeated by its own pilot (its answer was lost) is granted again, the same
     moved |= _claimed_by(session, pilot_id, [key for key in answers
                                              if _current(jobs.get(key[0]), key[1])])
-    productions = _productions(session, {jobs[job_id].production_id for job_id in moved})
     # for each production that reads input data, where the site's jobs find it
     inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
-              for production_id, (_, lfns) in productions.items() if lfns}
+              for production_id in {jobs[job_id].production_id for job_id in moved}
+              if (lfns := productions[production_id][1])}
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
@@ -125,6 +145,34 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]
+
+
+def _misfit(job: Job, spec: ProductionSpec, shape: PilotShape) -> str | None:
+    """Why the pilot of `shape` cannot hold `job` (grown by a retry, or a stale message
+    from before sites.yaml changed), or None when it can."""
+    lacking = shape.shortfall(needs_of(spec).grown(job.memory, job.walltime))
+    return None if lacking is None else f"does not fit this pilot: {lacking}"
+
+
+def _rematch(session: Session, config: TowerConfig, pilot_id: str,
+             misfits: list[tuple[Job, str]],
+             productions: dict[int, tuple[ProductionSpec, Any]]) -> None:
+    """Send jobs a pilot could not hold back to matching, for a site whose pilots can;
+    a job no allowed site can hold any more is held, with why (else it would go round)."""
+    for job, refusal in misfits:
+        assert job.id is not None
+        spec = productions[job.production_id][0]
+        stuck = no_fit(needs_of(spec).grown(job.memory, job.walltime),
+                       offers(spec, config.sites, only_site=job.only_site))
+        reason = f"refused by pilot {pilot_id}: {refusal}"
+        if stuck is None:
+            move_jobs(session, [job.id], list(JOB_AT_SITE), JobState.DEFINED, reason,
+                      site=None, message=reason[:500])
+            continue
+        reason = f"{reason}; it fits no allowed site ({stuck[1]}): held"[:500]
+        if move_jobs(session, [job.id], list(JOB_AT_SITE), JobState.HELD, reason,
+                     message=reason):
+            retry.record_action(session, [job.id], "tower", "hold", reason)
 
 
 def _current(job: Job | None, number: int) -> bool:
@@ -178,12 +226,13 @@ def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSp
 
 def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
+    needs = needs_of(spec).grown(job.memory, job.walltime)
     return {
         "job": job.id, "attempt": job.attempt, "granted": True,
         "production": spec.name, "command": spec.command, "steering": spec.steering,
         "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
-        "outputs": spec.outputs, "walltime": job.walltime or spec.walltime, "cores": spec.cores,
-        "memory": job.memory or spec.memory,
+        "outputs": spec.outputs, "walltime": needs.walltime,
+        "cores": needs.cores, "memory": needs.memory,
     }
 
 
@@ -224,6 +273,7 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
     specs = _specs(session, {job.production_id for job in jobs.values()})
     verdicts = []
     succeeded: list[tuple[Job, Report]] = []
+    used: list[dict[str, Any]] = []
     for item in reports:
         # popped: the same attempt twice in one batch is ended once
         attempt = open_attempts.pop((item.job, item.attempt), None)
@@ -246,12 +296,27 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
         _end(session, attempt, outcome, reason, item)
         if outcome is Outcome.SUCCESS:
             succeeded.append((job, item))
+            used.append(_usage(job, spec, attempt, item))
         else:
             retry.settle(session, config, job, spec, attempt)
         verdicts.append(Verdict(item.job, item.attempt, problem is None,
                                 f"refused: {problem}" if problem else str(outcome)))
     _move_succeeded(session, succeeded)
+    usage.record(session, used)
     return verdicts
+
+
+def _usage(job: Job, spec: ProductionSpec, attempt: Attempt, item: Report) -> dict[str, Any]:
+    """What a successful attempt used, for tower.model.usage. A pilot that does not measure
+    wall time leaves the attempt's span at the tower (claim to report) in its place."""
+    assert attempt.ended_at is not None
+    wall = item.wall_seconds
+    if wall is None:
+        wall = max(0.0, (attempt.ended_at - attempt.started_at).total_seconds())
+    return {"production_id": job.production_id, "job_id": job.id, "attempt": item.attempt,
+            "site": attempt.site, "events": job.events, "cores": spec.cores,
+            "max_rss_mb": item.max_rss_mb, "cpu_seconds": item.cpu_seconds,
+            "wall_seconds": wall, "at": attempt.ended_at}
 
 
 def output_problem(item: Report, spec: ProductionSpec, storage: str | None,
@@ -330,6 +395,8 @@ def _end(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
     attempt.exit_code = item.exit_code
     attempt.signal = item.signal
     attempt.max_rss_mb = item.max_rss_mb
+    attempt.cpu_seconds = item.cpu_seconds
+    attempt.wall_seconds = item.wall_seconds
     retry.end_attempt(session, attempt, outcome, reason)
     attempt.log_tail = item.log_tail[-LOG_TAIL_LIMIT:]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from tower.loops import factory, matchmaker, monitor, stager, trial, wakeups
+from tower.loops import factory, matchmaker, monitor, stager, trial, tune, wakeups
 from tower.management import notify
 from tower.model import fleet, tally
 from tower.model.states import JOB_TERMINAL
@@ -32,6 +32,7 @@ LOOPS = (
     Loop("monitor", monitor.run_once),
     Loop("stager", stager.run_once),
     Loop("trials", trial.run_once),
+    Loop("tune", tune.run_once),
     Loop("notifier", notify.run_once),
 )
 

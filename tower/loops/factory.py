@@ -4,7 +4,7 @@ The rule, per site queue and cycle:
 
     demand  = jobs waiting for this site queue: its backlog (assigned, queued)
               plus defined jobs of active productions that allow the site, counting
-              only jobs whose walltime its pilots can give
+              only jobs its pilots can hold (cores, memory, walltime)
     wanted  = ceil(demand / payload slots per pilot) - pilots pending - pilots running
     submit  = min(wanted,
                   max_queued - pending,          # never more than max_queued waiting
@@ -29,9 +29,8 @@ import logging
 import math
 import sys
 import uuid
-from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, update
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import ago, utcnow
@@ -41,7 +40,9 @@ from tower.auth import credentials
 from tower.brokers.broker import queue_name
 from tower.errors import BackendError
 from tower.loops import health
-from tower.model import fleet, tally
+from tower.loops.matchmaker import PRODUCTION_CLAIMED, production_needs
+from tower.management.specs import needs_of
+from tower.model import fleet, jobs, tally
 from tower.model.db import insert_missing, transaction
 from tower.model.models import FactoryDecision, Job, Pilot, Production, SiteQueue
 from tower.model.states import JOB_AT_SITE, PRODUCTION_RUNNABLE, JobState, PilotState, move_pilots
@@ -99,6 +100,7 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
         reserved = [uuid.uuid4().hex for _ in range(count)]
         for pilot_id in reserved:
             session.add(Pilot(id=pilot_id, site=site.name, queue=queue, slots=site.pilot.slots,
+                              cores=site.pilot.cores, memory=site.pilot.memory,
                               walltime=site.pilot.walltime, log_path=batch.log_path(pilot_id)))
         limits = site.limits
         note = (f"pending {pending}/{limits.max_queued}, running {running}/{limits.max_running}"
@@ -185,47 +187,35 @@ def _note_error(session: Session, site: str, queue: str, error: str) -> None:
 
 def _demand(session: Session, site: SiteConfig, queue: str) -> int:
     """Jobs this site queue's pilots could run: those waiting there, and those it may take.
-    A job asking more walltime than its pilots give counts nowhere: a pilot that found it
-    would drain at once, and another would be submitted for it, without end."""
-    longest = site.pilot.longest_job
+    A job its pilots cannot hold (cores, memory, walltime) counts nowhere: a pilot that
+    found it would refuse it or drain at once, and another would be submitted for it,
+    without end."""
     at_site = session.exec(select(func.count()).select_from(Job).where(
         Job.site == site.name, Job.queue == queue, col(Job.state).in_(JOB_AT_SITE),
-        _fits(longest, _too_long(session, longest)))).one()
+        jobs.fitting(site.pilot, production_needs(session, PRODUCTION_CLAIMED)))).one()
     return at_site + waiting(session, site, queue)
 
 
-def _too_long(session: Session, longest: int) -> list[int]:
-    """Active productions whose jobs ask more walltime than `longest`."""
-    return [pid for pid, spec in session.exec(select(Production.id, Production.spec).where(
-        col(Production.state).in_(PRODUCTION_RUNNABLE))).all()
-        if pid is not None and spec["walltime"] > longest]
-
-
-def _fits(longest: int, too_long: list[int]) -> Any:
-    """Jobs whose walltime (their own, grown by a retry, or their production's) fits."""
-    return or_(col(Job.walltime) <= longest,
-               and_(col(Job.walltime).is_(None), col(Job.production_id).not_in(too_long)))
-
-
 def waiting(session: Session, site: SiteConfig, queue: str) -> int:
-    """Defined jobs of active productions that this site queue could take, their walltime
-    fitting its pilots (none while the site cools down)."""
+    """Defined jobs of active productions that this site queue could take, its pilots
+    holding their needs (none while the site cools down)."""
     if site.name in health.cooling(session):
         return 0
-    longest = site.pilot.longest_job
     allowing = [pid or 0 for pid, spec in session.exec(
         select(Production.id, Production.spec).where(
             col(Production.state).in_(PRODUCTION_RUNNABLE), Production.queue == queue)).all()
-        if (not spec.get("sites") or site.name in spec["sites"]) and spec["walltime"] <= longest]
+        if (not spec.get("sites") or site.name in spec["sites"])
+        and site.pilot.misfit(needs_of(spec)) is None]
     if not allowing:
         return 0
     # from the tally, not a count over a million defined jobs (a production's jobs all
-    # share its queue); the few a retry grew past the pilots' walltime are taken off
+    # share its queue); the few a retry grew past the pilots' shape (the misfits of
+    # productions that fit) are taken off
     counts = tally.counts(session)
     defined = [counts.get(pid, {}).get(JobState.DEFINED) for pid in allowing]
     grown = session.exec(select(func.count()).select_from(Job).where(
         Job.state == JobState.DEFINED, col(Job.production_id).in_(allowing),
-        col(Job.walltime) > longest)).one()
+        jobs.misfitting(site.pilot, {}))).one()
     return max(sum(count.jobs for count in defined if count is not None) - grown, 0)
 
 

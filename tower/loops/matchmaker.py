@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,10 +19,13 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import ago, utcnow
+from sites.config import Needs
 from tower.brokers.broker import Message, queue_name
 from tower.config import TowerConfig
 from tower.errors import BackendError
 from tower.loops import health, placement
+from tower.management.specs import needs_of
+from tower.model import jobs as job_rows
 from tower.model import tally
 from tower.model.db import transaction
 from tower.model.models import Job, Pilot, Production
@@ -31,6 +34,7 @@ from tower.model.states import (
     PRODUCTION_RUNNABLE,
     JobState,
     PilotState,
+    ProductionState,
     move_jobs,
 )
 from tower.runtime import Runtime
@@ -108,26 +112,21 @@ def _vanished(runtime: Runtime, depths: dict[SiteQueue, int | None]) -> list[Any
 
 
 def _recall(session: Session, runtime: Runtime) -> None:
-    """Take back to matching the jobs waiting at a site that cannot have them: those whose
-    walltime its pilots cannot give (a pilot finding one drains at once), and those beyond
-    its backlog bound for longer than `republish_after` (its pilots went away: the jobs are
-    free for another site). Their messages go stale; `_discard_stale` removes them."""
+    """Take back to matching the jobs waiting at a site that cannot have them: those its
+    pilots cannot hold (cores, memory or walltime: sites.yaml changed, or a stale message;
+    a pilot finding one too long drains at once), and those beyond its backlog bound for
+    longer than `republish_after` (its pilots went away: the jobs are free for another
+    site). Their messages go stale; `_discard_stale` removes them."""
     config = runtime.config
     held = backlog(session)
-    walltimes = {pid: spec["walltime"] for pid, spec in session.exec(
-        select(Production.id, Production.spec).where(
-            col(Production.state).in_(PRODUCTION_RUNNABLE))).all()}
+    needs = production_needs(session, PRODUCTION_CLAIMED)
     for (name, queue), bound in backlog_bounds(session, runtime).items():
-        longest = config.sites[name].pilot.longest_job
-        too_long = [pid for pid, walltime in walltimes.items() if walltime > longest]
+        shape = config.sites[name].pilot
         misfits = _ids(session, Job.site == name, Job.queue == queue,
-                       col(Job.state).in_(JOB_AT_SITE),
-                       or_(col(Job.walltime) > longest,
-                           and_(col(Job.walltime).is_(None),
-                                col(Job.production_id).in_(too_long))))
+                       col(Job.state).in_(JOB_AT_SITE), job_rows.misfitting(shape, needs))
         misfits = move_jobs(session, misfits, JOB_AT_SITE, JobState.DEFINED,
-                            f"its walltime does not fit site {name}'s pilots (at most "
-                            f"{longest}s)", site=None)
+                            f"it does not fit site {name}'s pilots ({shape.summary()})",
+                            site=None)
         excess = held.get((name, queue), 0) - len(misfits) - bound
         if excess > 0:
             # the last to be matched go first: the lowest priority, the newest
@@ -184,12 +183,13 @@ def _match(runtime: Runtime) -> list[Placed]:
         room = backlog_room(session, runtime)
         if not any(room.values()):
             return []
-        eligible = _eligible_sites(session, runtime)
-        candidates = _candidates(session, runtime, room, eligible)
+        needs = production_needs(session)
+        eligible = _eligible_sites(session, runtime, needs)
+        candidates = _candidates(session, runtime, room, eligible, needs)
         by_site: dict[str, list[Any]] = defaultdict(list)
         for job in candidates:
             sites = fitting(runtime.config, placed(job, eligible.get(job.production_id, [])),
-                            job.walltime)
+                            needs[job.production_id].grown(job.memory, job.walltime))
             site = _choose(room, sites, job.queue)
             if site is not None:
                 by_site[site].append(job)
@@ -206,7 +206,7 @@ def _match(runtime: Runtime) -> list[Placed]:
 
 
 def _candidates(session: Session, runtime: Runtime, room: dict[SiteQueue, int],
-                eligible: dict[int, list[str]]) -> list[Any]:
+                eligible: dict[int, list[str]], needs: dict[int, Needs]) -> list[Any]:
     """Defined jobs of runnable productions to match, in the order they get places: by
     fair share between production groups, then by priority within a group. Each site
     queue with room gets its own candidates, as many as its room, among the jobs it may
@@ -218,13 +218,14 @@ def _candidates(session: Session, runtime: Runtime, room: dict[SiteQueue, int],
         allowing = [pid for pid, sites in eligible.items() if site in sites]
         if free <= 0 or not allowing:
             continue
-        longest = runtime.config.sites[site].pilot.longest_job
+        fits = job_rows.fitting(runtime.config.sites[site].pilot,
+                                {pid: needs[pid] for pid in allowing})
         # no more candidates than there are places, each a row read and locked: its room,
         # beyond those another site queue took already (they may be among its own)
         limit = min(batch, free + len(chosen))
         for group in groups if len(groups) > 1 else [None]:
             for job in _defined(session, group, limit,
-                                _allowed_at(site, queue, allowing, longest)):
+                                _allowed_at(site, queue, allowing, fits)):
                 chosen.setdefault(job.id, job)
     per_group: dict[str, list[Any]] = defaultdict(list)
     for job in sorted(chosen.values(), key=lambda job: (-job.priority, job.id)):
@@ -233,17 +234,17 @@ def _candidates(session: Session, runtime: Runtime, room: dict[SiteQueue, int],
     return fair_order(per_group, usage, runtime.config.shares, min(batch, len(chosen)))
 
 
-def _allowed_at(site: str, queue: str, productions: list[int], longest: int) -> Any:
+def _allowed_at(site: str, queue: str, productions: list[int], fits: Any) -> Any:
     """The defined jobs a site queue may take: of productions allowing it, in its queue,
-    not pinned elsewhere, not grown past its pilots' walltime."""
+    not pinned elsewhere, that its pilots hold (`fits`, of `jobs.fitting`)."""
     return and_(col(Job.queue) == queue, col(Job.production_id).in_(productions),
-                or_(col(Job.only_site).is_(None), col(Job.only_site) == site),
-                or_(col(Job.walltime).is_(None), col(Job.walltime) <= longest))
+                or_(col(Job.only_site).is_(None), col(Job.only_site) == site), fits)
 
 
 #: What matching a job needs to know of it.
-TO_MATCH: tuple[Any, ...] = (Job.id, Job.attempt, Job.walltime, Job.production_id, Job.queue,
-                             Job.only_site, Job.avoid_sites, Job.priority, Production.group)
+TO_MATCH: tuple[Any, ...] = (Job.id, Job.attempt, Job.walltime, Job.memory, Job.production_id,
+                             Job.queue, Job.only_site, Job.avoid_sites, Job.priority,
+                             Production.group)
 
 
 def _defined(session: Session, group: str | None, limit: int, allowed: Any) -> list[Any]:
@@ -322,9 +323,22 @@ def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
             for key, bound in backlog_bounds(session, runtime).items()}
 
 
-def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
+#: Productions whose jobs at sites pilots may claim: a paused one's go on.
+PRODUCTION_CLAIMED = PRODUCTION_RUNNABLE | {ProductionState.PAUSED}
+
+
+def production_needs(session: Session, states: Collection[ProductionState] = PRODUCTION_RUNNABLE
+                     ) -> dict[int, Needs]:
+    """What the jobs of each production in `states` need (before a retry grows them)."""
+    return {pid: needs_of(spec) for pid, spec in session.exec(
+        select(Production.id, Production.spec).where(
+            col(Production.state).in_(states))).all() if pid is not None}
+
+
+def _eligible_sites(session: Session, runtime: Runtime,
+                    needs: dict[int, Needs]) -> dict[int, list[str]]:
     """For each active production, the enabled sites it allows that are not cooling down,
-    whose pilots can give its jobs their walltime, and, if it reads input data, hold all
+    whose pilots hold its jobs' needs, and, if it reads input data, hold all
     of it (else the data is asked to be staged in to one of them, and no site is eligible
     until it is there)."""
     cooling = health.cooling(session)
@@ -334,10 +348,11 @@ def _eligible_sites(session: Session, runtime: Runtime) -> dict[int, list[str]]:
     for production_id, spec, inputs in session.exec(
             select(Production.id, Production.spec, Production.inputs)
             .where(col(Production.state).in_(PRODUCTION_RUNNABLE))).all():
+        if production_id is None or production_id not in needs:
+            continue  # became runnable since `needs` was read: the next cycle has it
         allowed = spec.get("sites") or enabled
-        assert production_id is not None
         sites = fitting(runtime.config, [site for site in enabled if site in allowed],
-                        spec["walltime"])
+                        needs[production_id])
         if inputs:
             holding = placement.holding_sites(session, runtime.config, inputs, sites)
             if not holding and placement.request_stage_in(session, runtime.config, inputs,
@@ -358,10 +373,9 @@ def placed(job: Any, sites: list[str]) -> list[str]:
     return others or sites
 
 
-def fitting(config: TowerConfig, sites: list[str], walltime: int | None) -> list[str]:
-    """The sites whose pilots take a job of `walltime` (None: the production's, checked)."""
-    return [site for site in sites
-            if walltime is None or walltime <= config.sites[site].pilot.longest_job]
+def fitting(config: TowerConfig, sites: list[str], needs: Needs) -> list[str]:
+    """The sites whose pilots hold a job of `needs`."""
+    return [site for site in sites if config.sites[site].pilot.misfit(needs) is None]
 
 
 def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | None:

@@ -1,7 +1,8 @@
 """Trials: a production's first few events run before the rest, to learn what its jobs
 need. When every trial job has ended, the trial's successful attempts give the payload's
-walltime per event and peak memory, and from them a proposal for the full run: events
-per job and a walltime that fit the allowed sites' pilots, and the memory to ask for.
+wall and CPU seconds per event and peak memory (tower.model.usage), and from them a
+proposal for the full run: events per job and a walltime that fit the allowed sites'
+pilots, and the memory to ask for (no more than their pilots have).
 The production then waits for `tower approve` (or approves itself, if its request says
 so and every trial job succeeded).
 """
@@ -10,20 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from tower.config import TowerConfig
+from tower.loops import tune
 from tower.management import approval, productions
 from tower.management.progress import FINISHED
 from tower.management.specs import ProductionSpec, longest_walltime
-from tower.model import tally
+from tower.model import tally, usage
 from tower.model.db import transaction
-from tower.model.models import Attempt, Job, Production
-from tower.model.states import ProductionState
-from tower.retries.outcomes import Outcome
+from tower.model.models import Job, Production
+from tower.model.states import JobState, ProductionState
 from tower.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -69,29 +69,23 @@ def conclude(session: Session, config: TowerConfig, production: Production) -> N
 
 
 def measure(session: Session, production: Production) -> dict[str, Any]:
-    """What the trial's jobs took: their successful attempts' seconds per event and peak
-    memory, and how many jobs succeeded."""
-    jobs = session.exec(select(Job).where(Job.production_id == production.id,
-                                          col(Job.index) < production.trial_jobs)).all()
-    events = {job.id: job.events for job in jobs}
-    attempts = session.exec(select(Attempt).where(
-        col(Attempt.job_id).in_(list(events)), Attempt.outcome == Outcome.SUCCESS,
-        col(Attempt.ended_at).is_not(None))).all()
-    per_event = [(attempt.ended_at - attempt.started_at).total_seconds() / events[attempt.job_id]
-                 for attempt in attempts if attempt.ended_at is not None]
-    memory = [(attempt.max_rss_mb, events[attempt.job_id]) for attempt in attempts
-              if attempt.max_rss_mb is not None]
-    succeeded = sum(1 for job in jobs if job.state == "done")
+    """What the trial's jobs took: their successful attempts' usage as the pilots measured
+    it (peak memory, and CPU and wall seconds per event), and how many jobs succeeded."""
+    jobs = session.exec(select(Job.id, Job.state, Job.events).where(
+        Job.production_id == production.id, col(Job.index) < production.trial_jobs)).all()
+    ids = {job_id for job_id, _, _ in jobs}
+    # a trial's jobs are its production's first: the latest sample holds them all
+    figures = usage.describe([row for row in usage.latest(session, production.id or 0)
+                              if row.job_id in ids])
+    succeeded = sum(1 for _, state, _ in jobs if state == JobState.DONE)
+    memory = figures["memory_mb"] if figures else None
     return {
         "jobs": len(jobs), "succeeded": succeeded, "failed": len(jobs) - succeeded,
-        "events": sum(events.values()),
-        "seconds_per_event": ({"median": round(statistics.median(per_event), 4),
-                               "max": round(max(per_event), 4)} if per_event else None),
-        "peak_memory_mb": max(peak for peak, _ in memory) if memory else None,
-        # the peak is mostly what a payload holds whatever its events (geometry, tables);
-        # per event it bounds what a bigger job could need
-        "memory_per_event_mb": (round(max(peak / n for peak, n in memory), 3)
-                                if memory else None),
+        "events": sum(events for _, _, events in jobs),
+        "seconds_per_event": figures["wall_seconds_per_event"] if figures else None,
+        "cpu_seconds_per_event": figures["cpu_seconds_per_event"] if figures else None,
+        "peak_memory_mb": round(memory["max"]) if memory else None,
+        "usage": figures,
     }
 
 
@@ -115,12 +109,18 @@ def propose(spec: ProductionSpec, measured: dict[str, Any], config: TowerConfig
     walltime = min(max(math.ceil(events * per_event), 60), target)
     peak = measured["peak_memory_mb"]
     memory = math.ceil(peak * MEMORY_MARGIN) if peak else spec.memory
+    largest, _ = tune.pilot_bounds(spec, config.sites, memory)
+    if memory is not None and largest is not None:
+        memory = min(memory, largest)  # never more than a pilot of an allowed site has
+    cpu = measured.get("cpu_seconds_per_event")
     return {
         "events_per_job": events, "walltime": walltime, "memory": memory,
         "jobs": math.ceil((spec.events_total - (spec.trial.events if spec.trial else 0))
                           / events),
-        "why": f"{rate['max']:.3g}s per event at most in the trial, {WALLTIME_MARGIN}x for "
+        "why": f"{rate['max']:.3g}s per event at most in the trial (wall time, as the "
+               f"pilots measured it), {WALLTIME_MARGIN}x for "
                f"safety: {events} events fill {walltime}s of the {target}s a job may take"
+               + (f" ({cpu['median']:.3g}s of CPU per event, median)" if cpu else "")
                + (f"; peak memory {peak} MB, asking {memory} MB" if peak else ""),
     }
 

@@ -28,9 +28,9 @@ from tower.management.specs import (
     resolve_all,
     split,
 )
-from tower.model import tally
+from tower.model import tally, usage
 from tower.model.db import analyze_after_commit, bulk_insert
-from tower.model.models import Job, Output, Production
+from tower.model.models import Job, Output, Production, TuneDecision
 from tower.model.states import (
     PRODUCTION_TRANSITIONS,
     JobState,
@@ -411,7 +411,18 @@ def describe(session: Session, name: str) -> dict[str, Any]:
         "requested_by": production.requested_by, "decided_by": production.decided_by,
         "decided_at": production.decided_at.isoformat(timespec="seconds")
         if production.decided_at else None, "decision_note": production.decision_note,
+        "usage": usage.distribution(session, production.id or 0),
+        "tuning": tuning(session, production.id or 0),
     }
+
+
+def tuning(session: Session, production_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest changes `tune: auto` made to a production, newest first."""
+    rows = session.exec(select(TuneDecision).where(TuneDecision.production_id == production_id)
+                        .order_by(col(TuneDecision.id).desc()).limit(limit)).all()
+    return [{"at": row.at.isoformat(timespec="seconds"), "setting": row.setting,
+             "old": row.old, "new": row.new, "samples": row.samples, "p95": row.p95,
+             "factor": row.factor, "bound": row.bound, "reason": row.reason} for row in rows]
 
 
 def clone(session: Session, config: TowerConfig, source: str, name: str,

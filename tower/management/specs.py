@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
+from sites.config import NEEDS, Needs, PilotShape, amount
 from sites.schema import (
     MAX_INTEGER,
+    Cores,
     Int32,
     Megabytes,
     Seconds,
@@ -75,6 +77,35 @@ class TrialSpec(Strict):
     target_walltime: Seconds | None = Field(default=None, gt=0)
 
 
+#: `tune: auto`'s defaults: the safety factor on the observed p95, and the successful
+#: attempts it waits for before it changes anything.
+TUNE_FACTOR = 1.5
+TUNE_MIN_SAMPLE = 20
+
+
+class TuneSpec(Strict):
+    """`tune: auto`: later jobs' memory and walltime follow what the production's successful
+    attempts used — their p95 times `factor` — within what the allowed sites' pilots offer
+    (tower.loops.tune)."""
+
+    mode: Literal["off", "auto"] = "auto"
+    factor: float = Field(default=TUNE_FACTOR, ge=1.0, le=10.0, strict=True)
+    min_sample: int = Field(default=TUNE_MIN_SAMPLE, ge=5, le=1000, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `tune: auto`; YAML reads a bare `off` as false
+        if value is False:
+            return {"mode": "off"}
+        if isinstance(value, str):
+            return {"mode": value}
+        if not isinstance(value, dict):
+            raise ValueError("expected auto, off, or a mapping such as {mode: auto, factor: "
+                             f"1.5, min_sample: 20}}, got {value!r}")
+        return value
+
+
 class ProductionSpec(Strict):
     """A production request, resolved (every inherited key filled in)."""
 
@@ -90,7 +121,8 @@ class ProductionSpec(Strict):
     events_total: int = Field(gt=0)
     events_per_job: Int32 = Field(gt=0)
     walltime: Seconds = Field(gt=0)
-    cores: Int32 = Field(default=1, gt=0)
+    #: What each job needs of its pilot; memory unset: the job asks none.
+    cores: Cores = 1
     memory: Megabytes | None = Field(default=None, gt=0)
     sites: list[str] = Field(default_factory=list)
     queue: str = Field(default="default", pattern=NAME_PATTERN)
@@ -98,6 +130,8 @@ class ProductionSpec(Strict):
     #: The fair-share group its jobs count against (tower.yaml `shares`).
     group: str = Field(default="default", pattern=NAME_PATTERN)
     trial: TrialSpec | None = None
+    #: `auto`: memory and walltime follow the successful attempts' p95 (TuneSpec).
+    tune: TuneSpec | None = None
     retry: RetrySpec = RetrySpec()
     #: Catalog files every job reads: logical names (/dataset/file) or dataset names.
     inputs: list[str] = Field(default_factory=list)
@@ -430,7 +464,7 @@ def preview(spec: ProductionSpec) -> dict[str, Any]:
     }
 
 
-# -- where the jobs run: walltime on offer, files named under ${spec_dir} ----------------------
+# -- where the jobs run: pilots that hold their needs, files named under ${spec_dir} ----------
 
 #: `${spec_dir}` in a template and the path that follows it, up to a space, a quote, a
 #: separator or another variable.
@@ -442,23 +476,70 @@ SHIPPING = ("a request sent from another machine names files there, which no job
             "file's directory at the tower, for requests submitted there")
 
 
+def needs_of(spec: ProductionSpec | Mapping[str, Any]) -> Needs:
+    """What each job of a production needs (before a retry grows it); `spec` may be the
+    stored dict."""
+    return Needs(cores=_key(spec, "cores") or 1, memory=_key(spec, "memory"),
+                 walltime=_key(spec, "walltime"))
+
+
+def _key(spec: ProductionSpec | Mapping[str, Any], key: str) -> Any:
+    return spec.get(key) if isinstance(spec, Mapping) else getattr(spec, key)
+
+
+def offers(spec: ProductionSpec | Mapping[str, Any], sites: Mapping[str, Any],
+           only_site: str | None = None) -> dict[str, PilotShape]:
+    """The pilot shapes a job of `spec` may get, by `site/queue`: those of the enabled
+    sites it allows (only `only_site`, when given) that serve its queue."""
+    queue, allowed = _key(spec, "queue") or "default", _key(spec, "sites") or []
+    return {f"{name}/{queue}": site.pilot for name, site in sites.items()
+            if site.enabled and queue in site.queues and (not allowed or name in allowed)
+            and (only_site is None or name == only_site)}
+
+
+def no_fit(needs: Needs, shapes: Mapping[str, PilotShape]) -> tuple[str, str] | None:
+    """(field, why) when no pilot of `shapes` (by `site/queue`) can hold a job of `needs`,
+    naming the need and the largest pilot on offer; None when one can, or none is on offer
+    (nothing is known to compare with)."""
+    if not shapes or any(shape.misfit(needs) is None for shape in shapes.values()):
+        return None
+    for need in NEEDS:
+        asked = getattr(needs, need)
+        offered = [(shape.offer(need), label) for label, shape in shapes.items()]
+        if asked is None or any(value is None for value, _ in offered):
+            continue  # some pilot's memory is not declared: it takes any
+        largest, label = max(offered, key=lambda item: item[0] or 0)
+        assert largest is not None
+        if asked > largest:
+            if need == "walltime":
+                return need, (f"walltime: {amount(need, asked)} fits no site; the largest "
+                              f"pilots give a job at most {amount(need, largest)} ({label}: "
+                              "pilot walltime minus its drain margin)")
+            return need, (f"{need}: {amount(need, asked)} fits no site; the largest pilots "
+                          f"offer {amount(need, largest)} ({label})")
+    # each need fits some pilot, but no pilot all of them
+    first = next(iter(shapes.values())).misfit(needs) or NEEDS[0]
+    asked = ", ".join(amount(need, getattr(needs, need)) for need in NEEDS
+                      if getattr(needs, need) is not None)
+    return first, (f"{first}: {asked} together fit no site's pilots: "
+                   + "; ".join(f"{label} offers {shape.summary()}"
+                               for label, shape in shapes.items()))
+
+
 def longest_walltime(spec: ProductionSpec, sites: Mapping[str, Any]) -> int | None:
     """The longest walltime a job of `spec` can get from the pilots of the enabled sites it
     allows in its queue (a pilot keeps its drain margin), or None if no such site."""
-    room = [site.pilot.longest_job for name, site in sites.items()
-            if site.enabled and spec.queue in site.queues
-            and (not spec.sites or name in spec.sites)]
+    room = [shape.longest_job for shape in offers(spec, sites).values()]
     return max(room) if room else None
 
 
 def check_placement(spec: ProductionSpec, where: str, sites: Mapping[str, Any]) -> None:
-    """Checks that the jobs can run where they go: a pilot of an allowed site can give
-    them their walltime, and every file named under `${spec_dir}` exists."""
-    longest = longest_walltime(spec, sites)
-    if longest is not None and spec.walltime > longest:
-        raise SpecError(f"{where}: walltime: {spec.walltime}s is more than any allowed site's "
-                        f"pilots give a job: at most {longest}s (pilot walltime minus its "
-                        "drain margin)", field="walltime")
+    """Checks that the jobs can run where they go: a pilot of an allowed site can hold
+    their cores, memory and walltime, and every file named under `${spec_dir}` exists."""
+    misfit = no_fit(needs_of(spec), offers(spec, sites))
+    if misfit is not None:
+        field, why = misfit
+        raise SpecError(f"{where}: {why}", field=field)
     steps = ((f"post[{n}]", text) for n, text in enumerate(spec.post))
     for field, text in (*templates(spec), *steps):
         for match in SPEC_DIR_PATH.finditer(text):

@@ -12,10 +12,12 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
+from sites.config import Needs
 from tower.config import TowerConfig
 from tower.errors import NotFound
 from tower.loops import health
 from tower.loops.matchmaker import placed
+from tower.management.specs import needs_of
 from tower.model import fleet, jobs
 from tower.model.models import Attempt, FactoryDecision, Job, Output, Production, RetryDecision
 from tower.model.states import PRODUCTION_RUNNABLE, JobState, PilotState
@@ -119,9 +121,9 @@ def _waiting(session: Session, config: TowerConfig, job: Job, production: Produc
     allowed = production.spec.get("sites") or list(config.sites)
     candidates = placed(job, [site for site in config.sites if site in allowed])
     cooling = health.cooling(session)
-    walltime = job.walltime or production.spec["walltime"]
+    needs = needs_of(production.spec).grown(job.memory, job.walltime)
     for site in candidates:
-        lines.append(_site_line(session, config, site, job.queue, cooling, walltime))
+        lines.append(_site_line(session, config, site, job.queue, cooling, needs))
     if not candidates:
         lines.append("No site may take it: its production allows "
                      f"{', '.join(allowed)}.")
@@ -129,13 +131,12 @@ def _waiting(session: Session, config: TowerConfig, job: Job, production: Produc
 
 
 def _site_line(session: Session, config: TowerConfig, site: str, queue: str,
-               cooling: dict[str, Any], walltime: int) -> str:
+               cooling: dict[str, Any], needs: Needs) -> str:
     if not config.sites[site].enabled:
         return f"Site {site} is disabled in sites.yaml."
-    longest = config.sites[site].pilot.longest_job
-    if walltime > longest:
-        return (f"Site {site} does not fit it: its walltime is {walltime}s and the site's "
-                f"pilots give a job at most {longest}s (pilot walltime minus drain margin).")
+    lacking = config.sites[site].pilot.shortfall(needs)
+    if lacking is not None:
+        return f"Site {site} does not fit it: {lacking}."
     if site in cooling:
         record = cooling[site]
         return (f"Site {site} is out of brokering until {record.cooldown_until:%H:%M:%S} UTC: "

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import JSON, Engine, event, insert, inspect
+from sqlalchemy import JSON, Connection, Engine, event, insert
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -65,17 +65,45 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table that does not exist yet."""
-    from tower.model import tally
+def create_schema(engine: Engine, where: str | None = None) -> None:
+    """Make a new database's tables at the head revision, or check that a database that has
+    them is at it: one of another revision raises SchemaError (`tower db upgrade` moves it),
+    in one line naming `where` (else the engine's URL, password hidden)."""
+    from tower.model import revision
 
-    new_tally = not inspect(engine).has_table("jobtally")
-    SQLModel.metadata.create_all(engine)
-    if engine.dialect.name == "postgresql":
-        _vacuum_often(engine)
-    if new_tally:  # a database from before the tally: count its jobs once
-        with transaction(engine) as session:
-            tally.rebuild(session)
+    where = where or engine.url.render_as_string(hide_password=True)
+    with engine.begin() as connection:
+        lock_schema(connection)
+        if revision.check(raw_cursor(connection), where) == revision.EMPTY:
+            make_at_head(connection)
+
+
+def make_at_head(connection: Connection) -> None:
+    """The tables of the models, stamped with the head revision: the schema the migrations
+    make from nothing (tests/integration/test_migrations.py compares the two), in one
+    statement per table rather than a replay of every migration."""
+    from tower.model import migrate  # Alembic: only for a new database
+
+    SQLModel.metadata.create_all(connection)
+    migrate.stamp(connection)
+    if connection.dialect.name == "postgresql":
+        _vacuum_often(connection)
+
+
+def lock_schema(connection: Connection) -> None:
+    """Two processes starting on one new database make its tables once: on PostgreSQL the
+    second waits here for the first's transaction; on SQLite BEGIN IMMEDIATE did it."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+
+
+#: The advisory lock key of schema changes (any number no other user of the database takes).
+SCHEMA_LOCK = 0x67726964
+
+
+def raw_cursor(connection: Connection) -> Any:
+    """A DB-API cursor in `connection`'s transaction, for tower.model.revision."""
+    return connection.connection.cursor()
 
 
 #: Tables whose rows change state all day: PostgreSQL's default waits for a fifth of a
@@ -84,12 +112,11 @@ def create_schema(engine: Engine) -> None:
 HOT_TABLES = ("job", "attempt", "output", "queuemessage", "pilot", "jobtally", "activity")
 
 
-def _vacuum_often(engine: Engine) -> None:
-    with engine.begin() as connection:
-        for table in HOT_TABLES:
-            connection.exec_driver_sql(
-                f"ALTER TABLE {table} SET (autovacuum_vacuum_scale_factor = 0.01, "
-                "autovacuum_analyze_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 1)")
+def _vacuum_often(connection: Connection) -> None:
+    for table in HOT_TABLES:
+        connection.exec_driver_sql(
+            f"ALTER TABLE {table} SET (autovacuum_vacuum_scale_factor = 0.01, "
+            "autovacuum_analyze_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 1)")
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
+from sites.config import PilotShape, SiteConfig
 from tower.errors import Conflict, NotFound
 from tower.model.models import Pilot
 from tower.model.states import PILOT_ACTIVE, PilotState, move_pilots
@@ -55,6 +57,16 @@ def listing(session: Session, site: str | None = None, state: str | None = None,
     if state is not None:
         query = query.where(Pilot.state == state)
     return [pilot.model_dump(mode="json") for pilot in session.exec(query).all()]
+
+
+def shape(pilot: Pilot, sites: Mapping[str, SiteConfig]) -> PilotShape | None:
+    """The shape `pilot` was submitted with (its site's drain margin kept); None when its
+    site is gone from sites.yaml."""
+    site = sites.get(pilot.site)
+    if site is None or pilot.cores is None:
+        return site.pilot if site else None
+    return site.pilot.model_copy(update={"cores": pilot.cores, "memory": pilot.memory,
+                                         "walltime": pilot.walltime})
 
 
 def register(session: Session, pilot_id: str, host: str | None) -> Pilot:

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
+from sites.config import GROWN, Needs, PilotShape
 from tower.errors import NotFound
 from tower.model.models import Attempt, Job, JobEvent, Production
 from tower.model.states import JobState
+
+
+def fitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
+    """A condition on jobs: of the productions in `needs` (each production's needs), those
+    a pilot of `shape` holds, by `PilotShape.holds`, with their own memory and walltime
+    where a retry grew them (`Needs.grown`: both the job's own and its production's must
+    fit). `misfitting` is its complement (among those productions)."""
+    def by_production(need: str) -> Any:
+        return col(Job.production_id).in_(
+            [pid for pid, asked in needs.items() if shape.holds(need, getattr(asked, need))])
+
+    conditions = [by_production("cores")]
+    for need in GROWN:
+        offered, own = shape.offer(need), col(getattr(Job, need))
+        if offered is not None:
+            conditions += [or_(own.is_(None), own <= offered), by_production(need)]
+    return and_(*conditions)
+
+
+def misfitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
+    """The jobs of the productions in `needs` that `fitting` leaves out, and any job a retry
+    grew past `shape` (its own memory or walltime): written so the partial indexes of the
+    grown columns serve it, not a scan of every job of a production."""
+    def by_production(need: str) -> Any:
+        return col(Job.production_id).in_(
+            [pid for pid, asked in needs.items() if not shape.holds(need, getattr(asked, need))])
+
+    conditions = [by_production("cores")]
+    for need in GROWN:
+        offered, own = shape.offer(need), col(getattr(Job, need))
+        if offered is not None:
+            conditions += [own > offered, by_production(need)]
+    return or_(*conditions)
 
 
 def list_jobs(session: Session, production: str | None = None, state: str | None = None,

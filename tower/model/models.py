@@ -36,6 +36,8 @@ class Production(SQLModel, table=True):
     #: What the trial measured and proposes for the full run (walltime, memory, events
     #: per job), once it ended.
     trial_report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
+    #: When `tune: auto` last looked at its successful attempts (tower.loops.tune).
+    tuned_at: datetime | None = None
     queue: str = Field(default="default", max_length=100)
     events_total: int = Field(sa_type=BigInteger)
     events_per_job: int
@@ -58,10 +60,12 @@ class Job(SQLModel, table=True):
         Index("ix_job_state_priority", "state", "priority", "id"),
         Index("ix_job_production_state", "production_id", "state"),
         Index("ix_job_site_state", "site", "state"),
-        # the few jobs a retry gave more walltime: the factory leaves out of a site's
-        # demand those its pilots cannot take
+        # the few jobs a retry gave more walltime or memory: the factory leaves out of a
+        # site's demand those its pilots cannot take
         Index("ix_job_grown_walltime", "walltime", postgresql_where=text("walltime IS NOT NULL"),
               sqlite_where=text("walltime IS NOT NULL")),
+        Index("ix_job_grown_memory", "memory", postgresql_where=text("memory IS NOT NULL"),
+              sqlite_where=text("memory IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -115,6 +119,8 @@ class Attempt(SQLModel, table=True):
     log_tail: str | None = Field(default=None, sa_column=Column(Text))
     #: The payload's peak resident memory (MB), as its pilot measured it.
     max_rss_mb: int | None = None
+    cpu_seconds: float | None = None
+    wall_seconds: float | None = None
 
 
 class Pilot(SQLModel, table=True):
@@ -126,6 +132,11 @@ class Pilot(SQLModel, table=True):
     state: PilotState = state_column(PilotState, PilotState.SUBMITTED)
     batch_id: str | None = Field(default=None, max_length=100)
     slots: int = 1
+    #: Its shape as submitted, which a claim checks jobs against: cores, memory (MB; None:
+    #: not declared, any job's memory fits) and walltime (s). Cores None: recorded before
+    #: pilots had a shape: its site's present one applies.
+    cores: int | None = None
+    memory: int | None = None
     walltime: int = 0
     host: str | None = Field(default=None, max_length=255)
     log_path: str | None = Field(default=None, max_length=1000)
@@ -206,6 +217,49 @@ class RetryDecision(SQLModel, table=True):
     passive: bool = False
     delay: int = 0
     reason: str = Field(default="", max_length=500)
+    at: datetime = Field(default_factory=utcnow)
+
+
+class Usage(SQLModel, table=True):
+    """What one successful attempt used, as its pilot measured it, with the job's events
+    and the production's cores then: the record `tower show`, the production page, the
+    trial and `tune: auto` read (tower.model.usage). Kept per production and in order, so
+    the latest few thousand of a production are one index range, whatever its size."""
+
+    __table_args__ = (Index("ix_usage_production_id", "production_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int
+    job_id: int
+    attempt: int
+    site: str = Field(max_length=100)
+    events: int
+    cores: int
+    #: Peak resident memory of the payload's process tree (MB); None when not measured.
+    max_rss_mb: int | None = None
+    cpu_seconds: float | None = None
+    wall_seconds: float
+    at: datetime = Field(default_factory=utcnow)
+
+
+class TuneDecision(SQLModel, table=True):
+    """A change `tune: auto` made to a production's memory or walltime, and the evidence."""
+
+    __table_args__ = (Index("ix_tunedecision_production_id", "production_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int
+    #: `memory` (MB) or `walltime` (s).
+    setting: str = Field(max_length=20)
+    old: int | None = None
+    new: int
+    #: Successful attempts measured, and the p95 they gave (MB, or seconds per event).
+    samples: int
+    p95: float
+    factor: float
+    #: The largest value an allowed site's pilots offer (None: no site declares one).
+    bound: int | None = None
+    reason: str = Field(max_length=500)
     at: datetime = Field(default_factory=utcnow)
 
 

@@ -25,7 +25,7 @@ from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound
 from tower.logs import about
 from tower.management import productions
-from tower.management.specs import ProductionSpec, longest_walltime
+from tower.management.specs import ProductionSpec, needs_of, no_fit, offers
 from tower.model import jobs, tally
 from tower.model.models import Attempt, Job, Production, RetryDecision
 from tower.model.states import JobState, move_jobs
@@ -72,7 +72,7 @@ def settle(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec
         return None
     name, policy = policy_of(config, spec)
     decision = decide(policy, history(session, job), spec.retry.max_attempts)
-    if not _move(session, job, spec, attempt, decision, longest_walltime(spec, config.sites)):
+    if not _move(session, job, spec, attempt, decision, config):
         return None
     _record(session, job, attempt.number, name, outcome, decision, spec.name)
     log.info("attempt ended %s (%r): %s", outcome, attempt.reason, decision.reason,
@@ -81,9 +81,9 @@ def settle(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec
 
 
 def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
-          decision: Decision, longest: int | None) -> bool:
-    """Apply `decision`; a retry whose grown walltime no allowed site's pilots can give
-    (`longest`) is held instead, with why: no pilot would ever take it."""
+          decision: Decision, config: TowerConfig) -> bool:
+    """Apply `decision`; a retry grown past what every allowed site's pilots can hold (its
+    memory or walltime) is held instead, with why: no pilot would ever take it."""
     assert job.id is not None
     reason = decision.reason
     if decision.action is Action.FAIL:
@@ -98,19 +98,23 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
         fields["only_site"] = attempt.site
     if decision.action is Action.RETRY_ELSEWHERE:
         fields["avoid_sites"] = sorted({*(job.avoid_sites or []), attempt.site})
+    current = needs_of(spec).grown(job.memory, job.walltime)
     if decision.walltime_factor:
-        grown = int((job.walltime or spec.walltime) * decision.walltime_factor)
+        grown = int(current.walltime * decision.walltime_factor)
         fields["walltime"] = min(grown, decision.max_walltime or grown)
-        if longest is not None and fields["walltime"] > longest:
-            reason = (f"{reason}, but its walltime grown to {fields['walltime']}s is more than "
-                      f"any allowed site's pilots give a job (at most {longest}s): held; "
-                      "`tower release` retries it with its walltime as it was")[:500]
+    if decision.memory_factor and current.memory:
+        grown = int(current.memory * decision.memory_factor)
+        fields["memory"] = min(grown, decision.max_memory or grown)
+    if "walltime" in fields or "memory" in fields:
+        needs = needs_of(spec).grown(fields.get("memory", job.memory),
+                                     fields.get("walltime", job.walltime))
+        stuck = no_fit(needs, offers(spec, config.sites, only_site=fields["only_site"]))
+        if stuck is not None:
+            field, why = stuck
+            reason = (f"{reason}, but grown so it fits no allowed site ({why}): held; "
+                      f"`tower release` retries it with its {field} as it was")[:500]
             return bool(move_jobs(session, [job.id], job.state, JobState.HELD, reason,
                                   message=reason))
-    base_memory = job.memory or spec.memory
-    if decision.memory_factor and base_memory:
-        grown = int(base_memory * decision.memory_factor)
-        fields["memory"] = min(grown, decision.max_memory or grown)
     return bool(move_jobs(session, [job.id], job.state, JobState.DEFINED, reason, **fields))
 
 
