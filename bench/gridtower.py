@@ -39,10 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.broker import postgres, vhost  # noqa: E402
 from bench.cpu import GRIDTOWER, CpuMeter  # noqa: E402
+from pilots.meter import WATCHES  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
 
 TOWER = [sys.executable, "-m", "tower.cli"]
-GAPS = re.compile(r"slot gaps: (\d+), median ([\d.]+) ms, p99 ([\d.]+) ms")
+GAPS = re.compile(r"slot gaps: (\d+), median ([\d.]+) ms, p99 ([\d.]+) ms"
+                  r"(?:, mean ([\d.]+) ms, max ([\d.]+) ms)?")
 
 
 def free_port() -> int:
@@ -62,10 +64,12 @@ def wait_listening(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"the API did not listen on port {port} within {timeout:.0f}s")
 
 
-def home(directory: Path, database: str, broker: str, pilots: int, slots: int) -> Path:
+def home(directory: Path, database: str, broker: str, pilots: int, slots: int,
+         memory_watch: str = "auto") -> Path:
     return write_home(
         directory, database,
-        site={"pilot": {"slots": slots, "cores": 1, "walltime": "1h", "idle_timeout": 5},
+        site={"pilot": {"slots": slots, "cores": slots, "walltime": "1h", "idle_timeout": 5,
+                        "memory_watch": memory_watch},
               "limits": {"max_queued": pilots, "max_running": pilots,
                          "max_per_cycle": pilots},
               "backlog": {"per_slot": 4}},
@@ -77,10 +81,10 @@ def home(directory: Path, database: str, broker: str, pilots: int, slots: int) -
 
 
 def run(jobs: int, pilots: int, slots: int, directory: Path,
-        timeout: float = 1200) -> dict[str, Any]:
+        timeout: float = 1200, memory_watch: str = "auto") -> dict[str, Any]:
     """One production of `jobs` trivial jobs; returns its rates, CPU and slot gaps."""
     with postgres() as database, vhost() as broker:
-        config = home(directory, database, broker, pilots, slots)
+        config = home(directory, database, broker, pilots, slots, memory_watch)
         request = directory / "trivial.yaml"
         request.write_text(yaml.safe_dump({
             "name": "trivial", "software": "coreutils", "command": ["/bin/true"],
@@ -133,13 +137,17 @@ def _gaps(database: str) -> dict[str, Any]:
     with psycopg.connect(database) as connection:
         paths = [row[0] for row in connection.execute("select log_path from pilot")]
     found = [GAPS.search(Path(path).read_text(errors="replace")) for path in paths if path]
-    numbers = [(int(m[1]), float(m[2]), float(m[3])) for m in found if m]
+    numbers = [(int(m[1]), float(m[2]), float(m[3]), float(m[4] or "nan"),
+                float(m[5] or "nan")) for m in found if m]
     if not numbers:
-        return {"gap_median_ms": None, "gap_p99_ms": None, "gaps": 0}
+        return {"gap_median_ms": None, "gap_p99_ms": None, "gap_mean_ms": None,
+                "gap_max_ms": None, "gaps": 0}
     by_median = sorted(numbers, key=lambda item: item[1])
+    count = sum(item[0] for item in numbers)
     return {"gap_median_ms": by_median[len(by_median) // 2][1],
             "gap_p99_ms": max(item[2] for item in numbers),
-            "gaps": sum(item[0] for item in numbers)}
+            "gap_mean_ms": sum(item[0] * item[3] for item in numbers) / count,
+            "gap_max_ms": max(item[4] for item in numbers), "gaps": count}
 
 
 def main() -> None:
@@ -148,10 +156,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--pilots", type=int, default=2)
     parser.add_argument("--slots", type=int, default=64, help="payload slots per pilot")
+    parser.add_argument("--memory-watch", default="auto", choices=WATCHES,
+                        help="how the pilots watch their payloads' memory (off: not at all)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        result = run(args.jobs, args.pilots, args.slots, Path(scratch))
+        result = run(args.jobs, args.pilots, args.slots, Path(scratch),
+                     memory_watch=args.memory_watch)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -160,8 +171,9 @@ def main() -> None:
           f"{result['wall_rate']:.0f} jobs/s over the whole run ({result['wall_s']:.1f}s)")
     print("CPU ms per job: " + ", ".join(f"{part} {ms:.2f}"
                                          for part, ms in result["cpu_per_job_ms"].items()))
-    print(f"slot gaps: median {result['gap_median_ms']} ms, p99 {result['gap_p99_ms']} ms "
-          f"over {result['gaps']}")
+    print(f"slot gaps: median {result['gap_median_ms']} ms, p99 {result['gap_p99_ms']} ms, "
+          f"mean {result['gap_mean_ms']:.2f} ms, max {result['gap_max_ms']} ms "
+          f"over {result['gaps']} (memory watch: {args.memory_watch})")
 
 
 if __name__ == "__main__":

@@ -35,11 +35,13 @@ class SlotGaps:
                 self._gaps.append(time.monotonic() - self._freed.popleft())
 
     def summary(self) -> str:
-        """Count, median and 99th percentile of the gaps, for the pilot's last log line."""
+        """Count, median, 99th percentile, mean and max of the gaps, for the pilot's last
+        log line."""
         with self._lock:
             gaps = sorted(self._gaps)
         if not gaps:
             return "no slot was reused"
         p99 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
         return (f"slot gaps: {len(gaps)}, median {1000 * statistics.median(gaps):.2f} ms, "
-                f"p99 {1000 * p99:.2f} ms")
+                f"p99 {1000 * p99:.2f} ms, mean {1000 * statistics.fmean(gaps):.2f} ms, "
+                f"max {1000 * gaps[-1]:.2f} ms")

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from pilots.client import TowerClient, TowerRefused, TowerUnreachable
+from pilots.meter import WATCHES
 from pilots.pilot import Pilot, PilotSettings
 from pilots.sources import open_source
 from pilots.units import parse_duration
@@ -28,7 +29,7 @@ EXIT_OK, EXIT_TOWER, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
 REQUIRED = ("tower", "site", "pilot_id", "scratch", "storage")
 DEFAULTS: dict[str, Any] = {
     "queue": "default", "source": "http", "broker_queue": None, "source_options": {},
-    "slots": 1, "cores": 1,
+    "slots": None, "cores": 1, "memory": None, "memory_tolerance": 0.1, "memory_watch": "auto",
     "walltime": "1h", "drain_margin": "60s", "idle_timeout": "120s", "heartbeat": "60s",
     "poll": 1.0, "patience": "300s", "credential": None, "tower_ca": None,
 }
@@ -49,8 +50,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source-option", action="append", metavar="KEY=VALUE", dest="source_options",
                    help="a setting of the source, e.g. queue_type=quorum or ca_file=PATH "
                    "(repeatable)")
-    p.add_argument("--slots", type=int, help="payloads run at once (default 1)")
+    p.add_argument("--slots", type=int, help="payloads run at once at most (default: its "
+                   "cores); they run together while their cores and memory fit the pilot's")
     p.add_argument("--cores", type=int, help="cores of this pilot (default 1)")
+    p.add_argument("--memory", type=int, help="memory of this pilot in MB (default: unknown, "
+                   "not shared out)")
+    p.add_argument("--memory-tolerance", type=float, help="a payload over its memory request "
+                   "by more than this fraction is killed (default 0.1)")
+    p.add_argument("--memory-watch", choices=WATCHES, help="how payloads' memory is measured "
+                   "and enforced (default auto: cgroup v2 if delegated, else polling /proc)")
     p.add_argument("--walltime", help="the pilot's own walltime, e.g. 3600 or 12h")
     p.add_argument("--drain-margin", help="spare time kept beyond a job's walltime")
     p.add_argument("--idle-timeout", help="exit after finding no work this long")
@@ -97,6 +105,7 @@ def settings_from(args: argparse.Namespace) -> PilotSettings:
             values[key] = parse_duration(values[key])
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
+    _check_shape(values)
     values["broker_queue"] = values["broker_queue"] or f"{values['site']}.{values['queue']}"
     values["scratch"], values["storage"] = Path(values["scratch"]), Path(values["storage"])
     for key in ("credential", "tower_ca"):
@@ -107,6 +116,24 @@ def settings_from(args: argparse.Namespace) -> PilotSettings:
             raise ValueError(f"credential: {values['credential']} has mode {mode:04o}: a "
                              "private key must be readable by its owner alone")
     return PilotSettings(**values)
+
+
+def _check_shape(values: dict[str, Any]) -> None:
+    """The pilot's cores, memory and slots (slots default to its cores), checked in place."""
+    for key in ("cores", "memory", "slots"):
+        value = values[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value <= 0):
+            raise ValueError(f"{key}: expected a whole number above 0, got {value!r}")
+    if values["slots"] is None:
+        values["slots"] = values["cores"]
+    tolerance = values["memory_tolerance"]
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) \
+            or not 0 <= tolerance <= 10:
+        raise ValueError(f"memory_tolerance: expected a fraction from 0 to 10, got {tolerance!r}")
+    if values["memory_watch"] not in WATCHES:
+        raise ValueError(f"memory_watch: expected one of {', '.join(WATCHES)}, "
+                         f"got {values['memory_watch']!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

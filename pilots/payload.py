@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
+from pilots.meter import Meter, NoMeter, Usage
 from pilots.rendering import render
 from pilots.watchdog import Watchdog
 
@@ -54,22 +55,32 @@ class Payload:
 
     def __init__(self, claim: dict[str, Any], pilot: dict[str, Any], work_dir: Path,
                  storage: Path, gaps: SlotGaps | None = None,
-                 watchdog: Watchdog | None = None) -> None:
+                 watchdog: Watchdog | None = None, meter: Meter | None = None,
+                 limit_mb: float | None = None) -> None:
         self.job: int = claim["job"]
         self.attempt: int = claim["attempt"]
         self.claim = claim
+        #: What the job needs of its pilot: cores, and memory in MB (None: not said).
+        self.cores: int = int(claim.get("cores") or 1)
+        self.memory: int | None = claim.get("memory")
+        #: The memory its tree may use before it is killed as out_of_memory (None: no limit).
+        self.limit_mb = limit_mb
         self.work_dir = work_dir
         self.output_dir = self.work_dir / "output"
         self.input_dir = self.work_dir / "inputs"
         self.stage_dir = stage_dir(storage, claim["production"], self.job, self.attempt)
-        self.variables = {**claim["variables"], **pilot, "work_dir": self.work_dir,
+        self.variables = {**claim["variables"], **pilot, "cores": self.cores,
+                          "work_dir": self.work_dir,
                           "output_dir": self.output_dir, "input_dir": self.input_dir,
                           "python": sys.executable}
         self.ending = "finished"
         self.reason: str | None = None
-        #: The payload's peak resident memory, and how long its process ran, once it ended.
+        #: The payload's peak resident memory (its tree's), its CPU seconds (user + system,
+        #: of its tree) and how long its process ran, once it ended.
         self.max_rss_mb: int | None = None
+        self.cpu_seconds: float | None = None
         self.seconds: float | None = None
+        self._meter: Meter = meter or NoMeter()
         self._process: subprocess.Popen[bytes] | None = None
         self._gaps = gaps or SlotGaps()
         self._watchdog = watchdog
@@ -137,17 +148,22 @@ class Payload:
             except (OSError, ValueError) as exc:  # ValueError: an environment name with '='
                 return self._report("setup", reason=_failure(exc, f"cannot start {argv[0]!r}"))
             self._gaps.started()
+            self._meter.start(self.key, self._process.pid, self.limit_mb)
             if self._watchdog is not None:
                 # its process group dies with the pilot (not PR_SET_PDEATHSIG: that needs a
                 # preexec_fn, which turns subprocess's vfork into a fork, and payloads
                 # then start 4x slower)
                 self._watchdog.watch(self._process.pid)
         began = time.monotonic()
-        code = self._wait(float(self.claim["walltime"]))
+        try:
+            code = self._wait(float(self.claim["walltime"]))
+        finally:
+            usage = self._meter.stop(self.key)
         if self._watchdog is not None:
             self._watchdog.forget(self._process.pid)
         self._gaps.ended()
         self.seconds = time.monotonic() - began
+        self._measured(usage)
         if code in OUTSIDE_SIGNALS and self.ending == "finished":
             # the batch system signals the pilot and its payloads at once (scancel,
             # preemption): give the pilot a moment to say so before calling it the payload's
@@ -172,14 +188,17 @@ class Payload:
                             for name, text in self.claim["environment"].items()})
         environment.update({"GRIDTOWER_JOB": str(self.job),
                             "GRIDTOWER_ATTEMPT": str(self.attempt),
-                            "GRIDTOWER_OUTPUT_DIR": str(self.output_dir)})
+                            "GRIDTOWER_OUTPUT_DIR": str(self.output_dir),
+                            # threaded libraries (OpenMP, MKL's) take this many threads
+                            "GRIDTOWER_CORES": str(self.cores),
+                            "OMP_NUM_THREADS": str(self.cores)})
         return argv, environment
 
     def _wait(self, walltime: float) -> int:
         """Reap the payload with wait4, which also gives its peak memory (that of its
-        largest process, children it waited for included); it is killed at its walltime
-        (found by polling its pidfd). Popen is told the exit status, so nothing else
-        reaps it."""
+        largest process, children it waited for included) and CPU time (its own and that
+        of the children it waited for); it is killed at its walltime (found by polling its
+        pidfd). Popen is told the exit status, so nothing else reaps it."""
         process = self._process
         assert process is not None
         why = ("walltime", f"ran past its walltime of {walltime:.0f}s")
@@ -199,8 +218,31 @@ class Payload:
                 timer.cancel()
         # ru_maxrss is in kilobytes on Linux
         self.max_rss_mb = max(1, round(usage.ru_maxrss / 1024))
+        self.cpu_seconds = usage.ru_utime + usage.ru_stime
         process.returncode = os.waitstatus_to_exitcode(status)
         return process.returncode
+
+    def _measured(self, usage: Usage) -> None:
+        """Take the meter's figures of the tree over the rusage of the payload; a tree
+        killed over its memory limit ends as out_of_memory."""
+        if usage.peak_mb is not None:
+            self.max_rss_mb = max(self.max_rss_mb or 0, round(usage.peak_mb))
+        if usage.cpu_seconds is not None:
+            self.cpu_seconds = usage.cpu_seconds
+        if usage.over_limit:
+            asked = f"{self.memory} MB requested" if self.memory else \
+                "no request: the pilot's memory"
+            # a cgroup's count of OOM kills includes the system's own, with no limit set
+            why = (f"over its limit of {self.limit_mb:.0f} MB ({asked}, plus the site's "
+                   "tolerance)") if self.limit_mb else "by the system's OOM killer"
+            with self._lock:
+                if self.ending == "finished":
+                    self.ending, self.reason = "out_of_memory", (
+                        f"killed using {self.max_rss_mb} MB, {why}")
+
+    def refuse(self, reason: str) -> dict[str, Any]:
+        """The report of a job the pilot will not start (it can never fit the pilot)."""
+        return self._report("setup", reason=reason)
 
     def kill(self, ending: str, reason: str) -> None:
         """Stop the payload (SIGTERM, then SIGKILL after a grace); it ends as `ending`."""
@@ -266,6 +308,8 @@ class Payload:
             "signal": -code if code is not None and code < 0 else None,
             "reason": reason, "log_tail": tail, "outputs": outputs or [],
             "max_rss_mb": self.max_rss_mb,
+            "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
+            "wall_seconds": None if self.seconds is None else round(self.seconds, 3),
         }
 
 

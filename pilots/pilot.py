@@ -9,6 +9,17 @@ pilot claims a few jobs beyond its slots, as high-throughput executors prefetch
 tasks: a slot that frees takes the next claimed job at once instead of waiting for
 a round trip to the tower, and such a job waits at most about one short payload.
 With long payloads it claims only what it can start, so late binding holds.
+
+A pilot has cores and (when its site says) memory; a job needs cores and memory
+(the claim says). Payloads run together while the sums of their cores and memory
+fit the pilot's, and never more at once than its slots: one 8-core job or eight
+1-core jobs in an 8-core pilot. Claimed jobs start in the order they were claimed:
+a job that does not fit what is free now waits for room, and nothing claimed after
+it starts before it (a stream of small jobs would otherwise keep a big one waiting
+for ever); meanwhile the pilot claims no more than the cores left over. A job that
+could never fit the pilot is not run: it is reported as a `setup` failure (the
+tower refuses to grant such a claim; this guards the pilot against a tower that
+did not).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from typing import Any
 from pilots.batchenv import time_left
 from pilots.client import TowerClient, TowerRefused, TowerUnreachable
 from pilots.efficiency import SlotGaps
+from pilots.meter import Meter, NoMeter, open_meter
 from pilots.payload import Payload
 from pilots.sources import Source, SourceLost
 from pilots.watchdog import Watchdog
@@ -69,6 +81,12 @@ class PilotSettings:
     credential: Path | None = None
     #: The CA bundle that signed the tower's certificate.
     tower_ca: Path | None = None
+    #: The pilot's memory in MB (None: not known, not shared out).
+    memory: int | None = None
+    #: A payload may use its memory request grown by this fraction before it is killed.
+    memory_tolerance: float = 0.1
+    #: How payloads' memory is measured and enforced (pilots.meter.WATCHES).
+    memory_watch: str = "auto"
 
 
 class Pilot:
@@ -103,6 +121,13 @@ class Pilot:
         self.litter: set[Path] = set()
         #: Kills the payloads' process groups if the pilot dies; started by `run`.
         self.watchdog: Watchdog | None = None
+        #: Measures and enforces payloads' memory; chosen by `run`.
+        self.meter: Meter = NoMeter()
+        #: Claimed payloads not started yet, in claim order, and what the started use.
+        self.waiting: deque[Payload] = deque()
+        self.started: set[tuple[int, int]] = set()
+        self.used_cores = 0
+        self.used_memory = 0
 
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
@@ -120,15 +145,21 @@ class Pilot:
         beating = threading.Thread(target=self._heartbeats, daemon=True, name="heartbeat")
         beating.start()
         self.watchdog = Watchdog()
+        self.meter = open_meter(self.settings.memory_watch)
+        log.info("pilot=%s: %d cores, %d slots, %s memory; payloads' memory: %s",
+                 self.settings.pilot_id, self.settings.cores, self.settings.slots,
+                 f"{self.settings.memory} MB" if self.settings.memory else "unknown",
+                 self.meter.kind)
         try:
             why = self._work()
-            for payload in list(self.running.values()):
-                payload.kill("killed", why)
+            self._stop_all("killed", why)
             while self.running:
                 self._send_reports(self._finished(block=True))
         except (TowerRefused, TowerUnreachable):
             self._forsake()
             raise
+        finally:
+            self.meter.close()
         self.watchdog.close()
         self.source.close()
         self.client.call("goodbye", {"message": why})
@@ -160,16 +191,21 @@ class Pilot:
     def _capacity(self) -> int:
         """Jobs the pilot holds claimed at most: its slots, and a few ahead while its
         payloads are short."""
-        short = len(self.recent) >= 4 and statistics.median(self.recent) < SHORT
-        return self.settings.slots + (self.ahead if short else 0)
+        return self.settings.slots + (self.ahead if self._short() else 0)
+
+    def _short(self) -> bool:
+        return len(self.recent) >= 4 and statistics.median(self.recent) < SHORT
 
     def _free(self, ended: int) -> int:
         """Jobs to ask for now: room below the capacity, never below 0 (when payloads
         grow past SHORT, the capacity shrinks below what the pilot holds: those wait for
-        a slot) and never more than free work dirs. `ended`: payloads that ended and
-        are not yet reported (they still count in `running`)."""
+        a slot), never more than free work dirs, nor than the cores no job holds or waits
+        for (each job needs one at least; a few more while payloads are short). `ended`:
+        payloads that ended and are not yet reported (they still count in `running`)."""
         held = len(self.running) - ended
-        return max(0, min(self._capacity() - held, len(self.free_dirs)))
+        cores = self.settings.cores - self.used_cores - sum(p.cores for p in self.waiting)
+        room = max(0, cores) + (self.ahead if self._short() else 0)
+        return max(0, min(self._capacity() - held, len(self.free_dirs), room))
 
     def _pause(self) -> None:
         """Wait for the next poll, or less if a message comes or a payload ends first."""
@@ -216,13 +252,55 @@ class Pilot:
         return started
 
     def _start(self, claim: dict[str, Any]) -> None:
-        pilot_values = {"cores": self.settings.cores, "site": self.settings.site,
-                        "pilot_id": self.settings.pilot_id}
+        pilot_values = {"site": self.settings.site, "pilot_id": self.settings.pilot_id}
+        memory = claim.get("memory") or self.settings.memory
+        limit = memory * (1 + self.settings.memory_tolerance) if memory else None
         payload = Payload(claim, pilot_values, self.free_dirs.pop(), self.settings.storage,
-                          self.gaps, self.watchdog)
+                          self.gaps, self.watchdog, self.meter, limit)
         self.running[payload.key] = payload
-        log.info("job=%s attempt=%s started", payload.job, payload.attempt)
-        self.todo.put(payload)
+        too_big = self._too_big(payload)
+        if too_big:
+            log.warning("job=%s attempt=%s not run: %s", payload.job, payload.attempt, too_big)
+            self.finished.put(payload.refuse(too_big))
+            return
+        self.waiting.append(payload)
+        self._dispatch()
+
+    def _too_big(self, payload: Payload) -> str | None:
+        """Why `payload` could never run in this pilot, or None."""
+        if payload.cores > self.settings.cores:
+            return f"it needs {payload.cores} cores, the pilot has {self.settings.cores}"
+        memory = self.settings.memory
+        if memory and payload.memory and payload.memory > memory:
+            return f"it needs {payload.memory} MB of memory, the pilot has {memory} MB"
+        return None
+
+    def _fits_now(self, payload: Payload) -> bool:
+        if len(self.started) >= self.settings.slots:
+            return False
+        if self.used_cores + payload.cores > self.settings.cores:
+            return False
+        memory = self.settings.memory
+        return not (memory and self.used_memory + (payload.memory or 0) > memory)
+
+    def _dispatch(self) -> None:
+        """Start waiting payloads in claim order while the first one fits what is free."""
+        while self.waiting and (self.stop.is_set() or self.waiting[0].ending != "finished"
+                                or self._fits_now(self.waiting[0])):
+            payload = self.waiting.popleft()
+            self.started.add(payload.key)
+            self.used_cores += payload.cores
+            self.used_memory += payload.memory or 0
+            log.info("job=%s attempt=%s started (%d cores, %s)", payload.job,
+                     payload.attempt, payload.cores,
+                     f"{payload.memory} MB" if payload.memory else "no memory request")
+            self.todo.put(payload)
+
+    def _stop_all(self, ending: str, reason: str) -> None:
+        """Kill every payload; those still waiting end at once, unstarted."""
+        for payload in list(self.running.values()):
+            payload.kill(ending, reason)
+        self._dispatch()
 
     def _slot(self) -> None:
         while True:
@@ -242,12 +320,17 @@ class Pilot:
         for report in reports:  # their payloads have left their work dirs
             payload = self.running[(report["job"], report["attempt"])]
             self.free_dirs.append(payload.work_dir)
+            if payload.key in self.started:
+                self.started.discard(payload.key)
+                self.used_cores -= payload.cores
+                self.used_memory -= payload.memory or 0
             if payload.seconds is not None:
                 self.recent.append(payload.seconds)
             if not report["outputs"] and payload.stage_dir.exists():
                 self.litter.add(payload.stage_dir)
         if reports and self.litter:
             self._sweep()
+        self._dispatch()  # into the room they left, and any waiting job told to stop
         return reports
 
     def _forsake(self) -> None:
@@ -255,8 +338,7 @@ class Pilot:
         is gone: no report of it will be accepted, so nothing it ran will be staged. Its
         payloads are stopped and their stage dirs removed, or they stay at the site for good."""
         forsaken = list(self.running.values())
-        for payload in forsaken:
-            payload.kill("killed", "the tower refused this pilot")
+        self._stop_all("killed", "the tower refused this pilot")
         deadline = time.monotonic() + FORSAKE_SECONDS
         while self.running and time.monotonic() < deadline:
             for report in self._finished(block=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -48,17 +48,33 @@ class PilotShape(Strict):
 
     #: Payloads a pilot runs at once.
     slots: Int32 = Field(default=1, gt=0)
-    #: Cores and memory (MB) of the whole pilot, shared by the jobs it runs at once: a job
-    #: needing more than the pilot has is never matched to it. Memory unset means the site
-    #: does not say: the tower then matches jobs of any memory there (the batch system
-    #: enforces what it enforces), so a site admin who wants memory matched declares it.
+    #: Cores and memory (MB) of the whole pilot, shared by the jobs it runs at once (while
+    #: the sum of theirs fits: 4 slots of 1 core run one 1-core job at a time); a job
+    #: needing more than the pilot has is never matched to it. Cores default to the slots.
+    #: Memory unset means the site does not say: the tower then matches jobs of any memory
+    #: there (the batch system enforces what it enforces), so a site admin who wants
+    #: memory matched declares it.
     cores: Cores = 1
     memory: Megabytes | None = Field(default=None, gt=0)
+    #: How far (a fraction) a payload may go over its memory request before its pilot
+    #: kills it as `out_of_memory`; 0.1 lets a 1000 MB job peak at 1100 MB.
+    memory_tolerance: float = Field(default=0.1, ge=0, le=10)
+    #: How the pilot measures and enforces its payloads' memory: `auto` (the cgroup v2
+    #: memory controller when it may use one, else polling /proc), `cgroup`, `poll`, or
+    #: `off` (only the peak of each payload's largest process, nothing enforced).
+    memory_watch: Literal["auto", "cgroup", "poll", "off"] = "auto"
     walltime: Seconds = Field(default=3600, gt=0)
     #: The pilot stops taking work when less than the next job's walltime plus this remains.
     drain_margin: Seconds = Field(default=60, ge=0)
     #: The pilot exits after finding no work for this long.
     idle_timeout: Seconds = Field(default=120, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cores_of_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cores" not in data and "slots" in data:
+            return {**data, "cores": data["slots"]}
+        return data
 
     @property
     def longest_job(self) -> int:

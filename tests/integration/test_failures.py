@@ -214,7 +214,7 @@ def test_a_site_that_fails_every_job_cools_down_and_the_other_site_finishes(
               'kill -9 $p; exit 1', "killer"]
     # the good site's pilots start late, so the broken site surely gets work first
     late = ["sh", "-c", f'sleep 8; exec {sys.executable} -m pilots.main "$@"', "late"]
-    small = {"slots": 2, "cores": 1, "walltime": "10m", "drain_margin": 5, "idle_timeout": 4}
+    small = {"slots": 2, "cores": 2, "walltime": "10m", "drain_margin": 5, "idle_timeout": 4}
     tower = live_tower(site=slurm_site(pilot_command=killer, pilot=small),
                        more_sites={"good": slurm_site(pilot_command=late, pilot=small)},
                        health={"window": "10m", "min_attempts": 2, "threshold": 0.5,

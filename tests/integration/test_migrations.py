@@ -126,12 +126,19 @@ def schema_of(engine: Engine) -> dict[str, Any]:
                 "relnamespace = 'public'::regnamespace")).all())
     else:
         with engine.connect() as connection:
-            # the text of each CREATE, its lines sorted: only the order of clauses may differ
+            # the clauses of each CREATE, sorted: only their order and layout may differ
+            # (SQLite appends a column that ALTER TABLE adds to the last line)
             described["definitions"] = sorted(
-                (name, sorted(line.replace(",", "").strip() for line in sql.splitlines()))
-                for name, sql in connection.execute(text(
+                (name, _clauses(sql)) for name, sql in connection.execute(text(
                     "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")).all())
     return described
+
+
+def _clauses(sql: str) -> tuple[list[str], list[str]]:
+    """A CREATE statement's head, and its clauses (the commas outside parentheses) sorted."""
+    opened, closed = sql.index("("), sql.rindex(")")
+    return sql[:opened].split(), sorted(" ".join(clause.split()) for clause in
+                                        re.split(r",(?![^()]*\))", sql[opened + 1:closed]))
 
 
 def test_head_is_alembics_head_and_the_history_is_one_numbered_line() -> None:

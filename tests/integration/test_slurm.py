@@ -38,7 +38,7 @@ def slurm_site(**changes: Any) -> dict[str, Any]:
     site: dict[str, Any] = {
         "batch": "slurm", "batch_options": {"partition": "debug"},
         "pilot_command": [sys.executable, "-m", "pilots.main"],
-        "pilot": {"slots": 4, "cores": 1, "walltime": "10m", "drain_margin": 5,
+        "pilot": {"slots": 4, "cores": 4, "walltime": "10m", "drain_margin": 5,
                   "idle_timeout": 4},
         "limits": LIMITS,
     }

@@ -218,6 +218,10 @@ def test_a_pilot_releases_only_its_own_messages(claimed: Claimed) -> None:
     ({"signal": 0}, "reports.0.signal"),
     ({"log_tail": "x" * 70000}, "reports.0.log_tail"),
     ({"max_rss_mb": 2**63}, "reports.0.max_rss_mb"),
+    ({"cpu_seconds": -1.0}, "reports.0.cpu_seconds"),
+    ({"cpu_seconds": 1e300}, "reports.0.cpu_seconds"),
+    ({"wall_seconds": 1e12}, "reports.0.wall_seconds"),
+    ({"ending": "out_of_mind"}, "reports.0.ending"),
     ({"outputs": [{**output("decays_0.csv", "/x"), "size": 2**63}]},
      "reports.0.outputs.0.size"),
 ])

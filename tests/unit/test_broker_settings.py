@@ -11,6 +11,7 @@ import pytest
 
 from pilots.amqp import connection_parameters, queue_arguments
 from pilots.backoff import Backoff
+from pilots.main import parser, settings_from
 from pilots.urls import redact
 from tests.conftest import write_home
 from tower.config import load_config
@@ -105,3 +106,17 @@ def test_a_site_may_reach_the_broker_by_another_address(tmp_path: Path) -> None:
     runtime = Runtime.open(load_config(config), create=False)
     request = pilot_request(runtime, runtime.config.sites["local"], "default", "p1")
     assert request.environment == {"GRIDTOWER_BROKER_URL": outside}
+
+
+def test_the_pilot_gets_its_memory_settings_only_when_a_site_sets_them(tmp_path: Path) -> None:
+    shaped = {"pilot": {"slots": 2, "cores": 4, "memory": "4GB", "memory_tolerance": 0.25}}
+    config = write_home(tmp_path, "sqlite:///x.db", shaped,
+                        more_sites={"plain": {"pilot": {"slots": 2}}})
+    runtime = Runtime.open(load_config(config), create=False)
+    request = pilot_request(runtime, runtime.config.sites["local"], "default", "p1")
+    settings = settings_from(parser().parse_args(request.argv[3:]))
+    assert (settings.slots, settings.cores, settings.memory, settings.memory_tolerance,
+            settings.memory_watch) == (2, 4, 4096, 0.25, "auto")
+    # a site without them gives a command line pilots older than them understand too
+    plain = pilot_request(runtime, runtime.config.sites["plain"], "default", "p1").argv
+    assert not any(part.startswith("--memory") for part in plain)

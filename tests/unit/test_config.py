@@ -57,6 +57,9 @@ def test_tower_yaml_errors_name_file_and_key(tmp_path: Path, change: dict[str, o
 @pytest.mark.parametrize(("site", "message"), [
     ({"pilot": {"slots": 0}}, "sites.local.pilot.slots: Input should be greater than 0"),
     ({"limits": {"max_running": "many"}}, "sites.local.limits.max_running"),
+    ({"pilot": {"memory_tolerance": -0.1}},
+     "sites.local.pilot.memory_tolerance: Input should be greater than or equal to 0"),
+    ({"pilot": {"memory_watch": "sometimes"}}, "sites.local.pilot.memory_watch"),
     ({"scratch": "relative/dir"}, "scratch must be an absolute path"),
     ({"partition": "debug"}, "sites.local.partition: unknown key"),
 ])

@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select, tuple_
 from catalog.timeutil import utcnow
 from pilots.payload import stage_dir
 from sites.config import PilotShape
-from sites.schema import Id, Int32, Line, Strict, Text
+from sites.schema import MAX_SECONDS, Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
 from tower.errors import OutsideRoot
 from tower.logs import about
@@ -65,8 +65,9 @@ class Report(Strict):
 
     job: Id
     attempt: Id
-    #: The pilot's view: finished, walltime, killed (pilot got SIGTERM), cancelled, setup.
-    ending: str = Field(pattern=r"^(finished|walltime|killed|cancelled|setup)$")
+    #: The pilot's view: finished, walltime, out_of_memory (over its memory request by more
+    #: than the site's tolerance), killed (pilot got SIGTERM), cancelled, setup.
+    ending: str = Field(pattern=r"^(finished|walltime|out_of_memory|killed|cancelled|setup)$")
     #: The payload's exit status; a payload ended by a signal has `signal` instead.
     exit_code: int | None = Field(default=None, ge=0, le=255)
     signal: int | None = Field(default=None, ge=1, le=128)
@@ -76,8 +77,9 @@ class Report(Strict):
     outputs: list[OutputReport] = Field(default_factory=list, max_length=1000)
     #: The payload's peak resident memory (MB), measured by the pilot.
     max_rss_mb: Int32 | None = Field(default=None, ge=0)
-    cpu_seconds: float | None = Field(default=None, ge=0, le=1e9)
-    wall_seconds: float | None = Field(default=None, ge=0, le=1e9)
+    #: CPU seconds (user + system) of the payload's process tree, and its wall seconds.
+    cpu_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS * 1024)
+    wall_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -373,6 +375,8 @@ def classify(item: Report, spec: ProductionSpec) -> tuple[Outcome, str]:
     """The outcome class of a reported attempt, and why."""
     if item.ending == "walltime":
         return Outcome.WALLTIME, f"ran past its walltime of {spec.walltime}s"
+    if item.ending == "out_of_memory":
+        return Outcome.OUT_OF_MEMORY, item.reason or "over its memory request"
     if item.ending == "killed":
         return Outcome.PILOT_KILLED, item.reason or "the pilot was told to stop"
     if item.ending == "cancelled":

@@ -35,7 +35,7 @@ from sqlmodel import Session, col, select
 
 from catalog.timeutil import ago, utcnow
 from sites.batch import PilotRequest
-from sites.config import SiteConfig
+from sites.config import PilotShape, SiteConfig
 from tower.auth import credentials
 from tower.brokers.broker import queue_name
 from tower.errors import BackendError
@@ -255,6 +255,7 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
         "--pilot-id", pilot_id, "--source", source.kind, "--broker-queue", source.queue,
         *options,
         "--slots", str(site.pilot.slots), "--cores", str(site.pilot.cores),
+        *_memory_options(site.pilot),
         "--walltime", str(site.pilot.walltime), "--drain-margin", str(site.pilot.drain_margin),
         "--idle-timeout", str(site.pilot.idle_timeout),
         "--heartbeat", str(config.monitor.heartbeat_interval),
@@ -262,3 +263,15 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
         *credentials.deliver(runtime, site, pilot_id),
     ]
     return PilotRequest(pilot_id, argv, source.environment)
+
+
+def _memory_options(shape: PilotShape) -> list[str]:
+    """The pilot's memory options, each only when it is not the default: a pilot installed
+    at a site before they existed still understands the command line of a site that
+    does not use them."""
+    options = []
+    for key in ("memory", "memory_tolerance", "memory_watch"):
+        value = getattr(shape, key)
+        if value != PilotShape.model_fields[key].default:
+            options += [f"--{key.replace('_', '-')}", str(value)]
+    return options

@@ -36,8 +36,6 @@ class Production(SQLModel, table=True):
     #: What the trial measured and proposes for the full run (walltime, memory, events
     #: per job), once it ended.
     trial_report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
-    #: When `tune: auto` last looked at its successful attempts (tower.loops.tune).
-    tuned_at: datetime | None = None
     queue: str = Field(default="default", max_length=100)
     events_total: int = Field(sa_type=BigInteger)
     events_per_job: int
@@ -51,6 +49,9 @@ class Production(SQLModel, table=True):
     inputs: list[str] | None = Field(default=None, sa_column=Column(JSONType))
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # columns added by a migration come last, where ALTER TABLE puts them
+    #: When `tune: auto` last looked at its successful attempts (tower.loops.tune).
+    tuned_at: datetime | None = None
 
 
 class Job(SQLModel, table=True):
@@ -132,11 +133,6 @@ class Pilot(SQLModel, table=True):
     state: PilotState = state_column(PilotState, PilotState.SUBMITTED)
     batch_id: str | None = Field(default=None, max_length=100)
     slots: int = 1
-    #: Its shape as submitted, which a claim checks jobs against: cores, memory (MB; None:
-    #: not declared, any job's memory fits) and walltime (s). Cores None: recorded before
-    #: pilots had a shape: its site's present one applies.
-    cores: int | None = None
-    memory: int | None = None
     walltime: int = 0
     host: str | None = Field(default=None, max_length=255)
     log_path: str | None = Field(default=None, max_length=1000)
@@ -146,6 +142,11 @@ class Pilot(SQLModel, table=True):
     heartbeat_at: datetime | None = None
     ended_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utcnow)
+    #: Its shape as submitted, which a claim checks jobs against: cores, memory (MB; None:
+    #: not declared, any job's memory fits) and `walltime` (s). Cores None: recorded before
+    #: pilots had a shape: its site's present one applies.
+    cores: int | None = None
+    memory: int | None = None
 
 
 class SiteQueue(SQLModel, table=True):

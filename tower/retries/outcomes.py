@@ -16,7 +16,7 @@ class Outcome(enum.StrEnum):
     EXIT_CODE = "exit_code"            # the payload exited non-zero
     SIGNAL = "signal"                  # the payload died of a signal
     WALLTIME = "walltime"              # the payload ran past the job's walltime
-    OUT_OF_MEMORY = "out_of_memory"    # the batch system killed the pilot for its memory
+    OUT_OF_MEMORY = "out_of_memory"    # over its memory request (the pilot or batch killed it)
     MISSING_OUTPUT = "missing_output"  # exit 0 but a declared output pattern matched nothing
     VALIDATION = "validation"          # the production's post step rejected an output
     SETUP = "setup"                    # the pilot could not prepare the job (work dir)
