@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.exceptions import AMQPError
 
 from pilots.backoff import Backoff
@@ -52,7 +53,9 @@ HEARTBEAT = 30
 #: Seconds a full pilot holds messages before it gives them back.
 HOLD = 2.0
 #: Errors that mean the connection or channel is gone.
-CONNECTION_ERRORS = (AMQPError, OSError)
+#: What a connection that fails raises; a broker that accepts the connection but never
+#: answers the handshake ends in pika's AMQPConnectorStackTimeout, no AMQPError.
+CONNECTION_ERRORS = (AMQPError, OSError, AMQPConnectorException)
 
 
 def connection_parameters(url: str, *, ca_file: str | None = None,

@@ -19,6 +19,7 @@ from sites.config import SiteConfig, load_sites
 from sites.schema import MAX_SECONDS, Seconds, Strict, build, read_yaml, require_private
 from tower.auth.access import AccessSettings
 from tower.errors import ConfigError
+from tower.logs import LoggingSettings
 from tower.management.notification_settings import NotificationSettings, resolve_notifications
 from tower.retries.policy import STANDARD, Policy, load_policies
 from transfer.base import DestinationSettings
@@ -125,6 +126,10 @@ class LoopSettings(Strict):
     #: A job left assigned this long (a crash or a broker outage before the confirm), or
     #: queued this long while its broker queue is empty, is published again.
     republish_after: Seconds = Field(default=60, gt=0)
+    #: A loop whose last cycle ended longer ago than `interval` plus this is stuck: /readyz
+    #: answers 503 and the systemd watchdog is no longer fed (a long stage-out or a large
+    #: publication is one cycle: allow for it).
+    stall_after: Seconds = Field(default=600, gt=0)
 
 
 class MonitorSettings(Strict):
@@ -212,6 +217,8 @@ class TowerFile(Strict):
     #: Fair shares of the sites' slots between production groups (a production's
     #: `group`), as weights; a group not named weighs 1.
     shares: dict[str, PositiveFloat] = Field(default_factory=dict)
+    #: Where the tower's log goes and how much of it (tower/logs.py).
+    logging: LoggingSettings = LoggingSettings()
 
 
 class TowerConfig(Strict):
@@ -231,9 +238,12 @@ class TowerConfig(Strict):
     access: AccessSettings
     notifications: NotificationSettings = NotificationSettings()
     shares: dict[str, float] = Field(default_factory=dict)
+    logging: LoggingSettings = LoggingSettings()
     #: Every retry policy by name: the shipped ones and the tower's own.
     policies: dict[str, Policy]
     sites: dict[str, SiteConfig]
+    #: The file the sites come from.
+    sites_path: Path | None = None
 
     @property
     def api_url(self) -> str:
@@ -299,9 +309,10 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         "api": _resolve_api(raw.api, home, path),
         "loops": raw.loops, "monitor": raw.monitor, "storage": storage,
         "retry": raw.retry, "health": raw.health, "policies": policies, "access": raw.access,
-        "sites": sites,
+        "sites": sites, "sites_path": sites_path,
         "notifications": resolve_notifications(raw.notifications, home, path),
         "shares": raw.shares,
+        "logging": _resolve_logging(raw.logging, home),
     }
     values.update(overrides)
     return TowerConfig(**values)
@@ -348,6 +359,13 @@ def _resolve_api(api: ApiSettings, home: Path, source: Path) -> ApiSettings:
         elif not path.exists():
             raise ConfigError(f"{source}: {key}: {path}: no such file or directory", field=key)
     return api.model_copy(update={"tls": api.tls.model_copy(update=paths)})
+
+
+def _resolve_logging(settings: LoggingSettings, home: Path) -> LoggingSettings:
+    if settings.file is None:
+        return settings
+    path = _resolve(str(settings.file.path), home)
+    return settings.model_copy(update={"file": settings.file.model_copy(update={"path": path})})
 
 
 def _resolve_sqlite(url: str, home: Path) -> str:

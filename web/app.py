@@ -11,9 +11,11 @@ from werkzeug.exceptions import HTTPException
 
 from catalog.timeutil import jsonable
 from tower.errors import GridtowerError
+from tower.loops.liveness import Probe
 from tower.runtime import Runtime
 from web import auth, bounds
 from web.api import api
+from web.health import health
 from web.metrics import metrics
 from web.pages import pages
 
@@ -34,9 +36,11 @@ def create_app(runtime: Runtime) -> Flask:
     app.json = JsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["gridtower"] = runtime
+    app.extensions["gridtower.probe"] = Probe(runtime)
     bounds.install(app)  # before the routes: it bounds their <int:> parts
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(metrics)
+    app.register_blueprint(health)
     app.register_blueprint(pages)
     auth.install(app)
 

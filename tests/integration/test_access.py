@@ -29,14 +29,14 @@ pytestmark = pytest.mark.one_database
 
 #: What each caller may do: the permissions its calls pass.
 MAY = {
-    "admin": {"read", "manage", "pilot", "request"},
-    "manager": {"read", "manage", "request"},
-    "siteadmin": {"read", "request"},
-    "reader": {"read", "request"},
-    "pilot": {"pilot"},
-    "other_site_pilot": set(),
-    "unknown_user": set(),
-    "anonymous": set(),
+    "admin": {"read", "manage", "pilot", "request", "public"},
+    "manager": {"read", "manage", "request", "public"},
+    "siteadmin": {"read", "request", "public"},
+    "reader": {"read", "request", "public"},
+    "pilot": {"pilot", "public"},
+    "other_site_pilot": {"public"},
+    "unknown_user": {"public"},
+    "anonymous": {"public"},
 }
 #: Callers the TLS handshake itself refuses.
 REFUSED_AT_HANDSHAKE = ("expired", "revoked", "foreign")
@@ -51,8 +51,9 @@ class Tower:
     runtime: Runtime
     spec_file: Path
 
-    def call(self, who: str, method: str, path: str, body: Any = None) -> requests.Response:
-        return requests.request(method, self.url + "/api/v1" + path, json=body,
+    def call(self, who: str, method: str, path: str, body: Any = None,
+             base: str = "/api/v1") -> requests.Response:
+        return requests.request(method, self.url + base + path, json=body,
                                 cert=self.certs.get(who), verify=self.ca_cert, timeout=10)
 
     def digest(self) -> str:
@@ -116,9 +117,10 @@ def tower(tmp_path: Path) -> Iterator[Tower]:
         runtime.close()
 
 
-def requests_for(tower: Tower) -> list[tuple[str, str, str, Any]]:
-    """(permission, method, path, body) for every operation of the OpenAPI document, with
-    path parameters filled in and a body of the right shape."""
+def requests_for(tower: Tower) -> list[tuple[str, str, str, Any, str]]:
+    """(permission, method, path, body, base) for every operation of the OpenAPI document,
+    with path parameters filled in, a body of the right shape, and the path's server (the
+    API's prefix, or the root for /healthz and /readyz)."""
     document = tower.call("admin", "GET", "/openapi.json").json()
     bodies = {"/pilots/{pilot_id}/claim": {"jobs": []},
               "/pilots/{pilot_id}/heartbeat": {"jobs": []},
@@ -136,19 +138,22 @@ def requests_for(tower: Tower) -> list[tuple[str, str, str, Any]]:
         concrete = path
         for name, value in values.items():
             concrete = concrete.replace("{" + name + "}", value)
+        base = operations.get("servers", [{"url": "/api/v1"}])[0]["url"].rstrip("/")
         for method, operation in operations.items():
+            if method == "servers":
+                continue
             body = bodies.get(path, {}) if method == "post" else None
-            calls.append((operation["x-permission"], method.upper(), concrete, body))
+            calls.append((operation["x-permission"], method.upper(), concrete, body, base))
     return calls
 
 
 def test_every_endpoint_answers_each_caller_as_its_role_allows(tower: Tower) -> None:
     calls = requests_for(tower)
-    assert len(calls) >= 29 and all(permission for permission, *_ in calls)
+    assert len(calls) >= 31 and all(permission for permission, *_ in calls)
     for who, may in MAY.items():
-        for permission, method, path, body in calls:
+        for permission, method, path, body, base in calls:
             before = tower.digest()
-            answer = tower.call(who, method, path, body)
+            answer = tower.call(who, method, path, body, base)
             if permission in may:
                 assert answer.status_code not in (401, 403), (who, method, path, answer.text)
                 continue
@@ -163,9 +168,9 @@ def test_bad_certificates_are_refused_at_the_handshake_for_every_endpoint(
     calls = requests_for(tower)
     before = tower.digest()
     for who in REFUSED_AT_HANDSHAKE:
-        for _, method, path, body in calls:
+        for _, method, path, body, base in calls:
             with pytest.raises(requests.exceptions.SSLError):
-                tower.call(who, method, path, body)
+                tower.call(who, method, path, body, base)
     assert tower.digest() == before
 
 
@@ -177,17 +182,21 @@ def test_a_forged_identity_header_from_an_untrusted_address_is_ignored(tower: To
 
 
 def test_the_openapi_document_lists_every_route_and_only_real_ones(tower: Tower) -> None:
-    from web.openapi import PREFIX
+    from web.openapi import PREFIX, ROOT_PATHS
 
     document = tower.call("reader", "GET", "/openapi.json").json()
     documented = {(method.upper(), path) for path, operations in document["paths"].items()
-                  for method in operations}
+                  for method in operations if method != "servers"}
     from web.app import create_app
 
     flask_app = create_app(tower.runtime)  # the app the server runs
     routes = set()
     for rule in flask_app.url_map.iter_rules():
-        if rule.rule.startswith(PREFIX + "/"):
+        if rule.rule in ROOT_PATHS:
+            assert document["paths"][rule.rule]["servers"] == [{"url": "/"}]
+            routes |= {(method, rule.rule) for method in rule.methods or ()
+                       if method not in ("HEAD", "OPTIONS")}
+        elif rule.rule.startswith(PREFIX + "/"):
             path = rule.rule[len(PREFIX):]
             for part in ("<int:", "<path:", "<"):
                 path = path.replace(part, "{")
@@ -196,7 +205,7 @@ def test_the_openapi_document_lists_every_route_and_only_real_ones(tower: Tower)
                        if method not in ("HEAD", "OPTIONS")}
     assert documented == routes
     ids = [operation["operationId"] for operations in document["paths"].values()
-           for operation in operations.values()]
+           for method, operation in operations.items() if method != "servers"]
     assert len(ids) == len(set(ids))
     body = json.dumps(document)
     assert '"requestBody"' in body and "Submission" in body

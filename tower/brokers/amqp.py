@@ -99,6 +99,16 @@ class AmqpBroker:
             options["ca_file"] = self.options.ca_file
         return PilotSource("amqp", queue, options, {URL_VARIABLE: url or self.url})
 
+    def reach(self, timeout: float) -> None:
+        parameters = connection_parameters(
+            self.url, ca_file=self.options.ca_file, cert_file=self.options.cert_file,
+            key_file=self.options.key_file, timeout=timeout)
+        parameters.connection_attempts, parameters.stack_timeout = 1, timeout
+        try:
+            pika.BlockingConnection(parameters).close()
+        except CONNECTION_ERRORS as exc:
+            raise BackendError(f"broker {self.where}: {describe(exc)}") from None
+
     def close(self) -> None:
         with self._lock:
             self._disconnect()

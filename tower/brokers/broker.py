@@ -67,6 +67,10 @@ class Broker(Protocol):
     def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
         """How a pilot consumes `queue`; `url` is the broker's address as the site sees it."""
 
+    def reach(self, timeout: float) -> None:
+        """Show the broker answers now, on a connection of its own (readiness: a loop's
+        connection busy or in its backoff says nothing). Raises BackendError if not."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -59,6 +59,9 @@ class DatabaseQueue:
     def pilot_source(self, queue: str, url: str | None = None) -> PilotSource:
         return PilotSource("http", queue)
 
+    def reach(self, timeout: float) -> None:
+        pass  # the queue is a table: reachable when the database is
+
     def close(self) -> None:
         pass
 

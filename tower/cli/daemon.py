@@ -1,4 +1,5 @@
-"""`tower init, run, serve`: make a tower's home, and run its loops and API."""
+"""`tower init, run, serve, reload`: make a tower's home, run its loops and API, and have
+the running tower read its sites and policies again."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tower.cli.common import config, runtime
+from tower.cli.common import config, local_only, runtime, state
 
 if TYPE_CHECKING:
     from tower.runtime import Runtime
@@ -38,10 +39,10 @@ def init(directory: Path, force: bool) -> int:
 @click.option("--no-api", is_flag=True, help="do not serve the API here")
 def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
     """run the tower's loops and its API in one process"""
-    from tower.loops import daemon
+    from tower.loops import daemon, liveness
     from tower.runtime import Runtime
 
-    loaded = config()
+    loaded = configured()
     opened = Runtime.open(loaded)  # a database of another schema stops here, in one line
     server = None
     if not no_api:
@@ -60,6 +61,7 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
     print(f"tower: loops running as instance {opened.instance}", file=sys.stderr)
     stop = threading.Event()
     threads = daemon.run_forever(opened, stop)
+    attend(opened, stop)
     try:
         if not until_done:
             while True:
@@ -68,6 +70,7 @@ def run(until_done: bool, timeout: float | None, no_api: bool) -> int:
         end_pilots(opened)
         return code
     finally:
+        liveness.notify("STOPPING=1")
         daemon.halt(opened, stop)
         for thread in threads:
             thread.join(timeout=30)
@@ -131,18 +134,75 @@ def end_pilots(opened: Runtime, patience: float = 30.0) -> None:
                    "tower.yaml behind a proxy)")
 def serve(bind: str | None, port: int | None) -> int:
     """serve the API only"""
+    from tower.loops import liveness
     from web.server import start_server
 
+    configured()
     opened = runtime()  # a database of another schema stops here, in one line
     opened.config = opened.config.listening_on(bind, port)
     server, url = start_server(opened.config)
     server.bind(opened)
+    stop = threading.Event()
+    attend(opened, stop)
     print(f"tower: API at {url}", file=sys.stderr)
     try:
         server.thread.join()
     finally:
+        liveness.notify("STOPPING=1")
+        stop.set()
         server.shutdown()
     return 0
 
 
-COMMANDS = [init, run, serve]
+def configured() -> Any:
+    """tower.yaml, loaded, and logging as its `logging` section says."""
+    from tower import logs
+
+    loaded = config()
+    logs.configure(loaded.logging, verbose=state().verbose)
+    return loaded
+
+
+def attend(opened: Runtime, stop: threading.Event) -> None:
+    """What every tower process does besides its work: reload on SIGHUP or `tower reload`,
+    the loops' pulses in the database, systemd told it is ready (and its watchdog fed while
+    the loops cycle)."""
+    import signal
+
+    from tower import reloading
+    from tower.loops import liveness
+
+    hangup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hangup.set())
+    liveness.keep(opened, stop, hangup, lambda: reloading.reload(opened))
+    liveness.notify("READY=1")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print the answer as JSON")
+def reload(as_json: bool) -> int:
+    """make every running tower process (`tower run`, `tower serve`, on any machine sharing
+    the database) read sites.yaml and the retry policies again; the files are checked here
+    first, and a bad one is refused (exit 2) with nothing asked"""
+    import json
+
+    from tower.loops import liveness
+    from tower.model.db import transaction
+
+    local_only()
+    opened = runtime()  # loads and checks tower.yaml, sites.yaml, the policies; the schema
+    try:
+        with transaction(opened.engine) as session:
+            asked = liveness.ask_reload(session)
+    finally:
+        opened.close()
+    if as_json:
+        print(json.dumps({"asked": asked.isoformat(), "sites": sorted(opened.config.sites),
+                          "policies": sorted(opened.config.policies)}))
+    else:
+        print(f"reload asked at {asked:%H:%M:%S} UTC: each tower process reads its files "
+              f"within {liveness.REFRESH:.0f}s and logs what changed (or why it refused)")
+    return 0
+
+
+COMMANDS = [init, run, serve, reload]

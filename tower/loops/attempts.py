@@ -24,6 +24,7 @@ from sites.config import PilotShape
 from sites.schema import MAX_SECONDS, Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
 from tower.errors import OutsideRoot
+from tower.logs import about
 from tower.loops import placement
 from tower.management.specs import (
     JobPlan,
@@ -289,8 +290,8 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
         if problem:
             # a lying pilot, or a payload that made names no production may use: nothing of
             # it is staged, and the attempt ends now (the payload's fault, not the site's)
-            log.warning("pilot=%s job=%s attempt=%s report refused: %s", pilot_id, item.job,
-                        item.attempt, problem)
+            log.warning("pilot=%s report refused: %s", pilot_id, problem,
+                        extra=about(spec.name, item.job, item.attempt))
             outcome, reason = Outcome.MISSING_OUTPUT, f"report refused: {problem}"
         else:
             outcome, reason = classify(item, spec)

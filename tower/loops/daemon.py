@@ -15,7 +15,7 @@ from tower.loops import factory, matchmaker, monitor, stager, trial, tune, wakeu
 from tower.management import notify
 from tower.model import fleet, tally
 from tower.model.states import JOB_TERMINAL
-from tower.runtime import Runtime
+from tower.runtime import Pulse, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def run_cycle(runtime: Runtime) -> None:
 def run_guarded(loop: Loop, runtime: Runtime) -> bool:
     """Run one cycle of `loop`; returns whether it did any work."""
     try:
-        return busy(loop.run_once(runtime))
+        return busy(loop.run_once(runtime.snapshot()))
     except Exception:  # the loop boundary: log with traceback, try again next cycle
         log.exception("loop=%s cycle failed", loop.name)
         return False
@@ -64,7 +64,8 @@ def run_forever(runtime: Runtime, stop: threading.Event) -> list[threading.Threa
     they run until `stop` is set."""
     threads = [threading.Thread(target=_spin, args=(loop, runtime, stop), name=loop.name,
                                 daemon=True) for loop in LOOPS]
-    for thread in threads:
+    for loop, thread in zip(LOOPS, threads, strict=True):
+        runtime.pulses[loop.name] = Pulse(thread)
         thread.start()
     listener = wakeups.listen(runtime, stop)
     return threads + ([listener] if listener else [])
@@ -81,9 +82,13 @@ def _spin(loop: Loop, runtime: Runtime, stop: threading.Event) -> None:
     batches drains at the database's pace, not one batch per interval), else after the
     interval or when woken."""
     alarm = runtime.alarm(loop.name)
+    pulse = runtime.pulses.setdefault(loop.name, Pulse())
     while not stop.is_set():
         started = time.monotonic()
-        if not run_guarded(loop, runtime):
+        pulse.started = time.time()
+        worked = run_guarded(loop, runtime)
+        pulse.ended = time.time()
+        if not worked:
             alarm.wait(runtime.config.loops.interval)
         alarm.clear()
         stop.wait(started + runtime.config.loops.busy_pause - time.monotonic())

@@ -47,11 +47,13 @@ def run_once(runtime: Runtime) -> dict[str, int]:
         cooled = health.evaluate(session, runtime.config)
     with transaction(runtime.engine) as session:
         tally.compact(session)
-    for job_id in silent:
-        log.warning("job=%s attempt lost: no heartbeat for %ss", job_id,
+    # each attempt's line, with its production, job and attempt, is the policy's decision
+    if silent:
+        log.warning("%d attempts lost: no heartbeat for %ss", len(silent),
                     runtime.config.monitor.heartbeat_timeout)
-    for job_id in unclaimed:
-        log.warning("job=%s not claimed within %ss", job_id, runtime.config.monitor.claim_timeout)
+    if unclaimed:
+        log.warning("%d jobs not claimed within %ss", len(unclaimed),
+                    runtime.config.monitor.claim_timeout)
     return {"pilots_lost": pilots_lost, "attempts_lost": orphaned + len(silent),
             "claims_timed_out": len(unclaimed), "sites_cooled": len(cooled)}
 

@@ -47,7 +47,7 @@ def refresh(session: Session, config: TowerConfig) -> datetime:
     insert_missing(session, Presence, name=API, since=now, seen=now)
     record = session.get(Presence, API, with_for_update=True)
     assert record is not None
-    gap = now - _aware(record.seen)
+    gap = now - aware(record.seen)
     if gap > timedelta(seconds=tolerance(config)):
         # a pilot that kept trying waits out its retry delay (doubling up to a ceiling)
         # before it tries again: its first heartbeat may come that much after the return
@@ -57,7 +57,7 @@ def refresh(session: Session, config: TowerConfig) -> datetime:
                     f"{now:%H:%M:%S}", f"{record.since:%H:%M:%S}")
     record.seen = now
     session.add(record)
-    return _aware(record.since)
+    return aware(record.since)
 
 
 def deadline(session: Session, config: TowerConfig, seconds: float) -> datetime | None:
@@ -70,8 +70,8 @@ def deadline(session: Session, config: TowerConfig, seconds: float) -> datetime 
     cutoff = now - timedelta(seconds=seconds)
     if record is None:
         return cutoff
-    serving = now - _aware(record.seen) <= timedelta(seconds=tolerance(config))
-    return cutoff if serving and _aware(record.since) <= cutoff else None
+    serving = now - aware(record.seen) <= timedelta(seconds=tolerance(config))
+    return cutoff if serving and aware(record.since) <= cutoff else None
 
 
 def keep(runtime: Runtime, stop: threading.Event) -> threading.Thread:
@@ -90,6 +90,7 @@ def keep(runtime: Runtime, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
+    """`moment` with its time zone, UTC when the database left it out."""
     # SQLite hands back naive datetimes (stored as UTC)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

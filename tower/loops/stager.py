@@ -44,6 +44,7 @@ from catalog import files
 from catalog.timeutil import later, utcnow
 from pilots.checksums import adler32_file
 from tower.errors import Conflict, GridtowerError, SourceError, TransferError
+from tower.logs import job_context
 from tower.loops import leftovers, post, stagein
 from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
@@ -113,8 +114,19 @@ def _renew(runtime: Runtime, ids: list[int | None], done: threading.Event) -> No
 
 
 def _guarded(runtime: Runtime, output: Output) -> int:
+    with Session(runtime.engine) as session:
+        job = session.get(Job, output.job_id)
+        assert job is not None
+        production = session.get(Production, job.production_id)
+        assert production is not None
+    with job_context(production.name, job.id, output.attempt):
+        return _settled(runtime, output, job, production)
+
+
+def _settled(runtime: Runtime, output: Output, job: Job, production: Production) -> int:
+    """Stage `output`, or settle why not; 1 if it was staged."""
     try:
-        _stage(runtime, output)
+        _stage(runtime, output, job, production)
         return 1
     except SourceError as exc:
         _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name!r}: {exc}")
@@ -144,14 +156,9 @@ def _lease(runtime: Runtime) -> list[Output]:
         return list(session.exec(select(Output).where(col(Output.id).in_(ids))).all())
 
 
-def _stage(runtime: Runtime, output: Output) -> None:
+def _stage(runtime: Runtime, output: Output, job: Job, production: Production) -> None:
     """Copy to each destination still lacking a verified copy, recording each as it is
     done; once all hold one, validate, catalog, and let the source go if asked."""
-    with Session(runtime.engine) as session:
-        job = session.get(Job, output.job_id)
-        assert job is not None
-        production = session.get(Production, job.production_id)
-        assert production is not None
     spec = ProductionSpec.model_validate(production.spec)
     # reports are checked, but an output name is the pilot's string: proved plain again
     path = f"{production.dataset}/{plain_name(output.name, f'job {job.id} output')}"
@@ -168,7 +175,7 @@ def _stage(runtime: Runtime, output: Output) -> None:
                         for name in spec.destinations):
         # every copy is verified by now
         runtime.site_storage(job.site).remove(_at_site(runtime, job.site, output))
-    log.info("job=%s staged %r to %s", job.id, output.name,
+    log.info("staged %r to %s", output.name,
              ", ".join(spec.destinations) or "nowhere")
 
 
@@ -301,7 +308,7 @@ def _check_source(output: Output, local: Path) -> None:
 
 def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> None:
     """The attempt's outputs cannot be used: the policy decides what follows."""
-    log.warning("job=%s output=%r %s: %s", output.job_id, output.name, outcome, reason)
+    log.warning("output=%r %s: %s", output.name, outcome, reason)
     leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(
@@ -313,15 +320,14 @@ def _fail(runtime: Runtime, output: Output, outcome: Outcome, reason: str) -> No
 
 def _drop(runtime: Runtime, output: Output, reason: str) -> None:
     """A newer attempt of the job is cataloged already: this older output is not wanted."""
-    log.info("job=%s output=%r of attempt %s dropped: %s", output.job_id, output.name,
-             output.attempt, reason)
+    log.info("output=%r dropped: %s", output.name, reason)
     leftovers.sweeper(runtime).dropped(output.job_id, output.attempt)
     with transaction(runtime.engine) as session:
         session.execute(delete(Output).where(col(Output.id) == output.id))
 
 
 def _hold(runtime: Runtime, output: Output, reason: str) -> None:
-    log.warning("job=%s output=%r held: %s", output.job_id, output.name, reason)
+    log.warning("output=%r held: %s", output.name, reason)
     with transaction(runtime.engine) as session:
         session.execute(update(Output).where(col(Output.id) == output.id).values(
             lease_until=None, last_error=reason[:500]).execution_options(
@@ -333,8 +339,7 @@ def _hold(runtime: Runtime, output: Output, reason: str) -> None:
 
 def _postpone(runtime: Runtime, output: Output, error: Exception) -> None:
     delay = min(runtime.config.storage.retry_delay * 2 ** output.tries, 3600)
-    log.warning("job=%s output=%r held at the site, retry in %ss: %s",
-                output.job_id, output.name, delay, error)
+    log.warning("output=%r held at the site, retry in %ss: %s", output.name, delay, error)
     with transaction(runtime.engine) as session:
         session.execute(update(Output).where(col(Output.id) == output.id).values(
             tries=Output.tries + 1, next_try_at=later(delay), lease_until=None,

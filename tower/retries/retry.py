@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from catalog.timeutil import later, utcnow
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound
+from tower.logs import about
 from tower.management import productions
 from tower.management.specs import ProductionSpec, needs_of, no_fit, offers
 from tower.model import jobs, tally
@@ -73,7 +74,9 @@ def settle(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec
     decision = decide(policy, history(session, job), spec.retry.max_attempts)
     if not _move(session, job, spec, attempt, decision, config):
         return None
-    _record(session, job, attempt.number, name, outcome, decision)
+    _record(session, job, attempt.number, name, outcome, decision, spec.name)
+    log.info("attempt ended %s (%r): %s", outcome, attempt.reason, decision.reason,
+             extra=about(spec.name, job.id, attempt.number))
     return decision
 
 
@@ -116,13 +119,13 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
 
 
 def _record(session: Session, job: Job, number: int, policy: str, outcome: Outcome,
-            decision: Decision) -> None:
+            decision: Decision, production: str) -> None:
     rows = []
     for taken in (*decision.passive, decision):
         passive = taken is not decision
         if passive:
-            log.info("job=%s attempt=%s passive rule %r would have decided: %s", job.id,
-                     number, taken.rule, taken.reason)
+            log.info("passive rule %r would have decided: %s", taken.rule, taken.reason,
+                     extra=about(production, job.id, number))
         rows.append({"job_id": job.id, "production_id": job.production_id, "attempt": number,
                      "policy": policy, "rule": taken.rule, "outcome": str(outcome),
                      "action": str(taken.action), "passive": passive, "delay": taken.delay,
