@@ -202,6 +202,30 @@ def ask(method: str, path: str, local: Callable[[Runtime, Session], Any],
         opened.close()
 
 
+def read(path: str, local: Callable[[Any], Any]) -> Any:
+    """A reading command's data: from the remote tower's API when one is given, else read
+    here with plain SQL over the database driver's connection (`local` gets it), without
+    SQLAlchemy and the models (tower.model.reads); the same JSON either way. The database
+    must exist: a read makes no table."""
+    far = remote()
+    if far is not None:
+        try:
+            return far.call("GET", path)
+        finally:
+            far.close()
+    from catalog.timeutil import jsonable
+    from pilots.urls import redact
+    from tower.model import reads
+
+    url = config().database_url
+    state().database = redact(url)
+    connection = reads.connect(url)
+    try:
+        return json.loads(json.dumps(local(connection), default=jsonable))
+    finally:
+        connection.close()
+
+
 def local_only() -> None:
     """Refuse a remote tower for a command that works beside the database only."""
     if remote() is not None:

@@ -18,6 +18,7 @@ from tower.cli.common import (
     json_option,
     local_only,
     print_json,
+    read,
     report_moved,
     runtime,
 )
@@ -32,19 +33,13 @@ def production_line(verb: str, row: dict[str, Any]) -> str:
 
 def summaries(name: str | None = None) -> list[dict[str, Any]]:
     """One production's summary, or every production's, in natural order of names."""
-    def one(runtime: Any, session: Any) -> Any:
-        from tower.management import productions
-
-        return productions.summaries(session, name)[0]
-
-    def every(runtime: Any, session: Any) -> Any:
-        from tower.management import productions
-
-        return {"productions": productions.summaries(session)}
+    from tower.model import reads
 
     if name:
-        return [ask("GET", f"/productions/{quote(name)}", one)]
-    return by_name(ask("GET", "/productions", every)["productions"])
+        return [read(f"/productions/{quote(name)}",
+                     lambda connection: reads.summaries(connection, name)[0])]
+    return by_name(read("/productions", lambda connection: {
+        "productions": reads.summaries(connection)})["productions"])
 
 
 @click.command()
