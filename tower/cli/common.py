@@ -205,8 +205,8 @@ def ask(method: str, path: str, local: Callable[[Runtime, Session], Any],
 def read(path: str, local: Callable[[Any], Any]) -> Any:
     """A reading command's data: from the remote tower's API when one is given, else read
     here with plain SQL over the database driver's connection (`local` gets it), without
-    SQLAlchemy and the models (tower.model.reads); the same JSON either way. The database
-    must exist: a read makes no table."""
+    SQLAlchemy and the models (tower.model.reads); the same JSON either way. A read makes
+    no database: a SQLite file not made yet reads as empty."""
     far = remote()
     if far is not None:
         try:
@@ -223,7 +223,8 @@ def read(path: str, local: Callable[[Any], Any]) -> Any:
     try:
         return json.loads(json.dumps(local(connection), default=jsonable))
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()
 
 
 def local_only() -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from tower.errors import BackendError, ConfigError, NotFound
+from tower.errors import ConfigError, NotFound
 from tower.management.progress import phase
 
 #: A DB-API 2.0 connection of sqlite3 or psycopg.
@@ -28,9 +28,10 @@ Connection = Any
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-def connect(url: str) -> Connection:
-    """A connection to the database of `url` (a tower's `database_url`) for reading. The
-    database must exist: a SQLite file is opened, never created."""
+def connect(url: str) -> Connection | None:
+    """A connection to the database of `url` (a tower's `database_url`) for reading; None
+    for a SQLite file not made yet (`tower submit` or `tower run` makes it), which holds
+    nothing: every read of None finds no rows. A read never makes a database."""
     from pilots.urls import redact
 
     scheme, _, rest = url.partition("://")
@@ -39,12 +40,11 @@ def connect(url: str) -> Connection:
             and rest != "/:memory:":
         import sqlite3
 
-        path = rest[1:]  # sqlite:///relative or sqlite:////absolute
-        if not os.path.isfile(path):
-            raise BackendError(f"database {url}: no such file (`tower submit` or `tower run` "
-                               "makes it)")
+        path = os.path.abspath(rest[1:])  # sqlite:///relative or sqlite:////absolute
+        if not os.path.exists(path):
+            return None
         # mode=rw: a file that vanished meanwhile is an error, not a new empty database
-        return sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True,
+        return sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True,
                                timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
     if driver in ("postgresql", "postgres"):
         import psycopg
@@ -60,6 +60,8 @@ def _sqlite(connection: Connection) -> bool:
 
 def _rows(connection: Connection, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
     """The rows of `sql`, written with `?` placeholders, in the connection's transaction."""
+    if connection is None:  # a SQLite file not made yet
+        return []
     if not _sqlite(connection):
         sql = sql.replace("?", "%s")
     cursor = connection.cursor()
