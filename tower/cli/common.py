@@ -152,6 +152,13 @@ def table(rows: Sequence[Sequence[Any]], right: str = "") -> list[str]:
     return lines
 
 
+def print_rows(head: str, rows: Iterable[str], indent: str = "  ") -> None:
+    """A summary line, then one line per row under it, indented by `indent`."""
+    print(head)
+    for row in rows:
+        print(indent + row)
+
+
 def remote() -> Remote | None:
     """The remote tower the global options (or the client file) name, if any."""
     from tower.remote import Remote, client_settings

@@ -18,6 +18,7 @@ from tower.cli.common import (
     json_option,
     local_only,
     print_json,
+    print_rows,
     read,
     report_moved,
     runtime,
@@ -131,13 +132,14 @@ def status(production: str | None, as_json: bool) -> int:
     phases = max(len(row["phase"]) for row in rows) if rows else 0
     for row in rows:
         states = ", ".join(f"{state} {count}" for state, count in sorted(row["states"].items()))
-        print(f"{row['name']:<{width}}  {row['phase']:<{phases}}  {bar(row['states'])}  "
-              f"{row['events_done']}/{row['events_total']} events")
-        print(f"{'':<{width}}  {row['jobs']} jobs: {states}")
-        for destination, held in row["outputs_waiting"].items():
-            print(f"{'':<{width}}  {held['outputs']} outputs ({held['bytes']} bytes) wait at "
-                  f"their sites for {destination}" + (f": {held['last_error']}"
-                                                      if held["last_error"] else ""))
+        print_rows(f"{row['name']:<{width}}  {row['phase']:<{phases}}  {bar(row['states'])}  "
+                   f"{row['events_done']}/{row['events_total']} events", [
+                       f"{row['jobs']} jobs: {states}",
+                       *(f"{held['outputs']} outputs ({held['bytes']} bytes) wait at their "
+                         f"sites for {destination}"
+                         + (f": {held['last_error']}" if held["last_error"] else "")
+                         for destination, held in row["outputs_waiting"].items())],
+                   indent=" " * (width + 2))
     return 0
 
 
@@ -213,25 +215,27 @@ def show(production: str, as_json: bool) -> int:
         print_json(data)
         return 0
     lineage = " <- ".join([data["name"], *data["lineage"]])
-    print(f"production {data['name']} ({data['state']}), group {data['group']}: {lineage}")
-    print(f"  {bar(data['states'])}  {data['events_done']}/{data['events_total']} events")
+    lines = [f"{bar(data['states'])}  {data['events_done']}/{data['events_total']} events"]
     if data["requested_by"]:
-        print(f"  requested by {data['requested_by']}")
+        lines.append(f"requested by {data['requested_by']}")
     if data["decided_by"]:
-        print(f"  decided by {data['decided_by']} at {data['decided_at']}"
-              + (f": {data['decision_note']}" if data["decision_note"] else ""))
+        lines.append(f"decided by {data['decided_by']} at {data['decided_at']}"
+                     + (f": {data['decision_note']}" if data["decision_note"] else ""))
     report = data["trial_report"]
     if report:
         proposal = report["proposal"]
-        print(f"  trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
-              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB "
-              f"({report['memory_per_event_mb']} MB per event)")
-        print(f"  proposal: events_per_job {proposal['events_per_job']}, walltime "
-              f"{proposal['walltime']}s, memory {proposal['memory']} MB ({proposal['why']})")
+        lines.append(f"trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
+                     f"{report['events']} events; peak memory {report['peak_memory_mb']} MB "
+                     f"({report['memory_per_event_mb']} MB per event)")
+        lines.append(f"proposal: events_per_job {proposal['events_per_job']}, walltime "
+                     f"{proposal['walltime']}s, memory {proposal['memory']} MB "
+                     f"({proposal['why']})")
     width = max((len(row["key"]) for row in data["settings"]), default=0)
     for row in data["settings"]:
         value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
-        print(f"  {row['key']:<{width}}  {value:<40}  from {row['from']}")
+        lines.append(f"{row['key']:<{width}}  {value:<40}  from {row['from']}")
+    print_rows(f"production {data['name']} ({data['state']}), group {data['group']}: "
+               f"{lineage}", lines)
     return 0
 
 
