@@ -2,7 +2,7 @@
 remote `tower --url URL status` against a running `tower serve`, before and after the
 CLI moved to click with its imports inside the commands.
 
-    .venv/bin/python bench/cli.py [--repeat 20] [--before 5666c5e] [--json]
+    .venv/bin/python bench/cli.py [--repeat 20] [--before 5666c5e] [--json] [--out bench/results]
 
 Each tree (BEFORE: commit --before, extracted with `git archive` into a temporary
 directory; AFTER: this checkout) gets its own home from its own `tower init`, with the
@@ -10,11 +10,16 @@ starter production (24 jobs) submitted, and its own `tower serve`. Each command 
 the console script does (`from tower.cli import main`), in a fresh interpreter, with
 PYTHONPATH pointing at the tree; one warm-up run, then --repeat timed runs. Prints median,
 mean and p95 wall milliseconds. Targets: 150 ms for --help and remote, 300 ms for status.
+
+The figures go to OUT/cli.json, and REPORT.md there is written again from the suite's last
+results (results.json) with them as its CLI section: `make bench` (bench/suite.py) keeps
+that section, read from cli.json, when it writes the report anew.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -27,10 +32,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import CLI_TARGETS as TARGETS  # noqa: E402
+from bench.report import write_report  # noqa: E402
+
 #: The console script, `tower = "tower.cli:main"`, as an interpreter command line.
 TOWER = [sys.executable, "-c", "import sys; from tower.cli import main; sys.exit(main())"]
-TARGETS = {"tower --help": 150.0, "tower status (SQLite, 24 jobs)": 300.0,
-           "tower --url URL status": 150.0}
 
 
 def environment(tree: Path) -> dict[str, str]:
@@ -107,12 +115,27 @@ def summary(runs: list[float]) -> dict[str, float]:
             "n": len(runs)}
 
 
+def keep(record: dict[str, object], out: Path) -> None:
+    """OUT/cli.json, and OUT/REPORT.md written again with it (from the suite's results)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cli.json").write_text(json.dumps(record, indent=2) + "\n")
+    suite = out / "results.json"
+    if suite.exists():
+        write_report(json.loads(suite.read_text()), out / "REPORT.md")
+    else:
+        print(f"{suite}: no suite results yet; `make bench` writes REPORT.md with the CLI "
+              "section from cli.json", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--before", default="5666c5e", help="the commit to compare with")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                        help="where cli.json and REPORT.md go")
     args = parser.parse_args()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as directory:
         scratch = Path(directory)
         for name in ("before-tree", "before", "after"):
@@ -122,8 +145,13 @@ def main() -> None:
                               measure(before, scratch / "before", args.repeat).items()},
                    "after": {name: summary(runs) for name, runs in
                              measure(ROOT, scratch / "after", args.repeat).items()}}
+    record = {"started": started, "repeat": args.repeat, "cpus": os.cpu_count(),
+              "before_commit": args.before, "after_commit": subprocess.run(
+                  ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                  capture_output=True, text=True).stdout.strip(), **results}
+    keep(record, args.out)
     if args.json:
-        print(json.dumps({"before_commit": args.before, **results}, indent=2))
+        print(json.dumps(record, indent=2))
         return
     print(f"{'command':<32} {'before median':>13} {'mean':>7} {'p95':>7}   "
           f"{'after median':>12} {'mean':>7} {'p95':>7}  target")
