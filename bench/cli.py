@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -73,22 +74,26 @@ def served(tree: Path, config: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def timed(tree: Path, args: list[str], repeat: int) -> list[float]:
-    """Wall milliseconds of `tower ARGS` in a fresh interpreter, `repeat` times."""
+def timed(tree: Path, args: list[str], repeat: int) -> list[tuple[float, float]]:
+    """(wall, CPU) milliseconds of `tower ARGS` in a fresh interpreter, `repeat` times. The
+    CPU (user and system) tells the command's own cost apart from a busy machine's waits."""
     runs = []
     for turn in range(repeat + 1):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         result = subprocess.run([*TOWER, *args], capture_output=True, text=True,
                                 env=environment(tree), cwd=tree, timeout=120)
         elapsed = (time.perf_counter() - started) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = 1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if result.returncode != 0:
             raise SystemExit(f"tower {' '.join(args)} ({tree}) failed:\n{result.stderr}")
         if turn:  # the first run warms the page cache
-            runs.append(elapsed)
+            runs.append((elapsed, cpu))
     return runs
 
 
-def measure(tree: Path, scratch: Path, repeat: int) -> dict[str, list[float]]:
+def measure(tree: Path, scratch: Path, repeat: int) -> dict[str, list[tuple[float, float]]]:
     home = scratch / "home"
     made = subprocess.run([*TOWER, "init", str(home)], capture_output=True, text=True,
                           env=environment(tree), cwd=tree, check=True)
@@ -108,11 +113,11 @@ def measure(tree: Path, scratch: Path, repeat: int) -> dict[str, list[float]]:
     return results
 
 
-def summary(runs: list[float]) -> dict[str, float]:
-    ordered = sorted(runs)
-    return {"median": statistics.median(runs), "mean": statistics.fmean(runs),
-            "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-            "n": len(runs)}
+def summary(runs: list[tuple[float, float]]) -> dict[str, float]:
+    walls = sorted(wall for wall, _ in runs)
+    return {"median": statistics.median(walls), "mean": statistics.fmean(walls),
+            "p95": walls[min(len(walls) - 1, round(0.95 * (len(walls) - 1)))],
+            "cpu_median": statistics.median(cpu for _, cpu in runs), "n": len(runs)}
 
 
 def keep(record: dict[str, object], out: Path) -> None:
@@ -136,6 +141,7 @@ def main() -> None:
                         help="where cli.json and REPORT.md go")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    load = round(os.getloadavg()[0], 2)  # other work on the machine stretches wall times
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as directory:
         scratch = Path(directory)
         for name in ("before-tree", "before", "after"):
@@ -146,6 +152,7 @@ def main() -> None:
                    "after": {name: summary(runs) for name, runs in
                              measure(ROOT, scratch / "after", args.repeat).items()}}
     record = {"started": started, "repeat": args.repeat, "cpus": os.cpu_count(),
+              "load": [load, round(os.getloadavg()[0], 2)],
               "before_commit": args.before, "after_commit": subprocess.run(
                   ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                   capture_output=True, text=True).stdout.strip(), **results}
@@ -153,15 +160,16 @@ def main() -> None:
     if args.json:
         print(json.dumps(record, indent=2))
         return
-    print(f"{'command':<32} {'before median':>13} {'mean':>7} {'p95':>7}   "
-          f"{'after median':>12} {'mean':>7} {'p95':>7}  target")
+    print(f"{'command':<32} {'before median':>13} {'mean':>7} {'p95':>7} {'CPU':>5}   "
+          f"{'after median':>12} {'mean':>7} {'p95':>7} {'CPU':>5}  target")
     for name, target in TARGETS.items():
         old, new = results["before"][name], results["after"][name]
         met = "met" if new["median"] < target else "MISSED"
-        print(f"{name:<32} {old['median']:>13.0f} {old['mean']:>7.0f} {old['p95']:>7.0f}   "
-              f"{new['median']:>12.0f} {new['mean']:>7.0f} {new['p95']:>7.0f}  "
-              f"<{target:.0f} ms {met}")
-    print(f"(wall ms, n={args.repeat} each; before = {args.before})")
+        print(f"{name:<32} {old['median']:>13.0f} {old['mean']:>7.0f} {old['p95']:>7.0f} "
+              f"{old['cpu_median']:>5.0f}   {new['median']:>12.0f} {new['mean']:>7.0f} "
+              f"{new['p95']:>7.0f} {new['cpu_median']:>5.0f}  <{target:.0f} ms {met}")
+    print(f"(wall ms, n={args.repeat} each; CPU: median user+system ms; load average "
+          f"{record['load'][0]} -> {record['load'][1]}; before = {args.before})")
 
 
 if __name__ == "__main__":

@@ -57,17 +57,19 @@ def _cli(path: Path) -> list[str]:
              f"Run {cli['started']} by bench/cli.py, apart from the suite (its figures are kept "
              "in cli.json and survive `make bench`). Wall milliseconds of a fresh `tower` "
              "process (the console script's `from tower.cli import main`), "
-             f"n={cli['repeat']} after one warm-up, on this machine ({cli['cpus']} cores). "
-             f"BEFORE is commit {cli['before_commit']} (the argparse CLI, extracted with `git "
-             f"archive`), AFTER is {cli['after_commit']}.", "",
-             "| command | before median | mean | p95 | after median | mean | p95 | target |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"n={cli['repeat']} after one warm-up, on this machine ({cli['cpus']} cores, load "
+             f"average {cli['load'][0]} at the start, {cli['load'][1]} at the end); CPU is the "
+             "command's own user and system time (median), which a busy machine stretches "
+             f"less. BEFORE is commit {cli['before_commit']} (the argparse CLI, extracted with "
+             f"`git archive`), AFTER is {cli['after_commit']}.", "",
+             "| command | before median | mean | p95 | CPU | after median | mean | p95 | CPU "
+             "| target |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, target in CLI_TARGETS.items():
         old, new = cli["before"][name], cli["after"][name]
         met = "met" if new["median"] < target else "**missed**"
         lines.append(f"| `{name}` | {old['median']:.0f} | {old['mean']:.0f} | {old['p95']:.0f} "
-                     f"| {new['median']:.0f} | {new['mean']:.0f} | {new['p95']:.0f} "
-                     f"| < {target:.0f}: {met} |")
+                     f"| {old['cpu_median']:.0f} | {new['median']:.0f} | {new['mean']:.0f} "
+                     f"| {new['p95']:.0f} | {new['cpu_median']:.0f} | < {target:.0f}: {met} |")
     return [*lines, "", "`--help` and remote commands load neither SQLAlchemy, the models, "
             "pydantic nor requests; a local `tower status` loads the configuration (pydantic) "
             "and reads the database in plain SQL through its driver (tower/model/reads.py), "
