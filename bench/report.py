@@ -1,7 +1,9 @@
-"""REPORT.md from the suite's results: medians and spreads, ratios, targets met or not."""
+"""REPORT.md from the suite's results: medians and spreads, ratios, targets met or not; and
+the CLI's answer times that bench/cli.py keeps beside them (cli.json)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +38,42 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         f"{results['seconds'] / 60:.1f} minutes, on one machine, all systems in the same run. "
         "Figures are medians with (min-max, n=runs).", "",
         *_throughput(runs), *_ceilings(runs), *_gap(runs), *_slurm(runs), *_scale(runs),
-        *_targets(runs), *_versions(results),
+        *_targets(runs), *_versions(results), *_cli(path.parent / "cli.json"),
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+#: The CLI commands bench/cli.py times, with their targets (wall ms, median).
+CLI_TARGETS = {"tower --help": 150.0, "tower status (SQLite, 24 jobs)": 300.0,
+               "tower --url URL status": 150.0}
+
+
+def _cli(path: Path) -> list[str]:
+    """The section of bench/cli.py's last run (its cli.json), if it ran."""
+    if not path.exists():
+        return []
+    cli = json.loads(path.read_text())
+    lines = ["## CLI answer times: `bench/cli.py` (issue 19)", "",
+             f"Run {cli['started']} by bench/cli.py, apart from the suite (its figures are kept "
+             "in cli.json and survive `make bench`). Wall milliseconds of a fresh `tower` "
+             "process (the console script's `from tower.cli import main`), "
+             f"n={cli['repeat']} after one warm-up, on this machine ({cli['cpus']} cores, load "
+             f"average {cli['load'][0]} at the start, {cli['load'][1]} at the end); CPU is the "
+             "command's own user and system time (median), which a busy machine stretches "
+             f"less. BEFORE is commit {cli['before_commit']} (the argparse CLI, extracted with "
+             f"`git archive`), AFTER is {cli['after_commit']}.", "",
+             "| command | before median | mean | p95 | CPU | after median | mean | p95 | CPU "
+             "| target |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, target in CLI_TARGETS.items():
+        old, new = cli["before"][name], cli["after"][name]
+        met = "met" if new["median"] < target else "**missed**"
+        lines.append(f"| `{name}` | {old['median']:.0f} | {old['mean']:.0f} | {old['p95']:.0f} "
+                     f"| {old['cpu_median']:.0f} | {new['median']:.0f} | {new['mean']:.0f} "
+                     f"| {new['p95']:.0f} | {new['cpu_median']:.0f} | < {target:.0f}: {met} |")
+    return [*lines, "", "`--help` and remote commands load neither SQLAlchemy, the models, "
+            "pydantic nor requests; a local `tower status` loads the configuration (pydantic) "
+            "and reads the database in plain SQL through its driver (tower/model/reads.py), "
+            "without SQLAlchemy.", ""]
 
 
 def _throughput(runs: Runs | Any) -> list[str]:

@@ -22,7 +22,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import write_home  # noqa: E402
+from tests.conftest import tls_api, write_home  # noqa: E402
 from tests.security.attacks import idle_connections, slow_headers  # noqa: E402
 from tower.auth import ca  # noqa: E402
 
@@ -38,10 +38,7 @@ THROUGHPUT_SECONDS = 5.0
 @contextmanager
 def tower(tree: Path, home: Path, tls: bool) -> Iterator[tuple[str, dict[str, object]]]:
     """`tower serve` of the code in `tree` as a process; its API URL and client options."""
-    api: dict[str, object] = {"bind": "127.0.0.1", "port": 0}
-    if tls:
-        api["tls"] = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-                      "ca_bundle": "ca/ca.crt"}
+    api = tls_api(crl=False) if tls else {"bind": "127.0.0.1", "port": 0}
     config = write_home(home, f"sqlite:///{home / 'tower.db'}", api=api, access={
         "roles": [{"dn": "CN=reader,OU=users,O=gridtower", "role": "reader"}]})
     process = subprocess.Popen(

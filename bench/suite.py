@@ -5,7 +5,8 @@ machine, in one run, on the same work. `make bench` runs it.
                                     [--scale-jobs 1000000] [--out bench/results]
 
 Writes OUT/REPORT.md and OUT/results.json: every figure's median and spread (min-max)
-over the repeated runs, the versions of everything, and the ratios gridtower / peer.
+over the repeated runs, the versions of everything, and the ratios gridtower / peer; the
+CLI's answer times, measured apart by bench/cli.py, stay in the report (from OUT/cli.json).
 
 1. Ceilings of this machine: process spawns per second, pika's confirmed publish and
    consume rates (bench/peers.py spawn, pika), --repeat times.

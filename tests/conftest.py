@@ -97,6 +97,20 @@ def write_home(directory: Path, database_url: str, site: dict[str, Any] | None =
     return directory / "tower.yaml"
 
 
+def tls_api(crl: bool = True, pilot_ca: bool = False, **api: Any) -> dict[str, Any]:
+    """`api` settings for HTTPS on loopback with what `ca.init_ca(HOME / "ca")` and
+    `ca.issue(..., "host", "server")` leave in a tower home (paths relative to tower.yaml):
+    the server's certificate and key, its CA as the client bundle, its CRL (unless
+    crl=False), and the CA as the pilots' (pilot_ca=True); `api` adds or overrides."""
+    tls = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
+           "ca_bundle": "ca/ca.crt"}
+    if crl:
+        tls["crl"] = "ca/crl.pem"
+    if pilot_ca:
+        tls["pilot_ca"] = "ca"
+    return {"bind": "127.0.0.1", "port": 0, "tls": tls, **api}
+
+
 @pytest.fixture
 def tower_yaml(tmp_path: Path) -> Path:
     """A tower home on SQLite."""

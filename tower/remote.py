@@ -13,9 +13,8 @@ import base64
 import json
 import os
 from dataclasses import dataclass
-from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 from pilots.urls import redact
@@ -29,6 +28,9 @@ from tower.errors import (
     SpecError,
     Unauthorized,
 )
+
+if TYPE_CHECKING:
+    from http.client import HTTPConnection
 
 # The standard library's HTTP client, not requests (nor pydantic for the settings): a
 # remote command answers in about 100 ms, where importing those two took 90 of them.
@@ -126,6 +128,10 @@ class Remote:
     @staticmethod
     def _connect(scheme: str, host: str, port: int | None,
                  chosen: ClientSettings) -> HTTPConnection:
+        # http.client (and ssl) here, not at the top: every local command asks
+        # client_settings whether a remote tower is named, and most name none
+        from http.client import HTTPConnection, HTTPSConnection
+
         if scheme == "http":
             return HTTPConnection(host, port, timeout=TIMEOUT)
         import ssl
@@ -143,6 +149,8 @@ class Remote:
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
              body: dict[str, Any] | None = None) -> Any:
         """The decoded JSON answer; raises the GridtowerError the server's answer means."""
+        from http.client import HTTPException
+
         query = urlencode({name: value for name, value in (params or {}).items()
                            if value is not None}, doseq=True)
         target = self._prefix + path + (f"?{query}" if query else "")

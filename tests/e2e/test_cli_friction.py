@@ -77,6 +77,9 @@ def test_a_database_of_another_schema_is_one_line_naming_it(tmp_path: Path) -> N
     with sqlite3.connect(database) as connection:  # a `job` table of something else
         connection.execute("CREATE TABLE job (id INTEGER PRIMARY KEY, title TEXT)")
     config = write_home(tmp_path / "home", f"sqlite:///{database}")
+    # `tower status` reads without SQLAlchemy, through the driver: its errors read alike
+    one_line(tower(config, "status"), 1, "tower: database", str(database),
+             "no such table: production", "gridtower database")
     result = tower(config, "jobs")
     one_line(result, 1, "tower: database", str(database), "no such column",
              "gridtower database")
@@ -106,6 +109,15 @@ def test_a_missing_database_is_one_line_naming_it(tmp_path: Path) -> None:
     missing = POSTGRES_ADMIN.rsplit("/", 1)[0] + "/no_such_gridtower_database"
     result = tower(write_home(tmp_path / "home", missing), "status")
     one_line(result, 1, "no_such_gridtower_database", "does not exist")
+
+
+def test_status_of_a_database_not_made_yet_reads_empty_and_makes_none(tmp_path: Path) -> None:
+    database = tmp_path / "tower.db"
+    config = write_home(tmp_path / "home", f"sqlite:///{database}")
+    result = tower(config, "status")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "no productions\n", "")
+    one_line(tower(config, "status", "p"), 3, "no production named 'p'")
+    assert not database.exists()
 
 
 def test_a_config_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path) -> None:

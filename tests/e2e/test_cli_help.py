@@ -1,15 +1,18 @@
-"""Every `tower` command's help answers, and neither help nor a remote command loads
-SQLAlchemy (the cost that made `tower --help` take most of a second)."""
+"""Every `tower` command's help answers, and neither help, a remote command nor a local
+`tower status` loads SQLAlchemy (the cost that made `tower --help` take most of a second)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 
+from tests.conftest import write_home
 from tower.cli import cli
 
 #: Runs `tower ARGS...` in-process in a fresh interpreter, then prints whether SQLAlchemy
@@ -38,7 +41,7 @@ def command_paths(command: click.Command, path: tuple[str, ...] = ()) -> list[tu
 PATHS = command_paths(cli)
 
 
-def probe(*args: str) -> tuple[dict[str, object], subprocess.CompletedProcess[str]]:
+def probe(*args: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
                             text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     last = result.stdout.strip().splitlines()[-1]
@@ -65,6 +68,23 @@ def test_a_remote_command_that_cannot_connect_loads_no_sqlalchemy(args: tuple[st
     assert seen["code"] == 1 and "127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
     assert seen["loaded"] == [], f"remote `tower {' '.join(args)}` imported {seen['loaded']}"
+
+
+def test_a_local_status_loads_no_sqlalchemy(tmp_path: Path) -> None:
+    database = tmp_path / "tower.db"
+    config = write_home(tmp_path / "home", f"sqlite:///{database}")
+    request = tmp_path / "p.yaml"
+    request.write_text("name: p\nsoftware: coreutils\ncommand: [\"true\"]\nwalltime: 1m\n"
+                       "events_total: 3\nevents_per_job: 1\n")
+    submitted = subprocess.run([sys.executable, "-m", "tower.cli", "--config", str(config),
+                                "submit", str(request)], capture_output=True, text=True,
+                               timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert submitted.returncode == 0, submitted.stderr
+    for args in (("status",), ("status", "p", "--json"), ("requests",)):
+        seen, result = probe("--config", str(config), *args)
+        assert seen["code"] == 0, result.stderr
+        assert seen["loaded"] == [], f"local `tower {' '.join(args)}` imported {seen['loaded']}"
+    assert "p  active" in probe("--config", str(config), "status")[1].stdout
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])

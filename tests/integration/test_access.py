@@ -16,7 +16,7 @@ import requests
 from sqlalchemy import text
 from sqlmodel import Session
 
-from tests.conftest import write_home
+from tests.conftest import tls_api, write_home
 from tests.integration.test_failures import flaky_production
 from tower.auth import ca
 from tower.config import load_config
@@ -94,9 +94,7 @@ def tower(tmp_path: Path) -> Iterator[Tower]:
     certs["foreign"] = tuple(map(str, ca.issue(foreign, "user", "admin", days=1)))
     config = load_config(write_home(
         home, f"sqlite:///{home / 'tower.db'}", more_sites={"other": {}},
-        api={"bind": "127.0.0.1", "port": 0, "tls": {
-            "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-            "ca_bundle": "ca/ca.crt", "crl": "ca/crl.pem"}},
+        api=tls_api(),
         access={"roles": [
             {"dn": "CN=admin,OU=users,O=gridtower", "role": "admin"},
             {"dn": "CN=manager,OU=users,O=gridtower", "role": "manager"},
@@ -243,9 +241,7 @@ def test_pilots_run_a_production_over_https_with_the_credentials_the_factory_min
     home = tmp_path / "home"
     authority = ca.init_ca(home / "ca", "test CA").directory
     ca.issue(authority, "host", "server", days=1, hosts=["127.0.0.1"])
-    tower = live_tower(api={"bind": "127.0.0.1", "port": 0, "tls": {
-        "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-        "ca_bundle": "ca/ca.crt", "crl": "ca/crl.pem", "pilot_ca": "ca"}})
+    tower = live_tower(api=tls_api(pilot_ca=True))
     assert tower.runtime.config.api_url.startswith("https://")
     tower.submit(flaky_production(tmp_path, jobs=4))
     seen: dict[str, int] = {}
@@ -280,9 +276,7 @@ def test_the_cli_submits_and_follows_a_production_on_a_remote_tower_over_https(
     ca.issue(authority, "user", "manager", days=1, out=tmp_path / "me")  # in client.yaml
     reader = ca.issue(authority, "robot", "monitor", days=1, out=tmp_path / "me")
     tower = live_tower(
-        api={"bind": "127.0.0.1", "port": 0, "tls": {
-            "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-            "ca_bundle": "ca/ca.crt", "pilot_ca": "ca"}},
+        api=tls_api(crl=False, pilot_ca=True),
         access={"roles": [{"dn": "CN=manager,OU=users,O=gridtower", "role": "manager"},
                           {"pattern": "CN=*,OU=robots,O=gridtower", "role": "reader"}]})
     client = tmp_path / "me" / "client.yaml"

@@ -17,7 +17,7 @@ import pytest
 import requests
 from flask import Flask, jsonify, request
 
-from tests.conftest import write_home
+from tests.conftest import tls_api, write_home
 from tower.auth import ca
 from tower.config import load_config
 from tower.runtime import Runtime
@@ -78,10 +78,7 @@ def serve(pki: Pki) -> Iterator[Callable[..., str]]:
     servers: list[ApiServer] = []
 
     def start(tls: bool = True, **api: Any) -> str:
-        settings: dict[str, Any] = {"bind": "127.0.0.1", "port": 0, **api}
-        if tls:  # relative to tower.yaml
-            settings["tls"] = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-                               "ca_bundle": "ca/ca.crt", "crl": "ca/crl.pem"}
+        settings = tls_api(**api) if tls else {"bind": "127.0.0.1", "port": 0, **api}
         config = load_config(write_home(pki.home, "sqlite:///tower.db", api=settings))
         server, url = start_server(config)
         servers.append(server)
@@ -215,10 +212,7 @@ def test_plain_http_behind_a_trusted_proxy(pki: Pki, serve: Callable[..., str]) 
 def test_the_tower_app_is_served(pki: Pki, tls: bool) -> None:
     """The real app, bound as `tower run` binds it; over TLS a path no view serves, so the
     answer does not hang on who may read what."""
-    settings: dict[str, Any] = {"bind": "127.0.0.1", "port": 0}
-    if tls:
-        settings["tls"] = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-                           "ca_bundle": "ca/ca.crt"}
+    settings = tls_api(crl=False) if tls else {"bind": "127.0.0.1", "port": 0}
     config = load_config(write_home(pki.home, "sqlite:///tower.db", api=settings))
     server, url = start_server(config)
     runtime = Runtime.open(config)

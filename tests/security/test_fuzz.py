@@ -24,7 +24,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.conftest import write_home
+from tests.conftest import tls_api, write_home
 from tests.integration.test_failures import flaky_production
 from tower.auth import ca
 from tower.config import load_config
@@ -63,9 +63,7 @@ def tower(tmp_path: Path, database_url: str) -> Iterator[Tower]:
     certs["pilot"] = str(credential)
     config = load_config(write_home(
         home, database_url,
-        api={"bind": "127.0.0.1", "port": 0, "tls": {
-            "cert": "ca/issued/server.crt", "key": "ca/issued/server.key",
-            "ca_bundle": "ca/ca.crt", "crl": "ca/crl.pem"}},
+        api=tls_api(),
         access={"roles": [{"dn": "CN=manager,OU=users,O=gridtower", "role": "manager"},
                           {"pattern": "CN=*,OU=robots,O=gridtower", "role": "reader"}]}))
     server, url = start_server(config)

@@ -13,15 +13,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import write_home
+from tests.conftest import tls_api, write_home
 from tests.integration.conftest import LiveTower
 from tests.security.attacks import ask, idle_connections, slow_headers
 from tower.auth import ca
 
 pytestmark = pytest.mark.one_database  # the serving stack does not depend on the database
 
-TLS = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key", "ca_bundle": "ca/ca.crt",
-       "crl": "ca/crl.pem"}
 PROBES = 5
 
 
@@ -50,9 +48,8 @@ def tower(tmp_path: Path) -> Iterator[Callable[..., Tower]]:
         ca.init_ca(home / "ca", "test CA")
         ca.issue(home / "ca", "host", "server", days=1, hosts=["127.0.0.1"])
         ca.issue(home / "ca", "user", "reader", days=1)
-        api: dict[str, Any] = {"bind": "127.0.0.1", "port": 0, "limits": limits}
-        if tls:
-            api["tls"] = TLS
+        api = tls_api(limits=limits) if tls else {"bind": "127.0.0.1", "port": 0,
+                                                  "limits": limits}
         live = LiveTower(write_home(home, f"sqlite:///{home / 'tower.db'}", api=api, access={
             "roles": [{"dn": "CN=reader,OU=users,O=gridtower", "role": "reader"}]}))
         made.append(live)

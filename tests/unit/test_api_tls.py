@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import write_home
+from tests.conftest import tls_api, write_home
 from tower.auth import ca
 from tower.config import TowerConfig, load_config
 from tower.errors import ConfigError
@@ -21,8 +21,7 @@ from web.identity import ENVIRON_KEY, ProxiedIdentity
 from web.server import start_server
 from web.tls import server_context
 
-TLS = {"cert": "ca/issued/server.crt", "key": "ca/issued/server.key", "ca_bundle": "ca/ca.crt",
-       "crl": "ca/crl.pem"}
+TLS = tls_api()["tls"]
 
 
 @pytest.fixture

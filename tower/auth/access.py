@@ -16,8 +16,6 @@ import enum
 import fnmatch
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from pydantic import Field, model_validator
 
 from sites.schema import Strict
@@ -104,6 +102,11 @@ def principal(dn: str | None, settings: AccessSettings) -> Principal:
 
 def pilot_of(dn: str) -> tuple[str, str] | None:
     """(site, pilot id) when `dn` is a pilot certificate's subject."""
+    # here, not at the top: tower.config imports this module, and every command pays for
+    # the config, while only the API parses subjects
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         name = x509.Name.from_rfc4514_string(dn)
     except ValueError:

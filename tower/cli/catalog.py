@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import click
 
-from tower.cli.common import Group, ask, by_name, json_option, print_json, table
+from tower.cli.common import Group, ask, by_name, json_option, print_json, print_rows, table
 
 
 @click.group(cls=Group)
@@ -117,19 +117,17 @@ def verify(dataset: str, remove_leftovers: bool, as_json: bool) -> int:
     if as_json:
         print_json(summary)
         return int(failed)
-    print(f"{summary['dataset']}: {summary['checked']} of {summary['replicas']} replicas "
-          f"checked: {summary['good']} good, {summary['bad']} bad, "
-          f"{summary['missing']} missing")
-    for problem in summary["problems"]:
-        print(f"  {problem['state']:<8} {problem['destination']}:{problem['path']}  "
-              f"{problem['error']}")
-    for place in summary["unreachable"]:
-        print(f"  unreachable {place['destination']} ({place['replicas']} replicas not "
-              f"checked): {place['error']}")
-    for leftover in summary["leftovers"]:
-        print(f"  {leftover['kind']:<8} {leftover['where']}:{leftover['path']}  "
-              f"{leftover['size']} bytes, named by no replica"
-              + ("  (removed)" if summary["removed"] else ""))
+    print_rows(f"{summary['dataset']}: {summary['checked']} of {summary['replicas']} replicas "
+               f"checked: {summary['good']} good, {summary['bad']} bad, "
+               f"{summary['missing']} missing", [
+                   *(f"{problem['state']:<8} {problem['destination']}:{problem['path']}  "
+                     f"{problem['error']}" for problem in summary["problems"]),
+                   *(f"unreachable {place['destination']} ({place['replicas']} replicas not "
+                     f"checked): {place['error']}" for place in summary["unreachable"]),
+                   *(f"{leftover['kind']:<8} {leftover['where']}:{leftover['path']}  "
+                     f"{leftover['size']} bytes, named by no replica"
+                     + ("  (removed)" if summary["removed"] else "")
+                     for leftover in summary["leftovers"])])
     return int(failed)
 
 

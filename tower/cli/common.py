@@ -152,6 +152,13 @@ def table(rows: Sequence[Sequence[Any]], right: str = "") -> list[str]:
     return lines
 
 
+def print_rows(head: str, rows: Iterable[str], indent: str = "  ") -> None:
+    """A summary line, then one line per row under it, indented by `indent`."""
+    print(head)
+    for row in rows:
+        print(indent + row)
+
+
 def remote() -> Remote | None:
     """The remote tower the global options (or the client file) name, if any."""
     from tower.remote import Remote, client_settings
@@ -200,6 +207,33 @@ def ask(method: str, path: str, local: Callable[[Runtime, Session], Any],
             return json.loads(json.dumps(local(opened, session), default=jsonable))
     finally:
         opened.close()
+
+
+def read(path: str, local: Callable[[Any], Any]) -> Any:
+    """A reading command's data: from the remote tower's API when one is given, else read
+    here with plain SQL over the database driver's connection (`local` gets it), without
+    SQLAlchemy and the models (tower.model.reads); the same JSON either way. A read makes
+    no database: a SQLite file not made yet reads as empty."""
+    far = remote()
+    if far is not None:
+        try:
+            return far.call("GET", path)
+        finally:
+            far.close()
+    from catalog.timeutil import jsonable
+    from pilots.urls import redact
+    from tower.model import reads, revision
+
+    url = config().database_url
+    state().database = redact(url)
+    connection = reads.connect(url)
+    try:
+        if connection is not None:  # a database of another schema revision: one line
+            revision.check(connection.cursor(), redact(url))
+        return json.loads(json.dumps(local(connection), default=jsonable))
+    finally:
+        if connection is not None:
+            connection.close()
 
 
 def local_only() -> None:

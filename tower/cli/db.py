@@ -14,25 +14,38 @@ from tower.cli.common import Group, config, json_option, local_only, print_json,
 
 def describe(error: BaseException, database: str | None) -> str | None:
     """One line for a database error (None: not one), naming the database (its password
-    redacted) and what the driver said."""
-    # sqlalchemy is imported only if the command loaded it: an error can come from it then
-    import sys
-
-    if "sqlalchemy" not in sys.modules:
+    redacted) and what the driver said: an error of SQLAlchemy, or of the driver itself
+    (sqlite3, psycopg) under the plain reads of `tower status`."""
+    found = _said(error)
+    if found is None:
         return None
-    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-
-    if not isinstance(error, SQLAlchemyError):
-        return None
-    said = str(error.orig if isinstance(error, DBAPIError) else error).strip()
+    said, by_driver = found
     said = said.splitlines()[0] if said else type(error).__name__
     where = database or "the database"
     hint = ""
-    if isinstance(error, DBAPIError) and any(
-            word in said for word in ("no such table", "no such column", "does not exist",
-                                      "not a database", "UndefinedColumn", "UndefinedTable")):
+    if by_driver and any(word in said for word in (
+            "no such table", "no such column", "does not exist", "not a database",
+            "UndefinedColumn", "UndefinedTable")):
         hint = " (is it a gridtower database, of this version?)"
     return f"database {where}: {said}{hint}"
+
+
+def _said(error: BaseException) -> tuple[str, bool] | None:
+    """What `error` says and whether the database driver said it; None when neither
+    SQLAlchemy nor a driver raised it."""
+    # a library is looked at only if the command loaded it: an error can come from it then
+    import sys
+
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+        if isinstance(error, DBAPIError):
+            return str(error.orig).strip(), True
+        if isinstance(error, SQLAlchemyError):
+            return str(error).strip(), False
+    drivers = tuple(sys.modules[name].Error for name in ("sqlite3", "psycopg")
+                    if name in sys.modules)
+    return (str(error).strip(), True) if isinstance(error, drivers) else None
 
 
 @click.group(cls=Group, invoke_without_command=True)

@@ -12,6 +12,7 @@ from tower.cli.common import (
     job_states,
     json_option,
     print_json,
+    print_rows,
     report_moved,
     table,
 )
@@ -48,9 +49,8 @@ def jobs(production: str | None, state: str | None, site: str | None, after: int
 
 def print_history(history: list[dict[str, str]]) -> None:
     """A job's moves, as its page and `tower why` show them."""
-    print("history:")
-    for event in history:
-        print(f"  {event['at'][:19]}  {event['from']:>9} -> {event['to']:<9} {event['reason']}")
+    print_rows("history:", (f"{event['at'][:19]}  {event['from']:>9} -> {event['to']:<9} "
+                            f"{event['reason']}" for event in history))
 
 
 @click.command()
@@ -67,13 +67,12 @@ def job(job_id: int, as_json: bool) -> int:
     if as_json:
         print_json(row)
         return 0
-    print(f"job {row['id']} of {row['production']}: stream {row['index']}, seed {row['seed']}, "
-          f"events {row['first_event']}..{row['first_event'] + row['events'] - 1}, "
-          f"{row['state']}")
-    for attempt in row["attempts"]:
-        print(f"  attempt {attempt['number']} on {attempt['site']} pilot "
-              f"{(attempt['pilot_id'] or '-')[:8]}: {attempt['outcome'] or 'running'} "
-              f"{attempt['reason'] or ''}")
+    print_rows(f"job {row['id']} of {row['production']}: stream {row['index']}, seed "
+               f"{row['seed']}, events {row['first_event']}.."
+               f"{row['first_event'] + row['events'] - 1}, {row['state']}",
+               (f"attempt {attempt['number']} on {attempt['site']} pilot "
+                f"{(attempt['pilot_id'] or '-')[:8]}: {attempt['outcome'] or 'running'} "
+                f"{attempt['reason'] or ''}" for attempt in row["attempts"]))
     # a tower older than the history in this answer shows none
     print_history(row.get("history", []))
     return 0
@@ -151,15 +150,13 @@ def why(job_id: int, as_json: bool) -> int:
     if as_json:
         print_json(data)
         return 0
-    print(f"job {data['job']} of {data['production']} is {data['state']} "
-          f"(attempt {data['attempt']}{', site ' + data['site'] if data['site'] else ''})")
-    for line in data["why"]:
-        print(f"  {line}")
+    print_rows(f"job {data['job']} of {data['production']} is {data['state']} "
+               f"(attempt {data['attempt']}{', site ' + data['site'] if data['site'] else ''})",
+               data["why"])
     if data["decisions"]:
-        print("decisions:")
-    for row in data["decisions"]:
-        print(f"  {row['at'][:19]}  after attempt {row['attempt']}: "
-              f"{'(passive) ' if row['passive'] else ''}{row['by']}: {row['reason']}")
+        print_rows("decisions:", (f"{row['at'][:19]}  after attempt {row['attempt']}: "
+                                  f"{'(passive) ' if row['passive'] else ''}{row['by']}: "
+                                  f"{row['reason']}" for row in data["decisions"]))
     print_history(data["history"])
     return 0
 

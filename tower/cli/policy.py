@@ -8,7 +8,17 @@ from urllib.parse import quote
 
 import click
 
-from tower.cli.common import Group, ask, config, json_option, natural, print_json, remote, table
+from tower.cli.common import (
+    Group,
+    ask,
+    config,
+    json_option,
+    natural,
+    print_json,
+    print_rows,
+    remote,
+    table,
+)
 
 
 @click.group(cls=Group)
@@ -107,14 +117,13 @@ def simulate(name: str, production: str, as_json: bool) -> int:
     if as_json:
         print_json(data)
         return 0
-    print(f"{data['production']} replayed through policy {data['policy']}: "
-          f"{data['different']} of {data['decisions']} decisions would differ")
-    for change in data["changes"]:
-        print(f"  {change['count']:>6}  {change['class']:<15} {change['recorded']} -> "
-              f"{change['simulated']}")
-    for example in data["examples"]:
-        print(f"  job {example['job']} attempt {example['attempt']}:\n"
-              f"      was      {example['recorded']}\n      would be {example['simulated']}")
+    print_rows(f"{data['production']} replayed through policy {data['policy']}: "
+               f"{data['different']} of {data['decisions']} decisions would differ", [
+                   *(f"{change['count']:>6}  {change['class']:<15} {change['recorded']} -> "
+                     f"{change['simulated']}" for change in data["changes"]),
+                   *(f"job {example['job']} attempt {example['attempt']}:\n      was      "
+                     f"{example['recorded']}\n      would be {example['simulated']}"
+                     for example in data["examples"])])
     return 0
 
 

@@ -18,6 +18,8 @@ from tower.cli.common import (
     json_option,
     local_only,
     print_json,
+    print_rows,
+    read,
     report_moved,
     runtime,
 )
@@ -32,19 +34,13 @@ def production_line(verb: str, row: dict[str, Any]) -> str:
 
 def summaries(name: str | None = None) -> list[dict[str, Any]]:
     """One production's summary, or every production's, in natural order of names."""
-    def one(runtime: Any, session: Any) -> Any:
-        from tower.management import productions
-
-        return productions.summaries(session, name)[0]
-
-    def every(runtime: Any, session: Any) -> Any:
-        from tower.management import productions
-
-        return {"productions": productions.summaries(session)}
+    from tower.model import reads
 
     if name:
-        return [ask("GET", f"/productions/{quote(name)}", one)]
-    return by_name(ask("GET", "/productions", every)["productions"])
+        return [read(f"/productions/{quote(name)}",
+                     lambda connection: reads.summaries(connection, name)[0])]
+    return by_name(read("/productions", lambda connection: {
+        "productions": reads.summaries(connection)})["productions"])
 
 
 @click.command()
@@ -136,13 +132,14 @@ def status(production: str | None, as_json: bool) -> int:
     phases = max(len(row["phase"]) for row in rows) if rows else 0
     for row in rows:
         states = ", ".join(f"{state} {count}" for state, count in sorted(row["states"].items()))
-        print(f"{row['name']:<{width}}  {row['phase']:<{phases}}  {bar(row['states'])}  "
-              f"{row['events_done']}/{row['events_total']} events")
-        print(f"{'':<{width}}  {row['jobs']} jobs: {states}")
-        for destination, held in row["outputs_waiting"].items():
-            print(f"{'':<{width}}  {held['outputs']} outputs ({held['bytes']} bytes) wait at "
-                  f"their sites for {destination}" + (f": {held['last_error']}"
-                                                      if held["last_error"] else ""))
+        print_rows(f"{row['name']:<{width}}  {row['phase']:<{phases}}  {bar(row['states'])}  "
+                   f"{row['events_done']}/{row['events_total']} events", [
+                       f"{row['jobs']} jobs: {states}",
+                       *(f"{held['outputs']} outputs ({held['bytes']} bytes) wait at their "
+                         f"sites for {destination}"
+                         + (f": {held['last_error']}" if held["last_error"] else "")
+                         for destination, held in row["outputs_waiting"].items())],
+                   indent=" " * (width + 2))
     return 0
 
 
@@ -218,48 +215,47 @@ def show(production: str, as_json: bool) -> int:
         print_json(data)
         return 0
     lineage = " <- ".join([data["name"], *data["lineage"]])
-    print(f"production {data['name']} ({data['state']}), group {data['group']}: {lineage}")
-    print(f"  {bar(data['states'])}  {data['events_done']}/{data['events_total']} events")
+    lines = [f"{bar(data['states'])}  {data['events_done']}/{data['events_total']} events"]
     if data["requested_by"]:
-        print(f"  requested by {data['requested_by']}")
+        lines.append(f"requested by {data['requested_by']}")
     if data["decided_by"]:
-        print(f"  decided by {data['decided_by']} at {data['decided_at']}"
-              + (f": {data['decision_note']}" if data["decision_note"] else ""))
+        lines.append(f"decided by {data['decided_by']} at {data['decided_at']}"
+                     + (f": {data['decision_note']}" if data["decision_note"] else ""))
     report = data["trial_report"]
     if report:
         proposal = report["proposal"]
         rate = report["seconds_per_event"]
-        print(f"  trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
-              f"{report['events']} events; peak memory {report['peak_memory_mb']} MB, "
-              f"{rate['max'] if rate else '-'} s per event at most")
-        print(f"  proposal: events_per_job {proposal['events_per_job']}, walltime "
-              f"{proposal['walltime']}s, memory {proposal['memory']} MB ({proposal['why']})")
-    print_usage(data["usage"])
-    for row in data["tuning"]:
-        print(f"  tuned {row['setting']} {row['old']} -> {row['new']} at {row['at']} "
-              f"({row['reason']})")
+        lines.append(f"trial: {report['succeeded']}/{report['jobs']} jobs succeeded, "
+                     f"{report['events']} events; peak memory {report['peak_memory_mb']} MB, "
+                     f"{rate['max'] if rate else '-'} s per event at most")
+        lines.append(f"proposal: events_per_job {proposal['events_per_job']}, walltime "
+                     f"{proposal['walltime']}s, memory {proposal['memory']} MB "
+                     f"({proposal['why']})")
+    lines += usage_lines(data["usage"])
+    lines += [f"tuned {row['setting']} {row['old']} -> {row['new']} at {row['at']} "
+              f"({row['reason']})" for row in data["tuning"]]
     width = max((len(row["key"]) for row in data["settings"]), default=0)
     for row in data["settings"]:
         value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
-        print(f"  {row['key']:<{width}}  {value:<40}  from {row['from']}")
+        lines.append(f"{row['key']:<{width}}  {value:<40}  from {row['from']}")
+    print_rows(f"production {data['name']} ({data['state']}), group {data['group']}: "
+               f"{lineage}", lines)
     return 0
 
 
-def print_usage(usage: dict[str, Any] | None) -> None:
+def usage_lines(usage: dict[str, Any] | None) -> list[str]:
     """The distributions of what the successful attempts used, as a table."""
     from tower.model.usage import FIGURES
 
     if not usage:
-        print("  usage: no successful attempt measured yet")
-        return
-    print(f"  usage of the latest {usage['attempts']} successful attempts (at most "
-          f"{usage['sample']}); efficiency overall {usage['overall_efficiency'] or '-'}")
+        return ["usage: no successful attempt measured yet"]
     width = max(len(label) for _, label in FIGURES)
-    print(f"    {'':<{width}}  {'median':>10}  {'p95':>10}  {'max':>10}")
-    for key, label in FIGURES:
-        figures = usage[key] or {}
-        print(f"    {label:<{width}}  " + "  ".join(
-            f"{figures.get(name, '-'):>10}" for name in ("median", "p95", "max")))
+    return [f"usage of the latest {usage['attempts']} successful attempts (at most "
+            f"{usage['sample']}); efficiency overall {usage['overall_efficiency'] or '-'}",
+            f"  {'':<{width}}  {'median':>10}  {'p95':>10}  {'max':>10}",
+            *(f"  {label:<{width}}  " + "  ".join(
+                f"{(usage[key] or {}).get(name, '-'):>10}" for name in ("median", "p95", "max"))
+              for key, label in FIGURES)]
 
 
 @click.command()

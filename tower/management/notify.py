@@ -24,7 +24,6 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import requests
 from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
@@ -254,7 +253,10 @@ def deliver(target: Target, payload: dict[str, Any]) -> None:
 
 def _post(webhook: Webhook, payload: dict[str, Any]) -> None:
     # the foreign errors' texts hold the whole URL, query string included: they are not
-    # chained, and only their kind is told
+    # chained, and only their kind is told. requests is imported here, where a webhook is
+    # called: the loops and the API import this module, and most towers post nothing
+    import requests
+
     try:
         answer = requests.post(webhook.url, json=payload, headers=webhook.headers,
                                timeout=webhook.timeout, allow_redirects=False)

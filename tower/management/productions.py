@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
-from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
 from catalog.timeutil import utcnow
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound, SpecError
-from tower.management import overrides, progress
+from tower.management import overrides
 from tower.management.specs import (
     MERGED_KEYS,
     ParentLookup,
@@ -28,9 +27,9 @@ from tower.management.specs import (
     resolve_all,
     split,
 )
-from tower.model import tally, usage
-from tower.model.db import analyze_after_commit, bulk_insert
-from tower.model.models import Job, Output, Production, TuneDecision
+from tower.model import reads, tally, usage
+from tower.model.db import analyze_after_commit, bulk_insert, driver_connection
+from tower.model.models import Job, Production, TuneDecision
 from tower.model.states import (
     PRODUCTION_TRANSITIONS,
     JobState,
@@ -364,35 +363,6 @@ def state_counts(session: Session, production_id: int | None = None) -> dict[int
             for pid, states in tally.counts(session, production_id).items()}
 
 
-def held_outputs(session: Session, production_id: int | None = None
-                 ) -> dict[int, dict[str, dict[str, Any]]]:
-    """{production id: {destination: {"outputs": n, "bytes": b, "last_error": e}}} for the
-    outputs still waiting at their sites for a destination (down, or not reached yet)."""
-    query = (sa_select(col(Output.copied), col(Output.size), col(Output.last_error),
-                       col(Job.production_id))
-             .join(Job, col(Job.id) == Output.job_id)
-             .where(col(Output.staged).is_(False)))
-    if production_id is not None:
-        query = query.where(col(Job.production_id) == production_id)
-    rows = session.execute(query).all()
-    # each production's destinations, read once, not joined onto every waiting output
-    destinations = {pid: spec.get("destinations", []) for pid, spec in session.exec(
-        select(Production.id, Production.spec).where(
-            col(Production.id).in_({row[3] for row in rows}))).all()} if rows else {}
-    held: dict[int, dict[str, dict[str, Any]]] = {}
-    for copied, size, error, pid in rows:
-        for destination in destinations.get(pid, []):
-            if destination in (copied or []):
-                continue
-            entry = held.setdefault(pid, {}).setdefault(
-                destination, {"outputs": 0, "bytes": 0, "last_error": None})
-            entry["outputs"] += 1
-            entry["bytes"] += size
-            if error and destination in error:
-                entry["last_error"] = error
-    return held
-
-
 def describe(session: Session, name: str) -> dict[str, Any]:
     """A production as `tower show` prints it: its summary, its ancestors, every resolved
     setting with the production it comes from, its trial and the decisions about it."""
@@ -440,25 +410,7 @@ def clone(session: Session, config: TowerConfig, source: str, name: str,
 
 def summaries(session: Session, name: str | None = None) -> list[dict[str, Any]]:
     """One production (or all) with its jobs per state, events done, and the outputs
-    waiting at the sites for each destination."""
-    chosen = [get(session, name)] if name else all_productions(session)
-    counts = tally.counts(session, chosen[0].id if name else None)
-    held = held_outputs(session, chosen[0].id if name else None)
-    result = []
-    for production in chosen:
-        states = counts.get(production.id or 0, {})
-        done = states.get(JobState.DONE)
-        jobs = {state: count.jobs for state, count in states.items()}
-        result.append({
-            "outputs_waiting": held.get(production.id or 0, {}),
-            "name": production.name, "state": production.state, "dataset": production.dataset,
-            # the one word the CLI, the API, the pages and notifications use for it
-            "phase": progress.phase(production.state, jobs),
-            "priority": production.priority,
-            "jobs": sum(jobs.values()),
-            "states": jobs,
-            "events_total": production.events_total,
-            "events_done": done.events if done else 0,
-            "created_at": production.created_at.isoformat(timespec="seconds"),
-        })
-    return result
+    waiting at the sites for each destination: the reads `tower status` makes without the
+    ORM (tower.model.reads), in this transaction, its moves included."""
+    tally.write_pending(session)
+    return reads.summaries(driver_connection(session), name)

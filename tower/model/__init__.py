@@ -9,4 +9,6 @@ pilots, the counters kept as they move, and the database.
 - migrate, migrations/: Alembic's migrations, shipped here, and `tower db upgrade`
 - jobs: reading jobs back (filtered lists, one job with its attempts)
 - fleet: pilots in the database
+- reads: the production summaries and the job tally in plain SQL over the driver's
+  connection, without SQLAlchemy (a local `tower status`; the ORM's callers hand in theirs)
 """

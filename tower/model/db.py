@@ -14,9 +14,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 import catalog.models  # noqa: F401  (registers the catalog's tables)
 import tower.model.models  # noqa: F401  (registers the tower's tables)
-
-#: SQLite waits this long for another writer before giving up.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+from tower.model.reads import SQLITE_BUSY_TIMEOUT_MS
 
 
 def normalize_url(url: str) -> str:
@@ -154,9 +152,7 @@ def bulk_insert(session: Session, model: Any, rows: Sequence[dict[str, Any]]) ->
     columns = [*given, *defaults]
     json_columns = {column.name for column in table.columns if isinstance(column.type, JSON)}
     quote = session.get_bind().dialect.identifier_preparer.quote
-    session.flush()  # rows the ORM holds go first, as they would before an INSERT
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
+    raw = driver_connection(session)  # rows the ORM holds go first, as before an INSERT
     statement = f"COPY {quote(table.name)} ({', '.join(map(quote, columns))}) FROM STDIN"
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
         for row in rows:
@@ -165,6 +161,16 @@ def bulk_insert(session: Session, model: Any, rows: Sequence[dict[str, Any]]) ->
                        for default in defaults.values()]
             copy.write_row([_copy_value(value, name in json_columns)
                             for name, value in zip(columns, values, strict=True)])
+
+
+def driver_connection(session: Session) -> Any:
+    """The driver's own connection (sqlite3 or psycopg) under `session`'s transaction, the
+    rows the session holds flushed to it first, as before any query: for COPY, and for the
+    plain SQL of tower.model.reads."""
+    session.flush()
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    return raw
 
 
 def _copy_value(value: Any, is_json: bool) -> Any:

@@ -21,7 +21,10 @@ from sqlalchemy import delete, event, func, insert, select
 from sqlmodel import Session, col
 
 from catalog.timeutil import utcnow
+from tower.model import reads
+from tower.model.db import driver_connection
 from tower.model.models import Activity, Job, JobTally
+from tower.model.reads import Count
 from tower.model.states import JobState
 
 #: Seconds per activity bucket.
@@ -114,27 +117,12 @@ def attempt_ended(session: Session, production_id: int, site: str, outcome: str,
 
 # -- reading ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Count:
-    jobs: int
-    events: int
-
-
 def counts(session: Session, production_id: int | None = None
            ) -> dict[int, dict[str, Count]]:
-    """{production id: {state: Count}} for one production or all; states with no jobs left
-    out."""
+    """{production id: {state: Count}} for one production or all, this transaction's moves
+    included; states with no jobs left out."""
     write_pending(session)
-    query = (select(col(JobTally.production_id), col(JobTally.state), func.sum(JobTally.jobs),
-                    func.sum(JobTally.events))
-             .group_by(col(JobTally.production_id), col(JobTally.state)))
-    if production_id is not None:
-        query = query.where(col(JobTally.production_id) == production_id)
-    result: dict[int, dict[str, Count]] = {}
-    for pid, state, jobs, events in session.execute(query).all():
-        if jobs:
-            result.setdefault(pid, {})[str(state)] = Count(int(jobs), int(events))
-    return result
+    return reads.counts(driver_connection(session), production_id)
 
 
 @dataclass(frozen=True)
