@@ -19,7 +19,7 @@ demo: install
 
 test: install
 	scripts/services.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 # the API fuzzed from its OpenAPI document (tests/security), with a large budget
 fuzz: install

@@ -99,6 +99,32 @@ class LiveTower:
         self.runtime.close()
 
 
+def submit(runtime: Runtime, path: Path) -> None:
+    """Plan and create the productions of the request at `path`, as `tower submit` does."""
+    with transaction(runtime.engine) as session:
+        for item in productions.plan(session, path, runtime.config):
+            productions.create(session, item)
+
+
+@pytest.fixture
+def make_runtime(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes on the test's database, each opened from a home `write_home` writes (`home`:
+    its folder; the rest: write_home's settings); their pilots stopped, as no tower is
+    there to talk to them, and closed at the end."""
+    opened: list[Runtime] = []
+
+    def make(home: str = "home", **settings: Any) -> Runtime:
+        runtime = Runtime.open(load_config(write_home(tmp_path / home, database_url,
+                                                      **settings)))
+        opened.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in opened:
+        daemon.stop_pilots(runtime)
+        runtime.close()
+
+
 @pytest.fixture
 def live_tower(tmp_path: Path, database_url: str) -> Iterator[Callable[..., LiveTower]]:
     made: list[LiveTower] = []

@@ -3,7 +3,6 @@ every decision recorded with its numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,9 @@ import pytest
 from sqlmodel import Session, select
 
 from catalog.timeutil import ago
-from tests.conftest import write_home
+from tests.integration.conftest import submit as submit_file
 from tests.integration.conftest import toy_production
-from tower.config import load_config
-from tower.loops import daemon, factory
-from tower.management import productions
+from tower.loops import factory
 from tower.model.db import transaction
 from tower.model.models import FactoryDecision, Pilot, SiteQueue
 from tower.model.states import PilotState
@@ -23,25 +20,12 @@ from tower.runtime import Runtime
 
 
 @pytest.fixture
-def make_runtime(tmp_path: Path, database_url: str) -> Iterator[Any]:
-    opened: list[Runtime] = []
-
-    def make(**site: Any) -> Runtime:
-        runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url, site)))
-        opened.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in opened:
-        daemon.stop_pilots(runtime)  # pilots started here have no tower to talk to
-        runtime.close()
+def make_runtime(make_runtime: Any) -> Any:
+    return lambda **site: make_runtime(site=site)
 
 
 def submit(runtime: Runtime, directory: Path) -> None:
-    with transaction(runtime.engine) as session:
-        for item in productions.plan(session, toy_production(directory, jobs=4),
-                                     runtime.config):
-            productions.create(session, item)
+    submit_file(runtime, toy_production(directory, jobs=4))
 
 
 def test_a_disabled_site_gets_nothing(make_runtime: Any, tmp_path: Path) -> None:

@@ -13,11 +13,10 @@ import pytest
 from sqlmodel import Session, col, select
 
 from tests.conftest import write_home
-from tests.integration.conftest import LiveTower, toy_production
+from tests.integration.conftest import LiveTower, submit, toy_production
 from tower.config import load_config
 from tower.loops import daemon, matchmaker, site_status
 from tower.management import productions
-from tower.model.db import transaction
 from tower.model.models import Job, Pilot
 from tower.model.states import JobState, PilotState
 from tower.runtime import Runtime
@@ -29,12 +28,6 @@ def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
         tmp_path / "home", database_url, more_sites={"other": {}})))
     yield opened
     opened.close()
-
-
-def submit(runtime: Runtime, path: Path) -> None:
-    with transaction(runtime.engine) as session:
-        for item in productions.plan(session, path, runtime.config):
-            productions.create(session, item)
 
 
 def test_jobs_pinned_to_a_full_site_leave_another_site_its_work(runtime: Runtime,

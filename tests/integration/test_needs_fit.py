@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,11 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
-from tests.conftest import write_home
-from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
+from tests.integration.conftest import LiveTower, assert_done_exactly_once, submit, toy_production
 from tower.brokers.broker import Message, queue_name
-from tower.config import load_config
 from tower.errors import SpecError
-from tower.loops import daemon, factory, matchmaker
-from tower.management import productions, why
+from tower.loops import factory, matchmaker
+from tower.management import why
 from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
 from tower.model.jobs import fitting as job_rows_fitting
@@ -44,28 +42,14 @@ BIG = {"pilot": {**PILOT, "cores": 8, "memory": "16000MB"}, "backlog": {"min": 2
 
 
 @pytest.fixture
-def make_runtime(tmp_path: Path, database_url: str) -> Iterator[Any]:
+def make_runtime(make_runtime: Any) -> Any:
     """Runtimes on one database; each its own home (its own sites.yaml)."""
-    opened: list[Runtime] = []
-
     def make(home: str = "home", local: dict[str, Any] | None = None,
              more_sites: dict[str, Any] | None = None) -> Runtime:
-        runtime = Runtime.open(load_config(write_home(
-            tmp_path / home, database_url, LOCAL if local is None else local,
-            more_sites={"big": BIG} if more_sites is None else more_sites)))
-        opened.append(runtime)
-        return runtime
+        return make_runtime(home, site=LOCAL if local is None else local,
+                            more_sites={"big": BIG} if more_sites is None else more_sites)
 
-    yield make
-    for runtime in opened:
-        daemon.stop_pilots(runtime)
-        runtime.close()
-
-
-def submit(runtime: Runtime, path: Path) -> None:
-    with transaction(runtime.engine) as session:
-        for item in productions.plan(session, path, runtime.config):
-            productions.create(session, item)
+    return make
 
 
 def job_rows(runtime: Runtime) -> list[Job]:

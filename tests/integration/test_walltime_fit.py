@@ -6,7 +6,6 @@ The test sites' pilots give a job at most 595 s (walltime 10m, drain margin 5 s)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,10 @@ import pytest
 from sqlmodel import Session, select
 
 from catalog.timeutil import utcnow
-from tests.conftest import write_home
-from tests.integration.conftest import toy_production
+from tests.integration.conftest import submit, toy_production
 from tower.brokers.broker import Message, queue_name
-from tower.config import load_config
 from tower.errors import SpecError
-from tower.loops import daemon, factory, matchmaker
+from tower.loops import factory, matchmaker
 from tower.management import productions, why
 from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
@@ -28,28 +25,6 @@ from tower.model.states import JobState, move_jobs
 from tower.retries import retry
 from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
-
-
-@pytest.fixture
-def make_runtime(tmp_path: Path, database_url: str) -> Iterator[Any]:
-    opened: list[Runtime] = []
-
-    def make(**settings: Any) -> Runtime:
-        runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url,
-                                                      **settings)))
-        opened.append(runtime)
-        return runtime
-
-    yield make
-    for runtime in opened:
-        daemon.stop_pilots(runtime)
-        runtime.close()
-
-
-def submit(runtime: Runtime, path: Path) -> None:
-    with transaction(runtime.engine) as session:
-        for item in productions.plan(session, path, runtime.config):
-            productions.create(session, item)
 
 
 def pilots(runtime: Runtime) -> list[Pilot]:
