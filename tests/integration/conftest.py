@@ -12,12 +12,17 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from catalog.timeutil import utcnow
 from tests.conftest import write_home
 from tower.config import load_config
 from tower.loops import daemon
 from tower.management import productions
+from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
-from tower.model.models import Attempt, Pilot
+from tower.model.models import Attempt, Job, Pilot, Production
+from tower.model.states import JobState, move_jobs
+from tower.retries import retry
+from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
 from web.server import start_server
 
@@ -104,6 +109,26 @@ def submit(runtime: Runtime, path: Path) -> None:
     with transaction(runtime.engine) as session:
         for item in productions.plan(session, path, runtime.config):
             productions.create(session, item)
+
+
+def end_the_one_job(runtime: Runtime, site: str, outcome: Outcome, reason: str) -> None:
+    """The one job of the database ran at `site` and ended as `outcome`; the retry policy
+    settles it, as a pilot's report would have it."""
+    with transaction(runtime.engine) as session:
+        job = session.exec(select(Job)).one()
+        assert job.id is not None
+        for current, target in ((JobState.DEFINED, JobState.ASSIGNED),
+                                (JobState.ASSIGNED, JobState.QUEUED),
+                                (JobState.QUEUED, JobState.RUNNING)):
+            move_jobs(session, [job.id], current, target, "test", site=site, attempt=1)
+        attempt = Attempt(job_id=job.id, number=1, pilot_id=None, site=site,
+                          started_at=utcnow(), heartbeat_at=utcnow())
+        session.add(attempt)
+        retry.end_attempt(session, attempt, outcome, reason)
+        session.refresh(job)
+        spec = ProductionSpec.model_validate(session.get_one(Production,
+                                                             job.production_id).spec)
+        retry.settle(session, runtime.config, job, spec, attempt)
 
 
 @pytest.fixture

@@ -19,19 +19,22 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from catalog.timeutil import utcnow
-from tests.integration.conftest import LiveTower, assert_done_exactly_once, submit, toy_production
+from tests.integration.conftest import (
+    LiveTower,
+    assert_done_exactly_once,
+    end_the_one_job,
+    submit,
+    toy_production,
+)
 from tower.brokers.broker import Message, queue_name
 from tower.errors import SpecError
 from tower.loops import factory, matchmaker
 from tower.management import why
-from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
 from tower.model.jobs import fitting as job_rows_fitting
 from tower.model.jobs import misfitting as job_rows_misfitting
 from tower.model.models import Attempt, Job, JobEvent, Pilot, Production
 from tower.model.states import JobState, PilotState, move_jobs
-from tower.retries import retry
 from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
 from web.app import create_app
@@ -211,21 +214,7 @@ def test_why_names_the_cores_a_site_lacks(make_runtime: Any, tmp_path: Path) -> 
 def out_of_memory(runtime: Runtime, site: str) -> None:
     """The one job ran at `site` and ran out of memory; the policy decides (standard:
     retry with 1.5 times the memory)."""
-    with transaction(runtime.engine) as session:
-        job = session.exec(select(Job)).one()
-        assert job.id is not None
-        for current, target in ((JobState.DEFINED, JobState.ASSIGNED),
-                                (JobState.ASSIGNED, JobState.QUEUED),
-                                (JobState.QUEUED, JobState.RUNNING)):
-            move_jobs(session, [job.id], current, target, "test", site=site, attempt=1)
-        attempt = Attempt(job_id=job.id, number=1, pilot_id=None, site=site,
-                          started_at=utcnow(), heartbeat_at=utcnow())
-        session.add(attempt)
-        retry.end_attempt(session, attempt, Outcome.OUT_OF_MEMORY, "out of memory")
-        session.refresh(job)
-        spec = ProductionSpec.model_validate(session.get_one(Production,
-                                                             job.production_id).spec)
-        retry.settle(session, runtime.config, job, spec, attempt)
+    end_the_one_job(runtime, site, Outcome.OUT_OF_MEMORY, "out of memory")
 
 
 def test_a_retry_grown_past_every_site_is_held_with_the_reason(make_runtime: Any,

@@ -12,17 +12,14 @@ from typing import Any
 import pytest
 from sqlmodel import Session, select
 
-from catalog.timeutil import utcnow
-from tests.integration.conftest import submit, toy_production
+from tests.integration.conftest import end_the_one_job, submit, toy_production
 from tower.brokers.broker import Message, queue_name
 from tower.errors import SpecError
 from tower.loops import factory, matchmaker
 from tower.management import productions, why
-from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
-from tower.model.models import Attempt, Job, Pilot, Production
+from tower.model.models import Job, Pilot
 from tower.model.states import JobState, move_jobs
-from tower.retries import retry
 from tower.retries.outcomes import Outcome
 from tower.runtime import Runtime
 
@@ -48,22 +45,8 @@ def test_a_retry_that_grows_the_walltime_past_every_site_holds_the_job(
     # Given a job of 400 s whose attempt ran out of walltime (the policy doubles it)
     runtime = make_runtime()
     submit(runtime, toy_production(tmp_path, jobs=1, walltime=400))
-    with transaction(runtime.engine) as session:
-        job = session.exec(select(Job)).one()
-        assert job.id is not None
-        for current, target in ((JobState.DEFINED, JobState.ASSIGNED),
-                                (JobState.ASSIGNED, JobState.QUEUED),
-                                (JobState.QUEUED, JobState.RUNNING)):
-            move_jobs(session, [job.id], current, target, "test", site="local", attempt=1)
-        attempt = Attempt(job_id=job.id, number=1, pilot_id=None, site="local",
-                          started_at=utcnow(), heartbeat_at=utcnow())
-        session.add(attempt)
-        retry.end_attempt(session, attempt, Outcome.WALLTIME, "ran out of walltime")
-        session.refresh(job)
-        spec = ProductionSpec.model_validate(session.get_one(Production,
-                                                             job.production_id).spec)
-        # When the policy decides
-        retry.settle(session, runtime.config, job, spec, attempt)
+    # When the policy decides
+    end_the_one_job(runtime, "local", Outcome.WALLTIME, "ran out of walltime")
     # Then it is held, saying why, and keeps the walltime it had
     with Session(runtime.engine) as session:
         job = session.exec(select(Job)).one()
