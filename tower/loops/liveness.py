@@ -29,8 +29,8 @@ from sqlmodel import Session, col, select
 from catalog.timeutil import utcnow
 from tower.errors import BackendError
 from tower.loops.daemon import LOOPS
-from tower.loops.presence import aware
-from tower.model.db import insert_missing, transaction
+from tower.loops.presence import aware, locked
+from tower.model.db import transaction
 from tower.model.models import Presence
 from tower.runtime import Runtime
 
@@ -165,10 +165,7 @@ def record_loops(session: Session, runtime: Runtime) -> None:
         if pulse.ended is None:
             continue
         ended = datetime.fromtimestamp(pulse.ended, UTC)
-        key = LOOP_ROW + name
-        insert_missing(session, Presence, name=key, since=ended, seen=ended)
-        row = session.get(Presence, key, with_for_update=True)
-        assert row is not None
+        row = locked(session, LOOP_ROW + name, ended)
         if aware(row.seen) < ended:
             row.seen = ended
             session.add(row)
@@ -177,9 +174,7 @@ def record_loops(session: Session, runtime: Runtime) -> None:
 def ask_reload(session: Session) -> datetime:
     """Ask every tower process on this database to reload its configuration."""
     now = utcnow()
-    insert_missing(session, Presence, name=RELOAD_ROW, since=now, seen=now)
-    row = session.get(Presence, RELOAD_ROW, with_for_update=True)
-    assert row is not None
+    row = locked(session, RELOAD_ROW, now)
     row.seen = now
     session.add(row)
     return now

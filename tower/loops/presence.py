@@ -44,9 +44,7 @@ def tolerance(config: TowerConfig) -> float:
 def refresh(session: Session, config: TowerConfig) -> datetime:
     """Record that the API serves now; returns the start of its unbroken stretch."""
     now = utcnow()
-    insert_missing(session, Presence, name=API, since=now, seen=now)
-    record = session.get(Presence, API, with_for_update=True)
-    assert record is not None
+    record = locked(session, API, now)
     gap = now - aware(record.seen)
     if gap > timedelta(seconds=tolerance(config)):
         # a pilot that kept trying waits out its retry delay (doubling up to a ceiling)
@@ -58,6 +56,14 @@ def refresh(session: Session, config: TowerConfig) -> datetime:
     record.seen = now
     session.add(record)
     return aware(record.since)
+
+
+def locked(session: Session, name: str, when: datetime) -> Presence:
+    """Presence row `name`, made (seen and since `when`) if missing, locked till commit."""
+    insert_missing(session, Presence, name=name, since=when, seen=when)
+    record = session.get(Presence, name, with_for_update=True)
+    assert record is not None
+    return record
 
 
 def deadline(session: Session, config: TowerConfig, seconds: float) -> datetime | None:
