@@ -17,9 +17,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo.sh
 
+# tests wait on towers, pilots and batch systems far more than they compute: TEST_WORKERS
+# processes share the two cores; the few that restart a shared service run alone afterwards
+TEST_WORKERS ?= 3
 test: install
 	scripts/services.sh
-	$(BIN)/pytest -q --durations=20
+	$(BIN)/pytest -q --durations=20 -n $(TEST_WORKERS) -m 'not faults_long and not serial'
+	$(BIN)/pytest -q -m serial
 
 # the API fuzzed from its OpenAPI document (tests/security), with a large budget
 fuzz: install

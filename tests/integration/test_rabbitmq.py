@@ -53,6 +53,7 @@ def test_a_whole_production_runs_through_rabbitmq_once(amqp_url: str,
     assert not any(password in text for text in logs)
 
 
+@pytest.mark.serial
 def test_the_broker_restarted_mid_production(amqp_url: str,
                                              live_tower: Callable[..., LiveTower],
                                              tmp_path: Path) -> None:
