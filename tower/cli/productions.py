@@ -27,8 +27,9 @@ from tower.retries.outcomes import Outcome
 
 
 def production_line(verb: str, row: dict[str, Any]) -> str:
+    split = f" ({row['split']}, as they are cataloged)" if row.get("split") else ""
     return (f"{verb} production {row['production']}: {row['jobs']} jobs, {row['events']} "
-            f"events -> dataset {row['dataset']} "
+            f"events{split} -> dataset {row['dataset']} "
             f"({', '.join(row['destinations']) or 'no outputs'})")
 
 

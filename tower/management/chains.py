@@ -20,7 +20,6 @@ no good replica left), `revisit` settles the job made from it:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -34,15 +33,13 @@ from catalog.models import CatalogFile, Dataset, Replica, ReplicaState
 from pilots.rendering import TemplateProblem, render
 from tower.errors import SpecError
 from tower.management.specs import (
-    PILOT_VARIABLES,
     InputSource,
     ProductionSpec,
     Resolved,
     SplitSpec,
-    job_variables,
     seed_for,
-    split,
     templates,
+    trial_variables,
 )
 from tower.model import tally
 from tower.model.db import bulk_insert
@@ -73,18 +70,25 @@ def is_split(spec: Mapping[str, Any] | ProductionSpec) -> bool:
 def check_sources(session: Session, spec: ProductionSpec, where: str,
                   planned: Mapping[str, ProductionSpec]) -> None:
     """Each upstream production of `spec` is in the same file (`planned`) or the database,
-    is not `spec` itself, and makes files its pattern matches."""
+    and is not `spec` itself."""
     for position, source in spec.upstream:
         field = f"inputs[{position}].production"
         if source.production == spec.name:
             raise SpecError(f"{where}: {field}: a production cannot read its own outputs",
                             field=field)
-        upstream = planned.get(source.production) or _stored_spec(session, source.production)
-        if upstream is None:
+        if source.production not in planned and _stored_spec(session,
+                                                             source.production) is None:
             raise SpecError(f"{where}: {field}: no production named {source.production!r} "
                             "in this file or in the database", field=field)
-        names = trial_names(upstream)
-        if not any(fnmatchcase(name, source.outputs) for name in names):
+
+
+def _check_patterns(session: Session, spec: ProductionSpec, where: str,
+                    planned: Mapping[str, ProductionSpec]) -> None:
+    """Each upstream entry's pattern matches a file its production makes."""
+    for position, source in spec.upstream:
+        upstream = planned.get(source.production) or _stored_spec(session, source.production)
+        assert upstream is not None  # check_sources said so
+        if not any(fnmatchcase(name, source.outputs) for name in trial_names(upstream)):
             raise SpecError(
                 f"{where}: inputs[{position}].outputs: {source.outputs!r} matches none of "
                 f"production {source.production}'s outputs "
@@ -93,19 +97,17 @@ def check_sources(session: Session, spec: ProductionSpec, where: str,
 
 
 def check_chain(session: Session, plans: Sequence[Resolved], source: str) -> None:
-    """A file's requests as one chain: no cycle, no chain longer than MAX_STEPS, and each
-    step's templates rendered for a trial job reading the files the step before it would
-    produce. Raises SpecError naming the step and the field."""
+    """A file's requests as one chain: every step they read exists, no cycle, no chain
+    longer than MAX_STEPS, and each step's templates rendered for a trial job reading the
+    files the step before it would produce. Raises SpecError naming the step and field."""
     planned = {item.spec.name: item.spec for item in plans}
-    for item in plans:
-        where = f"{source}: production {item.spec.name}"
-        check_sources(session, item.spec, where, planned)
-        _steps_above(session, item.spec, planned, where)
-        _render_trial(item.spec, planned, session, where)
+    for check in (check_sources, _steps_above, _check_patterns, _render_trial):
+        for item in plans:
+            check(session, item.spec, f"{source}: production {item.spec.name}", planned)
 
 
-def _steps_above(session: Session, spec: ProductionSpec, planned: Mapping[str, ProductionSpec],
-                 where: str) -> None:
+def _steps_above(session: Session, spec: ProductionSpec, where: str,
+                 planned: Mapping[str, ProductionSpec]) -> None:
     """Follow the steps `spec` reads up to their generators: no step reads itself through
     others, and no chain is longer than MAX_STEPS."""
     cleared: set[str] = set()
@@ -134,21 +136,39 @@ def trial_names(spec: ProductionSpec) -> list[str]:
             for pattern in spec.outputs]
 
 
-def _render_trial(spec: ProductionSpec, planned: Mapping[str, ProductionSpec],
-                  session: Session, where: str) -> None:
+def trial_inputs(session: Session, spec: ProductionSpec,
+                 planned: Mapping[str, ProductionSpec]) -> list[str] | None:
+    """The names of the files a first job of a chained step would read: those its
+    upstream steps' first jobs would produce (None for a production not chained)."""
+    if not spec.upstream:
+        return None
     names: list[str] = []
     for _, source in spec.upstream:
         upstream = planned.get(source.production) or _stored_spec(session, source.production)
-        assert upstream is not None  # check_sources said so
-        names += [name for name in trial_names(upstream) if fnmatchcase(name, source.outputs)]
-    variables = {**job_variables(spec, next(split(spec)), attempt=1),
-                 **{name: f"<{name}>" for name in PILOT_VARIABLES},
-                 "inputs": json.dumps([f"<input_dir>/{name}" for name in names])}
+        if upstream is not None:
+            names += [name for name in trial_names(upstream)
+                      if fnmatchcase(name, source.outputs)]
+    return names[:spec.split.files_per_job or 1] if spec.split else names
+
+
+def _render_trial(session: Session, spec: ProductionSpec, where: str,
+                  planned: Mapping[str, ProductionSpec]) -> None:
+    variables = trial_variables(spec, trial_inputs(session, spec, planned))
     for field, text in templates(spec):
         try:
             render(text, variables)
         except TemplateProblem as exc:
             raise SpecError(f"{where}: {field}: {exc}", field=field) from exc
+
+
+def describe_split(spec: ProductionSpec) -> str:
+    """How a production split by its inputs makes its jobs, in words."""
+    assert spec.split is not None
+    rule = (f"{spec.split.files_per_job} files" if spec.split.files_per_job
+            else f"files of {spec.split.events_per_job} events")
+    sources = ", ".join(f"{entry.production}'s {entry.outputs}"
+                        if isinstance(entry, InputSource) else entry for entry in spec.inputs)
+    return f"a job per {rule} of {sources}"
 
 
 def _stored_spec(session: Session, name: str) -> ProductionSpec | None:
@@ -294,8 +314,12 @@ def ended(session: Session, name: str, depth: int = 0) -> bool:
     states = tally.counts(session, production.id).get(production.id or 0, {})
     if any(state not in JOB_TERMINAL and count.jobs for state, count in states.items()):
         return False
-    if not is_split(production.spec):
-        return True
+    return not is_split(production.spec) or fed(session, production, depth)
+
+
+def fed(session: Session, production: Production, depth: int = 0) -> bool:
+    """Whether a production split by inputs will make no more jobs: its sources ended and
+    it consumed every file."""
     spec = ProductionSpec.model_validate(production.spec)
     return sources_ended(session, spec, depth) and not unconsumed(session, production, spec,
                                                                   limit=1)
@@ -304,9 +328,9 @@ def ended(session: Session, name: str, depth: int = 0) -> bool:
 def waiting(session: Session) -> int:
     """Active productions split by inputs that may still make jobs (`tower run
     --until-done` waits for them)."""
-    return sum(1 for name, spec in session.exec(select(Production.name, Production.spec).where(
+    return sum(1 for production in session.exec(select(Production).where(
         Production.state == ProductionState.ACTIVE)).all()
-        if is_split(spec) and not ended(session, name))
+        if is_split(production.spec) and not fed(session, production))
 
 
 def revisit(session: Session, production: Production) -> None:

@@ -49,6 +49,8 @@ class Submission:
     events: int
     dataset: str
     destinations: list[str]
+    #: How a production split by its inputs makes its jobs (None: from its events).
+    split: str | None = None
 
 
 def parent_lookup(session: Session) -> ParentLookup:
@@ -164,6 +166,9 @@ def _with_destinations(item: Resolved, config: TowerConfig, source: str) -> Reso
 
 def summarize(item: Resolved) -> Submission:
     spec = item.spec
+    if spec.split is not None:
+        return Submission(spec.name, 0, 0, spec.dataset_name, spec.destinations,
+                          chains.describe_split(spec))
     return Submission(spec.name, spec.job_count, spec.events_total, spec.dataset_name,
                       spec.destinations)
 
@@ -177,9 +182,14 @@ def submit(session: Session, plans: list[Resolved], dry_run: bool,
     for item in plans:
         row: dict[str, Any] = dict(vars(summarize(item)))
         if dry_run:
-            row["first_job"] = preview(item.spec)
+            row["first_job"] = preview(item.spec, chains.trial_inputs(session, item.spec, {
+                plan.spec.name: plan.spec for plan in plans}))
         else:
-            row["state"] = create(session, item, requested_by).state
+            production = create(session, item, requested_by)
+            row["state"] = production.state
+            if item.spec.split is not None:  # the jobs of the files there already
+                [summary] = summaries(session, production.name)
+                row["jobs"], row["events"] = summary["jobs"], summary["events_total"]
         rows.append(row)
     return {"dry_run": dry_run, "productions": rows}
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
 from sites.config import NEEDS, Needs, PilotShape, amount
 from sites.schema import (
     MAX_INTEGER,
     Cores,
+    OutOfBounds,
     Int32,
     Megabytes,
     Seconds,
@@ -177,6 +178,26 @@ class ProductionSpec(Strict):
     #: One job per group of input files, each reading only its own (tower.management.chains).
     split: SplitSpec | None = None
 
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _input_sources(cls, value: Any) -> Any:
+        # a mapping is another production's outputs: its own errors, not the union's
+        if not isinstance(value, list):
+            return value
+        entries = []
+        for position, entry in enumerate(value):
+            if isinstance(entry, dict):
+                try:
+                    entry = InputSource.model_validate(entry)
+                except ValidationError as exc:
+                    problem = exc.errors()[0]
+                    message = str(problem["msg"]).removeprefix("Value error, ")
+                    if problem["type"] == "string_pattern_mismatch":
+                        message = "a file name glob of * and ?, without / [ ]"
+                    raise OutOfBounds(message, (position, *problem["loc"])) from None
+            entries.append(entry)
+        return entries
+
     @model_validator(mode="before")
     @classmethod
     def _jobs_by_input(cls, value: Any) -> Any:
@@ -188,6 +209,9 @@ class ProductionSpec(Strict):
         if chained and value.get("split") is None:
             value = {**value, "split": {"files_per_job": 1}}
         if value.get("split") is not None:
+            if value.get("trial") is not None:
+                raise OutOfBounds("a production split by its inputs has no trial (its jobs "
+                                  "come as its files do)", ("trial",))
             value = {"events_total": 1, "events_per_job": 1, **value}
         return value
 
@@ -195,9 +219,6 @@ class ProductionSpec(Strict):
     def _split_has_inputs(self) -> ProductionSpec:
         if self.split is not None and not self.inputs:
             raise ValueError("split: a production split by its inputs needs inputs")
-        if self.split is not None and self.trial is not None:
-            raise ValueError("trial: a production split by its inputs has no trial (its jobs "
-                             "come as its files do)")
         return self
 
     @property
@@ -512,11 +533,19 @@ def job_variables(spec: ProductionSpec, job: JobPlan, attempt: int) -> dict[str,
 
 
 
-def preview(spec: ProductionSpec) -> dict[str, Any]:
-    """The first job rendered as a pilot would, with placeholders for what only the site knows."""
-    job = next(split(spec))
-    variables = {**job_variables(spec, job, attempt=1),
+def trial_variables(spec: ProductionSpec, inputs: list[str] | None = None) -> dict[str, Any]:
+    """The variables of a first job, with placeholders for what only the site knows;
+    reading `inputs` (names of files in its input dir), if given."""
+    variables = {**job_variables(spec, next(split(spec)), attempt=1),
                  **{name: f"<{name}>" for name in PILOT_VARIABLES}}
+    if inputs is not None:
+        variables["inputs"] = json.dumps([f"<input_dir>/{name}" for name in inputs])
+    return variables
+
+
+def preview(spec: ProductionSpec, inputs: list[str] | None = None) -> dict[str, Any]:
+    """The first job rendered as a pilot would (trial_variables)."""
+    variables = trial_variables(spec, inputs)
     return {
         "command": [render(argument, variables) for argument in spec.command],
         "steering": {name: render(text, variables) for name, text in spec.steering.items()},
