@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from tower.model.db import bulk_insert, transaction
 from tower.model.models import Job, JobEvent, JobInput, Production
 from tower.model.states import JobState, move_jobs
 from tower.runtime import Runtime
+from web.app import create_app
 
 #: The command of a job that writes what it sees: its input dir, and ${inputs}.
 SEEING = ["${python}", "-c",
@@ -385,6 +389,26 @@ def test_lineage_through_three_steps_both_directions(
     with Session(runtime.engine) as session:
         assert [row["lfn"] for row in lineage.walk(session, rec1)["ancestors"]] == [sim1, gen1]
         assert session.exec(select(func.count()).select_from(FileParent)).one() == 4
+
+    # the API and the CLI answer the same walk
+    client = create_app(runtime).test_client()
+    with Session(runtime.engine) as session:
+        walked = lineage.walk(session, sim2)
+    assert client.get("/api/v1/catalog/lineage", query_string={"lfn": sim2}).json == walked
+    missing = client.get("/api/v1/catalog/lineage", query_string={"lfn": "/no/such"})
+    assert missing.status_code == 404 and missing.json["field"] == "lfn"  # type: ignore[index]
+    assert client.get("/api/v1/catalog/lineage").status_code == 400
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TOWER_")}
+    config = str(tmp_path / "home" / "tower.yaml")
+    answer = subprocess.run([sys.executable, "-m", "tower.cli", "--config", config, "catalog",
+                             "lineage", sim2, "--json"], capture_output=True, text=True,
+                            env=environment, timeout=60, check=True)
+    assert json.loads(answer.stdout) == walked
+    shown = subprocess.run([sys.executable, "-m", "tower.cli", "--config", config, "catalog",
+                            "lineage", sim2], capture_output=True, text=True, env=environment,
+                           timeout=60, check=True).stdout.splitlines()
+    assert [line.split()[:2] for line in shown] == [
+        ["-1", gen1], ["-1", gen2], ["+0", sim2]]  # rec1 no longer reads it
 
 
 # -- large and interrupted ---------------------------------------------------------------------

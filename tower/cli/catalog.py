@@ -92,7 +92,8 @@ def lineage(lfn: str, as_json: bool) -> int:
     lines = [[f"{row['depth']:+d}", row["lfn"], f"adler32:{row['adler32']}",
               f"job {row['job']} attempt {row['attempt']}",
               "from " + (", ".join(parent["lfn"] for parent in row["parents"]) or "nothing")]
-             for row in [*({**row, "depth": -row["depth"]} for row in reversed(data["ancestors"])),
+             for row in [*sorted(({**row, "depth": -row["depth"]} for row in data["ancestors"]),
+                                 key=lambda row: (row["depth"], row["lfn"])),
                          {**data["file"], "depth": 0},
                          *data["descendants"]]]
     print("\n".join(table(lines)))

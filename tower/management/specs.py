@@ -23,9 +23,9 @@ from sites.config import NEEDS, Needs, PilotShape, amount
 from sites.schema import (
     MAX_INTEGER,
     Cores,
-    OutOfBounds,
     Int32,
     Megabytes,
+    OutOfBounds,
     Seconds,
     Strict,
     build,
