@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from catalog import files, lineage
 from catalog.models import CatalogFile, Dataset, FileParent, Replica
+from tests.conftest import write_home
 from tests.integration.conftest import (
     EXAMPLES,
     LiveTower,
@@ -27,9 +30,10 @@ from tests.integration.conftest import (
     submit,
     toy_production,
 )
+from tower.config import load_config
 from tower.errors import SpecError
 from tower.management import chains, productions
-from tower.model.db import bulk_insert, transaction
+from tower.model.db import bulk_insert, make_engine, transaction
 from tower.model.models import Job, JobEvent, JobInput, Production
 from tower.model.states import JobState, move_jobs
 from tower.runtime import Runtime
@@ -473,3 +477,77 @@ def test_a_cycle_that_dies_midway_consumes_nothing_and_the_next_consumes_once(
     with Session(runtime.engine) as session:
         assert consumed(session, "reco") == {f"/sim/decays_{n}.csv": 1 for n in range(4)}
     assert_tally_matches(runtime.engine)
+
+
+@pytest.mark.one_database
+def test_the_tower_killed_while_feeding_a_chain_consumes_each_file_once(
+        tmp_path: Path, postgres_url: str) -> None:
+    """A real `tower run` killed (SIGKILL) as soon as its feeding of a chain committed (its
+    loops may be mid-cycle), twice, with files arriving in between, then a last cycle:
+    every upstream file is read by exactly one job. No site is enabled, so the jobs stay
+    defined and only the feeding is exercised. (A cycle killed before its commit is the
+    rolled-back one of the test above.)"""
+    home = tmp_path / "home"
+    config = write_home(home, postgres_url, site={"enabled": False}, loops={"interval": 0.2})
+    upstream = yaml.safe_load(toy_production(tmp_path, "sim", jobs=1).read_text())
+    path = request(tmp_path, upstream, reco("reco", "sim"), name="chain")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TOWER_")},
+           "TOWER_CONFIG": str(config)}
+    tower = [sys.executable, "-m", "tower.cli"]
+    subprocess.run([*tower, "submit", str(path)], env=env, check=True, capture_output=True)
+    engine = make_engine(load_config(config).database_url)
+    count = 3000
+    with transaction(engine) as session:
+        [sim_job] = session.exec(select(Job.id).where(Job.index == 0)).all()
+        dataset = session.exec(select(Dataset.id).where(Dataset.name == "sim")).one()
+        bulk_insert(session, CatalogFile, [
+            {"dataset_id": dataset, "lfn": f"/sim/decays_{n}.csv", "name": f"decays_{n}.csv",
+             "size": 1, "adler32": "00020002", "events": 1, "attempt": 1, "meta": {},
+             "job_id": sim_job} for n in range(count)])
+        bulk_insert(session, Replica, [
+            {"file_id": file_id, "destination": "store", "path": f"sim/{file_id}",
+             "url": "file:///x", "state": "good"}
+            for file_id in session.exec(select(CatalogFile.id)).all()])
+
+    def consumed_rows() -> int:
+        with Session(engine) as session:
+            return session.exec(select(func.count()).select_from(JobInput)).one()
+
+    try:
+        for _ in range(2):  # killed twice: once early, once as soon as something was made
+            running = subprocess.Popen([*tower, "run", "--no-api"], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 120
+                before = consumed_rows()
+                while consumed_rows() == before and running.poll() is None:
+                    assert time.monotonic() < deadline, "nothing was fed"
+                    time.sleep(0.005)
+            finally:
+                running.send_signal(signal.SIGKILL)
+                running.wait()
+            with transaction(engine) as session:  # more files came meanwhile
+                more = [{"dataset_id": dataset, "lfn": f"/sim/late_{n}_{count}.csv",
+                         "name": f"decays_late_{n}_{count}.csv", "size": 1,
+                         "adler32": "00020002", "events": 1, "attempt": 1, "meta": {},
+                         "job_id": sim_job} for n in range(500)]
+                count += len(more)
+                bulk_insert(session, CatalogFile, more)
+                bulk_insert(session, Replica, [
+                    {"file_id": file_id, "destination": "store", "path": f"sim/{file_id}",
+                     "url": "file:///x", "state": "good"}
+                    for file_id in session.exec(select(CatalogFile.id).where(
+                        col(CatalogFile.lfn).like("/sim/late_%"),
+                        ~col(CatalogFile.id).in_(select(Replica.file_id)))).all()])
+        with transaction(engine) as session:  # the next cycle takes what is left, once
+            chains.feed_all(session)
+        with Session(engine) as session:
+            reads = consumed(session, "reco")
+            assert len(reads) == count and set(reads.values()) == {1}
+            jobs = session.exec(select(func.count()).select_from(Job).join(
+                Production, col(Production.id) == Job.production_id).where(
+                Production.name == "reco")).one()
+            assert jobs == count
+        assert_tally_matches(engine)
+    finally:
+        engine.dispose()
