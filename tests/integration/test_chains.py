@@ -227,6 +227,12 @@ def test_a_two_step_chain_on_postgresql_and_rabbitmq(
         steps = productions.describe(session, "reco")["chain"]
         assert [(step["production"], step["files_consumed"], step["ended"])
                 for step in steps] == [("sim", 0, True), ("reco", 8, True)]
+    # and as the production's page has it
+    page = create_app(tower.runtime).test_client().get("/productions/reco").get_data(
+        as_text=True)
+    rows = page.split('<table id="chain">', 1)[1].split("</table>", 1)[0]
+    assert rows.index('data-step="sim"') < rows.index('data-step="reco" class="current"')
+    assert '<td class="num" data-key="files_consumed">8</td>' in rows
     assert_tally_matches(tower.runtime.engine)
 
 

@@ -119,7 +119,8 @@ def amend(session: Session, production: Production, changes: dict[str, Any],
         raise SpecError(f"production {production.name}: dataset: cannot change once made",
                         field="dataset")
     for key, value in {"spec": spec.model_dump(mode="json"), "origins": item.origins,
-                       "events_total": spec.events_total, "events_per_job": spec.events_per_job,
+                       "events_total": 0 if spec.split else spec.events_total,
+                       "events_per_job": spec.events_per_job,
                        "priority": spec.priority, "queue": spec.queue, "group": spec.group,
                        "template_hash": spec.template_hash, "updated_at": utcnow(),
                        "inputs": resolve_inputs(session, spec, spec.name) or None}.items():
