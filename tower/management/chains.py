@@ -164,8 +164,9 @@ def _render_trial(session: Session, spec: ProductionSpec, where: str,
 def describe_split(spec: ProductionSpec) -> str:
     """How a production split by its inputs makes its jobs, in words."""
     assert spec.split is not None
-    rule = (f"{spec.split.files_per_job} files" if spec.split.files_per_job
-            else f"files of {spec.split.events_per_job} events")
+    rule = ("file" if spec.split.files_per_job == 1
+            else f"{spec.split.files_per_job} files" if spec.split.files_per_job
+            else f"{spec.split.events_per_job} events of files")
     sources = ", ".join(f"{entry.production}'s {entry.outputs}"
                         if isinstance(entry, InputSource) else entry for entry in spec.inputs)
     return f"a job per {rule} of {sources}"
