@@ -32,10 +32,11 @@ from tests.integration.conftest import (
 )
 from tower.config import load_config
 from tower.errors import SpecError
+from tower.loops import matchmaker
 from tower.management import chains, productions
 from tower.model.db import bulk_insert, make_engine, transaction
-from tower.model.models import Job, JobEvent, JobInput, Production
-from tower.model.states import JobState, move_jobs
+from tower.model.models import Job, JobEvent, JobInput, Pilot, Production
+from tower.model.states import JobState, PilotState, move_jobs
 from tower.runtime import Runtime
 from web.app import create_app
 
@@ -557,3 +558,31 @@ def test_the_tower_killed_while_feeding_a_chain_consumes_each_file_once(
         assert_tally_matches(engine)
     finally:
         engine.dispose()
+
+
+def test_each_job_is_brokered_to_a_site_holding_its_own_files(
+        make_runtime: Callable[..., Runtime], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    runtime = make_runtime(
+        site={"data": {"destination": "store", "path": str(home / "store")}},
+        more_sites={"other": {"data": {"destination": "other", "path": str(home / "other")}}},
+        storage={"destinations": {"store": "local:store", "other": "local:other"},
+                 "default": ["store"], "retry_delay": 1})
+    with transaction(runtime.engine) as session:
+        lfns = a_dataset(session, tmp_path, "raw", 6, on_disk=False)
+        # the odd files live at the other site's storage element only
+        for entry in session.exec(select(CatalogFile)).all():
+            if int(entry.name[2:7]) % 2:
+                session.execute(Replica.__table__.update().where(
+                    Replica.__table__.c.file_id == entry.id).values(destination="other"))
+        for site in ("local", "other"):
+            session.add(Pilot(id=f"pilot-{site}", site=site, state=PilotState.RUNNING,
+                              slots=4))
+    submit(runtime, request(tmp_path, {
+        "name": "spread", "software": "python", "command": ["true"], "inputs": ["raw"],
+        "split": {"files_per_job": 1}, "walltime": "1m"}))
+    matchmaker.run_once(runtime)
+    with Session(runtime.engine) as session:
+        own = chains.job_lfns(session, session.exec(select(Job.id)).all())
+        sites = {own[job.id or 0][0]: job.site for job in session.exec(select(Job)).all()}
+    assert sites == {lfn: "other" if n % 2 else "local" for n, lfn in enumerate(lfns)}
