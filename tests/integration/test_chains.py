@@ -176,7 +176,12 @@ def test_split_by_events_refuses_files_without_event_counts(
 @pytest.mark.one_database
 def test_a_two_step_chain_on_postgresql_and_rabbitmq(
         amqp_url: str, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
-    tower = live_tower(site=data_site(tmp_path / "home"), broker=amqp_url)
+    # two one-slot pilots and a backlog of one job a slot: the simulation runs in waves,
+    # and the reconstruction of a wave's files is matched ahead of the waves still to come
+    tower = live_tower(site={**data_site(tmp_path / "home"), "backlog": {"per_slot": 1},
+                             "pilot": {"slots": 1, "cores": 1, "walltime": "10m",
+                                       "drain_margin": 5, "idle_timeout": 3}},
+                       broker=amqp_url)
     assert tower.runtime.engine.dialect.name == "postgresql"
     upstream = yaml.safe_load(toy_production(tmp_path, "sim", jobs=8, events=300,
                                              sleep=0.001).read_text())
