@@ -377,8 +377,10 @@ def _holding(session: Session, runtime: Runtime, lfns: list[str], sites: list[st
     """The sites among `sites` that hold every file of `lfns` (when none does, the files
     are asked to be staged in to one, and the job waits)."""
     holding = placement.holding_sites(session, runtime.config, lfns, sites)
-    if not holding:
-        placement.request_stage_in(session, runtime.config, lfns, sites)
+    if not holding and sites and placement.request_stage_in(session, runtime.config, lfns,
+                                                            sites) is None:
+        log.warning("inputs %s: no allowed site has a storage element for them (sites.yaml "
+                    "`data`)", lfns[0])
     return holding
 
 
