@@ -69,3 +69,18 @@ class Replica(SQLModel, table=True):
     checked_at: datetime | None = None
     error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class FileParent(SQLModel, table=True):
+    """Lineage: one file a cataloged file was made from, as it was when its job read it.
+    The job and attempt that made the file are the file's own `job_id` and `attempt`."""
+
+    __tablename__ = "file_parent"
+    __table_args__ = (UniqueConstraint("file_id", "lfn"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_id: int = Field(foreign_key="catalog_file.id")  # indexed by the unique constraint
+    #: The parent's entry, while the catalog holds it (None: a file from elsewhere).
+    parent_id: int | None = Field(default=None, foreign_key="catalog_file.id", index=True)
+    lfn: str = Field(max_length=1000)
+    adler32: str = Field(max_length=8)

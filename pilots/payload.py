@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import json
 import logging
 import os
 import select
@@ -72,7 +73,10 @@ class Payload:
         self.variables = {**claim["variables"], **pilot, "cores": self.cores,
                           "work_dir": self.work_dir,
                           "output_dir": self.output_dir, "input_dir": self.input_dir,
-                          "python": sys.executable}
+                          "python": sys.executable,
+                          # the job's input files, as a JSON list of their paths
+                          "inputs": json.dumps([str(self.input_dir / Path(item["name"]).name)
+                                                for item in claim.get("inputs", [])])}
         self.ending = "finished"
         self.reason: str | None = None
         #: The payload's peak resident memory (its tree's), its CPU seconds (user + system,

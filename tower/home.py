@@ -10,7 +10,8 @@ from string import Template
 from tower.errors import Conflict
 
 #: Starter file -> is it a template with ${home} in it?
-STARTER = {"tower.yaml": False, "sites.yaml": True, "production.yaml": False, "toysim.py": False}
+STARTER = {"tower.yaml": False, "sites.yaml": True, "production.yaml": False, "toysim.py": False,
+           "toyreco.py": False}
 
 
 def init(directory: Path, force: bool = False) -> list[Path]:
@@ -27,5 +28,6 @@ def init(directory: Path, force: bool = False) -> list[Path]:
         if templated:
             text = Template(text).safe_substitute(home=str(directory))
         (directory / name).write_text(text)
-    shutil.copymode(str(starter / "toysim.py"), directory / "toysim.py")
+    for script in ("toysim.py", "toyreco.py"):
+        shutil.copymode(str(starter / script), directory / script)
     return targets

@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field
 from sqlmodel import Session
 
-from catalog import files, queries
+from catalog import files, lineage, queries
 from sites.schema import Id, Int32, Line, Strict, build, json_document, yaml_documents
 from tower.auth.access import Permission
 from tower.brokers.broker import queue_name
@@ -514,6 +514,18 @@ def catalog_find() -> Any:
     conditions = queries.parse_conditions(request.args.getlist("q"))
     with Session(_runtime().engine) as session:
         return jsonify({"files": queries.find(session, conditions)})
+
+
+@api.get("/catalog/lineage")
+@needs(Permission.READ)
+def catalog_lineage() -> Any:
+    """`?lfn=LFN`: the file, every file it was made from up to the generator, and every
+    file made from it (see catalog.lineage)."""
+    lfn = request.args.get("lfn")
+    if not lfn or len(lfn) > 1000:
+        raise BadRequest("give ?lfn=LFN (at most 1000 characters)", field="lfn")
+    with Session(_runtime().engine) as session:
+        return jsonify(lineage.walk(session, lfn))
 
 
 @api.post("/catalog/datasets/<path:name>/verify")

@@ -26,7 +26,7 @@ from tower.auth.access import Permission, allows
 from tower.errors import Forbidden, GridtowerError
 from tower.loops import factory
 from tower.loops.site_status import site_queues
-from tower.management import approval, productions, progress, why
+from tower.management import approval, chains, productions, progress, why
 from tower.model import fleet, jobs, tally, usage
 from tower.model.models import Attempt, Job, Output, Production, SiteHealth
 from tower.model.states import JOB_TERMINAL, JobState, PilotState
@@ -171,6 +171,7 @@ def production(name: str) -> str:
         parameters = sorted(productions.parameters(chosen))
         used = usage.distribution(session, pid)
         tuning = productions.tuning(session, pid)
+        chain = chains.steps(session, name)
         linked = set(session.exec(select(Production.name).where(
             col(Production.name).in_({origin for _, _, origin in parameters}))).all())
     failures: Counter[tuple[str, int]] = Counter()
@@ -186,7 +187,7 @@ def production(name: str) -> str:
     return render_template(
         "production.html", production=chosen, summary=summary, pace=pace,
         phase=progress.phase(chosen.state, summary["states"]),
-        parameters=parameters, linked=linked, usage=used, tuning=tuning,
+        parameters=parameters, linked=linked, usage=used, tuning=tuning, chain=chain,
         usage_figures=usage.FIGURES,
         failures=[{"class": kind, "code": code, "blame": blame(Outcome(kind)), "attempts": n}
                   for (kind, code), n in failures.most_common()],

@@ -45,10 +45,15 @@ def test_every_command_has_help(command: str) -> None:
 def test_dry_run_shows_the_first_job_and_writes_nothing(home: Path) -> None:
     result = tower(home, "submit", "--dry-run", "--json", str(home.parent / "production.yaml"))
     assert result.returncode == 0, result.stderr
-    [production] = json.loads(result.stdout)["productions"]
+    production, reco = json.loads(result.stdout)["productions"]
     assert production["jobs"] == 24 and production["events"] == 48000
     assert production["first_job"]["command"][0] == "<python>"
     assert '"first_event": 0' in production["first_job"]["steering"]["steering.json"]
+    # the chain's second step: its jobs come with the files, its first reads the first's
+    assert (reco["jobs"], reco["split"]) == (0, "a job per file of radon-chain-demo's "
+                                                "decays_*.csv")
+    assert ('{"inputs": ["<input_dir>/decays_0.csv"], "output": "summary_0.json"}'
+            in reco["first_job"]["steering"]["reco.json"])
     assert productions_in(home) == []
 
 
@@ -66,8 +71,9 @@ def test_a_bad_request_exits_2_names_file_and_field_and_writes_nothing(home: Pat
 
 def test_submit_then_status_jobs_and_pagination(home: Path) -> None:
     assert tower(home, "submit", str(home.parent / "production.yaml")).returncode == 0
-    [production] = productions_in(home)
+    production, reco = productions_in(home)
     assert production["states"] == {"defined": 24} and production["events_done"] == 0
+    assert reco["name"] == "radon-chain-reco" and reco["jobs"] == 0
     first = json.loads(tower(home, "jobs", "--json", "--limit", "10").stdout)
     second = json.loads(tower(home, "jobs", "--json", "--limit", "10", "--after",
                               str(first["next_after"])).stdout)
@@ -82,7 +88,7 @@ def test_submitting_the_same_name_twice_is_refused(home: Path) -> None:
     assert tower(home, "submit", path).returncode == 0
     again = tower(home, "submit", path)
     assert again.returncode == 2 and "exists already" in again.stderr
-    assert len(productions_in(home)) == 1
+    assert len(productions_in(home)) == 2
 
 
 def test_unknown_objects_exit_3(home: Path) -> None:

@@ -13,7 +13,8 @@ from tower.cli.common import Group, ask, by_name, json_option, print_json, print
 @click.group(cls=Group)
 def catalog() -> None:
     """the catalog: `catalog ls [DATASET]` lists datasets, or the files of one; `catalog
-    find KEY=VALUE...` finds files by metadata; `catalog export DATASET` prints its file
+    find KEY=VALUE...` finds files by metadata; `catalog lineage LFN` shows what a file was
+    made from and what was made from it; `catalog export DATASET` prints its file
     list; `catalog verify DATASET` checks every replica at its destination and lists files
     there that nothing names (exit 1 unless all replicas are good and none is left)"""
 
@@ -70,6 +71,34 @@ def find(terms: tuple[str, ...], as_json: bool) -> int:
         print_json(rows)
     else:
         print_files(rows["files"])
+    return 0
+
+
+@catalog.command()
+@click.argument("lfn", metavar="LFN")
+@json_option
+def lineage(lfn: str, as_json: bool) -> int:
+    """what a file was made from, up to the generator, and every file made from it, each
+    with its adler32 and the job and attempt that made it"""
+    def local(runtime: Any, session: Any) -> Any:
+        from catalog import lineage as walk
+
+        return walk.walk(session, lfn)
+
+    data = ask("GET", "/catalog/lineage", local, params={"lfn": lfn})
+    if as_json:
+        print_json(data)
+        return 0
+    lines = [[f"{row['depth']:+d}", row["lfn"], f"adler32:{row['adler32']}",
+              f"job {row['job']} attempt {row['attempt']}",
+              "from " + (", ".join(parent["lfn"] for parent in row["parents"]) or "nothing")]
+             for row in [*sorted(({**row, "depth": -row["depth"]} for row in data["ancestors"]),
+                                 key=lambda row: (row["depth"], row["lfn"])),
+                         {**data["file"], "depth": 0},
+                         *data["descendants"]]]
+    print("\n".join(table(lines)))
+    if data["truncated"]:
+        print("(more files than one walk shows: walk again from a file further along)")
     return 0
 
 

@@ -27,8 +27,9 @@ from tower.retries.outcomes import Outcome
 
 
 def production_line(verb: str, row: dict[str, Any]) -> str:
+    split = f" ({row['split']}, as they are cataloged)" if row.get("split") else ""
     return (f"{verb} production {row['production']}: {row['jobs']} jobs, {row['events']} "
-            f"events -> dataset {row['dataset']} "
+            f"events{split} -> dataset {row['dataset']} "
             f"({', '.join(row['destinations']) or 'no outputs'})")
 
 
@@ -231,6 +232,7 @@ def show(production: str, as_json: bool) -> int:
         lines.append(f"proposal: events_per_job {proposal['events_per_job']}, walltime "
                      f"{proposal['walltime']}s, memory {proposal['memory']} MB "
                      f"({proposal['why']})")
+    lines += chain_lines(data["chain"], data["name"])
     lines += usage_lines(data["usage"])
     lines += [f"tuned {row['setting']} {row['old']} -> {row['new']} at {row['at']} "
               f"({row['reason']})" for row in data["tuning"]]
@@ -241,6 +243,22 @@ def show(production: str, as_json: bool) -> int:
     print_rows(f"production {data['name']} ({data['state']}), group {data['group']}: "
                f"{lineage}", lines)
     return 0
+
+
+def chain_lines(steps: list[dict[str, Any]], name: str) -> list[str]:
+    """The chain a production belongs to, upstream first: each step's progress, and what
+    it reads."""
+    from tower.management.progress import bar
+
+    lines = [f"chain of {len(steps)} steps:"] if steps else []
+    for step in steps:
+        mark = "*" if step["production"] == name else " "
+        reads = f" reads {', '.join(step['reads'])}," if step["reads"] else ""
+        ended = "ended" if step["ended"] else "running"
+        lines.append(f" {mark} {step['production']} ({step['state']}, {ended}):{reads} "
+                     f"{step['files_consumed']} files consumed, {step['jobs']} jobs "
+                     f"{bar(step['states'])}")
+    return lines
 
 
 def usage_lines(usage: dict[str, Any] | None) -> list[str]:

@@ -26,6 +26,7 @@ from tower.config import TowerConfig
 from tower.errors import OutsideRoot
 from tower.logs import about
 from tower.loops import placement
+from tower.management import chains
 from tower.management.specs import (
     JobPlan,
     ProductionSpec,
@@ -139,11 +140,15 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
               for production_id in {jobs[job_id].production_id for job_id in moved}
               if (lfns := productions[production_id][1])}
+    # a job of a production split by its inputs reads only its own files
+    own = {job_id: placement.input_paths(session, config, lfns, pilot.site)
+           for job_id, lfns in chains.job_lfns(session, moved).items()}
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
             answers[(job_id, number)] = {**_payload(jobs[job_id], productions[production_id][0]),
-                                         "inputs": inputs.get(production_id, [])}
+                                         "inputs": own.get(job_id)
+                                         or inputs.get(production_id, [])}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]

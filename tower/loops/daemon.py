@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import Session
 
 from tower.loops import factory, matchmaker, monitor, stager, trial, tune, wakeups
-from tower.management import notify
+from tower.management import chains, notify
 from tower.model import fleet, tally
 from tower.model.states import JOB_TERMINAL
 from tower.runtime import Pulse, Runtime
@@ -108,7 +108,9 @@ def stop_pilots(runtime: Runtime) -> int:
 
 
 def unfinished(runtime: Runtime) -> int:
-    """Jobs not yet in a terminal state, from the tally (no scan of the jobs table)."""
+    """Jobs not yet in a terminal state, from the tally (no scan of the jobs table), and
+    the steps of chains that may still make jobs."""
     with Session(runtime.engine) as session:
         return sum(count.jobs for states in tally.counts(session).values()
-                   for state, count in states.items() if state not in JOB_TERMINAL)
+                   for state, count in states.items() if state not in JOB_TERMINAL
+                   ) + chains.waiting(session)

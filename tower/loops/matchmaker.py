@@ -24,6 +24,7 @@ from tower.brokers.broker import Message, queue_name
 from tower.config import TowerConfig
 from tower.errors import BackendError
 from tower.loops import health, placement
+from tower.management import chains
 from tower.management.specs import needs_of
 from tower.model import jobs as job_rows
 from tower.model import tally
@@ -75,6 +76,9 @@ def run_once(runtime: Runtime) -> int:
              "republished (its message was lost)")
     with transaction(runtime.engine) as session:
         _recall(session, runtime)
+    with transaction(runtime.engine) as session:
+        # jobs of the input files cataloged since the last cycle, matched in this one
+        chains.feed_all(session)
     _discard_stale(runtime, depths)
     assigned = _match(runtime)
     return queued + _publish(runtime, assigned, JobState.ASSIGNED, "published")
@@ -186,10 +190,14 @@ def _match(runtime: Runtime) -> list[Placed]:
         needs = production_needs(session)
         eligible = _eligible_sites(session, runtime, needs)
         candidates = _candidates(session, runtime, room, eligible, needs)
+        # a job of a production split by inputs goes where its own files are
+        own = chains.job_lfns(session, [job.id for job in candidates])
         by_site: dict[str, list[Any]] = defaultdict(list)
         for job in candidates:
             sites = fitting(runtime.config, placed(job, eligible.get(job.production_id, [])),
                             needs[job.production_id].grown(job.memory, job.walltime))
+            if job.id in own:
+                sites = _holding(session, runtime, own[job.id], sites)
             site = _choose(room, sites, job.queue)
             if site is not None:
                 by_site[site].append(job)
@@ -362,6 +370,18 @@ def _eligible_sites(session: Session, runtime: Runtime,
             sites = holding
         result[production_id] = sites
     return result
+
+
+def _holding(session: Session, runtime: Runtime, lfns: list[str], sites: list[str]
+             ) -> list[str]:
+    """The sites among `sites` that hold every file of `lfns` (when none does, the files
+    are asked to be staged in to one, and the job waits)."""
+    holding = placement.holding_sites(session, runtime.config, lfns, sites)
+    if not holding and sites and placement.request_stage_in(session, runtime.config, lfns,
+                                                            sites) is None:
+        log.warning("inputs %s: no allowed site has a storage element for them (sites.yaml "
+                    "`data`)", lfns[0])
+    return holding
 
 
 def placed(job: Any, sites: list[str]) -> list[str]:

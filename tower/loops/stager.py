@@ -40,12 +40,13 @@ from typing import Any
 from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
-from catalog import files
+from catalog import files, lineage
 from catalog.timeutil import later, utcnow
 from pilots.checksums import adler32_file
 from tower.errors import Conflict, GridtowerError, SourceError, TransferError
 from tower.logs import job_context
 from tower.loops import leftovers, post, stagein
+from tower.management import chains
 from tower.management.specs import ProductionSpec
 from tower.model.db import transaction
 from tower.model.models import Job, Output, Production
@@ -273,6 +274,7 @@ def _register(runtime: Runtime, output: Output, job: Job, production: Production
                                _metadata(job, production))
         for destination, (path, url) in replicas.items():
             files.add_replica(session, entry, destination, url, path=path)
+        lineage.record(session, entry, chains.parents_of(session, job, production))
         if rejected:
             files.mark_bad(session, entry, rejected)
             return

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from catalog.timeutil import later, utcnow
 from tower.errors import BackendError, ConfigError
-from tower.management import progress
+from tower.management import chains, progress
 from tower.management.notification_settings import (
     MAX_TIMEOUT,
     Event,
@@ -124,6 +124,9 @@ def _new_events(session: Session, config: TowerConfig, production: Production,
     """The events of `production` (with their occurrence) that a target wants and that
     were not recorded yet."""
     phase = progress.phase(production.state, states)
+    if (phase == "finished" and chains.is_split(production.spec)
+            and not chains.fed(session, production)):
+        phase = str(production.state)  # a chain's step whose next files are still to come
     candidates = []
     if phase == "finished":
         # an extended production completes anew: its total of events tells the two apart

@@ -14,7 +14,7 @@ from catalog.models import CatalogFile, Dataset
 from catalog.timeutil import utcnow
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound, SpecError
-from tower.management import overrides
+from tower.management import chains, overrides
 from tower.management.specs import (
     MERGED_KEYS,
     ParentLookup,
@@ -49,6 +49,8 @@ class Submission:
     events: int
     dataset: str
     destinations: list[str]
+    #: How a production split by its inputs makes its jobs (None: from its events).
+    split: str | None = None
 
 
 def parent_lookup(session: Session) -> ParentLookup:
@@ -74,7 +76,9 @@ def plan_documents(session: Session, documents: list[dict[str, Any]], path: str,
     if taken:
         raise SpecError(f"{path}: production {taken[0]}: name: a production of this name "
                         "exists already", field="name")
-    return [_checked(session, item, config, path) for item in resolved]
+    checked = [_checked(session, item, config, path) for item in resolved]
+    chains.check_chain(session, checked, path)
+    return checked
 
 
 def _checked(session: Session, item: Resolved, config: TowerConfig, path: str) -> Resolved:
@@ -109,12 +113,14 @@ def amend(session: Session, production: Production, changes: dict[str, Any],
     [item] = resolve_all([document], f"production {production.name}", parent_lookup(session),
                          config.sites, config.storage.destinations, config.policies)
     item = _checked(session, item, config, f"production {production.name}")
+    chains.check_chain(session, [item], f"production {production.name}")
     spec = item.spec
     if spec.dataset_name != production.dataset:
         raise SpecError(f"production {production.name}: dataset: cannot change once made",
                         field="dataset")
     for key, value in {"spec": spec.model_dump(mode="json"), "origins": item.origins,
-                       "events_total": spec.events_total, "events_per_job": spec.events_per_job,
+                       "events_total": 0 if spec.split else spec.events_total,
+                       "events_per_job": spec.events_per_job,
                        "priority": spec.priority, "queue": spec.queue, "group": spec.group,
                        "template_hash": spec.template_hash, "updated_at": utcnow(),
                        "inputs": resolve_inputs(session, spec, spec.name) or None}.items():
@@ -124,10 +130,16 @@ def amend(session: Session, production: Production, changes: dict[str, Any],
 
 
 def resolve_inputs(session: Session, spec: ProductionSpec, where: str) -> list[str]:
-    """The LFNs of a request's `inputs`: each a logical name, or a dataset's every file.
-    Raises SpecError naming the entry that the catalog does not hold."""
+    """The LFNs of a request's `inputs`: each a logical name, or a dataset's every file;
+    none for a production split by its inputs, whose jobs each read their own
+    (tower.management.chains). Raises SpecError naming the entry that the catalog does not
+    hold."""
+    if spec.split is not None:
+        chains.static_files(session, spec, where)
+        return []
     lfns: list[str] = []
     for position, entry in enumerate(spec.inputs):
+        assert isinstance(entry, str)  # another's outputs: only with split
         if entry.startswith("/"):
             found = session.exec(select(CatalogFile.lfn).where(CatalogFile.lfn == entry)).all()
         else:
@@ -155,6 +167,9 @@ def _with_destinations(item: Resolved, config: TowerConfig, source: str) -> Reso
 
 def summarize(item: Resolved) -> Submission:
     spec = item.spec
+    if spec.split is not None:
+        return Submission(spec.name, 0, 0, spec.dataset_name, spec.destinations,
+                          chains.describe_split(spec))
     return Submission(spec.name, spec.job_count, spec.events_total, spec.dataset_name,
                       spec.destinations)
 
@@ -168,9 +183,14 @@ def submit(session: Session, plans: list[Resolved], dry_run: bool,
     for item in plans:
         row: dict[str, Any] = dict(vars(summarize(item)))
         if dry_run:
-            row["first_job"] = preview(item.spec)
+            row["first_job"] = preview(item.spec, chains.trial_inputs(session, item.spec, {
+                plan.spec.name: plan.spec for plan in plans}))
         else:
-            row["state"] = create(session, item, requested_by).state
+            production = create(session, item, requested_by)
+            row["state"] = production.state
+            if item.spec.split is not None:  # the jobs of the files there already
+                [summary] = summaries(session, production.name)
+                row["jobs"], row["events"] = summary["jobs"], summary["events_total"]
         rows.append(row)
     return {"dry_run": dry_run, "productions": rows}
 
@@ -181,8 +201,10 @@ def create(session: Session, item: Resolved, requested_by: str | None = None) ->
     spec = item.spec
     production = Production(
         name=spec.name, parent=spec.parent, priority=spec.priority, queue=spec.queue,
-        group=spec.group, events_total=spec.events_total,
+        group=spec.group,
         events_per_job=spec.events_per_job, dataset=spec.dataset_name,
+        # split by inputs: its events are its files', counted as its jobs are made
+        events_total=0 if spec.split else spec.events_total,
         template_hash=spec.template_hash, spec=spec.model_dump(mode="json"),
         origins=item.origins, inputs=resolve_inputs(session, spec, spec.name) or None,
         state=ProductionState.REQUESTED, full_run=False, requested_by=requested_by,
@@ -199,7 +221,10 @@ def create(session: Session, item: Resolved, requested_by: str | None = None) ->
 def start(session: Session, production: Production) -> None:
     """Make a production's first jobs: a trial's, or all of them."""
     spec = ProductionSpec.model_validate(production.spec)
-    if spec.trial is not None:
+    if spec.split is not None:  # its jobs come from its input files, as they come
+        move(session, production, ProductionState.ACTIVE, "start", full_run=True)
+        chains.feed(session, production)
+    elif spec.trial is not None:
         trial = ProductionSpec.model_validate({**production.spec, "trial": None,
                                                "events_total": spec.trial.events})
         made = insert_jobs(session, production.id or 0, trial)
@@ -300,6 +325,9 @@ def extend(session: Session, name: str, events_total: int) -> dict[str, Any]:
     if production.state == "cancelled":
         raise Conflict(f"production {name} is cancelled: it cannot be extended", field="state")
     old = production.events_total
+    if chains.is_split(production.spec):
+        raise Conflict(f"production {name} is split by its inputs: its jobs come from its "
+                       "files, not its events", field="events")
     if events_total <= old:
         raise SpecError(f"events: {events_total} is not more than the {old} events the "
                         f"production has", field="events")
@@ -383,6 +411,7 @@ def describe(session: Session, name: str) -> dict[str, Any]:
         if production.decided_at else None, "decision_note": production.decision_note,
         "usage": usage.distribution(session, production.id or 0),
         "tuning": tuning(session, production.id or 0),
+        "chain": chains.steps(session, name),
     }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pilots.rendering import TemplateProblem, identifiers, render
 from sites.config import NEEDS, Needs, PilotShape, amount
@@ -25,6 +25,7 @@ from sites.schema import (
     Cores,
     Int32,
     Megabytes,
+    OutOfBounds,
     Seconds,
     Strict,
     build,
@@ -50,7 +51,7 @@ JOB_VARIABLES = ("production", "dataset", "software", "index", "seed", "first_ev
                  "last_event", "events", "attempt", "spec_dir")
 #: Variables only the pilot knows, filled in at the site.
 PILOT_VARIABLES = ("output_dir", "work_dir", "input_dir", "python", "cores", "site",
-                   "pilot_id")
+                   "pilot_id", "inputs")
 #: Variables of the post step: the staged output's local path and its name.
 POST_VARIABLES = ("file", "name")
 
@@ -106,6 +107,34 @@ class TuneSpec(Strict):
         return value
 
 
+#: The most input files one job of a split production reads.
+MAX_FILES_PER_JOB = 10_000
+
+
+class InputSource(Strict):
+    """`inputs` entry that reads another production's dataset as it fills (a chain):
+    its files whose names match `outputs`, each as soon as it is cataloged good."""
+
+    production: str = Field(pattern=NAME_PATTERN)
+    #: A file name glob of `*` and `?`.
+    outputs: str = Field(default="*", min_length=1, max_length=255,
+                         pattern=r"^[^/\[\]\x00-\x1f]+$")
+
+
+class SplitSpec(Strict):
+    """One job per group of input files: `files_per_job` files, or files until their
+    events reach `events_per_job` (the input files must carry event counts)."""
+
+    files_per_job: int | None = Field(default=None, gt=0, le=MAX_FILES_PER_JOB, strict=True)
+    events_per_job: int | None = Field(default=None, gt=0, le=MAX_INTEGER, strict=True)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SplitSpec:
+        if (self.files_per_job is None) == (self.events_per_job is None):
+            raise ValueError("give one of files_per_job or events_per_job")
+        return self
+
+
 class ProductionSpec(Strict):
     """A production request, resolved (every inherited key filled in)."""
 
@@ -133,8 +162,9 @@ class ProductionSpec(Strict):
     #: `auto`: memory and walltime follow the successful attempts' p95 (TuneSpec).
     tune: TuneSpec | None = None
     retry: RetrySpec = RetrySpec()
-    #: Catalog files every job reads: logical names (/dataset/file) or dataset names.
-    inputs: list[str] = Field(default_factory=list)
+    #: Catalog files every job reads: logical names (/dataset/file) or dataset names; or
+    #: another production's outputs as they are cataloged (InputSource: a chain).
+    inputs: list[str | InputSource] = Field(default_factory=list, max_length=100)
     outputs: list[str] = Field(default_factory=list)
     #: Run by the tower for each output once it is staged and cataloged (a template, like
     #: `command`, with ${file} and ${name} too); a non-zero exit rejects the output.
@@ -145,6 +175,57 @@ class ProductionSpec(Strict):
     #: Seeds are seed_base + index, in a 64-bit column.
     seed_base: int | None = Field(default=None, ge=0, le=MAX_INTEGER - MAX_JOBS)
     spec_dir: str = ""
+    #: One job per group of input files, each reading only its own (tower.management.chains).
+    split: SplitSpec | None = None
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _input_sources(cls, value: Any) -> Any:
+        # a mapping is another production's outputs: its own errors, not the union's
+        if not isinstance(value, list):
+            return value
+        entries = []
+        for position, entry in enumerate(value):
+            if isinstance(entry, dict):
+                try:
+                    entry = InputSource.model_validate(entry)
+                except ValidationError as exc:
+                    problem = exc.errors()[0]
+                    message = str(problem["msg"]).removeprefix("Value error, ")
+                    if problem["type"] == "string_pattern_mismatch":
+                        message = "a file name glob of * and ?, without / [ ]"
+                    raise OutOfBounds(message, (position, *problem["loc"])) from None
+            entries.append(entry)
+        return entries
+
+    @model_validator(mode="before")
+    @classmethod
+    def _jobs_by_input(cls, value: Any) -> Any:
+        # a production split by its inputs gets its jobs (and events) from its files: one
+        # that reads another's outputs is split, a file a job, unless it says otherwise
+        if not isinstance(value, dict):
+            return value
+        chained = any(isinstance(entry, dict) for entry in value.get("inputs") or [])
+        if chained and value.get("split") is None:
+            value = {**value, "split": {"files_per_job": 1}}
+        if value.get("split") is not None:
+            if value.get("trial") is not None:
+                raise OutOfBounds("a production split by its inputs has no trial (its jobs "
+                                  "come as its files do)", ("trial",))
+            value = {"events_total": 1, "events_per_job": 1, **value}
+        return value
+
+    @model_validator(mode="after")
+    def _split_has_inputs(self) -> ProductionSpec:
+        if self.split is not None and not self.inputs:
+            raise ValueError("split: a production split by its inputs needs inputs")
+        return self
+
+    @property
+    def upstream(self) -> list[tuple[int, InputSource]]:
+        """The productions whose outputs this one reads, with each entry's position."""
+        return [(n, entry) for n, entry in enumerate(self.inputs)
+                if isinstance(entry, InputSource)]
 
     @field_validator("steering")
     @classmethod
@@ -452,11 +533,19 @@ def job_variables(spec: ProductionSpec, job: JobPlan, attempt: int) -> dict[str,
 
 
 
-def preview(spec: ProductionSpec) -> dict[str, Any]:
-    """The first job rendered as a pilot would, with placeholders for what only the site knows."""
-    job = next(split(spec))
-    variables = {**job_variables(spec, job, attempt=1),
+def trial_variables(spec: ProductionSpec, inputs: list[str] | None = None) -> dict[str, Any]:
+    """The variables of a first job, with placeholders for what only the site knows;
+    reading `inputs` (names of files in its input dir), if given."""
+    variables = {**job_variables(spec, next(split(spec)), attempt=1),
                  **{name: f"<{name}>" for name in PILOT_VARIABLES}}
+    if inputs is not None:
+        variables["inputs"] = json.dumps([f"<input_dir>/{name}" for name in inputs])
+    return variables
+
+
+def preview(spec: ProductionSpec, inputs: list[str] | None = None) -> dict[str, Any]:
+    """The first job rendered as a pilot would (trial_variables)."""
+    variables = trial_variables(spec, inputs)
     return {
         "command": [render(argument, variables) for argument in spec.command],
         "steering": {name: render(text, variables) for name, text in spec.steering.items()},

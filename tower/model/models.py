@@ -97,6 +97,23 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class JobInput(SQLModel, table=True):
+    """A catalog file one job of a production split by input reads (tower.management.chains):
+    each file is consumed once per production, which the unique constraint holds."""
+
+    __tablename__ = "job_input"
+    __table_args__ = (UniqueConstraint("production_id", "file_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    production_id: int = Field(foreign_key="production.id")
+    job_id: int = Field(foreign_key="job.id", index=True)
+    file_id: int = Field(foreign_key="catalog_file.id", index=True)
+    lfn: str = Field(max_length=1000)
+    #: The file as the job was made from it: a newer attempt's output differs.
+    adler32: str = Field(max_length=8)
+    attempt: int
+
+
 class Attempt(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("job_id", "number"),

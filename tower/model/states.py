@@ -50,7 +50,9 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # a production manager may retry what ended badly
     S.FAILED: frozenset({S.DEFINED}),
     S.CANCELLED: frozenset({S.DEFINED}),
-    S.DONE: frozenset(),
+    # held: a file it read was superseded after it made its outputs (a chain's step,
+    # tower.management.chains)
+    S.DONE: frozenset({S.HELD}),
 }
 
 JOB_TERMINAL: frozenset[JobState] = frozenset({S.DONE, S.FAILED, S.CANCELLED})
