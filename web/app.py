@@ -18,6 +18,7 @@ from web.api import api
 from web.health import health
 from web.metrics import metrics
 from web.pages import pages
+from web.runplots import runplots
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(metrics)
     app.register_blueprint(health)
     app.register_blueprint(pages)
+    app.register_blueprint(runplots)
     auth.install(app)
 
     @app.errorhandler(GridtowerError)

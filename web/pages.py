@@ -34,6 +34,7 @@ from tower.retries import retry
 from tower.retries.outcomes import NOT_FAILURES, Outcome, blame
 from tower.runtime import Runtime
 from web import plots
+from web import summary as run_summary
 from web.auth import caller, needs
 from web.bounds import whole_number
 
@@ -167,7 +168,8 @@ def production(name: str) -> str:
         pace = progress.paces(session, {pid: summary["states"]})[pid]
         totals = tally.totals(session, production_id=pid)
         at_sites = _jobs_at_sites(session, pid)
-        points = tally.activity(session, production_id=pid, since=utcnow() - WINDOW)
+        run_plots = [(plot, run_summary.svg(run_summary.plot_data(session, chosen, plot)))
+                     for plot in run_summary.PLOTS]
         parameters = sorted(productions.parameters(chosen))
         used = usage.distribution(session, pid)
         tuning = productions.tuning(session, pid)
@@ -191,7 +193,7 @@ def production(name: str) -> str:
         failures=[{"class": kind, "code": code, "blame": blame(Outcome(kind)), "attempts": n}
                   for (kind, code), n in failures.most_common()],
         per_site=dict(sorted(per_site.items())), may_manage=_may_manage(),
-        message=request.args.get("message"), actions=ACTIONS, **_plots(points))
+        message=request.args.get("message"), actions=ACTIONS, run_plots=run_plots)
 
 
 def _jobs_at_sites(session: Session, production_id: int) -> dict[tuple[str, str], int]:
