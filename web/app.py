@@ -16,6 +16,7 @@ from tower.runtime import Runtime
 from web import auth, bounds
 from web.api import api
 from web.health import health
+from web.logs import logs
 from web.metrics import metrics
 from web.pages import pages
 from web.runplots import runplots
@@ -44,6 +45,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.register_blueprint(health)
     app.register_blueprint(pages)
     app.register_blueprint(runplots)
+    app.register_blueprint(logs)
     auth.install(app)
 
     @app.errorhandler(GridtowerError)

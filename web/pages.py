@@ -24,7 +24,7 @@ from catalog.models import CatalogFile, Dataset
 from catalog.timeutil import utcnow
 from tower.auth.access import Permission, allows
 from tower.errors import Forbidden, GridtowerError
-from tower.loops import factory
+from tower.loops import attempt_logs, factory
 from tower.loops.site_status import site_queues
 from tower.management import approval, productions, progress, why
 from tower.model import fleet, jobs, tally, usage
@@ -307,8 +307,10 @@ def job(job_id: int) -> str:
                                .order_by(col(Output.attempt), col(Output.name))).all()
         cataloged = files.describe(session, [col(CatalogFile.job_id) == job_id])
         explained = why.explain(session, runtime.config, job_id)
+        full_logs = attempt_logs.find(session, job_id)
     return render_template("job.html", job=shown, outputs=outputs, cataloged=cataloged,
-                           why=explained, terminal=JobState(shown["state"]) in JOB_TERMINAL)
+                           why=explained, full_logs=full_logs,
+                           terminal=JobState(shown["state"]) in JOB_TERMINAL)
 
 
 # -- pilots -------------------------------------------------------------------------------------

@@ -139,11 +139,14 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
               for production_id in {jobs[job_id].production_id for job_id in moved}
               if (lfns := productions[production_id][1])}
+    site = config.sites.get(pilot.site)
+    log_bytes = site.pilot.log_bytes if site is not None else 0
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
             answers[(job_id, number)] = {**_payload(jobs[job_id], productions[production_id][0]),
-                                         "inputs": inputs.get(production_id, [])}
+                                         "inputs": inputs.get(production_id, []),
+                                         "log_bytes": log_bytes}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]
