@@ -13,7 +13,7 @@ from catalog.timeutil import jsonable
 from tower.errors import GridtowerError
 from tower.loops.liveness import Probe
 from tower.runtime import Runtime
-from web import auth, bounds
+from web import auth, bounds, latency
 from web.api import api
 from web.health import health
 from web.logs import logs
@@ -40,6 +40,7 @@ def create_app(runtime: Runtime) -> Flask:
     app.extensions["gridtower"] = runtime
     app.extensions["gridtower.probe"] = Probe(runtime)
     bounds.install(app)  # before the routes: it bounds their <int:> parts
+    latency.install(app)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(metrics)
     app.register_blueprint(health)

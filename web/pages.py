@@ -33,7 +33,7 @@ from tower.model.states import JOB_TERMINAL, JobState, PilotState
 from tower.retries import retry
 from tower.retries.outcomes import NOT_FAILURES, Outcome, blame
 from tower.runtime import Runtime
-from web import plots
+from web import plots, site_history
 from web import summary as run_summary
 from web.auth import caller, needs
 from web.bounds import whole_number
@@ -258,7 +258,8 @@ def site(name: str) -> str:
             .order_by(col(Attempt.id).desc()).limit(20)).all()
         decisions = factory.recent_decisions(session, name, 10)
         health = session.get(SiteHealth, name)
-        points = tally.activity(session, site=name, since=utcnow() - WINDOW)
+        window = site_history.window_of(request.args.get("window"))
+        shown = site_history.site_plots(site_history.site_data(session, name, window))
     running = sum(row["pilots"].get(PilotState.RUNNING, 0)
                   + row["pilots"].get(PilotState.DRAINING, 0) for row in queues)
     limit = config.limits.max_running * len(config.queues)
@@ -267,7 +268,7 @@ def site(name: str) -> str:
         failures=failures, decisions=decisions, health=health,
         cooling=any(row["cooling_until"] for row in queues),
         utilisation=(running / limit) if limit else None, running=running, limit=limit,
-        **_plots(points))
+        window=window, windows=list(site_history.WINDOWS), site_plots=shown)
 
 
 # -- jobs ---------------------------------------------------------------------------------------

@@ -108,15 +108,19 @@ def buckets(points: Mapping[datetime, Mapping[str, float]], start: datetime, end
 
 def stacked_bars(title: str, starts: Sequence[datetime], step: timedelta,
                  series: Sequence[Series], *, unit: str = "jobs",
-                 width: int = 720, height: int = 220) -> Markup:
+                 width: int = 720, height: int = 220, level: bool = False) -> Markup:
     """An inline `<svg>` of stacked bars, one column per bucket, first series at the bottom.
 
     `starts` are evenly spaced bucket starts `step` apart (as from buckets()), and each
-    series has one finite, non-negative value per bucket; otherwise ValueError.
+    series has one finite, non-negative value per bucket; otherwise ValueError. Values are
+    counts per bucket, or with `level` a level in each bucket (pilots running): the legend
+    then gives each series' peak rather than its total.
     """
     _check(starts, step, series)
     starts = [utc(moment) for moment in starts]
-    totals = [math.fsum(s.values) for s in series]
+    if level:
+        series = [Series(f"{s.name} (peak)", s.values, s.color) for s in series]
+    totals = [max(s.values, default=0.0) if level else math.fsum(s.values) for s in series]
     empty = not any(totals)
     peak = max((math.fsum(s.values[i] for s in series) for i in range(len(starts))), default=0)
     integral = all(float(v).is_integer() for s in series for v in s.values)
@@ -137,7 +141,8 @@ def stacked_bars(title: str, starts: Sequence[datetime], step: timedelta,
         f'{_text(_description(starts, step, series, totals, unit, empty))}</desc>',
         f'<text x="{_num(left)}" y="{TITLE_BASELINE}" font-size="13" font-weight="bold">'
         f'{_text(title)}</text>',
-        _axis_units(f"y: {unit} per {_duration_text(step)} · x: time (UTC)", width),
+        _axis_units(f"y: {unit} {'in' if level else 'per'} {_duration_text(step)}"
+                    " · x: time (UTC)", width),
         _y_axis(box, ticks),
         _x_axis(box, starts, step, width),
         _bars(box, starts, step, series, unit, ticks[-1]),
@@ -383,9 +388,10 @@ def histogram(title: str, edges: Sequence[float], counts: Sequence[float], *,
               quantity: str, x_unit: str, unit: str = "jobs", color: str = "#1e88e5",
               width: int = 720, height: int = 220) -> Markup:
     """An inline `<svg>` histogram: one bar per bin [edges[i], edges[i+1]) holding
-    counts[i], x labelled in `x_unit`, y in `unit`. Raises ValueError for edges that do not
-    rise, or counts that are not one per bin, finite and non-negative."""
-    if len(edges) != len(counts) + 1:
+    counts[i], x labelled in `x_unit`, y in `unit` (no edges and no counts: an empty one).
+    Raises ValueError for edges that do not rise, or counts that are not one per bin,
+    finite and non-negative."""
+    if (edges or counts) and len(edges) != len(counts) + 1:
         raise ValueError(f"{len(counts)} counts need {len(counts) + 1} edges, not {len(edges)}")
     if any(later <= earlier for earlier, later in zip(edges, edges[1:], strict=False)):
         raise ValueError("histogram edges must rise")

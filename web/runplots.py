@@ -1,17 +1,19 @@
-"""A production's summary plots over HTTP: their numbers in the API, and each plot as a
-download (SVG, PNG, CSV, JSON) beside the production page; both from `web.summary`."""
+"""The plots' numbers over HTTP: a production's summary plots in the API, and each as a
+download (SVG, PNG, CSV, JSON) beside the production page, both from `web.summary`; and a
+site's history over a window (`web.site_history`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlmodel import Session
 
 from tower.auth.access import Permission
+from tower.errors import NotFound
 from tower.management import productions
 from tower.runtime import Runtime
-from web import summary
+from web import site_history, summary
 from web.auth import needs
 
 runplots = Blueprint("runplots", __name__)
@@ -50,3 +52,16 @@ def download(name: str, plot: str, fmt: str) -> Any:
     body = summary.render(data, fmt)
     return Response(body, mimetype=summary.FORMATS[fmt], headers={
         "Content-Disposition": f'attachment; filename="{plot}.{fmt}"'})
+
+
+@runplots.get("/api/v1/sites/<name>/history")
+@needs(Permission.READ)
+def site_numbers(name: str) -> Any:
+    """A site over `?window=` 1h, 24h (the default), 7d or 30d: jobs and events done,
+    failures by class, pilots by state, slots busy and the factory's decisions per bin."""
+    runtime = _runtime()
+    if name not in runtime.config.sites:
+        raise NotFound(f"no site {name!r}", field="site")
+    window = site_history.window_of(request.args.get("window"))
+    with Session(runtime.engine) as session:
+        return jsonify(site_history.site_data(session, name, window))

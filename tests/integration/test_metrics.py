@@ -31,14 +31,25 @@ def test_metrics_parse_and_match_the_api(live_tower: Callable[..., LiveTower],
                                          tmp_path: Path) -> None:
     tower = live_tower(retry=RETRY)
     tower.submit(flaky_production(tmp_path, jobs=6, fail_share=0.4))
-    tower.drive(tower.all_ended, timeout=90)
     api = tower.runtime.config.api_url + "/api/v1"
-    [production] = requests.get(f"{api}/productions", timeout=10).json()["productions"]
+    [submitted] = requests.get(f"{api}/productions", timeout=10).json()["productions"]
+    running = scrape(tower)
+    assert {dict(labels)["state"]: value for labels, value in
+            running["gridtower_jobs"].items()} == submitted["states"]
+    assert running["gridtower_productions"] == {(("phase", "active"),): 1}
+    tower.drive(tower.all_ended, timeout=90)
     sites = requests.get(f"{api}/sites", timeout=10).json()["sites"]
     metrics = scrape(tower)
 
-    assert {dict(labels)["state"]: value for labels, value in
-            metrics["gridtower_jobs"].items()} == production["states"]
+    # a finished production drops out of the labelled families: their labels stay bounded
+    assert "gridtower_jobs" not in metrics and "gridtower_events_done" not in metrics
+    assert metrics["gridtower_productions"] == {(("phase", "finished"),): 1}
+    # the loops ran in this process
+    assert metrics["gridtower_loop_cycles_total"][(("loop", "matchmaker"),)] > 0
+    assert metrics["gridtower_loop_errors_total"][(("loop", "matchmaker"),)] == 0
+    assert any(labels == (("blueprint", "pilot"), ("le", "+Inf"), ("status", "2xx"))
+               and count > 0 for labels, count in
+               metrics["gridtower_api_request_seconds_bucket"].items())
     outcomes = Counter(a.outcome for rows in attempts_by_job(tower).values() for a in rows)
     assert outcomes["exit_code"] >= 1  # some attempts failed: more than one class
     assert {dict(labels)["outcome"]: value for labels, value in
