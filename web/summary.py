@@ -37,9 +37,13 @@ FINE_SPAN = timedelta(hours=6)
 FINE_LIMIT = 100_000
 #: Bins of a distribution, at most.
 MAX_BINS = 20
-#: Colours of stacked series (failure classes, sites); series past the last share it.
+#: Colours of stacked series (failure classes; sites), series past the last share it.
 COLOURS = ("#c62828", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e", "#558b2f",
            "#37474f")
+SITE_COLOURS = ("#1e88e5", "#43a047", "#8e24aa", "#00897b", "#f4511e", "#3949ab", "#c0ca33",
+                "#6d4c41")
+#: Bars of a time plot at most: a life of minutes gets bins of 10 s or more.
+MAX_BARS = 40
 
 #: name: (title, kind, unit, quantity and its unit for distributions)
 PLOTS: dict[str, tuple[str, str, str, str]] = {
@@ -107,7 +111,7 @@ def _time_plot(session: Session, production: Production, name: str, now: datetim
             kind = tally.DONE if outcome == "success" else outcome
             _add(points, name, plots.utc(ended), site, kind, 1, events)
     starts, step, values = plots.buckets(
-        points, start, end, min_step=plots.STEPS[0] if fine else plots.FIVE_MINUTES)
+        points, start, end, MAX_BARS, min_step=plots.STEPS[0] if fine else plots.FIVE_MINUTES)
     names = sorted(values, key=lambda series: (-sum(values[series]), series))
     return {"start": start.isoformat(), "end": end.isoformat(),
             "step_seconds": int(step.total_seconds()),
@@ -210,7 +214,8 @@ def svg(data: dict[str, Any]) -> Markup:
 def _colour(plot: str, index: int) -> str:
     if plot.startswith("throughput"):
         return "#2e7d32"
-    return COLOURS[min(index, len(COLOURS) - 1)]
+    palette = SITE_COLOURS if plot == "sites" else COLOURS
+    return palette[min(index, len(palette) - 1)]
 
 
 def png(data: dict[str, Any]) -> bytes:
