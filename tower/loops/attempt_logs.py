@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from catalog.timeutil import utcnow
 from tower.config import TowerConfig
 from tower.errors import Conflict, Forbidden, GridtowerError, NotFound, SpecError
+from tower.loops.presence import aware
 from tower.model.models import Attempt, AttemptLog
 
 #: A pilot may still send an attempt's log this long after the attempt ended (its
@@ -55,7 +56,7 @@ def accept(session: Session, config: TowerConfig, pilot_id: str, job_id: int, nu
     if attempt.pilot_id != pilot_id:
         raise Forbidden(f"attempt {number} of job {job_id} is not pilot {pilot_id}'s",
                         field="attempt")
-    if attempt.ended_at is not None and attempt.ended_at < utcnow() - LATE_AFTER_END:
+    if attempt.ended_at is not None and aware(attempt.ended_at) < utcnow() - LATE_AFTER_END:
         raise Conflict(f"attempt {number} of job {job_id} ended too long ago for its log",
                        field="attempt")
     site = config.sites.get(attempt.site)
