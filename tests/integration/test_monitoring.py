@@ -326,9 +326,9 @@ def test_a_pilot_cannot_flood_bomb_or_overwrite_the_log_store(
     assert answer.status_code == 413
     answer = _post(url, b"not gzip at all")
     assert answer.status_code == 400 and answer.json()["field"] == "log"
-    # another pilot's attempt; an attempt with no such number
+    # another pilot's attempt is as absent as one with no such number
     other = url.replace("/pilots/intruder/", "/pilots/someone-else/")
-    assert _post(other, gzip.compress(b"mine\n")).status_code == 403
+    assert _post(other, gzip.compress(b"mine\n")).status_code == 404
     assert _post(url.replace("/99", "/97"), gzip.compress(b"x\n")).status_code == 404
     assert _logs(tower) == before
     # its own log once; never twice; never long after its attempt ended

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
 from tower.config import TowerConfig
-from tower.errors import Conflict, Forbidden, GridtowerError, NotFound, SpecError
+from tower.errors import Conflict, GridtowerError, NotFound, SpecError
 from tower.loops.presence import aware
 from tower.model.models import Attempt, AttemptLog
 
@@ -51,18 +51,17 @@ def accept(session: Session, config: TowerConfig, pilot_id: str, job_id: int, nu
     """Keep the log `body` (gzip) of attempt `number` of `job_id`, sent by `pilot_id`."""
     attempt = session.exec(select(Attempt).where(
         col(Attempt.job_id) == job_id, col(Attempt.number) == number)).first()
-    if attempt is None:
-        raise NotFound(f"job {job_id} has no attempt {number}", field="attempt")
-    if attempt.pilot_id != pilot_id:
-        raise Forbidden(f"attempt {number} of job {job_id} is not pilot {pilot_id}'s",
-                        field="attempt")
+    # another pilot's attempt is as absent as one that does not exist: nothing told
+    if attempt is None or attempt.pilot_id != pilot_id:
+        raise NotFound(f"pilot {pilot_id} ran no attempt {number} of job {job_id}",
+                       field="attempt")
     if attempt.ended_at is not None and aware(attempt.ended_at) < utcnow() - LATE_AFTER_END:
         raise Conflict(f"attempt {number} of job {job_id} ended too long ago for its log",
                        field="attempt")
     site = config.sites.get(attempt.site)
     limit = site.pilot.log_bytes if site is not None else 0
     if limit == 0:
-        raise Forbidden(f"site {attempt.site} ships no logs (log_bytes: 0)", field="site")
+        raise Conflict(f"site {attempt.site} ships no logs (log_bytes: 0)", field="site")
     # gzip of incompressible bytes is a little longer than they are
     if len(body) > limit + limit // 100 + MARKER_ROOM + 1024:
         raise LogTooLarge(f"the log is {len(body)} bytes gzipped, over site "
