@@ -39,10 +39,18 @@ class TowerClient:
 
     def call(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` to the pilot endpoint `action`; retry while the tower is unreachable."""
+        return self._post(action, {"json": body})
+
+    def send(self, action: str, data: bytes, params: dict[str, Any]) -> dict[str, Any]:
+        """POST gzip-compressed `data` to the pilot endpoint `action`, as `call` does."""
+        return self._post(action, {"data": data, "params": params,
+                                   "headers": {"Content-Type": "application/gzip"}})
+
+    def _post(self, action: str, request: dict[str, Any]) -> dict[str, Any]:
         backoff = Backoff()
         while True:
             try:
-                response = self.session.post(f"{self.base}/{action}", json=body,
+                response = self.session.post(f"{self.base}/{action}", **request,
                                              timeout=self.timeout, verify=self.verify)
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
+from pilots.logship import PackedLog, pack
 from pilots.meter import Meter, NoMeter, Usage
 from pilots.rendering import render
 from pilots.watchdog import Watchdog
@@ -84,6 +85,8 @@ class Payload:
         self.max_rss_mb: int | None = None
         self.cpu_seconds: float | None = None
         self.seconds: float | None = None
+        #: Its full stdout and stderr, packed for the tower once it ended (None: none).
+        self.full_log: PackedLog | None = None
         self._meter: Meter = meter or NoMeter()
         self._process: subprocess.Popen[bytes] | None = None
         self._gaps = gaps or SlotGaps()
@@ -173,6 +176,7 @@ class Payload:
             # preemption): give the pilot a moment to say so before calling it the payload's
             self._told.wait(OUTSIDE_GRACE)
         tail = _tail(log_path)
+        self.full_log = pack(log_path, int(self.claim.get("log_bytes") or 0))
         if self.ending != "finished" or code != 0:
             return self._report(self.ending, code, tail, self.reason)
         return self._report("finished", code, tail, outputs=self._collect())

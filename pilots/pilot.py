@@ -304,8 +304,25 @@ class Pilot:
 
     def _slot(self) -> None:
         while True:
-            self.finished.put(self.todo.get().run())
+            payload = self.todo.get()
+            report = payload.run()
+            self._ship_log(payload)
+            self.finished.put(report)
             self.source.interrupt()
+
+    def _ship_log(self, payload: Payload) -> None:
+        """Send the attempt's full log before its report: the tower takes one log per
+        attempt, from the pilot that ran it. A log the tower refuses or cannot take now
+        is lost (the report's tail remains), never worth holding the job's report."""
+        packed = payload.full_log
+        if packed is None:
+            return
+        try:
+            self.client.send(f"logs/{payload.job}/{payload.attempt}", packed.data,
+                             {"cut": packed.cut})
+        except (TowerRefused, TowerUnreachable) as exc:
+            log.warning("job=%s attempt=%s: full log not shipped: %s", payload.job,
+                        payload.attempt, exc)
 
     def _finished(self, block: bool) -> list[dict[str, Any]]:
         """The reports of payloads that ended (waiting up to a poll for one, if `block`)."""

@@ -68,6 +68,9 @@ class PilotShape(Strict):
     drain_margin: Seconds = Field(default=60, ge=0)
     #: The pilot exits after finding no work for this long.
     idle_timeout: Seconds = Field(default=120, gt=0)
+    #: Bytes of each attempt's stdout and stderr the pilot ships to the tower, gzipped (a
+    #: longer log is cut in its middle); 0 ships none. At most the API's largest body.
+    log_bytes: int = Field(default=2_000_000, ge=0, le=8_000_000)
 
     @model_validator(mode="before")
     @classmethod

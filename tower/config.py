@@ -140,6 +140,15 @@ class MonitorSettings(Strict):
     #: A job queued at a site this long without a pilot claiming it goes back to the
     #: retry policy (class claim_timeout), to run elsewhere.
     claim_timeout: Seconds = Field(default=4 * 3600, gt=0)
+    #: Where attempts' full logs too big for the database are kept (relative to the tower's
+    #: home), and the largest gzipped log kept in the database instead.
+    logs_dir: str = Field(default="attempt-logs", min_length=1)
+    logs_in_database: int = Field(default=64 * 1024, ge=0)
+    #: Days an attempt's full log is kept (its tail stays with the attempt).
+    log_retention_days: int = Field(default=30, gt=0)
+    #: Days a site queue's history is kept (minute by minute for the last week, hour by
+    #: hour before).
+    history_days: int = Field(default=90, ge=7)
 
 
 def site_storage(site: SiteConfig) -> DestinationSettings:

@@ -13,11 +13,13 @@ from catalog.timeutil import jsonable
 from tower.errors import GridtowerError
 from tower.loops.liveness import Probe
 from tower.runtime import Runtime
-from web import auth, bounds
+from web import auth, bounds, latency
 from web.api import api
 from web.health import health
+from web.logs import logs
 from web.metrics import metrics
 from web.pages import pages
+from web.runplots import runplots
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,13 @@ def create_app(runtime: Runtime) -> Flask:
     app.extensions["gridtower"] = runtime
     app.extensions["gridtower.probe"] = Probe(runtime)
     bounds.install(app)  # before the routes: it bounds their <int:> parts
+    latency.install(app)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.register_blueprint(metrics)
     app.register_blueprint(health)
     app.register_blueprint(pages)
+    app.register_blueprint(runplots)
+    app.register_blueprint(logs)
     auth.install(app)
 
     @app.errorhandler(GridtowerError)

@@ -2,13 +2,20 @@
 
 Nothing is kept between scrapes: a collector yields fresh gauges and counters
 each time, so two tower processes behind one address report the same numbers.
-Jobs by state per production, pilots by state per site queue, backlog and
-broker depth per site queue, staged outputs and their bytes (and those still
-waiting), attempts by outcome class per site.
+Jobs by state and events done per production still running (a finished or cancelled
+production drops out, so the production label stays bounded; productions are counted by
+phase), pilots by state per site queue, backlog and broker depth per site queue, staged
+outputs and their bytes (and those still waiting), attempts by outcome class per site,
+and the age of each loop's last cycle (from the database, whichever process ran it).
+
+Two families are this process's own, not the database's: its loops' cycles (count,
+errors, seconds) and its answers' latency (web.latency). `tower run` serves the API in
+the process that runs the loops; behind a proxy, each process is scraped as its own target.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,12 +27,17 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from tower.auth.access import Permission
+from tower.loops import daemon, liveness
 from tower.loops.site_status import site_queues
-from tower.management import productions
+from tower.management import productions, progress
 from tower.model import tally
 from tower.model.models import Output
 from tower.runtime import Runtime
 from web.auth import needs
+from web.latency import LATENCY
+
+#: Phases whose productions are labelled one by one.
+LIVE = ("active", "paused")
 
 metrics = Blueprint("metrics", __name__)
 
@@ -42,16 +54,54 @@ class TowerCollector:
             yield from self._outputs(session)
             yield from self._attempts(session)
         yield from self._sites()
+        yield from self._loops()
 
     def _jobs(self, session: Session) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily("gridtower_jobs", "Jobs by state", labels=["production",
-                                                                            "state"])
-        names = {production.id: production.name
-                 for production in productions.all_productions(session)}
-        for production_id, states in productions.state_counts(session).items():
+        jobs = GaugeMetricFamily("gridtower_jobs", "Jobs by state, of productions still "
+                                 "running", labels=["production", "state"])
+        events = GaugeMetricFamily("gridtower_events_done", "Events done, of productions "
+                                   "still running", labels=["production"])
+        phases = GaugeMetricFamily("gridtower_productions", "Productions by phase",
+                                   labels=["phase"])
+        chosen = {production.id: production for production in
+                  productions.all_productions(session)}
+        counted: Counter[str] = Counter()
+        for production_id, states in tally.counts(session).items():
+            production = chosen[production_id]
+            phase = progress.phase(production.state, {state: count.jobs for state, count
+                                                      in states.items()})
+            counted[phase] += 1
+            if phase not in LIVE:
+                continue
             for state, count in states.items():
-                jobs.add_metric([names[production_id], state], count)
-        yield jobs
+                jobs.add_metric([production.name, state], count.jobs)
+            done = states.get("done")
+            events.add_metric([production.name], done.events if done else 0)
+        for phase, number in sorted(counted.items()):
+            phases.add_metric([phase], number)
+        yield from (jobs, events, phases)
+
+    def _loops(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily("gridtower_loop_last_cycle_age_seconds", "Seconds since a "
+                                "loop last ended a cycle, in any tower process",
+                                labels=["loop"])
+        now = time.time()
+        for name, ended in sorted(liveness.recorded_ends(self.runtime).items()):
+            age.add_metric([name], max(0.0, now - ended))
+        cycles = CounterMetricFamily("gridtower_loop_cycles", "Cycles of a loop in this "
+                                     "process", labels=["loop"])
+        errors = CounterMetricFamily("gridtower_loop_errors", "Cycles of a loop in this "
+                                     "process that failed", labels=["loop"])
+        seconds = CounterMetricFamily("gridtower_loop_cycle_seconds", "Seconds a loop's "
+                                      "cycles took in this process", labels=["loop"])
+        last = GaugeMetricFamily("gridtower_loop_last_cycle_seconds", "Seconds the last "
+                                 "cycle of a loop took in this process", labels=["loop"])
+        for name, stats in sorted(daemon.STATS.items()):
+            cycles.add_metric([name], stats.cycles)
+            errors.add_metric([name], stats.errors)
+            seconds.add_metric([name], stats.seconds)
+            last.add_metric([name], stats.last_seconds)
+        yield from (age, cycles, errors, seconds, last)
 
     def _outputs(self, session: Session) -> Iterator[Metric]:
         staged = CounterMetricFamily("gridtower_outputs_staged", "Outputs staged out and "
@@ -111,4 +161,5 @@ def scrape() -> Any:
     """The tower's metrics in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TowerCollector(current_app.extensions["gridtower"]))
+    registry.register(LATENCY)
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

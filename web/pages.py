@@ -24,7 +24,7 @@ from catalog.models import CatalogFile, Dataset
 from catalog.timeutil import utcnow
 from tower.auth.access import Permission, allows
 from tower.errors import Forbidden, GridtowerError
-from tower.loops import factory
+from tower.loops import attempt_logs, factory
 from tower.loops.site_status import site_queues
 from tower.management import approval, chains, productions, progress, why
 from tower.model import fleet, jobs, tally, usage
@@ -33,7 +33,8 @@ from tower.model.states import JOB_TERMINAL, JobState, PilotState
 from tower.retries import retry
 from tower.retries.outcomes import NOT_FAILURES, Outcome, blame
 from tower.runtime import Runtime
-from web import plots
+from web import plots, site_history
+from web import summary as run_summary
 from web.auth import caller, needs
 from web.bounds import whole_number
 
@@ -167,7 +168,8 @@ def production(name: str) -> str:
         pace = progress.paces(session, {pid: summary["states"]})[pid]
         totals = tally.totals(session, production_id=pid)
         at_sites = _jobs_at_sites(session, pid)
-        points = tally.activity(session, production_id=pid, since=utcnow() - WINDOW)
+        run_plots = [(plot, run_summary.svg(run_summary.plot_data(session, chosen, plot)))
+                     for plot in run_summary.PLOTS]
         parameters = sorted(productions.parameters(chosen))
         used = usage.distribution(session, pid)
         tuning = productions.tuning(session, pid)
@@ -192,7 +194,7 @@ def production(name: str) -> str:
         failures=[{"class": kind, "code": code, "blame": blame(Outcome(kind)), "attempts": n}
                   for (kind, code), n in failures.most_common()],
         per_site=dict(sorted(per_site.items())), may_manage=_may_manage(),
-        message=request.args.get("message"), actions=ACTIONS, **_plots(points))
+        message=request.args.get("message"), actions=ACTIONS, run_plots=run_plots)
 
 
 def _jobs_at_sites(session: Session, production_id: int) -> dict[tuple[str, str], int]:
@@ -257,7 +259,8 @@ def site(name: str) -> str:
             .order_by(col(Attempt.id).desc()).limit(20)).all()
         decisions = factory.recent_decisions(session, name, 10)
         health = session.get(SiteHealth, name)
-        points = tally.activity(session, site=name, since=utcnow() - WINDOW)
+        window = site_history.window_of(request.args.get("window"))
+        shown = site_history.site_plots(site_history.site_data(session, name, window))
     running = sum(row["pilots"].get(PilotState.RUNNING, 0)
                   + row["pilots"].get(PilotState.DRAINING, 0) for row in queues)
     limit = config.limits.max_running * len(config.queues)
@@ -266,7 +269,7 @@ def site(name: str) -> str:
         failures=failures, decisions=decisions, health=health,
         cooling=any(row["cooling_until"] for row in queues),
         utilisation=(running / limit) if limit else None, running=running, limit=limit,
-        **_plots(points))
+        window=window, windows=list(site_history.WINDOWS), site_plots=shown)
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -306,8 +309,10 @@ def job(job_id: int) -> str:
                                .order_by(col(Output.attempt), col(Output.name))).all()
         cataloged = files.describe(session, [col(CatalogFile.job_id) == job_id])
         explained = why.explain(session, runtime.config, job_id)
+        full_logs = attempt_logs.find(session, job_id)
     return render_template("job.html", job=shown, outputs=outputs, cataloged=cataloged,
-                           why=explained, terminal=JobState(shown["state"]) in JOB_TERMINAL)
+                           why=explained, full_logs=full_logs,
+                           terminal=JobState(shown["state"]) in JOB_TERMINAL)
 
 
 # -- pilots -------------------------------------------------------------------------------------

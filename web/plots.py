@@ -22,9 +22,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 ZERO = timedelta(0)
-#: Bucket widths buckets() picks from, smallest first.
-STEPS: tuple[timedelta, ...] = tuple(
+#: Bucket widths buckets() picks from, smallest first; the tower's counters are kept per
+#: five minutes (FIVE_MINUTES), finer steps serve data read at exact times.
+STEPS: tuple[timedelta, ...] = tuple(timedelta(seconds=s) for s in (10, 30, 60, 120)) + tuple(
     timedelta(minutes=m) for m in (5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080))
+FIVE_MINUTES = timedelta(minutes=5)
 
 # Layout, in pixels. Text is not measured (no font metrics server-side), so widths are
 # estimated from an average glyph width that errs on the wide side.
@@ -71,28 +73,30 @@ class _Box:
 
 
 def buckets(points: Mapping[datetime, Mapping[str, float]], start: datetime, end: datetime,
-            max_bars: int = 60) -> tuple[list[datetime], timedelta, dict[str, list[float]]]:
+            max_bars: int = 60, min_step: timedelta = FIVE_MINUTES
+            ) -> tuple[list[datetime], timedelta, dict[str, list[float]]]:
     """Re-bucket fine-grained counts into at most `max_bars` equal buckets covering [start, end).
 
     Keys of `points` are bucket start times in UTC (naive datetimes are taken as UTC).
-    The step is the smallest of STEPS that fits; bucket starts are multiples of the step
+    The step is the smallest of STEPS not below `min_step` (the points' own granularity)
+    that fits; bucket starts are multiples of the step
     since the epoch, so the first bucket may begin before `start` (points before `start`
     are still ignored). Beyond 60 weeks the step stays at 7 days and the bar count
     exceeds `max_bars`. Returns (bucket starts as aware UTC datetimes, step,
     {series name: values}) with names sorted; a name with no point in range is absent.
     Raises ValueError for an empty range or a `max_bars` below 1.
     """
-    start, end = _utc(start), _utc(end)
+    start, end = utc(start), utc(end)
     if end <= start:
         raise ValueError(f"empty time range: end {end} is not after start {start}")
     if max_bars < 1:
         raise ValueError(f"max_bars must be at least 1, not {max_bars}")
-    step = _choose_step(start, end, max_bars)
+    step = _choose_step(start, end, max_bars, min_step)
     first = _align(start, step)
     count = _ceil_div(end - first, step)
     values: dict[str, list[float]] = {}
     for moment, counts in points.items():
-        moment = _utc(moment)
+        moment = utc(moment)
         if not start <= moment < end:
             continue
         index = (moment - first) // step
@@ -104,15 +108,19 @@ def buckets(points: Mapping[datetime, Mapping[str, float]], start: datetime, end
 
 def stacked_bars(title: str, starts: Sequence[datetime], step: timedelta,
                  series: Sequence[Series], *, unit: str = "jobs",
-                 width: int = 720, height: int = 220) -> Markup:
+                 width: int = 720, height: int = 220, level: bool = False) -> Markup:
     """An inline `<svg>` of stacked bars, one column per bucket, first series at the bottom.
 
     `starts` are evenly spaced bucket starts `step` apart (as from buckets()), and each
-    series has one finite, non-negative value per bucket; otherwise ValueError.
+    series has one finite, non-negative value per bucket; otherwise ValueError. Values are
+    counts per bucket, or with `level` a level in each bucket (pilots running): the legend
+    then gives each series' peak rather than its total.
     """
     _check(starts, step, series)
-    starts = [_utc(moment) for moment in starts]
-    totals = [math.fsum(s.values) for s in series]
+    starts = [utc(moment) for moment in starts]
+    if level:
+        series = [Series(f"{s.name} (peak)", s.values, s.color) for s in series]
+    totals = [max(s.values, default=0.0) if level else math.fsum(s.values) for s in series]
     empty = not any(totals)
     peak = max((math.fsum(s.values[i] for s in series) for i in range(len(starts))), default=0)
     integral = all(float(v).is_integer() for s in series for v in s.values)
@@ -133,6 +141,8 @@ def stacked_bars(title: str, starts: Sequence[datetime], step: timedelta,
         f'{_text(_description(starts, step, series, totals, unit, empty))}</desc>',
         f'<text x="{_num(left)}" y="{TITLE_BASELINE}" font-size="13" font-weight="bold">'
         f'{_text(title)}</text>',
+        _axis_units(f"y: {unit} {'in' if level else 'per'} {_duration_text(step)}"
+                    " · x: time (UTC)", width),
         _y_axis(box, ticks),
         _x_axis(box, starts, step, width),
         _bars(box, starts, step, series, unit, ticks[-1]),
@@ -146,7 +156,7 @@ def stacked_bars(title: str, starts: Sequence[datetime], step: timedelta,
     return Markup("\n".join(part for part in parts if part))
 
 
-def _utc(moment: datetime) -> datetime:
+def utc(moment: datetime) -> datetime:
     # The tower stores UTC; a naive datetime from SQLite is UTC, not local time.
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
@@ -162,9 +172,10 @@ def _ceil_div(span: timedelta, step: timedelta) -> int:
     return -(-span // step)
 
 
-def _choose_step(start: datetime, end: datetime, max_bars: int) -> timedelta:
+def _choose_step(start: datetime, end: datetime, max_bars: int, min_step: timedelta
+                 ) -> timedelta:
     for step in STEPS:
-        if _ceil_div(end - _align(start, step), step) <= max_bars:
+        if step >= min_step and _ceil_div(end - _align(start, step), step) <= max_bars:
             return step
     return STEPS[-1]
 
@@ -173,7 +184,7 @@ def _check(starts: Sequence[datetime], step: timedelta, series: Sequence[Series]
     if step <= ZERO:
         raise ValueError(f"step must be positive, not {step}")
     for earlier, later in zip(starts, starts[1:], strict=False):
-        if _utc(later) - _utc(earlier) != step:
+        if utc(later) - utc(earlier) != step:
             raise ValueError(f"bucket starts are not {step} apart: {earlier}, {later}")
     for s in series:
         if len(s.values) != len(starts):
@@ -308,6 +319,8 @@ def _label_interval(step: timedelta, slot: float) -> timedelta:
 
 
 def _label_format(starts: Sequence[datetime], step: timedelta) -> str:
+    if step < timedelta(minutes=1):
+        return "%H:%M:%S"
     if step >= DAY:
         return "%m-%d"
     if len(starts) * step <= DAY:
@@ -369,3 +382,88 @@ def _num(value: float) -> str:
 
 def _text(value: str) -> str:
     return str(escape(_NOT_XML.sub("", value)))
+
+
+def histogram(title: str, edges: Sequence[float], counts: Sequence[float], *,
+              quantity: str, x_unit: str, unit: str = "jobs", color: str = "#1e88e5",
+              width: int = 720, height: int = 220) -> Markup:
+    """An inline `<svg>` histogram: one bar per bin [edges[i], edges[i+1]) holding
+    counts[i], x labelled in `x_unit`, y in `unit` (no edges and no counts: an empty one).
+    Raises ValueError for edges that do not rise, or counts that are not one per bin,
+    finite and non-negative."""
+    if (edges or counts) and len(edges) != len(counts) + 1:
+        raise ValueError(f"{len(counts)} counts need {len(counts) + 1} edges, not {len(edges)}")
+    if any(later <= earlier for earlier, later in zip(edges, edges[1:], strict=False)):
+        raise ValueError("histogram edges must rise")
+    if not all(math.isfinite(c) and c >= 0 for c in counts):
+        raise ValueError("histogram counts must be finite and non-negative")
+    total = math.fsum(counts)
+    peak = max(counts, default=0)
+    ticks = _y_ticks(peak if peak else 3, all(float(c).is_integer() for c in counts))
+    left = max(len(_num(tick)) for tick in ticks) * CHAR_WIDTH + 12
+    series = Series(quantity, tuple(counts), color)
+    legend, rows = _legend_layout([series], [total], left, width - MARGIN_RIGHT)
+    bottom = height - 8 - rows * LEGEND_ROW - X_LABEL_HEIGHT
+    box = _Box(left, PLOT_TOP, width - MARGIN_RIGHT, max(bottom, PLOT_TOP + MIN_PLOT_HEIGHT))
+    chart_id = "chart-" + hashlib.sha256(repr((title, list(edges), list(counts), quantity))
+                                         .encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    description = (f"{quantity} of {_num(total)} {unit}, in {len(counts)} bins of"
+                   f" {x_unit} from {_short(edges[0])} to {_short(edges[-1])}: "
+                   + ", ".join(f"{_short(low)}–{_short(high)}: {_num(count)}" for low, high,
+                               count in zip(edges, edges[1:], counts, strict=False)) + "."
+                   if counts else f"{EMPTY_TEXT.capitalize()}.")
+    slot = (box.right - box.left) / max(len(counts), 1)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart histogram"'
+        f' viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img"'
+        f' aria-labelledby="{chart_id}-title {chart_id}-desc"'
+        f' font-family="sans-serif" font-size="{FONT_SIZE}" fill="{TEXT_COLOR}">',
+        f'<title id="{chart_id}-title">{_text(title)}</title>',
+        f'<desc id="{chart_id}-desc">{_text(description)}</desc>',
+        f'<text x="{_num(left)}" y="{TITLE_BASELINE}" font-size="13" font-weight="bold">'
+        f'{_text(title)}</text>',
+        _axis_units(f"y: {unit} per bin · x: {quantity} ({x_unit})", width),
+        _y_axis(box, ticks),
+        '<g class="x-axis">'
+        f'<line x1="{_num(box.left)}" x2="{_num(box.right)}" y1="{_num(box.bottom)}"'
+        f' y2="{_num(box.bottom)}" stroke="{AXIS_COLOR}"/>',
+    ]
+    every = max(1, math.ceil(LABEL_SPACING / slot)) if counts else 1
+    for i, edge in enumerate(edges):
+        if i % every and i != len(edges) - 1:
+            continue
+        x = box.left + i * slot
+        parts.append(f'<line x1="{_num(x)}" x2="{_num(x)}" y1="{_num(box.bottom)}"'
+                     f' y2="{_num(box.bottom + 4)}" stroke="{AXIS_COLOR}"/>'
+                     f'<text x="{_num(x)}" y="{_num(box.bottom + 15)}" text-anchor="middle">'
+                     f'{_short(edge)}</text>')
+    parts.append('</g><g class="bars">')
+    for i, count in enumerate(counts):
+        if not count:
+            continue
+        upper = box.y(count, ticks[-1])
+        parts.append(
+            f'<rect class="bar" data-series="{_text(quantity)}" data-value="{_num(count)}"'
+            f' x="{_num(box.left + i * slot + 0.5)}" y="{_num(upper)}"'
+            f' width="{_num(max(slot - 1, 0.5))}" height="{_num(box.bottom - upper)}"'
+            f' fill="{_text(color)}"><title>{_text(f"{_short(edges[i])}–{_short(edges[i + 1])}")}'
+            f' {_text(x_unit)}: {_num(count)} {_text(unit)}</title></rect>')
+    parts.append("</g>")
+    parts.append(_legend(legend, box.bottom + X_LABEL_HEIGHT + 14))
+    if not total:
+        parts.append(
+            f'<text class="empty" x="{_num((box.left + box.right) / 2)}"'
+            f' y="{_num((box.top + box.bottom) / 2)}" text-anchor="middle">{EMPTY_TEXT}</text>')
+    parts.append("</svg>")
+    return Markup("\n".join(parts))
+
+
+def _axis_units(text: str, width: int) -> str:
+    """What the axes count, in the top right corner."""
+    return (f'<text class="units" x="{_num(width - MARGIN_RIGHT)}" y="{TITLE_BASELINE}"'
+            f' text-anchor="end" fill="{AXIS_COLOR}">{_text(text)}</text>')
+
+
+def _short(value: float) -> str:
+    """A bin edge in at most four significant digits (0.05, 1250, 3.2e+06)."""
+    return f"{value:.4g}"

@@ -130,7 +130,8 @@ def requests_for(tower: Tower) -> list[tuple[str, str, str, Any, str]]:
                                       "dry_run": True},
               "/productions/{name}/retry": {}, "/jobs/hold": {"jobs": [1]},
               "/jobs/release": {"jobs": [1]}}
-    values = {"pilot_id": PILOT_ID, "name": "flaky", "job_id": "1"}
+    values = {"pilot_id": PILOT_ID, "name": "flaky", "job_id": "1", "attempt": "1",
+              "plot": "wall_time"}
     calls = []
     for path, operations in document["paths"].items():
         concrete = path

@@ -8,6 +8,7 @@
     catalog      catalog ls|find|export|verify    policy    policy list|show|check|simulate
     ca           ca init|issue|revoke|crl|list     notify    notify test
     daemon       init, run, serve                  db        db check; database errors in one line
+    report       report (a production's summary plots and a one-page summary)
     common       global options, remote-or-local data, JSON and table output
 
 Modules here import only click and the standard library at the top; each command imports
@@ -34,6 +35,7 @@ from tower.cli import (
     pilots,
     policy,
     productions,
+    report,
     requests,
     sites,
 )
@@ -76,8 +78,8 @@ def cli(ctx: click.Context, **options: object) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
-for module in (productions, requests, jobs, sites, pilots, catalog, policy, notify, ca, db,
-               daemon):
+for module in (productions, report, requests, jobs, sites, pilots, catalog, policy, notify,
+               ca, db, daemon):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -143,12 +143,15 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     # a job of a production split by its inputs reads only its own files
     own = {job_id: placement.input_paths(session, config, lfns, pilot.site)
            for job_id, lfns in chains.job_lfns(session, moved).items()}
+    site = config.sites.get(pilot.site)
+    log_bytes = site.pilot.log_bytes if site is not None else 0
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
             answers[(job_id, number)] = {**_payload(jobs[job_id], productions[production_id][0]),
                                          "inputs": own.get(job_id)
-                                         or inputs.get(production_id, [])}
+                                         or inputs.get(production_id, []),
+                                         "log_bytes": log_bytes}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]

@@ -43,13 +43,40 @@ def run_cycle(runtime: Runtime) -> None:
         run_guarded(loop, runtime)
 
 
+@dataclass
+class CycleStats:
+    """One loop's cycles in this process, for /metrics: how many, how many failed, and
+    their seconds (summed, and the last)."""
+
+    cycles: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    last_seconds: float = 0.0
+
+
+#: The loops' cycles in this process, by loop name (a process that runs no loop has none).
+STATS: dict[str, CycleStats] = {}
+_STATS_LOCK = threading.Lock()
+
+
 def run_guarded(loop: Loop, runtime: Runtime) -> bool:
     """Run one cycle of `loop`; returns whether it did any work."""
+    began = time.monotonic()
+    failed = False
     try:
         return busy(loop.run_once(runtime.snapshot()))
     except Exception:  # the loop boundary: log with traceback, try again next cycle
         log.exception("loop=%s cycle failed", loop.name)
+        failed = True
         return False
+    finally:
+        took = time.monotonic() - began
+        with _STATS_LOCK:
+            stats = STATS.setdefault(loop.name, CycleStats())
+            stats.cycles += 1
+            stats.errors += failed
+            stats.seconds += took
+            stats.last_seconds = took
 
 
 def busy(result: Any) -> bool:

@@ -42,7 +42,7 @@ from tower.errors import BackendError
 from tower.loops import health
 from tower.loops.matchmaker import PRODUCTION_CLAIMED, production_needs
 from tower.management.specs import needs_of
-from tower.model import fleet, jobs, tally
+from tower.model import fleet, history, jobs, tally
 from tower.model.db import insert_missing, transaction
 from tower.model.models import FactoryDecision, Job, Pilot, Production, SiteQueue
 from tower.model.states import JOB_AT_SITE, PRODUCTION_RUNNABLE, JobState, PilotState, move_pilots
@@ -109,6 +109,8 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
         _record(session, FactoryDecision(site=site.name, queue=queue, demand=demand,
                                          pending=pending, running=running, draining=draining,
                                          submit=count, cancel=len(cancel), note=note))
+        history.record(session, site.name, queue, pending, running, draining, count,
+                       len(cancel))
     if cancel:
         batch.cancel([batch_id for batch_id, _ in cancel])
     for index, pilot_id in enumerate(reserved):

@@ -87,7 +87,7 @@ def loops(runtime: Runtime, now: float | None = None) -> Check:
         ends = {name: pulse.ended or pulse.born for name, pulse in runtime.pulses.items()}
     else:
         try:
-            ends = _recorded_ends(runtime)
+            ends = recorded_ends(runtime)
         except Exception as exc:  # the database check says why
             return Check(False, "unknown: the database does not answer", str(exc))
         limit += 5 * REFRESH  # the rows are written every second, a busy database later
@@ -101,7 +101,8 @@ def loops(runtime: Runtime, now: float | None = None) -> Check:
                                  for name, age in sorted(stuck.items())))
 
 
-def _recorded_ends(runtime: Runtime) -> dict[str, float]:
+def recorded_ends(runtime: Runtime) -> dict[str, float]:
+    """The last cycle end of each loop any tower process runs (seconds since the epoch)."""
     with Session(runtime.engine) as session:
         rows = session.exec(select(Presence).where(
             col(Presence.name).startswith(LOOP_ROW))).all()

@@ -21,8 +21,8 @@ from collections import defaultdict
 from sqlmodel import Session
 
 from sites.batch import BatchState, BatchStatus
-from tower.loops import health, presence
-from tower.model import fleet, tally
+from tower.loops import attempt_logs, health, presence
+from tower.model import fleet, history, tally
 from tower.model.db import transaction
 from tower.retries import retry
 from tower.retries.outcomes import Outcome
@@ -47,6 +47,8 @@ def run_once(runtime: Runtime) -> dict[str, int]:
         cooled = health.evaluate(session, runtime.config)
     with transaction(runtime.engine) as session:
         tally.compact(session)
+        history.coarsen(session, runtime.config.monitor.history_days)
+        attempt_logs.prune(session, runtime.config)
     # each attempt's line, with its production, job and attempt, is the policy's decision
     if silent:
         log.warning("%d attempts lost: no heartbeat for %ss", len(silent),

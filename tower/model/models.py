@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from catalog.columns import JSONType, json_column, state_column
@@ -408,3 +408,46 @@ class Notification(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+
+
+class AttemptLog(SQLModel, table=True):
+    """An attempt's full stdout and stderr as its pilot shipped them, gzip-compressed: in
+    `data` when small, else in the tower's log store under `stored` (a name the tower made
+    from the attempt's id, never one a pilot gave). One per attempt: a second is refused."""
+
+    __table_args__ = (UniqueConstraint("job_id", "attempt"),
+                      Index("ix_attemptlog_created_at", "created_at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int
+    attempt: int
+    #: Bytes of the log once uncompressed, and as shipped (gzip).
+    size: int = Field(sa_type=BigInteger)
+    compressed: int = Field(sa_type=BigInteger)
+    #: Whether the pilot cut the log to its site's bound before shipping it.
+    truncated: bool = False
+    data: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    stored: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SiteSample(SQLModel, table=True):
+    """A site queue as the factory saw it, one row per minute (`span` 60), folded into one
+    per hour (`span` 3600) beyond a week: pilots pending, running and draining, payload
+    slots busy, and the pilots the factory submitted and cancelled in that span."""
+
+    __table_args__ = (UniqueConstraint("site", "queue", "at", "span"),
+                      Index("ix_sitesample_site_at", "site", "at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    site: str = Field(max_length=100)
+    queue: str = Field(max_length=100)
+    #: Start of the span, in seconds since the epoch (UTC).
+    at: int = Field(sa_type=BigInteger)
+    span: int = 60
+    pending: float = 0
+    running: float = 0
+    draining: float = 0
+    busy: float = 0
+    submitted: int = 0
+    cancelled: int = 0

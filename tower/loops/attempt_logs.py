@@ -1,0 +1,151 @@
+"""Attempts' full logs, as their pilots ship them: checked, kept, read back, and dropped
+after `monitor.log_retention_days`.
+
+A pilot is not trusted. It may send the log of an attempt it runs (or ran within
+LATE_AFTER_END), once; the body is gzip and is bounded twice: as sent, and once
+uncompressed (read with a bounded inflater, so a gzip bomb costs the tower no more than
+its site's `log_bytes`). A small log is kept in the database; a bigger one in the
+tower's log store, under a name the tower makes from the job and attempt numbers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from catalog.timeutil import utcnow
+from tower.config import TowerConfig
+from tower.errors import Conflict, GridtowerError, NotFound, SpecError
+from tower.loops.presence import aware
+from tower.model.models import Attempt, AttemptLog
+
+#: A pilot may still send an attempt's log this long after the attempt ended (its
+#: report may have reached the tower first).
+LATE_AFTER_END = timedelta(hours=1)
+#: Room beyond the site's `log_bytes`: the line saying where the log was cut.
+MARKER_ROOM = 200
+#: Logs dropped per call of `prune` at most (the next cycle drops the rest).
+PRUNE_BATCH = 1000
+
+
+class LogTooLarge(GridtowerError):
+    """The log is over its site's bound."""
+
+    status = 413
+
+
+def store(config: TowerConfig) -> Path:
+    """The directory of the logs too big for the database."""
+    return config.home / config.monitor.logs_dir
+
+
+def accept(session: Session, config: TowerConfig, pilot_id: str, job_id: int, number: int,
+           body: bytes, cut: int) -> AttemptLog:
+    """Keep the log `body` (gzip) of attempt `number` of `job_id`, sent by `pilot_id`."""
+    attempt = session.exec(select(Attempt).where(
+        col(Attempt.job_id) == job_id, col(Attempt.number) == number)).first()
+    # another pilot's attempt is as absent as one that does not exist: nothing told
+    if attempt is None or attempt.pilot_id != pilot_id:
+        raise NotFound(f"pilot {pilot_id} ran no attempt {number} of job {job_id}",
+                       field="attempt")
+    if attempt.ended_at is not None and aware(attempt.ended_at) < utcnow() - LATE_AFTER_END:
+        raise Conflict(f"attempt {number} of job {job_id} ended too long ago for its log",
+                       field="attempt")
+    site = config.sites.get(attempt.site)
+    limit = site.pilot.log_bytes if site is not None else 0
+    if limit == 0:
+        raise Conflict(f"site {attempt.site} ships no logs (log_bytes: 0)", field="site")
+    # gzip of incompressible bytes is a little longer than they are
+    if len(body) > limit + limit // 100 + MARKER_ROOM + 1024:
+        raise LogTooLarge(f"the log is {len(body)} bytes gzipped, over site "
+                          f"{attempt.site}'s log_bytes of {limit}", field="log")
+    size = _inflated_size(body, limit + MARKER_ROOM, attempt.site)
+    entry = AttemptLog(job_id=job_id, attempt=number, size=size, compressed=len(body),
+                       truncated=cut > 0)
+    small = len(body) <= config.monitor.logs_in_database
+    if small:
+        entry.data = body
+    else:
+        entry.stored = f"{job_id}.{number}.log.gz"
+    session.add(entry)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"attempt {number} of job {job_id} has its log already",
+                       field="attempt") from None
+    if not small:
+        assert entry.stored is not None
+        _write(store(config) / entry.stored, body)
+    return entry
+
+
+def _inflated_size(body: bytes, bound: int, site: str) -> int:
+    """The log's size once uncompressed; never inflating more than `bound` + 1 bytes."""
+    inflater = zlib.decompressobj(wbits=31)  # gzip, one member
+    size = 0
+    pending = body
+    try:
+        while pending and not inflater.eof:
+            size += len(inflater.decompress(pending, bound + 1 - size))
+            if size > bound:
+                raise LogTooLarge(f"the log is over site {site}'s log_bytes once "
+                                  "uncompressed", field="log")
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise SpecError(f"the log is not gzip: {exc}", field="log") from None
+    if not inflater.eof or inflater.unused_data:
+        raise SpecError("the log is not one whole gzip stream", field="log")
+    return size
+
+
+def _write(path: Path, body: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as stream:
+        stream.write(body)
+        stream.flush()
+        os.fsync(stream.fileno())
+    partial.replace(path)
+
+
+def find(session: Session, job_id: int) -> dict[int, AttemptLog]:
+    """The kept logs of a job's attempts, by attempt number (without their bytes)."""
+    rows = session.exec(select(AttemptLog).where(col(AttemptLog.job_id) == job_id)).all()
+    return {row.attempt: row for row in rows}
+
+
+def read(session: Session, config: TowerConfig, job_id: int, number: int) -> bytes:
+    """The whole log of an attempt, uncompressed."""
+    entry = session.exec(select(AttemptLog).where(
+        col(AttemptLog.job_id) == job_id, col(AttemptLog.attempt) == number)).first()
+    if entry is None:
+        raise NotFound(f"no log kept for attempt {number} of job {job_id}", field="attempt")
+    if entry.data is not None:
+        return gzip.decompress(entry.data)
+    assert entry.stored is not None
+    try:
+        return gzip.decompress((store(config) / entry.stored).read_bytes())
+    except FileNotFoundError:
+        raise NotFound(f"the log of attempt {number} of job {job_id} is missing from the "
+                       "log store", field="attempt") from None
+
+
+def prune(session: Session, config: TowerConfig) -> int:
+    """Drop logs older than the retention (their files too); returns how many."""
+    before = utcnow() - timedelta(days=config.monitor.log_retention_days)
+    old = session.execute(select(col(AttemptLog.id), col(AttemptLog.stored)).where(
+        col(AttemptLog.created_at) < before).limit(PRUNE_BATCH)).all()
+    if not old:
+        return 0
+    session.execute(delete(AttemptLog).where(col(AttemptLog.id).in_([i for i, _ in old])))
+    for _, stored in old:
+        if stored:
+            (store(config) / stored).unlink(missing_ok=True)
+    return len(old)
