@@ -10,6 +10,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from collections import deque
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
+from pilots import containers
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
 from pilots.meter import Meter, NoMeter, Usage
@@ -69,10 +71,16 @@ class Payload:
         self.output_dir = self.work_dir / "output"
         self.input_dir = self.work_dir / "inputs"
         self.stage_dir = stage_dir(storage, claim["production"], self.job, self.attempt)
+        #: The container it runs in (None: bare); it sees its dirs at INSIDE there.
+        self.container: dict[str, Any] | None = claim.get("container")
+        seen = containers.INSIDE if self.container else self.work_dir
         self.variables = {**claim["variables"], **pilot, "cores": self.cores,
-                          "work_dir": self.work_dir,
-                          "output_dir": self.output_dir, "input_dir": self.input_dir,
-                          "python": sys.executable}
+                          "work_dir": seen, "output_dir": seen / "output",
+                          "input_dir": seen / "inputs",
+                          "python": containers.INSIDE_PYTHON if self.container
+                          else sys.executable}
+        #: How it was run, for the tower's provenance record: filled in as it is prepared.
+        self.provenance: dict[str, Any] = {"host": socket.gethostname()}
         self.ending = "finished"
         self.reason: str | None = None
         #: The payload's peak resident memory (its tree's), its CPU seconds (user + system,
@@ -176,23 +184,52 @@ class Payload:
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(exist_ok=True)
-        # the job reads its inputs where the site's storage element holds them
+        binds = [(str(self.work_dir), str(self.variables["work_dir"]), True)]
+        # the job reads its inputs where the site's storage element holds them; in a
+        # container, through a read-only bind on an empty file of the same name
         for item in self.claim.get("inputs", []):
             self.input_dir.mkdir(exist_ok=True)
-            (self.input_dir / Path(item["name"]).name).symlink_to(item["path"])
-        for name, text in self.claim["steering"].items():
-            (self.work_dir / name).write_text(render(text, self.variables))
+            name = Path(item["name"]).name
+            if self.container:
+                (self.input_dir / name).touch()
+                binds.append((item["path"], f"{self.variables['input_dir']}/{name}", False))
+            else:
+                (self.input_dir / name).symlink_to(item["path"])
+        steering = {name: render(text, self.variables)
+                    for name, text in self.claim["steering"].items()}
+        for name, text in steering.items():
+            (self.work_dir / name).write_text(text)
         argv = [render(argument, self.variables) for argument in self.claim["command"]]
-        environment = dict(os.environ)
-        environment.update({name: render(text, self.variables)
-                            for name, text in self.claim["environment"].items()})
-        environment.update({"GRIDTOWER_JOB": str(self.job),
-                            "GRIDTOWER_ATTEMPT": str(self.attempt),
-                            "GRIDTOWER_OUTPUT_DIR": str(self.output_dir),
-                            # threaded libraries (OpenMP, MKL's) take this many threads
-                            "GRIDTOWER_CORES": str(self.cores),
-                            "OMP_NUM_THREADS": str(self.cores)})
-        return argv, environment
+        given = {name: render(text, self.variables)
+                 for name, text in self.claim["environment"].items()}
+        given.update({"GRIDTOWER_JOB": str(self.job), "GRIDTOWER_ATTEMPT": str(self.attempt),
+                      "GRIDTOWER_OUTPUT_DIR": str(self.variables["output_dir"]),
+                      # threaded libraries (OpenMP, MKL's) take this many threads
+                      "GRIDTOWER_CORES": str(self.cores), "OMP_NUM_THREADS": str(self.cores)})
+        self.provenance.update({"command": argv, "steering": steering, "environment": given})
+        if self.container:
+            argv = self._contained(argv, binds, given)
+        self.provenance["argv"] = argv
+        return argv, {**os.environ, **given}
+
+    def _contained(self, command: list[str], binds: list[tuple[str, str, bool]],
+                   given: dict[str, str]) -> list[str]:
+        """`command` wrapped in its container's runtime; raises ContainerProblem (a `setup`
+        ending) for a runtime the site does not offer, or an image it does not hold."""
+        assert self.container is not None
+        runtime, template = self.container["runtime"], self.container.get("template")
+        named = {"runtime": runtime, "image": self.container["image"]}
+        self.provenance["container"] = named
+        if not template:
+            raise containers.ContainerProblem(f"this site offers no {runtime} runtime")
+        problem = containers.environment_problem(list(self.claim["environment"]))
+        if problem:
+            raise containers.ContainerProblem(f"environment: {problem}")
+        image = containers.resolve_image(self.container["image"], template["kind"],
+                                         self.container.get("images"))
+        named.update({"path": image,
+                      "digest": containers.image_digest(image, template["kind"])})
+        return containers.wrap(template, image, command, self.variables, binds, given)
 
     def _wait(self, walltime: float) -> int:
         """Reap the payload with wait4, which also gives its peak memory (that of its
@@ -310,6 +347,7 @@ class Payload:
             "max_rss_mb": self.max_rss_mb,
             "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
             "wall_seconds": None if self.seconds is None else round(self.seconds, 3),
+            "provenance": self.provenance,
         }
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from pilots.containers import environment_problem, image_problem
 from pilots.rendering import TemplateProblem, identifiers, render
 from sites.config import NEEDS, Needs, PilotShape, amount
 from sites.schema import (
@@ -106,6 +107,23 @@ class TuneSpec(Strict):
         return value
 
 
+class ContainerSpec(Strict):
+    """The image a production's jobs run in, and the runtime that runs it (a site offers
+    runtimes in sites.yaml: `pilot.containers`)."""
+
+    #: A path under the site's images root (a `path` runtime's), or a registry's reference.
+    image: str = Field(min_length=1, max_length=1001)
+    runtime: str = Field(pattern=NAME_PATTERN)
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str) -> str:
+        problem = image_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class ProductionSpec(Strict):
     """A production request, resolved (every inherited key filled in)."""
 
@@ -145,6 +163,8 @@ class ProductionSpec(Strict):
     #: Seeds are seed_base + index, in a 64-bit column.
     seed_base: int | None = Field(default=None, ge=0, le=MAX_INTEGER - MAX_JOBS)
     spec_dir: str = ""
+    #: The container its jobs run in (None: bare, in the site's own environment).
+    container: ContainerSpec | None = None
 
     @field_validator("steering")
     @classmethod
@@ -210,6 +230,14 @@ class ProductionSpec(Strict):
                              f"({total})")
         return value
 
+    @model_validator(mode="after")
+    def _runtime_settings(self) -> ProductionSpec:
+        # the runtime runs with the payload's environment: it must not rewrite its binds
+        problem = self.container and environment_problem(list(self.environment))
+        if problem:
+            raise ValueError(f"environment: {problem}")
+        return self
+
     @property
     def dataset_name(self) -> str:
         return self.dataset or self.name
@@ -221,8 +249,10 @@ class ProductionSpec(Strict):
     @property
     def template_hash(self) -> str:
         """Identifies what each job runs: software, command, steering and environment."""
-        payload = json.dumps([self.software, self.command, self.steering, self.environment],
-                             sort_keys=True)
+        what: list[Any] = [self.software, self.command, self.steering, self.environment]
+        if self.container is not None:  # bare productions keep the hash they had
+            what.append(self.container.model_dump())
+        payload = json.dumps(what, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -479,8 +509,11 @@ SHIPPING = ("a request sent from another machine names files there, which no job
 def needs_of(spec: ProductionSpec | Mapping[str, Any]) -> Needs:
     """What each job of a production needs (before a retry grows it); `spec` may be the
     stored dict."""
+    container = _key(spec, "container")
+    runtime = container and (container["runtime"] if isinstance(container, Mapping)
+                             else container.runtime)
     return Needs(cores=_key(spec, "cores") or 1, memory=_key(spec, "memory"),
-                 walltime=_key(spec, "walltime"))
+                 walltime=_key(spec, "walltime"), runtime=runtime)
 
 
 def _key(spec: ProductionSpec | Mapping[str, Any], key: str) -> Any:
@@ -503,6 +536,12 @@ def no_fit(needs: Needs, shapes: Mapping[str, PilotShape]) -> tuple[str, str] | 
     (nothing is known to compare with)."""
     if not shapes or any(shape.misfit(needs) is None for shape in shapes.values()):
         return None
+    if not any(shape.runs(needs.runtime) for shape in shapes.values()):
+        return "container.runtime", (
+            f"container.runtime: {needs.runtime} is offered by no allowed site: "
+            + "; ".join(f"{label} offers {shape.runtime_summary()}"
+                        for label, shape in shapes.items()))
+    shapes = {label: shape for label, shape in shapes.items() if shape.runs(needs.runtime)}
     for need in NEEDS:
         asked = getattr(needs, need)
         offered = [(shape.offer(need), label) for label, shape in shapes.items()]
