@@ -6,6 +6,7 @@
     jobs         jobs, job, held, hold, release, why
     sites        sites [list|check|explain]        pilots    pilots
     catalog      catalog ls|find|export|verify    policy    policy list|show|check|simulate
+    rerun        rerun LFN --here, rerun --sample N DATASET --here
     ca           ca init|issue|revoke|crl|list     notify    notify test
     daemon       init, run, serve                  db        db check; database errors in one line
     common       global options, remote-or-local data, JSON and table output
@@ -35,6 +36,7 @@ from tower.cli import (
     policy,
     productions,
     requests,
+    rerun,
     sites,
 )
 
@@ -76,8 +78,8 @@ def cli(ctx: click.Context, **options: object) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
-for module in (productions, requests, jobs, sites, pilots, catalog, policy, notify, ca, db,
-               daemon):
+for module in (productions, requests, jobs, sites, pilots, catalog, rerun, policy, notify, ca,
+               db, daemon):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -55,30 +55,38 @@ def build(spec: Mapping[str, Any], job: Mapping[str, Any], variables: Mapping[st
     first event and events, `where` its site and pilot, `seen` what its pilot reported
     (pilots.payload: host, command, argv, steering, environment, container), `inputs` the
     catalog's lfn, size and adler32 of each file it read."""
-    steering = dict(seen.get("steering") or {})
-    container = dict(seen.get("container") or {}) or None
     return {
         "production": spec["name"], "dataset": spec.get("dataset") or spec["name"],
         "software": software(spec["software"]),
         "stream": job["index"], "seed": job["seed"], "first_event": job["first_event"],
         "events": job["events"], "attempt": attempt,
-        "site": where.get("site"), "pilot": where.get("pilot"), "host": seen.get("host"),
-        "container": container,
-        "command": list(seen.get("command") or []),
-        "argv": list(seen.get("argv") or []),
-        "steering": {name: {"sha256": sha256(text), "text": text}
-                     for name, text in sorted(steering.items())},
-        "environment": dict(seen.get("environment") or {}),
-        "inputs": [{"lfn": item["lfn"], "size": item["size"], "adler32": item["adler32"]}
-                   for item in inputs],
-        "hashes": {"command": sha256(list(seen.get("command") or [])),
-                   "environment": sha256(dict(seen.get("environment") or {}))},
         # what a rerun renders again: the production's templates with the tower's variables
         "templates": {key: spec.get(key) for key in
                       ("command", "steering", "environment", "outputs")},
         "variables": dict(variables),
         "walltime": spec["walltime"], "cores": spec.get("cores") or 1,
         "memory": spec.get("memory"),
+        **observed(where, seen, inputs),
+    }
+
+
+def observed(where: Mapping[str, str | None], seen: Mapping[str, Any],
+             inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The part of a record a run observes (the rest is the tower's): where it ran, what
+    its pilot rendered and resolved, and the inputs it read; hashes are computed here."""
+    steering = dict(seen.get("steering") or {})
+    command = list(seen.get("command") or [])
+    environment = dict(seen.get("environment") or {})
+    return {
+        "site": where.get("site"), "pilot": where.get("pilot"), "host": seen.get("host"),
+        "container": dict(seen.get("container") or {}) or None,
+        "command": command, "argv": list(seen.get("argv") or []),
+        "steering": {name: {"sha256": sha256(text), "text": text}
+                     for name, text in sorted(steering.items())},
+        "environment": environment,
+        "inputs": [{"lfn": item["lfn"], "size": item["size"], "adler32": item["adler32"]}
+                   for item in inputs],
+        "hashes": {"command": sha256(command), "environment": sha256(environment)},
     }
 
 

@@ -1,0 +1,163 @@
+"""`tower rerun`: remake a cataloged file from its provenance record alone, and compare.
+
+The record (tower.model.provenance) holds the production's templates with the tower's
+variables, the container and the input files by adler32. A rerun here fetches each input
+from a good replica whose checksum is the record's, runs the payload with the pilot's own
+code (pilots.payload.Payload) in a scratch directory, and compares the output with the
+catalog: `identical` (same size and adler32) or `differs`, naming what the two records
+disagree on (image digest, software, inputs...). Nothing is written: not the catalog, not
+a job, not a record.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from catalog.models import CatalogFile, Dataset
+from pilots.containers import BUILTIN
+from pilots.payload import Payload
+from tower.errors import NotFound, TransferError
+from tower.loops import placement
+from tower.model import provenance
+from tower.runtime import Runtime
+from transfer.paths import inside
+
+IDENTICAL, DIFFERS, FAILED = "identical", "differs", "failed"
+#: The most files `--sample` reruns at once.
+MAX_SAMPLE = 10_000
+
+
+@dataclass
+class Rerun:
+    """What one rerun gave."""
+
+    lfn: str
+    verdict: str
+    #: The catalog's size and adler32, and the rerun's (None: it made no such file).
+    size: int
+    adler32: str
+    new_size: int | None = None
+    new_adler32: str | None = None
+    #: What the rerun's record differs in from the file's (image digest, inputs...).
+    differences: list[str] = field(default_factory=list)
+    #: Why the rerun failed (its payload's ending and log tail, or an input not fetched).
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rerun_here(runtime: Runtime, lfn: str, images: str | None = None,
+               scratch: Path | None = None) -> Rerun:
+    """Remake the file `lfn` on this machine and compare it with the catalog's."""
+    with Session(runtime.engine) as session:
+        entry, record = provenance.of_file(session, lfn)
+        replicas = {item["lfn"]: placement.replicas_of(session, item["lfn"])
+                    for item in record["inputs"]}
+    result = Rerun(lfn, FAILED, entry.size, entry.adler32)
+    with tempfile.TemporaryDirectory(prefix="gridtower-rerun-", dir=scratch) as directory:
+        root = Path(directory)
+        try:
+            inputs = _fetch(runtime, record["inputs"], replicas, root / "inputs")
+        except TransferError as exc:
+            result.reason = str(exc)
+            return result
+        claim = _claim(runtime, record, entry, inputs, images)
+        payload = Payload(claim, {"site": record["site"], "pilot_id": record["pilot"]},
+                          root / "work", root / "storage")
+        report = payload.run()
+        rerun = provenance.observed({"site": record["site"], "pilot": record["pilot"]},
+                                    payload.provenance, inputs)
+        result.differences = provenance.differences(record, {**record, **rerun})
+        made = {output["name"]: output for output in report["outputs"]}
+        if entry.name not in made:
+            result.reason = (f"the payload ended {report['ending']} (exit code "
+                             f"{report['exit_code']}, signal {report['signal']}) without "
+                             f"{entry.name}: {report['reason'] or ''}\n{report['log_tail']}"
+                             ).strip()
+            return result
+        output = made[entry.name]
+        result.new_size, result.new_adler32 = output["size"], output["adler32"]
+        same = (output["size"], output["adler32"]) == (entry.size, entry.adler32)
+        result.verdict = IDENTICAL if same else DIFFERS
+    return result
+
+
+def _claim(runtime: Runtime, record: dict[str, Any], entry: CatalogFile,
+           inputs: list[dict[str, Any]], images: str | None) -> dict[str, Any]:
+    """The claim a pilot would have been given, from the record: the production's templates
+    and the tower's variables; the container with this machine's runtime (the record's
+    site's template when sites.yaml has it, else the built-in) and images root."""
+    templates = record["templates"]
+    claim: dict[str, Any] = {
+        "job": entry.job_id or 0, "attempt": record["attempt"],
+        "production": record["production"], "command": templates["command"],
+        "steering": templates["steering"] or {}, "environment": templates["environment"] or {},
+        "variables": record["variables"], "outputs": templates["outputs"] or [],
+        "walltime": record["walltime"], "cores": record["cores"], "memory": record["memory"],
+        "inputs": [{"lfn": item["lfn"], "name": Path(item["lfn"]).name, "path": item["path"]}
+                   for item in inputs],
+    }
+    container = record.get("container")
+    if container:
+        site = runtime.config.sites.get(record["site"] or "")
+        offered = site.pilot.containers if site else None
+        template = (offered.runtimes.get(container["runtime"]) if offered else None) \
+            or BUILTIN.get(container["runtime"])
+        claim["container"] = {"runtime": container["runtime"], "image": container["image"],
+                              "images": images or (offered.images if offered else None),
+                              "template": template}
+    return claim
+
+
+def _fetch(runtime: Runtime, wanted: list[dict[str, Any]],
+           replicas: dict[str, list[tuple[str, str, int, str]]],
+           directory: Path) -> list[dict[str, Any]]:
+    """Copy each input from a good replica whose adler32 is the record's; returns them with
+    their local path. TransferError when one has no such replica, or none arrives whole."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    for item in wanted:
+        problems = []
+        candidates = [row for row in replicas[item["lfn"]] if row[3] == item["adler32"]]
+        for destination, path, _, _ in candidates:
+            local = str(inside(directory, Path(item["lfn"]).name, "rerun inputs"))
+            try:
+                got = runtime.transfer(destination).get(path, local)
+            except TransferError as exc:
+                problems.append(str(exc))
+                continue
+            if (got.size, got.adler32) == (item["size"], item["adler32"]):
+                fetched.append({**item, "path": local})
+                break
+            problems.append(f"{destination}:{path} has adler32 {got.adler32}")
+        else:
+            raise TransferError(f"input {item['lfn']}: no good replica with the record's "
+                                f"adler32 {item['adler32']}" +
+                                (f" ({'; '.join(problems)})" if problems else ""))
+    return fetched
+
+
+def sample(runtime: Runtime, dataset: str, count: int, seed: int | None = None,
+           images: str | None = None) -> dict[str, Any]:
+    """Rerun `count` random files of `dataset` here; the reproducibility figure is the
+    fraction of them identical."""
+    with Session(runtime.engine) as session:
+        found = session.exec(select(Dataset.id).where(Dataset.name == dataset)).first()
+        if found is None:
+            raise NotFound(f"no dataset {dataset!r} in the catalog", field="dataset")
+        lfns = list(session.exec(select(CatalogFile.lfn).where(
+            CatalogFile.dataset_id == found).order_by(col(CatalogFile.lfn))).all())
+    chosen = sorted(random.Random(seed).sample(lfns, min(count, len(lfns), MAX_SAMPLE)))
+    reruns = [rerun_here(runtime, lfn, images) for lfn in chosen]
+    identical = sum(1 for item in reruns if item.verdict == IDENTICAL)
+    return {"dataset": dataset, "files": len(lfns), "rerun": len(reruns),
+            "identical": identical,
+            "reproducibility": identical / len(reruns) if reruns else None,
+            "reruns": [item.as_dict() for item in reruns]}
