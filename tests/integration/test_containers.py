@@ -178,8 +178,7 @@ def test_a_missing_image_is_a_setup_failure_retried_then_failed(
 
 def test_a_containerised_job_goes_only_to_a_site_offering_its_runtime(
         live_tower: Callable[..., LiveTower], images: Path, tmp_path: Path) -> None:
-    bare = {"scratch": str(tmp_path / "bare" / "scratch"),
-            "storage": str(tmp_path / "bare" / "storage")}
+    bare = {"pilot": {**site(images)["pilot"], "containers": {}}}
     tower = live_tower(site=site(images), more_sites={"bare": bare})
     tower.submit(contained(tmp_path, "boxed", jobs=4))
     tower.drive(tower.all_ended, timeout=180)
@@ -189,8 +188,9 @@ def test_a_containerised_job_goes_only_to_a_site_offering_its_runtime(
 
 @pytest.mark.slurm
 def test_a_production_runs_in_a_bubblewrap_image_on_slurm(
-        live_tower: Callable[..., LiveTower], images: Path, tmp_path: Path,
-        slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+        slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch,
+        live_tower: Callable[..., LiveTower], images: Path, tmp_path: Path) -> None:
+    # set before the tower starts, undone after it stops (its pilots are scancelled)
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     tower = live_tower(site=site(images, batch="slurm", batch_options={"partition": "debug"},
                                  pilot_command=[sys.executable, "-m", "pilots.main"]))

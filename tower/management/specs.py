@@ -134,6 +134,9 @@ class ProductionSpec(Strict):
     software: str = Field(min_length=1)
     command: list[str] = Field(min_length=1)
     steering: dict[str, str] = Field(default_factory=dict)
+    #: The container its jobs run in (None: bare, in the site's own environment); before
+    #: `environment`, which is checked against it.
+    container: ContainerSpec | None = None
     environment: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
     events_total: int = Field(gt=0)
@@ -163,8 +166,6 @@ class ProductionSpec(Strict):
     #: Seeds are seed_base + index, in a 64-bit column.
     seed_base: int | None = Field(default=None, ge=0, le=MAX_INTEGER - MAX_JOBS)
     spec_dir: str = ""
-    #: The container its jobs run in (None: bare, in the site's own environment).
-    container: ContainerSpec | None = None
 
     @field_validator("steering")
     @classmethod
@@ -177,11 +178,16 @@ class ProductionSpec(Strict):
 
     @field_validator("environment")
     @classmethod
-    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _environment_names(cls, value: dict[str, str], info: ValidationInfo
+                           ) -> dict[str, str]:
         for name in value:
             if not ENVIRONMENT_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not an environment variable name "
                                  "(letters, digits and _, not starting with a digit)")
+        # the runtime runs with the payload's environment: it must not rewrite its binds
+        problem = info.data.get("container") and environment_problem(list(value))
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("outputs")
@@ -229,14 +235,6 @@ class ProductionSpec(Strict):
             raise ValueError(f"events: {value.events} must be fewer than events_total "
                              f"({total})")
         return value
-
-    @model_validator(mode="after")
-    def _runtime_settings(self) -> ProductionSpec:
-        # the runtime runs with the payload's environment: it must not rewrite its binds
-        problem = self.container and environment_problem(list(self.environment))
-        if problem:
-            raise ValueError(f"environment: {problem}")
-        return self
 
     @property
     def dataset_name(self) -> str:
