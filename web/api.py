@@ -20,7 +20,7 @@ from tower.loops.site_status import site_queues
 from tower.management import approval, overrides, productions, sheets, why
 from tower.management.catalog_verify import verify_dataset
 from tower.management.specs import parse_requests
-from tower.model import fleet, jobs
+from tower.model import fleet, jobs, provenance
 from tower.model.db import transaction
 from tower.model.states import JobState
 from tower.retries import failures, replay, retry
@@ -514,6 +514,15 @@ def catalog_find() -> Any:
     conditions = queries.parse_conditions(request.args.getlist("q"))
     with Session(_runtime().engine) as session:
         return jsonify({"files": queries.find(session, conditions)})
+
+
+@api.get("/catalog/files/<path:lfn>/provenance")
+@needs(Permission.READ)
+def catalog_file_provenance(lfn: str) -> Any:
+    """How the file `/LFN` was made (tower.model.provenance), and the command that remakes
+    it from that record and compares (`tower rerun`)."""
+    with Session(_runtime().engine) as session:
+        return jsonify(provenance.described(session, "/" + lfn.lstrip("/")))
 
 
 @api.post("/catalog/datasets/<path:name>/verify")

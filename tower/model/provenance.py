@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -166,3 +167,17 @@ def _short(value: Any) -> str:
     if isinstance(value, dict):
         return " ".join(str(part) for part in value.values() if part is not None)
     return str(value)
+
+
+def rerun_command(lfn: str) -> str:
+    """The command that remakes `lfn` here from its record and compares (shell-quoted)."""
+    return f"tower rerun --here {shlex.quote(lfn)}"
+
+
+def described(session: Session, lfn: str) -> dict[str, Any]:
+    """A file, the record of the attempt that made it, and how to rerun it: what the API and
+    the file's page show."""
+    entry, record = of_file(session, lfn)
+    return {"lfn": entry.lfn, "size": entry.size, "adler32": entry.adler32,
+            "job": entry.job_id, "attempt": entry.attempt, "provenance": record,
+            "rerun": rerun_command(entry.lfn)}
