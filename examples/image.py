@@ -5,7 +5,7 @@
 
 The image holds the interpreter (at its own path, and `/usr/bin/python3`), its standard
 library without tests, GUIs or installed packages, the shared libraries they load,
-`/opt/toysim/toysim.py`, the mount points bubblewrap needs (`/dev`, `/proc`, `/tmp`),
+a copy of `/opt/toysim/toysim.py`, the mount points bubblewrap needs (`/dev`, `/proc`, `/tmp`),
 and a marker file `/.gridtower-image`. Files are hard links to the host's where the file
 system allows (an image costs no space), else copies; change an image's file by writing a
 new one in its place, never in place, or the host's file changes too.
@@ -47,7 +47,8 @@ def build(target: Path, marker: str) -> Path:
     libraries = {interpreter, *(stdlib / "lib-dynload").glob("*.so")}
     for path in sorted(_libraries(libraries)):
         _place(path, target)
-    _place(Path(__file__).with_name("toysim.py"), target, Path("/opt/toysim/toysim.py"))
+    # a copy, not a link: the image's software changes apart from the repository's
+    shutil.copy2(Path(__file__).with_name("toysim.py"), target / "opt/toysim/toysim.py")
     (target / MARKER).write_text(marker + "\n")
     return target
 
@@ -62,15 +63,14 @@ def _libraries(binaries: set[Path]) -> set[Path]:
     return found
 
 
-def _place(source: Path, root: Path, inside: Path | None = None) -> None:
-    """Put `source` at its own path in the image (or at `inside`), and where its links lead."""
-    inside = inside or source
-    destination = root / str(inside).lstrip("/")
+def _place(source: Path, root: Path) -> None:
+    """Put `source` at its own path in the image, and where its links lead."""
+    destination = root / str(source).lstrip("/")
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.exists() or destination.is_symlink():
         return
     real = Path(os.path.realpath(source))
-    if real != source and inside == source:
+    if real != source:
         destination.symlink_to(real)  # an absolute link, resolved in the image's root
         _place(real, root)
         return

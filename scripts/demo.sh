@@ -11,6 +11,15 @@ unset TOWER_DATABASE_URL TOWER_BROKER_URL
 echo "== submitting the example production (dry run first)"
 tower submit --dry-run "$home/production.yaml"
 tower submit "$home/production.yaml"
+boxed=""
+if command -v bwrap >/dev/null; then
+    echo "== the same simulation in a bubblewrap image built from this machine's Python"
+    python3 examples/image.py "$home/images/toysim"
+    tower submit examples/production-container.yaml
+    boxed=radon-chain-boxed
+else
+    echo "== skipping the containerised production: bubblewrap (bwrap) is not installed"
+fi
 
 echo "== running the tower until every job has ended"
 status=0
@@ -18,16 +27,25 @@ tower run --until-done --timeout 600 || status=$?
 
 echo "== status"
 tower status
-dataset=$(tower status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["productions"][0]["dataset"])')
+dataset=radon-chain-demo
 echo "== catalog of dataset $dataset"
 tower catalog ls "$dataset"
 files=$(tower catalog ls "$dataset" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["files"]))')
-jobs=$(tower status --json | python3 -c 'import json,sys; p=json.load(sys.stdin)["productions"][0]; print(p["states"].get("done",0), "of", p["jobs"])')
+jobs=$(tower status --json | python3 -c 'import json,sys; p=[p for p in json.load(sys.stdin)["productions"] if p["name"]=="radon-chain-demo"][0]; print(p["states"].get("done",0), "of", p["jobs"])')
+echo "== remaking files from their provenance records (tower rerun)"
+tower rerun --here --sample 2 --seed 1 "$dataset" || status=$?
+boxed_line="skipped (bubblewrap is not installed)"
+if [ -n "$boxed" ]; then
+    tower catalog ls "$boxed"
+    tower rerun --here --sample 2 --seed 1 "$boxed" || status=$?
+    boxed_line=$(tower status --json | python3 -c 'import json,sys; p=[p for p in json.load(sys.stdin)["productions"] if p["name"]=="radon-chain-boxed"][0]; print(p["states"].get("done",0), "of", p["jobs"], "jobs done in the bubblewrap image")')
+fi
 cat <<SUMMARY
 
 == summary
 jobs done:        $jobs
 files cataloged:  $files (size and adler32 verified at the destination)
+in a container:   $boxed_line
 outputs:          $home/store/$dataset/
 tower database:   $home/tower.db
 pilot logs:       $home/sites/local/scratch/pilot-logs/
