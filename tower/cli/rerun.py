@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from tower.cli.common import json_option, local_only, print_json, print_rows, runtime
+from tower.cli.common import (
+    by_name,
+    json_option,
+    local_only,
+    print_json,
+    print_rows,
+    runtime,
+)
 
 
 def _line(item: dict[str, Any]) -> str:
@@ -48,7 +55,7 @@ def rerun(target: str, here: bool, sample: int | None, seed: int | None, images:
             summary: dict[str, Any] = {"reruns": results}
         else:
             summary = reruns.sample(opened, target, sample, seed, images)
-            results = summary["reruns"]
+            results = summary["reruns"] = by_name(summary["reruns"], "lfn")
     finally:
         opened.close()
     if as_json:
