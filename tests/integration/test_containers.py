@@ -142,8 +142,13 @@ def test_a_production_runs_in_a_bubblewrap_image_and_every_file_reruns_identical
                            capsys=capsys)
     assert code == 0, summary
     assert (summary["rerun"], summary["identical"], summary["reproducibility"]) == (10, 10, 1.0)
-    # so is the downstream file, its inputs fetched from their replicas by checksum
+    # so is the downstream file, its inputs fetched from their replicas by checksum, or
+    # read at the site (in one batch job of the pilot program, which leaves nothing there)
     assert rerun.rerun_here(tower.runtime, made.lfn).verdict == rerun.IDENTICAL
+    code, result = reruns("rerun", "--site", "local", made.lfn, "--json", capsys=capsys)
+    assert (code, result["verdict"]) == (0, "identical"), result
+    assert not (home / "site-storage" / "reruns").exists() or \
+        not any((home / "site-storage" / "reruns").iterdir())
     with Session(tower.runtime.engine) as session:
         assert len(session.exec(select(CatalogFile)).all()) == 11  # the catalog untouched
 
@@ -202,3 +207,8 @@ def test_a_production_runs_in_a_bubblewrap_image_on_slurm(
     assert {record["container"]["digest"] for record in records} == \
         {records[0]["container"]["digest"]}
     assert all(record["argv"][0] == "bwrap" for record in records)
+    with Session(tower.runtime.engine) as session:
+        lfn = session.exec(select(CatalogFile.lfn)).first()
+    assert lfn is not None
+    again = rerun.rerun_at(tower.runtime, lfn, "local")  # a SLURM job of `pilot --rerun`
+    assert again.verdict == rerun.IDENTICAL, again

@@ -30,8 +30,11 @@ def _line(item: dict[str, Any]) -> str:
 
 @click.command()
 @click.argument("target", metavar="LFN|DATASET")
-@click.option("--here", is_flag=True, required=True,
-              help="run it on this machine, with the pilot's own payload code")
+@click.option("--here", is_flag=True,
+              help="run it on this machine, with the pilot's own payload code (its inputs "
+              "fetched from their replicas)")
+@click.option("--site", metavar="NAME", help="run it at this site, in one batch job of the "
+              "pilot program (its inputs read from the site's storage element)")
 @click.option("--sample", type=click.IntRange(1, 10_000), metavar="N",
               help="rerun N random files of the dataset TARGET and print the fraction "
               "identical")
@@ -39,22 +42,28 @@ def _line(item: dict[str, Any]) -> str:
 @click.option("--images", metavar="DIR", help="the images root here (default: that of the "
               "site that made the file, in sites.yaml)")
 @json_option
-def rerun(target: str, here: bool, sample: int | None, seed: int | None, images: str | None,
-          as_json: bool) -> int:
-    """remake a cataloged file from its provenance record alone (its inputs fetched from
-    their replicas by adler32), without touching the catalog, and compare: identical (same
-    size and adler32) or differs, naming what differs in the record (image digest,
-    software, inputs); exit 1 unless every file is identical"""
+def rerun(target: str, here: bool, site: str | None, sample: int | None, seed: int | None,
+          images: str | None, as_json: bool) -> int:
+    """remake a cataloged file from its provenance record alone, here (--here) or at a site
+    (--site NAME), without touching the catalog, and compare: identical (same size and
+    adler32) or differs, naming what differs in the record (image digest, software,
+    inputs); exit 1 unless every file is identical"""
+    from tower.errors import ConfigError
     from tower.management import rerun as reruns
 
     local_only()
+    if here == (site is not None):
+        raise ConfigError("give --here or --site NAME (where to rerun), one of them",
+                          field="site")
     opened = runtime()
     try:
         if sample is None:
-            results = [reruns.rerun_here(opened, target, images).as_dict()]
+            one = reruns.rerun_here(opened, target, images) if here else \
+                reruns.rerun_at(opened, target, site or "")
+            results = [one.as_dict()]
             summary: dict[str, Any] = {"reruns": results}
         else:
-            summary = reruns.sample(opened, target, sample, seed, images)
+            summary = reruns.sample(opened, target, sample, seed, images, site)
             results = summary["reruns"] = by_name(summary["reruns"], "lfn")
     finally:
         opened.close()

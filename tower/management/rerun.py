@@ -2,28 +2,37 @@
 
 The record (tower.model.provenance) holds the production's templates with the tower's
 variables, the container and the input files by adler32. A rerun here fetches each input
-from a good replica whose checksum is the record's, runs the payload with the pilot's own
-code (pilots.payload.Payload) in a scratch directory, and compares the output with the
-catalog: `identical` (same size and adler32) or `differs`, naming what the two records
-disagree on (image digest, software, inputs...). Nothing is written: not the catalog, not
-a job, not a record.
+from a good replica whose checksum is the record's and runs the payload with the pilot's
+own code (pilots.payload.Payload) in a scratch directory; a rerun at a site submits one
+batch job there running `pilot --rerun` (the same code), its inputs read where the site's
+storage element holds them (a replica with the record's adler32), and reads its report
+back. Either compares the output with the catalog: `identical` (same size and adler32) or
+`differs`, naming what the two records disagree on (image digest, software, inputs...).
+Nothing is written: not the catalog, not a job, not a record; a rerun at a site removes
+what it left there.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile, Dataset
 from pilots.containers import BUILTIN
+from pilots.main import RERUN_CLAIM
 from pilots.payload import Payload
-from tower.errors import NotFound, TransferError
+from sites.batch import BatchState, PilotRequest
+from tower.errors import ConfigError, NotFound, TransferError
 from tower.loops import placement
+from tower.loops.factory import pilot_command
 from tower.model import provenance
 from tower.runtime import Runtime
 from transfer.paths import inside
@@ -68,32 +77,89 @@ def rerun_here(runtime: Runtime, lfn: str, images: str | None = None,
         except TransferError as exc:
             result.reason = str(exc)
             return result
-        claim = _claim(runtime, record, entry, inputs, images)
-        payload = Payload(claim, {"site": record["site"], "pilot_id": record["pilot"]},
-                          root / "work", root / "storage")
+        claim = _claim(runtime, record, entry, inputs, images, record["site"], builtin=True)
+        payload = Payload(claim, claim["pilot_values"], root / "work", root / "storage")
         report = payload.run()
-        rerun = provenance.observed({"site": record["site"], "pilot": record["pilot"]},
-                                    payload.provenance, inputs)
-        result.differences = provenance.differences(record, {**record, **rerun})
-        made = {output["name"]: output for output in report["outputs"]}
-        if entry.name not in made:
-            result.reason = (f"the payload ended {report['ending']} (exit code "
-                             f"{report['exit_code']}, signal {report['signal']}) without "
-                             f"{entry.name}: {report['reason'] or ''}\n{report['log_tail']}"
-                             ).strip()
+    return _compared(result, entry.name, record, report, inputs)
+
+
+def rerun_at(runtime: Runtime, lfn: str, site: str, timeout: float | None = None,
+             pause: float = 1.0) -> Rerun:
+    """Remake the file `lfn` at `site` in one batch job, and compare it with the catalog's;
+    `timeout`: seconds it may take in all (default: its walltime and ten minutes)."""
+    settings = runtime.config.sites.get(site)
+    if settings is None:
+        raise ConfigError(f"--site: no site {site!r} in sites.yaml", field="site")
+    with Session(runtime.engine) as session:
+        entry, record = provenance.of_file(session, lfn)
+        held = {item["lfn"]: item for item in placement.input_paths(
+            session, runtime.config, [item["lfn"] for item in record["inputs"]], site)}
+        catalog = {item["lfn"]: item for item in provenance.inputs_of(session, list(held))}
+    result = Rerun(lfn, FAILED, entry.size, entry.adler32)
+    inputs = []
+    for item in record["inputs"]:
+        if item["lfn"] not in held or catalog[item["lfn"]]["adler32"] != item["adler32"]:
+            result.reason = (f"input {item['lfn']}: no replica with the record's adler32 "
+                             f"{item['adler32']} at site {site}'s storage element (sites.yaml "
+                             "`data`); rerun it --here, which fetches it")
             return result
-        output = made[entry.name]
-        result.new_size, result.new_adler32 = output["size"], output["adler32"]
-        same = (output["size"], output["adler32"]) == (entry.size, entry.adler32)
-        result.verdict = IDENTICAL if same else DIFFERS
+        inputs.append({**item, "path": held[item["lfn"]]["path"]})
+    claim = _claim(runtime, record, entry, inputs, None, site, builtin=False)
+    name = uuid.uuid4().hex[:16]
+    storage = PurePosixPath(settings.storage) / "reruns"
+    report_path, scratch = storage / f"{name}.json", PurePosixPath(settings.scratch)
+    request = PilotRequest(f"rerun-{name}", [
+        *pilot_command(settings), "--rerun", str(report_path), "--scratch", str(scratch),
+        "--storage", str(storage / name)], {RERUN_CLAIM: json.dumps(claim)})
+    batch, runner = runtime.batch_system(site), runtime.runner(site)
+    batch_id = batch.submit(request)
+    try:
+        deadline = time.monotonic() + (timeout or record["walltime"] + 600)
+        while batch.statuses([batch_id])[batch_id].state != BatchState.ENDED:
+            if time.monotonic() > deadline:
+                batch.cancel([batch_id])
+                result.reason = f"not ended at site {site} in time (batch job {batch_id})"
+                return result
+            time.sleep(pause)
+        read = runner.run(["cat", "--", str(report_path)])
+        if read.code != 0:
+            result.reason = (f"the rerun at site {site} left no report (batch job {batch_id}; "
+                             f"its log: {batch.log_path(request.pilot_id)})")
+            return result
+        report = json.loads(read.stdout)
+    finally:
+        runner.run(["rm", "-rf", "--", str(storage / name), str(report_path),
+                    str(scratch / f"rerun-{name}")])
+    return _compared(result, entry.name, record, report, inputs)
+
+
+def _compared(result: Rerun, name: str, record: dict[str, Any], report: dict[str, Any],
+              inputs: list[dict[str, Any]]) -> Rerun:
+    """`result` with the rerun's `report` compared: its output `name` with the catalog's,
+    and what it observed with the `record`."""
+    seen = provenance.observed({"site": record["site"], "pilot": record["pilot"]},
+                               report.get("provenance") or {}, inputs)
+    result.differences = provenance.differences(record, {**record, **seen})
+    made = {output["name"]: output for output in report["outputs"]}
+    if name not in made:
+        result.reason = (f"the payload ended {report['ending']} (exit code "
+                         f"{report['exit_code']}, signal {report['signal']}) without "
+                         f"{name}: {report['reason'] or ''}\n{report['log_tail']}").strip()
+        return result
+    output = made[name]
+    result.new_size, result.new_adler32 = output["size"], output["adler32"]
+    same = (output["size"], output["adler32"]) == (result.size, result.adler32)
+    result.verdict = IDENTICAL if same else DIFFERS
     return result
 
 
 def _claim(runtime: Runtime, record: dict[str, Any], entry: CatalogFile,
-           inputs: list[dict[str, Any]], images: str | None) -> dict[str, Any]:
+           inputs: list[dict[str, Any]], images: str | None, site: str | None,
+           builtin: bool) -> dict[str, Any]:
     """The claim a pilot would have been given, from the record: the production's templates
-    and the tower's variables; the container with this machine's runtime (the record's
-    site's template when sites.yaml has it, else the built-in) and images root."""
+    and the tower's variables (and the pilot's, the record's site and pilot); the container
+    with `site`'s template of its runtime and images root (here, when the site does not
+    offer it: the built-in, and `images`)."""
     templates = record["templates"]
     claim: dict[str, Any] = {
         "job": entry.job_id or 0, "attempt": record["attempt"],
@@ -103,16 +169,20 @@ def _claim(runtime: Runtime, record: dict[str, Any], entry: CatalogFile,
         "walltime": record["walltime"], "cores": record["cores"], "memory": record["memory"],
         "inputs": [{"lfn": item["lfn"], "name": Path(item["lfn"]).name, "path": item["path"]}
                    for item in inputs],
+        "pilot_values": {"site": record["site"], "pilot_id": record["pilot"]},
     }
     container = record.get("container")
     if container:
-        site = runtime.config.sites.get(record["site"] or "")
-        offered = site.pilot.containers if site else None
-        template = (offered.runtimes.get(container["runtime"]) if offered else None) \
-            or BUILTIN.get(container["runtime"])
+        settings = runtime.config.sites.get(site or "")
+        offered = settings.pilot.containers if settings else None
+        template = offered.runtimes.get(container["runtime"]) if offered else None
+        if template is None and not builtin:
+            on_offer = settings.pilot.runtime_summary() if settings else "nothing"
+            raise ConfigError(f"--site: site {site} offers no {container['runtime']} runtime "
+                              f"(it offers {on_offer})", field="site")
         claim["container"] = {"runtime": container["runtime"], "image": container["image"],
                               "images": images or (offered.images if offered else None),
-                              "template": template}
+                              "template": template or BUILTIN.get(container["runtime"])}
     return claim
 
 
@@ -145,9 +215,9 @@ def _fetch(runtime: Runtime, wanted: list[dict[str, Any]],
 
 
 def sample(runtime: Runtime, dataset: str, count: int, seed: int | None = None,
-           images: str | None = None) -> dict[str, Any]:
-    """Rerun `count` random files of `dataset` here; the reproducibility figure is the
-    fraction of them identical."""
+           images: str | None = None, site: str | None = None) -> dict[str, Any]:
+    """Rerun `count` random files of `dataset` here (or at `site`); the reproducibility
+    figure is the fraction of them identical."""
     with Session(runtime.engine) as session:
         found = session.exec(select(Dataset.id).where(Dataset.name == dataset)).first()
         if found is None:
@@ -155,7 +225,8 @@ def sample(runtime: Runtime, dataset: str, count: int, seed: int | None = None,
         lfns = list(session.exec(select(CatalogFile.lfn).where(
             CatalogFile.dataset_id == found).order_by(col(CatalogFile.lfn))).all())
     chosen = sorted(random.Random(seed).sample(lfns, min(count, len(lfns), MAX_SAMPLE)))
-    reruns = [rerun_here(runtime, lfn, images) for lfn in chosen]
+    reruns = [rerun_at(runtime, lfn, site) if site else rerun_here(runtime, lfn, images)
+              for lfn in chosen]
     identical = sum(1 for item in reruns if item.verdict == IDENTICAL)
     return {"dataset": dataset, "files": len(lfns), "rerun": len(reruns),
             "identical": identical,
