@@ -166,3 +166,19 @@ def spec(**changes: Any) -> ProductionSpec:
 def shape(runtimes: Any) -> PilotShape:
     return build(PilotShape, {"containers": {"runtimes": runtimes}}, "sites.yaml",
                  prefix="containers")
+
+
+@pytest.mark.parametrize(("seen", "problem"), [
+    ({"steering": {"steering.json": "x" * 262145}}, "steering: a file over"),
+    ({"command": ["x" * 65537]}, "over 65536 characters"),
+    ({"steering": {f"f{n}": "" for n in range(101)}}, "provenance.steering"),
+    ({"container": {"runtime": "bubblewrap", "image": "toysim", "digest": "md5:abc"}},
+     "provenance.container.digest"),
+    ({"host": "h" * 256}, "provenance.host"),
+])
+def test_a_pilots_account_of_how_it_ran_is_bounded(seen: dict[str, Any], problem: str) -> None:
+    from tower.loops.attempts import Report
+
+    report = {"job": 1, "attempt": 1, "ending": "finished", "exit_code": 0, "provenance": seen}
+    with pytest.raises(SpecError, match=problem):
+        build(Report, report, "report", error=SpecError)

@@ -6,7 +6,7 @@
     jobs         jobs, job, held, hold, release, why
     sites        sites [list|check|explain]        pilots    pilots
     catalog      catalog ls|find|export|verify    policy    policy list|show|check|simulate
-    rerun        rerun LFN --here, rerun --sample N DATASET --here
+    rerun        rerun --here|--site NAME LFN, rerun --here|--site NAME --sample N DATASET
     ca           ca init|issue|revoke|crl|list     notify    notify test
     daemon       init, run, serve                  db        db check; database errors in one line
     common       global options, remote-or-local data, JSON and table output
