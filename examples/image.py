@@ -25,7 +25,7 @@ from pathlib import Path
 
 #: Parts of the standard library a batch payload does not need.
 SKIPPED = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
-           "site-packages", "__pycache__", "pydoc_data", "unittest"}
+           "site-packages", "pydoc_data", "unittest"}
 MARKER = ".gridtower-image"
 LIBRARY = re.compile(r"(/\S+\.so[.\d]*)")
 
@@ -42,7 +42,7 @@ def build(target: Path, marker: str) -> Path:
     for directory, names, files in os.walk(stdlib):
         names[:] = sorted(name for name in names if name not in SKIPPED)
         for name in files:
-            if not name.endswith((".pyc", ".exe")):
+            if not name.endswith(".exe"):  # compiled modules kept: a payload starts faster
                 _place(Path(directory) / name, target)
     libraries = {interpreter, *(stdlib / "lib-dynload").glob("*.so")}
     for path in sorted(_libraries(libraries)):

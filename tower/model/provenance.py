@@ -18,11 +18,11 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from catalog.errors import NotFound
 from catalog.models import CatalogFile
+from tower.model.db import bulk_insert
 from tower.model.models import Provenance
 
 #: What a rerun compares, in the order `differs` names it: key of the record -> label.
@@ -94,8 +94,7 @@ def observed(where: Mapping[str, str | None], seen: Mapping[str, Any],
 def save(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Store records: dicts of job_id, attempt, production_id and record. An attempt is
     reported once (the tower refuses a second report), so it has one record."""
-    if rows:
-        session.execute(insert(Provenance), list(rows))
+    bulk_insert(session, Provenance, rows)
 
 
 def inputs_of(session: Session, lfns: Sequence[str]) -> list[dict[str, Any]]:
