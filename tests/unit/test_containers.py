@@ -182,3 +182,30 @@ def test_a_pilots_account_of_how_it_ran_is_bounded(seen: dict[str, Any], problem
     report = {"job": 1, "attempt": 1, "ending": "finished", "exit_code": 0, "provenance": seen}
     with pytest.raises(SpecError, match=problem):
         build(Report, report, "report", error=SpecError)
+
+
+@pytest.mark.parametrize(("container", "environment", "why"), [
+    ({"image": "toysim"}, {"APPTAINER_BIND": "/:/host"}, "APPTAINER_BIND: a container runtime"),
+    ({"image": "../toysim"}, {}, "no '..' part"),
+    ({"image": "/etc"}, {}, "outside the site's images root"),
+    ({"image": "absent"}, {}, "image 'absent' not found"),
+    ({"image": "toysim", "template": None}, {}, "this site offers no bubblewrap runtime"),
+])
+def test_the_pilot_ends_a_job_it_cannot_contain_as_setup_without_starting_it(
+        tmp_path: Path, container: dict[str, Any], environment: dict[str, str],
+        why: str) -> None:
+    """What a tower should have refused (a production stored before a check, a site changed
+    since): the pilot checks again, and runs nothing."""
+    from pilots.payload import Payload
+
+    (tmp_path / "images" / "toysim").mkdir(parents=True)
+    claim = {"job": 1, "attempt": 1, "production": "p", "command": ["true"], "steering": {},
+             "environment": environment, "variables": {}, "outputs": [], "walltime": 60,
+             "container": {"runtime": "bubblewrap", "images": str(tmp_path / "images"),
+                           "template": BUILTIN["bubblewrap"], **container}}
+    payload = Payload(claim, {"site": "s", "pilot_id": "p1"}, tmp_path / "slot",
+                      tmp_path / "storage")
+    report = payload.run()
+    assert report["ending"] == "setup" and why in report["reason"]
+    assert payload.max_rss_mb is None  # no process ran
+    assert report["provenance"]["container"]["image"] == container["image"]
