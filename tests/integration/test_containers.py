@@ -17,10 +17,12 @@ import yaml
 from sqlmodel import Session, col, select
 
 from catalog.models import CatalogFile
+from pilots.checksums import adler32_file
 from tests.cluster import SlurmCluster
 from tests.integration.conftest import EXAMPLES, LiveTower, assert_done_exactly_once
 from tower.cli import main as tower_main
 from tower.management import rerun
+from tower.model.db import transaction
 from tower.model.models import Attempt, Job, Provenance
 from tower.model.states import JobState
 
@@ -165,6 +167,17 @@ def test_a_production_runs_in_a_bubblewrap_image_and_every_file_reruns_identical
     assert "image digest" in str(result["differences"])
     script.unlink()
     script.write_text(text)  # the module's image as it was
+
+    # an input remade since (as a newer attempt's output would replace it: new content,
+    # the catalog's size and adler32 with it): the downstream file differs, in its inputs
+    replaced = home / "store" / "boxed" / files[0].name
+    replaced.write_text("remade\n")
+    with transaction(tower.runtime.engine) as session:
+        entry = session.get_one(CatalogFile, files[0].id)
+        entry.size, entry.adler32 = replaced.stat().st_size, adler32_file(replaced)
+        session.add(entry)
+    again = rerun.rerun_here(tower.runtime, made.lfn)
+    assert again.verdict == rerun.DIFFERS and again.differences == ["inputs"], again
 
 
 def test_a_missing_image_is_a_setup_failure_retried_then_failed(

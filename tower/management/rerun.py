@@ -189,27 +189,29 @@ def _claim(runtime: Runtime, record: dict[str, Any], entry: CatalogFile,
 def _fetch(runtime: Runtime, wanted: list[dict[str, Any]],
            replicas: dict[str, list[tuple[str, str, int, str]]],
            directory: Path) -> list[dict[str, Any]]:
-    """Copy each input from a good replica whose adler32 is the record's; returns them with
-    their local path. TransferError when one has no such replica, or none arrives whole."""
+    """Copy each input from a good replica, one whose adler32 is the record's first (the
+    file as it was read); when the catalog holds it no more (a newer attempt replaced it),
+    the catalog's own, which the rerun's record then names, so `differs` says "inputs".
+    Each copy is checked against the checksum it was chosen for. Returns the inputs with
+    their local path; TransferError when one cannot be fetched whole."""
     directory.mkdir(parents=True, exist_ok=True)
     fetched = []
     for item in wanted:
         problems = []
-        candidates = [row for row in replicas[item["lfn"]] if row[3] == item["adler32"]]
-        for destination, path, _, _ in candidates:
+        candidates = sorted(replicas[item["lfn"]], key=lambda row: row[3] != item["adler32"])
+        for destination, path, size, adler32 in candidates:
             local = str(inside(directory, Path(item["lfn"]).name, "rerun inputs"))
             try:
                 got = runtime.transfer(destination).get(path, local)
             except TransferError as exc:
                 problems.append(str(exc))
                 continue
-            if (got.size, got.adler32) == (item["size"], item["adler32"]):
-                fetched.append({**item, "path": local})
+            if (got.size, got.adler32) == (size, adler32):
+                fetched.append({**item, "size": size, "adler32": adler32, "path": local})
                 break
-            problems.append(f"{destination}:{path} has adler32 {got.adler32}")
+            problems.append(f"{destination}:{path} has adler32 {got.adler32}, not {adler32}")
         else:
-            raise TransferError(f"input {item['lfn']}: no good replica with the record's "
-                                f"adler32 {item['adler32']}" +
+            raise TransferError(f"input {item['lfn']}: no good replica to fetch" +
                                 (f" ({'; '.join(problems)})" if problems else ""))
     return fetched
 
