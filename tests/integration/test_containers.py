@@ -225,3 +225,18 @@ def test_a_production_runs_in_a_bubblewrap_image_on_slurm(
     assert lfn is not None
     again = rerun.rerun_at(tower.runtime, lfn, "local")  # a SLURM job of `pilot --rerun`
     assert again.verdict == rerun.IDENTICAL, again
+
+
+def test_sites_check_finds_each_runtime_program_and_the_images_root(
+        make_runtime: Callable[..., Any], images: Path) -> None:
+    from tower.loops.factory import pilot_command
+    from tower.loops.site_check import check_site
+
+    offered = site(images)
+    offered["pilot"]["containers"]["runtimes"] = ["bubblewrap", "apptainer"]
+    runtime = make_runtime(site=offered)
+    local = runtime.config.sites["local"]
+    checks = {check.name: check for check in check_site(
+        local, runtime.batch_system("local"), runtime.runner("local"), pilot_command(local))}
+    assert checks["runtime bubblewrap"].passed and checks["images root"].passed
+    assert not checks["runtime apptainer"].passed  # not installed on these machines
