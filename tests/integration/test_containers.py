@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from sqlmodel import Session, col, select
 
@@ -192,6 +193,12 @@ def test_a_missing_image_is_a_setup_failure_retried_then_failed(
     assert job.state in (JobState.FAILED, JobState.HELD)
     assert [attempt.outcome for attempt in tries] == ["setup", "setup"]
     assert "image 'no-such-image' not found" in (tries[0].reason or "")
+    # each attempt has its record, failures too: the image as named, none measured
+    answer = requests.get(f"{tower.runtime.config.api.url}/api/v1/jobs/{job.id}/attempts/2"
+                          "/provenance", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["provenance"]["container"] == {
+        "runtime": "bubblewrap", "image": "no-such-image", "path": None, "digest": None}
 
 
 def test_a_containerised_job_goes_only_to_a_site_offering_its_runtime(
