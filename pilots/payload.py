@@ -46,6 +46,11 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 SITE_ERRORS = DISK_FULL | {errno.EROFS, errno.EIO}
 #: The suffix of an output being copied into the site's storage (removed on any error).
 PARTIAL = ".part"
+#: What the pilot's account of how a payload ran holds at most (the tower refuses more):
+#: characters of a steering file, of an argument or environment value, and how many of each.
+STEERING_LIMIT = 262144
+VALUE_LIMIT = 65536
+STEERING_FILES, ARGUMENTS, VARIABLES = 100, 1000, 1000
 
 
 class Payload:
@@ -206,10 +211,10 @@ class Payload:
                       "GRIDTOWER_OUTPUT_DIR": str(self.variables["output_dir"]),
                       # threaded libraries (OpenMP, MKL's) take this many threads
                       "GRIDTOWER_CORES": str(self.cores), "OMP_NUM_THREADS": str(self.cores)})
-        self.provenance.update({"command": argv, "steering": steering, "environment": given})
+        self.provenance.update(_account(argv, steering, given))
         if self.container:
             argv = self._contained(argv, binds, given)
-        self.provenance["argv"] = argv
+        self.provenance["argv"] = [_cut(part, VALUE_LIMIT) for part in argv[:2 * ARGUMENTS]]
         return argv, {**os.environ, **given}
 
     def _contained(self, command: list[str], binds: list[tuple[str, str, bool]],
@@ -349,6 +354,25 @@ class Payload:
             "wall_seconds": None if self.seconds is None else round(self.seconds, 3),
             "provenance": self.provenance,
         }
+
+
+def _account(command: list[str], steering: dict[str, str], environment: dict[str, str]
+             ) -> dict[str, Any]:
+    """The rendered command, steering files and environment as the tower keeps them in a
+    provenance record: within its bounds, what is longer cut (and said so), never refused
+    (a payload may be given an environment value longer than the record keeps)."""
+    return {"command": [_cut(part, VALUE_LIMIT) for part in command[:ARGUMENTS]],
+            "steering": {name: _cut(text, STEERING_LIMIT)
+                         for name, text in list(steering.items())[:STEERING_FILES]},
+            "environment": {_cut(name, VALUE_LIMIT): _cut(value, VALUE_LIMIT)
+                            for name, value in list(environment.items())[:VARIABLES]}}
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text)} characters, cut]"
+    return text[:limit - len(note)] + note
 
 
 def stage_dir(storage: P, production: str, job: int, attempt: int) -> P:

@@ -209,3 +209,17 @@ def test_the_pilot_ends_a_job_it_cannot_contain_as_setup_without_starting_it(
     assert report["ending"] == "setup" and why in report["reason"]
     assert payload.max_rss_mb is None  # no process ran
     assert report["provenance"]["container"]["image"] == container["image"]
+
+
+def test_the_pilots_account_cuts_what_the_tower_would_not_keep_and_the_tower_takes_it() -> None:
+    from pilots.payload import VALUE_LIMIT, _account
+    from tower.loops.attempts import Seen
+
+    account = _account(["sim"] * 1500, {"big.mac": "x" * 300_000},
+                       {"HUGE": "y" * 200_000, "SEED": "7"})
+    assert len(account["command"]) == 1000
+    assert len(account["environment"]["HUGE"]) == VALUE_LIMIT
+    assert account["environment"]["HUGE"].endswith("[200000 characters, cut]")
+    assert account["environment"]["SEED"] == "7"
+    assert account["steering"]["big.mac"].endswith("[300000 characters, cut]")
+    assert Seen.model_validate(account).environment["SEED"] == "7"

@@ -19,7 +19,14 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select, tuple_
 
 from catalog.timeutil import utcnow
-from pilots.payload import stage_dir
+from pilots.payload import (
+    ARGUMENTS,
+    STEERING_FILES,
+    STEERING_LIMIT,
+    VALUE_LIMIT,
+    VARIABLES,
+    stage_dir,
+)
 from sites.config import PilotShape
 from sites.schema import MAX_SECONDS, Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
@@ -46,8 +53,6 @@ log = logging.getLogger(__name__)
 
 #: Characters of a payload's log tail the tower keeps.
 LOG_TAIL_LIMIT = 8000
-#: Characters of a steering file a provenance record keeps.
-STEERING_LIMIT = 262144
 
 
 class OutputReport(Strict):
@@ -77,20 +82,21 @@ class Seen(Strict):
     bounded like the rest of a report: a pilot is not trusted."""
 
     host: Line = Field(default="", max_length=255)
-    command: list[Text] = Field(default_factory=list, max_length=1000)
-    argv: list[Text] = Field(default_factory=list, max_length=2000)
-    steering: dict[Line, Text] = Field(default_factory=dict, max_length=100)
-    environment: dict[Line, Text] = Field(default_factory=dict, max_length=1000)
+    command: list[Text] = Field(default_factory=list, max_length=ARGUMENTS)
+    argv: list[Text] = Field(default_factory=list, max_length=2 * ARGUMENTS)
+    steering: dict[Line, Text] = Field(default_factory=dict, max_length=STEERING_FILES)
+    environment: dict[Line, Text] = Field(default_factory=dict, max_length=VARIABLES)
     container: ContainerSeen | None = None
 
     @model_validator(mode="after")
     def _sizes(self) -> Seen:
-        # a steering file of 256 kB at most, and each argument or value of 64 kB
+        # the pilot cuts what is longer (pilots.payload._account): more is a lie
         if any(len(text) > STEERING_LIMIT for text in self.steering.values()):
             raise ValueError(f"steering: a file over {STEERING_LIMIT} characters")
-        if any(len(text) > 65536 for text in
+        if any(len(text) > VALUE_LIMIT for text in
                (*self.command, *self.argv, *self.environment.values(), *self.environment)):
-            raise ValueError("an argument or environment value over 65536 characters")
+            raise ValueError(f"an argument or environment value over {VALUE_LIMIT} "
+                             "characters")
         return self
 
 
