@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from catalog.models import CatalogFile
 from pilots.checksums import adler32_file
 from tests.cluster import SlurmCluster
+from tests.conftest import missing_service
 from tests.integration.conftest import EXAMPLES, LiveTower, assert_done_exactly_once
 from tower.cli import main as tower_main
 from tower.management import rerun
@@ -27,9 +28,13 @@ from tower.model.db import transaction
 from tower.model.models import Attempt, Job, Provenance
 from tower.model.states import JobState
 
-pytestmark = [pytest.mark.one_database,
-              pytest.mark.skipif(shutil.which("bwrap") is None,
-                                 reason="bubblewrap (bwrap) is not installed")]
+pytestmark = pytest.mark.one_database
+
+
+@pytest.fixture(autouse=True)
+def bubblewrap() -> None:
+    if shutil.which("bwrap") is None:
+        missing_service("bubblewrap (bwrap; scripts/services.sh installs it)")
 
 def build(target: Path, marker: str) -> Path:
     """examples/image.py's build (examples/ is not a package)."""
