@@ -7,7 +7,9 @@ keys are the long options' names with underscores; the command line wins.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import yaml
 
 from pilots.client import TowerClient, TowerRefused, TowerUnreachable
 from pilots.meter import WATCHES
+from pilots.payload import Payload
 from pilots.pilot import Pilot, PilotSettings
 from pilots.sources import open_source
 from pilots.units import parse_duration
@@ -34,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "poll": 1.0, "patience": "300s", "credential": None, "tower_ca": None,
 }
 DURATIONS = ("walltime", "drain_margin", "idle_timeout", "heartbeat", "patience")
+#: The environment variable that carries a rerun's claim (`--rerun`), as JSON.
+RERUN_CLAIM = "GRIDTOWER_RERUN_CLAIM"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,8 +76,26 @@ def parser() -> argparse.ArgumentParser:
                    help="this pilot's certificate and key (one PEM file, mode 0600)")
     p.add_argument("--tower-ca", type=Path, help="the CA bundle that signed the tower's "
                    "certificate (default: the system's)")
+    p.add_argument("--rerun", type=Path, metavar="REPORT", help="run the one job whose "
+                   f"claim is in ${RERUN_CLAIM} (tower rerun --site) in a work dir under "
+                   "--scratch, its outputs left under --storage, write its report to REPORT "
+                   "and exit; no tower is called")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p
+
+
+def rerun(report: Path, scratch: Path, storage: Path) -> int:
+    """Run the claim of $GRIDTOWER_RERUN_CLAIM once with the pilot's own payload code, and
+    write its report (with how it ran) to `report`, whole or not at all."""
+    claim = json.loads(os.environ[RERUN_CLAIM])
+    # beside it a failed payload's work dir is kept (tower rerun removes them together)
+    work_dir = scratch / f"rerun-{report.stem}" / "work"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    result = Payload(claim, claim["pilot_values"], work_dir, storage).run()
+    partial = report.with_name(f".{report.name}.part")
+    partial.write_text(json.dumps(result))
+    partial.rename(report)
+    return EXIT_OK
 
 
 def settings_from(args: argparse.Namespace) -> PilotSettings:
@@ -140,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.rerun is not None:
+        if not (args.scratch and args.storage and os.environ.get(RERUN_CLAIM)):
+            print(f"pilot: --rerun needs --scratch, --storage and ${RERUN_CLAIM}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return rerun(args.rerun, args.scratch, args.storage)
     # the AMQP source reports connection trouble itself, once, without pika's tracebacks
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:

@@ -11,6 +11,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from collections import deque
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
+from pilots import containers
 from pilots.checksums import adler32_file
 from pilots.efficiency import SlotGaps
 from pilots.logship import PackedLog, pack
@@ -46,6 +48,11 @@ DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 SITE_ERRORS = DISK_FULL | {errno.EROFS, errno.EIO}
 #: The suffix of an output being copied into the site's storage (removed on any error).
 PARTIAL = ".part"
+#: What the pilot's account of how a payload ran holds at most (the tower refuses more):
+#: characters of a steering file, of an argument or environment value, and how many of each.
+STEERING_LIMIT = 262144
+VALUE_LIMIT = 65536
+STEERING_FILES, ARGUMENTS, VARIABLES = 100, 1000, 1000
 
 
 class Payload:
@@ -71,13 +78,19 @@ class Payload:
         self.output_dir = self.work_dir / "output"
         self.input_dir = self.work_dir / "inputs"
         self.stage_dir = stage_dir(storage, claim["production"], self.job, self.attempt)
+        #: The container it runs in (None: bare); it sees its dirs at INSIDE there.
+        self.container: dict[str, Any] | None = claim.get("container")
+        seen = containers.INSIDE if self.container else self.work_dir
         self.variables = {**claim["variables"], **pilot, "cores": self.cores,
-                          "work_dir": self.work_dir,
-                          "output_dir": self.output_dir, "input_dir": self.input_dir,
-                          "python": sys.executable,
+                          "work_dir": seen, "output_dir": seen / "output",
+                          "input_dir": seen / "inputs",
+                          "python": containers.INSIDE_PYTHON if self.container
+                          else sys.executable,
                           # the job's input files, as a JSON list of their paths
-                          "inputs": json.dumps([str(self.input_dir / Path(item["name"]).name)
+                          "inputs": json.dumps([str(seen / "inputs" / Path(item["name"]).name)
                                                 for item in claim.get("inputs", [])])}
+        #: How it was run, for the tower's provenance record: filled in as it is prepared.
+        self.provenance: dict[str, Any] = {"host": socket.gethostname()}
         self.ending = "finished"
         self.reason: str | None = None
         #: The payload's peak resident memory (its tree's), its CPU seconds (user + system,
@@ -184,23 +197,52 @@ class Payload:
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(exist_ok=True)
-        # the job reads its inputs where the site's storage element holds them
+        binds = [(str(self.work_dir), str(self.variables["work_dir"]), True)]
+        # the job reads its inputs where the site's storage element holds them; in a
+        # container, through a read-only bind on an empty file of the same name
         for item in self.claim.get("inputs", []):
             self.input_dir.mkdir(exist_ok=True)
-            (self.input_dir / Path(item["name"]).name).symlink_to(item["path"])
-        for name, text in self.claim["steering"].items():
-            (self.work_dir / name).write_text(render(text, self.variables))
+            name = Path(item["name"]).name
+            if self.container:
+                (self.input_dir / name).touch()
+                binds.append((item["path"], f"{self.variables['input_dir']}/{name}", False))
+            else:
+                (self.input_dir / name).symlink_to(item["path"])
+        steering = {name: render(text, self.variables)
+                    for name, text in self.claim["steering"].items()}
+        for name, text in steering.items():
+            (self.work_dir / name).write_text(text)
         argv = [render(argument, self.variables) for argument in self.claim["command"]]
-        environment = dict(os.environ)
-        environment.update({name: render(text, self.variables)
-                            for name, text in self.claim["environment"].items()})
-        environment.update({"GRIDTOWER_JOB": str(self.job),
-                            "GRIDTOWER_ATTEMPT": str(self.attempt),
-                            "GRIDTOWER_OUTPUT_DIR": str(self.output_dir),
-                            # threaded libraries (OpenMP, MKL's) take this many threads
-                            "GRIDTOWER_CORES": str(self.cores),
-                            "OMP_NUM_THREADS": str(self.cores)})
-        return argv, environment
+        given = {name: render(text, self.variables)
+                 for name, text in self.claim["environment"].items()}
+        given.update({"GRIDTOWER_JOB": str(self.job), "GRIDTOWER_ATTEMPT": str(self.attempt),
+                      "GRIDTOWER_OUTPUT_DIR": str(self.variables["output_dir"]),
+                      # threaded libraries (OpenMP, MKL's) take this many threads
+                      "GRIDTOWER_CORES": str(self.cores), "OMP_NUM_THREADS": str(self.cores)})
+        self.provenance.update(_account(argv, steering, given))
+        if self.container:
+            argv = self._contained(argv, binds, given)
+        self.provenance["argv"] = [_cut(part, VALUE_LIMIT) for part in argv[:2 * ARGUMENTS]]
+        return argv, {**os.environ, **given}
+
+    def _contained(self, command: list[str], binds: list[tuple[str, str, bool]],
+                   given: dict[str, str]) -> list[str]:
+        """`command` wrapped in its container's runtime; raises ContainerProblem (a `setup`
+        ending) for a runtime the site does not offer, or an image it does not hold."""
+        assert self.container is not None
+        runtime, template = self.container["runtime"], self.container.get("template")
+        named = {"runtime": runtime, "image": self.container["image"]}
+        self.provenance["container"] = named
+        if not template:
+            raise containers.ContainerProblem(f"this site offers no {runtime} runtime")
+        problem = containers.environment_problem(list(self.claim["environment"]))
+        if problem:
+            raise containers.ContainerProblem(f"environment: {problem}")
+        image = containers.resolve_image(self.container["image"], template["kind"],
+                                         self.container.get("images"))
+        named.update({"path": image,
+                      "digest": containers.image_digest(image, template["kind"])})
+        return containers.wrap(template, image, command, self.variables, binds, given)
 
     def _wait(self, walltime: float) -> int:
         """Reap the payload with wait4, which also gives its peak memory (that of its
@@ -318,7 +360,27 @@ class Payload:
             "max_rss_mb": self.max_rss_mb,
             "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 3),
             "wall_seconds": None if self.seconds is None else round(self.seconds, 3),
+            "provenance": self.provenance,
         }
+
+
+def _account(command: list[str], steering: dict[str, str], environment: dict[str, str]
+             ) -> dict[str, Any]:
+    """The rendered command, steering files and environment as the tower keeps them in a
+    provenance record: within its bounds, what is longer cut (and said so), never refused
+    (a payload may be given an environment value longer than the record keeps)."""
+    return {"command": [_cut(part, VALUE_LIMIT) for part in command[:ARGUMENTS]],
+            "steering": {name: _cut(text, STEERING_LIMIT)
+                         for name, text in list(steering.items())[:STEERING_FILES]},
+            "environment": {_cut(name, VALUE_LIMIT): _cut(value, VALUE_LIMIT)
+                            for name, value in list(environment.items())[:VARIABLES]}}
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    note = f"... [{len(text)} characters, cut]"
+    return text[:limit - len(note)] + note
 
 
 def stage_dir(storage: P, production: str, job: int, attempt: int) -> P:

@@ -153,9 +153,20 @@ nginx_package() {
     echo "services: nginx installed"
 }
 
+# tests/integration/test_containers.py runs payloads in directory images with bubblewrap
+bubblewrap_package() {
+    if command -v bwrap >/dev/null 2>&1; then
+        echo "services: bubblewrap already installed"
+        return 0
+    fi
+    need_packages bubblewrap
+    echo "services: bubblewrap installed"
+}
+
 postgres
 rabbitmq
 rabbitmq_tls
 slurm_packages
 chromium_browser
 nginx_package
+bubblewrap_package

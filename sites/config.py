@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from pilots.containers import BUILTIN, runtime_problem
 from sites.errors import ConfigError
 from sites.schema import Cores, Int32, Megabytes, Seconds, Strict, build, read_yaml
 
@@ -26,11 +27,13 @@ def amount(need: str, value: int) -> str:
 
 @dataclass(frozen=True)
 class Needs:
-    """What one job needs: cores, memory (MB; None: it asks none) and walltime (s)."""
+    """What one job needs: cores, memory (MB; None: it asks none), walltime (s), and the
+    container runtime it runs in (None: it runs bare)."""
 
     cores: int
     memory: int | None
     walltime: int
+    runtime: str | None = None
 
     def grown(self, memory: int | None, walltime: int | None) -> Needs:
         """These needs with a job's own memory and walltime (a retry grew them) where those are
@@ -41,6 +44,50 @@ class Needs:
 
 def _larger(own: int | None, production: int | None) -> int | None:
     return production if own is None else own if production is None else max(own, production)
+
+
+class Containers(Strict):
+    """The container runtimes a site's pilots offer (pilots.containers)."""
+
+    #: Where the site keeps images run by path (bubblewrap's directories, apptainer's files):
+    #: a production's image is named under it, and never leaves it.
+    images: str | None = None
+    #: The runtimes offered: a list of built-in names (pilots.containers.BUILTIN), or a
+    #: mapping of names to null (the built-in) or templates overriding the built-in's keys
+    #: (argv, bind, read_only, environment, kind), for a runtime installed elsewhere.
+    runtimes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _templates(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            value = {name: None for name in value}
+        if not isinstance(value, dict):
+            raise ValueError("expected a list of runtime names or a mapping of names to "
+                             "templates")
+        templates = {}
+        for name, override in value.items():
+            if override is not None and not isinstance(override, dict):
+                raise ValueError(f"{name}: expected a mapping of argv, bind, read_only, "
+                                 "environment, kind (or nothing: the built-in)")
+            if name not in BUILTIN and not override:
+                raise ValueError(f"{name}: not a built-in runtime ({', '.join(BUILTIN)}): "
+                                 "give its argv, bind, read_only and kind")
+            template = {**BUILTIN.get(name, {}), **(override or {})}
+            unknown = set(template) - {"argv", "bind", "read_only", "environment", "kind"}
+            problem = (f"{sorted(unknown)[0]}: unknown key" if unknown
+                       else runtime_problem(template))
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+            templates[str(name)] = template
+        return templates
+
+    @field_validator("images")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_absolute():
+            raise ValueError("must be an absolute path at the site")
+        return value
 
 
 class PilotShape(Strict):
@@ -71,6 +118,8 @@ class PilotShape(Strict):
     #: Bytes of each attempt's stdout and stderr the pilot ships to the tower, gzipped (a
     #: longer log is cut in its middle); 0 ships none. At most the API's largest body.
     log_bytes: int = Field(default=2_000_000, ge=0, le=8_000_000)
+    #: The container runtimes its payloads may run in; none: jobs in containers go elsewhere.
+    containers: Containers = Containers()
 
     @model_validator(mode="before")
     @classmethod
@@ -95,12 +144,16 @@ class PilotShape(Strict):
         offered = self.offer(need)
         return value is None or offered is None or value <= offered
 
+    def runs(self, runtime: str | None) -> bool:
+        """Whether this pilot runs a job in `runtime` (None: a bare job, run anywhere)."""
+        return runtime is None or runtime in self.containers.runtimes
+
     def misfit(self, needs: Needs) -> str | None:
-        """The first need (of NEEDS) this pilot cannot hold, or None when it holds all: the
-        one test of whether a job fits a pilot, which matching, claims, the factory, submit
-        and retries share."""
+        """The first need (of NEEDS, then `runtime`) this pilot cannot hold, or None when it
+        holds all: the one test of whether a job fits a pilot, which matching, claims, the
+        factory, submit and retries share."""
         return next((need for need in NEEDS if not self.holds(need, getattr(needs, need))),
-                    None)
+                    None if self.runs(needs.runtime) else "runtime")
 
     def shortfall(self, needs: Needs) -> str | None:
         """What this pilot lacks for a job of `needs`, as messages tell it; None when it
@@ -108,11 +161,18 @@ class PilotShape(Strict):
         need = self.misfit(needs)
         if need is None:
             return None
+        if need == "runtime":
+            return (f"runtime: it runs in a {needs.runtime} container, the site's pilots "
+                    f"offer {self.runtime_summary()}")
         asked, offered = getattr(needs, need), self.offer(need)
         assert asked is not None and offered is not None
         margin = " (pilot walltime minus drain margin)" if need == "walltime" else ""
         return (f"{need}: it needs {amount(need, asked)}, a pilot gives a job at most "
                 f"{amount(need, offered)}{margin}")
+
+    def runtime_summary(self) -> str:
+        """The container runtimes on offer, as messages tell them."""
+        return ", ".join(self.containers.runtimes) or "no container runtime"
 
     def summary(self) -> str:
         """The shape as messages show it: 8 cores, 16000 MB, 595s a job."""

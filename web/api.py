@@ -20,7 +20,7 @@ from tower.loops.site_status import site_queues
 from tower.management import approval, overrides, productions, sheets, why
 from tower.management.catalog_verify import verify_dataset
 from tower.management.specs import parse_requests
-from tower.model import fleet, jobs
+from tower.model import fleet, jobs, provenance
 from tower.model.db import transaction
 from tower.model.states import JobState
 from tower.retries import failures, replay, retry
@@ -288,6 +288,18 @@ def show_job(job_id: int) -> Any:
         return jsonify(jobs.show(session, job_id))
 
 
+@api.get("/jobs/<int:job_id>/attempts/<int:number>/provenance")
+@needs(Permission.READ)
+def attempt_provenance(job_id: int, number: int) -> Any:
+    """How one attempt ran (tower.model.provenance), whatever its outcome."""
+    with Session(_runtime().engine) as session:
+        record = provenance.of_attempt(session, job_id, number)
+    if record is None:
+        raise NotFound(f"no provenance record of attempt {number} of job {job_id}",
+                       field="attempt")
+    return jsonify({"job": job_id, "attempt": number, "provenance": record})
+
+
 @api.get("/pilots")
 @needs(Permission.READ)
 def list_pilots() -> Any:
@@ -526,6 +538,15 @@ def catalog_lineage() -> Any:
         raise BadRequest("give ?lfn=LFN (at most 1000 characters)", field="lfn")
     with Session(_runtime().engine) as session:
         return jsonify(lineage.walk(session, lfn))
+
+
+@api.get("/catalog/files/<path:lfn>/provenance")
+@needs(Permission.READ)
+def catalog_file_provenance(lfn: str) -> Any:
+    """How the file `/LFN` was made (tower.model.provenance), and the command that remakes
+    it from that record and compares (`tower rerun`)."""
+    with Session(_runtime().engine) as session:
+        return jsonify(provenance.described(session, "/" + lfn.lstrip("/")))
 
 
 @api.post("/catalog/datasets/<path:name>/verify")

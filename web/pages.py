@@ -27,7 +27,7 @@ from tower.errors import Forbidden, GridtowerError
 from tower.loops import attempt_logs, factory
 from tower.loops.site_status import site_queues
 from tower.management import approval, chains, productions, progress, why
-from tower.model import fleet, jobs, tally, usage
+from tower.model import fleet, jobs, provenance, tally, usage
 from tower.model.models import Attempt, Job, Output, Production, SiteHealth
 from tower.model.states import JOB_TERMINAL, JobState, PilotState
 from tower.retries import retry
@@ -350,6 +350,15 @@ def dataset(name: str) -> str:
         made_by = session.get(Production, entry.production_id) if entry.production_id else None
     return render_template("dataset.html", dataset=entry, files=shown, made_by=made_by,
                            next_after=shown[-1]["lfn"] if len(shown) == PAGE else None)
+
+
+@pages.get("/catalog/files/<path:lfn>")
+@needs(Permission.READ)
+def catalog_file(lfn: str) -> str:
+    """One file: how it was made (its provenance record) and the command that remakes it."""
+    with Session(_runtime().engine) as session:
+        shown = provenance.described(session, "/" + lfn.lstrip("/"))
+    return render_template("file.html", file=shown, record=shown["provenance"])
 
 
 @pages.get("/catalog/find")

@@ -278,6 +278,25 @@ def test_the_pilots_and_catalog_pages(reader: Reader, tower: LiveTower) -> None:
     assert "index is matched with =" in page.locator('[role="alert"]').inner_text()
 
 
+def test_a_files_page_shows_how_it_was_made_and_offers_the_rerun(reader: Reader,
+                                                                  tower: LiveTower) -> None:
+    entry = _api(tower, "/catalog/find?q=dataset%3Dmixed")["files"][0]
+    shown = _api(tower, f"/catalog/files{entry['lfn']}/provenance")
+    record = shown["provenance"]
+    page = reader.open(f"/catalog/files{entry['lfn']}", "file")
+    assert page.locator("#rerun").inner_text() == shown["rerun"] == \
+        f"tower rerun --here {entry['lfn']}"
+    assert page.locator('[data-key="software"]').inner_text() == \
+        f"{record['software']['name']} {record['software']['version']}"
+    assert "none: bare" in page.locator('[data-key="container"]').inner_text()
+    [(name, steering)] = record["steering"].items()
+    assert steering["sha256"] in page.locator(f'[data-steering="{name}"]').inner_text()
+    assert (record["stream"], record["seed"]) == (entry["meta"]["index"], entry["meta"]["seed"])
+    missing = requests.get(tower.runtime.config.api.url + "/api/v1/catalog/files/mixed/nothing"
+                           "/provenance", timeout=10)
+    assert (missing.status_code, missing.json()["field"]) == (404, "lfn")
+
+
 def test_every_link_leads_where_it_says(reader: Reader, tower: LiveTower) -> None:
     """From each page, every link on the tower answers; a link named after a production,
     site or job opens that object's page."""

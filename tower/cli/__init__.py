@@ -6,6 +6,7 @@
     jobs         jobs, job, held, hold, release, why
     sites        sites [list|check|explain]        pilots    pilots
     catalog      catalog ls|find|export|verify    policy    policy list|show|check|simulate
+    rerun        rerun --here|--site NAME LFN, rerun --here|--site NAME --sample N DATASET
     ca           ca init|issue|revoke|crl|list     notify    notify test
     daemon       init, run, serve                  db        db check; database errors in one line
     report       report (a production's summary plots and a one-page summary)
@@ -37,6 +38,7 @@ from tower.cli import (
     productions,
     report,
     requests,
+    rerun,
     sites,
 )
 
@@ -78,8 +80,8 @@ def cli(ctx: click.Context, **options: object) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
-for module in (productions, report, requests, jobs, sites, pilots, catalog, policy, notify,
-               ca, db, daemon):
+for module in (productions, report, requests, jobs, sites, pilots, catalog, rerun, policy,
+               notify, ca, db, daemon):
     for command in module.COMMANDS:
         cli.add_command(command)
 

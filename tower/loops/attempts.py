@@ -14,12 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import update
 from sqlmodel import Session, col, select, tuple_
 
 from catalog.timeutil import utcnow
-from pilots.payload import stage_dir
+from pilots.payload import (
+    ARGUMENTS,
+    STEERING_FILES,
+    STEERING_LIMIT,
+    VALUE_LIMIT,
+    VARIABLES,
+    stage_dir,
+)
 from sites.config import PilotShape
 from sites.schema import MAX_SECONDS, Id, Int32, Line, Strict, Text
 from tower.config import TowerConfig
@@ -35,7 +42,7 @@ from tower.management.specs import (
     no_fit,
     offers,
 )
-from tower.model import fleet, usage
+from tower.model import fleet, provenance, usage
 from tower.model.db import bulk_insert
 from tower.model.models import Attempt, Job, Output, Production
 from tower.model.states import JOB_AT_SITE, JobState, move_jobs
@@ -61,6 +68,39 @@ class OutputReport(Strict):
     adler32: str = Field(pattern=r"^[0-9a-f]{8}$")
 
 
+class ContainerSeen(Strict):
+    """The container an attempt ran in, as its pilot resolved and measured it."""
+
+    runtime: Line = Field(max_length=200)
+    image: Line = Field(max_length=1001)
+    #: The image's path at the site (a `path` runtime's), and its digest (sha256:...).
+    path: Line | None = Field(default=None, max_length=4096)
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class Seen(Strict):
+    """How the pilot ran an attempt, for its provenance record (tower.model.provenance);
+    bounded like the rest of a report: a pilot is not trusted."""
+
+    host: Line = Field(default="", max_length=255)
+    command: list[Text] = Field(default_factory=list, max_length=ARGUMENTS)
+    argv: list[Text] = Field(default_factory=list, max_length=2 * ARGUMENTS)
+    steering: dict[Line, Text] = Field(default_factory=dict, max_length=STEERING_FILES)
+    environment: dict[Line, Text] = Field(default_factory=dict, max_length=VARIABLES)
+    container: ContainerSeen | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Seen:
+        # the pilot cuts what is longer (pilots.payload._account): more is a lie
+        if any(len(text) > STEERING_LIMIT for text in self.steering.values()):
+            raise ValueError(f"steering: a file over {STEERING_LIMIT} characters")
+        if any(len(text) > VALUE_LIMIT for text in
+               (*self.command, *self.argv, *self.environment.values(), *self.environment)):
+            raise ValueError(f"an argument or environment value over {VALUE_LIMIT} "
+                             "characters")
+        return self
+
+
 class Report(Strict):
     """What a pilot says about one ended attempt."""
 
@@ -81,6 +121,8 @@ class Report(Strict):
     #: CPU seconds (user + system) of the payload's process tree, and its wall seconds.
     cpu_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS * 1024)
     wall_seconds: float | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    #: How it ran (pilots before provenance send none).
+    provenance: Seen | None = None
 
 
 @dataclass(frozen=True)
@@ -148,10 +190,10 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
-            answers[(job_id, number)] = {**_payload(jobs[job_id], productions[production_id][0]),
-                                         "inputs": own.get(job_id)
-                                         or inputs.get(production_id, []),
-                                         "log_bytes": log_bytes}
+            answers[(job_id, number)] = {
+                **_payload(jobs[job_id], productions[production_id][0], shape),
+                "inputs": own.get(job_id) or inputs.get(production_id, []),
+                "log_bytes": log_bytes}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
     return [answers[key] for key in wanted]
@@ -229,21 +271,31 @@ def _productions(session: Session, production_ids: set[int]
             for production_id, spec, inputs in rows if production_id is not None}
 
 
-def _specs(session: Session, production_ids: set[int]) -> dict[int, ProductionSpec]:
-    return {production_id: spec for production_id, (spec, _)
-            in _productions(session, production_ids).items()}
-
-
-def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
+def _payload(job: Job, spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
     needs = needs_of(spec).grown(job.memory, job.walltime)
-    return {
+    answer = {
         "job": job.id, "attempt": job.attempt, "granted": True,
         "production": spec.name, "command": spec.command, "steering": spec.steering,
         "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
         "outputs": spec.outputs, "walltime": needs.walltime,
         "cores": needs.cores, "memory": needs.memory,
     }
+    if spec.container is not None:
+        answer["container"] = container_of(spec, shape)
+    return answer
+
+
+def container_of(spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
+    """What a pilot needs to run a job of `spec` in its container: the image, and the site's
+    template of its runtime (none, when the site offers it no longer: the pilot then
+    ends the attempt as `setup`)."""
+    assert spec.container is not None
+    containers = shape.containers if shape is not None else None
+    return {"image": spec.container.image, "runtime": spec.container.runtime,
+            "images": containers.images if containers else None,
+            "template": containers.runtimes.get(spec.container.runtime) if containers
+            else None}
 
 
 def heartbeat(session: Session, pilot_id: str,
@@ -280,7 +332,11 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
                                                        for item in reports])
     jobs = _jobs(session, [item.job for item in reports if (item.job, item.attempt)
                            in open_attempts])
-    specs = _specs(session, {job.production_id for job in jobs.values()})
+    productions = _productions(session, {job.production_id for job in jobs.values()})
+    specs = {production_id: spec for production_id, (spec, _) in productions.items()}
+    inputs = {production_id: provenance.inputs_of(session, lfns or [])
+              for production_id, (_, lfns) in productions.items()}
+    records: list[dict[str, Any]] = []
     verdicts = []
     succeeded: list[tuple[Job, Report]] = []
     used: list[dict[str, Any]] = []
@@ -304,6 +360,9 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
         else:
             outcome, reason = classify(item, spec)
         _end(session, attempt, outcome, reason, item)
+        if item.provenance is not None:
+            records.append(_record(job, spec, attempt, item.provenance,
+                                   inputs[job.production_id]))
         if outcome is Outcome.SUCCESS:
             succeeded.append((job, item))
             used.append(_usage(job, spec, attempt, item))
@@ -313,7 +372,23 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
                                 f"refused: {problem}" if problem else str(outcome)))
     _move_succeeded(session, succeeded)
     usage.record(session, used)
+    provenance.save(session, records)
     return verdicts
+
+
+def _record(job: Job, spec: ProductionSpec, attempt: Attempt, seen: Seen,
+            inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The provenance row of an ended attempt."""
+    plan = JobPlan(job.index, job.seed, job.first_event, job.events)
+    record = provenance.build(
+        spec.model_dump(mode="json"),
+        {"index": job.index, "seed": job.seed, "first_event": job.first_event,
+         "events": job.events},
+        job_variables(spec, plan, attempt.number), attempt.number,
+        {"site": attempt.site, "pilot": attempt.pilot_id}, seen.model_dump(mode="json"),
+        inputs)
+    return {"job_id": job.id, "attempt": attempt.number,
+            "production_id": job.production_id, "record": record}
 
 
 def _usage(job: Job, spec: ProductionSpec, attempt: Attempt, item: Report) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """`tower sites check NAME`: can the tower work with this site? One line per check.
 
 Every probe runs through the site's own runner, exactly as the factory will:
-reaching the site, its batch commands, the pilot program, and writing to the
-scratch and storage paths.
+reaching the site, its batch commands, the pilot program, writing to the
+scratch and storage paths, and the container runtimes and images root it offers.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from sites.config import SiteConfig
 from sites.runner import Runner
 from tower.errors import BackendError
 
+#: Finds a program on the site's PATH ($1, an argument).
+FOUND = 'command -v -- "$1"'
 #: Creates the directory if needed, writes and removes a file in it; the path is an
 #: argument ($1), never part of the script text.
 WRITABLE = 'mkdir -p -- "$1" && f="$1/.gridtower-check.$$" && : > "$f" && rm -f -- "$f"'
@@ -41,6 +43,14 @@ def check_site(site: SiteConfig, batch: BatchSystem, runner: Runner,
         path = getattr(site, key)
         checks.append(_probe(f"{key} writable", runner, ["sh", "-c", WRITABLE, "check", path],
                              path))
+    # what a containerised job needs: each runtime's program, and the images root
+    for name, template in site.pilot.containers.runtimes.items():
+        program = template["argv"][0]
+        checks.append(_probe(f"runtime {name}", runner, ["sh", "-c", FOUND, "check", program],
+                             program))
+    images = site.pilot.containers.images
+    if images:
+        checks.append(_probe("images root", runner, ["test", "-d", images], images))
     return checks
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from pilots.containers import environment_problem, image_problem
 from pilots.rendering import TemplateProblem, identifiers, render
 from sites.config import NEEDS, Needs, PilotShape, amount
 from sites.schema import (
@@ -135,6 +136,23 @@ class SplitSpec(Strict):
         return self
 
 
+class ContainerSpec(Strict):
+    """The image a production's jobs run in, and the runtime that runs it (a site offers
+    runtimes in sites.yaml: `pilot.containers`)."""
+
+    #: A path under the site's images root (a `path` runtime's), or a registry's reference.
+    image: str = Field(min_length=1, max_length=1001)
+    runtime: str = Field(pattern=NAME_PATTERN)
+
+    @field_validator("image")
+    @classmethod
+    def _image_name(cls, value: str) -> str:
+        problem = image_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 class ProductionSpec(Strict):
     """A production request, resolved (every inherited key filled in)."""
 
@@ -145,6 +163,9 @@ class ProductionSpec(Strict):
     software: str = Field(min_length=1)
     command: list[str] = Field(min_length=1)
     steering: dict[str, str] = Field(default_factory=dict)
+    #: The container its jobs run in (None: bare, in the site's own environment); before
+    #: `environment`, which is checked against it.
+    container: ContainerSpec | None = None
     environment: dict[str, str] = Field(default_factory=dict)
     parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
     events_total: int = Field(gt=0)
@@ -238,11 +259,16 @@ class ProductionSpec(Strict):
 
     @field_validator("environment")
     @classmethod
-    def _environment_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _environment_names(cls, value: dict[str, str], info: ValidationInfo
+                           ) -> dict[str, str]:
         for name in value:
             if not ENVIRONMENT_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not an environment variable name "
                                  "(letters, digits and _, not starting with a digit)")
+        # the runtime runs with the payload's environment: it must not rewrite its binds
+        problem = info.data.get("container") and environment_problem(list(value))
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("outputs")
@@ -302,8 +328,10 @@ class ProductionSpec(Strict):
     @property
     def template_hash(self) -> str:
         """Identifies what each job runs: software, command, steering and environment."""
-        payload = json.dumps([self.software, self.command, self.steering, self.environment],
-                             sort_keys=True)
+        what: list[Any] = [self.software, self.command, self.steering, self.environment]
+        if self.container is not None:  # bare productions keep the hash they had
+            what.append(self.container.model_dump())
+        payload = json.dumps(what, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -568,8 +596,11 @@ SHIPPING = ("a request sent from another machine names files there, which no job
 def needs_of(spec: ProductionSpec | Mapping[str, Any]) -> Needs:
     """What each job of a production needs (before a retry grows it); `spec` may be the
     stored dict."""
+    container = _key(spec, "container")
+    runtime = container and (container["runtime"] if isinstance(container, Mapping)
+                             else container.runtime)
     return Needs(cores=_key(spec, "cores") or 1, memory=_key(spec, "memory"),
-                 walltime=_key(spec, "walltime"))
+                 walltime=_key(spec, "walltime"), runtime=runtime)
 
 
 def _key(spec: ProductionSpec | Mapping[str, Any], key: str) -> Any:
@@ -592,6 +623,12 @@ def no_fit(needs: Needs, shapes: Mapping[str, PilotShape]) -> tuple[str, str] | 
     (nothing is known to compare with)."""
     if not shapes or any(shape.misfit(needs) is None for shape in shapes.values()):
         return None
+    if not any(shape.runs(needs.runtime) for shape in shapes.values()):
+        return "container.runtime", (
+            f"container.runtime: {needs.runtime} is offered by no allowed site: "
+            + "; ".join(f"{label} offers {shape.runtime_summary()}"
+                        for label, shape in shapes.items()))
+    shapes = {label: shape for label, shape in shapes.items() if shape.runs(needs.runtime)}
     for need in NEEDS:
         asked = getattr(needs, need)
         offered = [(shape.offer(need), label) for label, shape in shapes.items()]

@@ -16,19 +16,26 @@ from tower.model.states import JobState
 
 def fitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
     """A condition on jobs: of the productions in `needs` (each production's needs), those
-    a pilot of `shape` holds, by `PilotShape.holds`, with their own memory and walltime
+    a pilot of `shape` holds, by `PilotShape.holds` and `runs`, with their own memory and walltime
     where a retry grew them (`Needs.grown`: both the job's own and its production's must
     fit). `misfitting` is its complement (among those productions)."""
     def by_production(need: str) -> Any:
         return col(Job.production_id).in_(
             [pid for pid, asked in needs.items() if shape.holds(need, getattr(asked, need))])
 
-    conditions = [by_production("cores")]
+    conditions = [by_production("cores"), _running(shape, needs, True)]
     for need in GROWN:
         offered, own = shape.offer(need), col(getattr(Job, need))
         if offered is not None:
             conditions += [or_(own.is_(None), own <= offered), by_production(need)]
     return and_(*conditions)
+
+
+def _running(shape: PilotShape, needs: Mapping[int, Needs], runs: bool) -> Any:
+    """The jobs of the productions in `needs` whose container runtime (or none) a pilot of
+    `shape` runs, or (`runs` false) does not."""
+    return col(Job.production_id).in_(
+        [pid for pid, asked in needs.items() if shape.runs(asked.runtime) is runs])
 
 
 def misfitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
@@ -39,7 +46,7 @@ def misfitting(shape: PilotShape, needs: Mapping[int, Needs]) -> Any:
         return col(Job.production_id).in_(
             [pid for pid, asked in needs.items() if not shape.holds(need, getattr(asked, need))])
 
-    conditions = [by_production("cores")]
+    conditions = [by_production("cores"), _running(shape, needs, False)]
     for need in GROWN:
         offered, own = shape.offer(need), col(getattr(Job, need))
         if offered is not None:

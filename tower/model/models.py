@@ -451,3 +451,20 @@ class SiteSample(SQLModel, table=True):
     busy: float = 0
     submitted: int = 0
     cancelled: int = 0
+
+
+class Provenance(SQLModel, table=True):
+    """How one attempt ran, as `tower rerun` needs it to run it again: the rendered command,
+    steering files (text and sha256) and environment, the software, the container image and
+    its digest, the input files with their adler32, the site, host and pilot, the seed,
+    stream and first event (tower.model.provenance). A cataloged file points to it by its
+    job and attempt."""
+
+    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id")
+    attempt: int
+    production_id: int = Field(foreign_key="production.id", index=True)
+    record: dict[str, Any] = json_column()
+    created_at: datetime = Field(default_factory=utcnow)
