@@ -19,6 +19,7 @@ class CommandedBatch:
     """
 
     options_model: type[Strict]
+    carries_inputs = False
 
     def __init__(self, site: SiteConfig, runner: Runner) -> None:
         self.site = site

@@ -249,6 +249,8 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
     command = pilot_command(site)
     options = [part for key, value in source.options.items()
                for part in ("--source-option", f"{key}={value}")]
+    carried: dict[str, str] | None = (
+        {} if runtime.batch_system(site.name).carries_inputs else None)
     argv = [
         *command,
         "--tower", config.api_url, "--site", site.name, "--queue", queue,
@@ -260,9 +262,9 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
         "--idle-timeout", str(site.pilot.idle_timeout),
         "--heartbeat", str(config.monitor.heartbeat_interval),
         "--scratch", site.scratch, "--storage", site.storage,
-        *credentials.deliver(runtime, site, pilot_id),
+        *credentials.deliver(runtime, site, pilot_id, carried),
     ]
-    return PilotRequest(pilot_id, argv, source.environment)
+    return PilotRequest(pilot_id, argv, source.environment, inputs=carried or {})
 
 
 def _memory_options(shape: PilotShape) -> list[str]:
