@@ -83,6 +83,10 @@ class BatchSystem(Protocol):
     def cancel(self, batch_ids: list[str]) -> None:
         """Ask the system to end these pilots (they get SIGTERM first)."""
 
+    def credential(self) -> str | None:
+        """What the tower authenticates to the batch system with, and until when (`tower
+        sites`); None when it is the runner's affair. Raises BackendError if refused."""
+
 
 def check_options(site: SiteConfig, source: str) -> None:
     """Refuse, when sites.yaml is loaded, `batch_options` the site's batch system would refuse

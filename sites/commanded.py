@@ -30,6 +30,9 @@ class CommandedBatch:
         self.log_dir: str = options.log_dir or f"{site.scratch}/pilot-logs"
         self._made_log_dir = False
 
+    def credential(self) -> None:
+        return None  # the runner's: local, or the site's SSH key
+
     def log_path(self, pilot_id: str) -> str:
         return f"{self.log_dir}/{pilot_id}.log"
 

@@ -27,6 +27,9 @@ class LocalBatch:
     def log_path(self, pilot_id: str) -> str:
         return f"{self.site.scratch}/pilot-logs/{pilot_id}.log"
 
+    def credential(self) -> None:
+        return None  # the tower's own processes
+
     def probes(self) -> list[Probe]:
         return []  # pilots are the tower's own processes
 

@@ -16,7 +16,6 @@ import secrets
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from sites.errors import BackendError
@@ -57,7 +56,7 @@ def sign_proxy(request_pem: bytes, cert_pem: bytes, key_pem: bytes, lifetime: fl
             + issuer.public_bytes(serialization.Encoding.PEM))
 
 
-def request_key(request_pem: bytes) -> CertificatePublicKeyTypes:
+def request_key(request_pem: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     """The public key of a PEM certificate request. Read from its DER by hand: ARC writes
     requests of version 2, which `cryptography` refuses (PKCS #10 knows only version 1);
     the request's signature proves nothing the CE's authenticated TLS did not."""
@@ -68,10 +67,14 @@ def request_key(request_pem: bytes) -> CertificatePublicKeyTypes:
         _, rest = _element(info)          # version
         _, rest = _element(rest)          # subject
         spki = rest[:len(rest) - len(_element(rest)[1])]
-        return serialization.load_der_public_key(spki)
+        key = serialization.load_der_public_key(spki)
     except (ValueError, IndexError) as exc:
         raise BackendError(f"the CE's delegation request is not a certificate request: {exc}"
                            ) from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise BackendError(f"the CE's delegation request holds a {type(key).__name__}, "
+                           "not an RSA or EC key")
+    return key
 
 
 def _element(der: bytes) -> tuple[bytes, bytes]:

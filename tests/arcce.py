@@ -44,7 +44,9 @@ DH_GROUP = "ffdhe2048"
 #: Adds the loopback interface to the web service's listener, then runs the real arched.
 ARCHED_SHIM = r"""#!/bin/sh
 for arg in "$@"; do
-    case "$previous" in -c) sed -i 's#<tcp:Listen>#<tcp:Listen><tcp:Interface>127.0.0.1</tcp:Interface>#' "$arg";; esac
+    case "$previous" in
+        -c) sed -i 's#<tcp:Listen>#&<tcp:Interface>127.0.0.1</tcp:Interface>#' "$arg";;
+    esac
     previous=$arg
 done
 exec /usr/sbin/arched "$@"
