@@ -38,9 +38,17 @@ a job it no longer knows with 404: such a pilot has ended.
 | FAILED, any other error (staging, LRMS submit)    | ended   | node_failure                       |
 | unknown to the CE (404)                           | ended   | pilot_vanished                     |
 
-ARC's REST state of a job in its batch system comes from the CE's information
-system, which refreshes about once a minute: a pilot that already runs may show
-`ACCEPTED` for that long (it registers with the tower meanwhile).
+ARC's REST state of a job comes from the CE's information system, which refreshes
+about once a minute: a pilot that already runs may show `ACCEPTED`, and one that ended
+or was killed its last state, for that long (a pilot registers and says goodbye to the
+tower itself meanwhile).
+
+ARC's fork back end (a CE without a batch system) cancels a job by killing the
+wrapper it started, not the job's processes: the pilot runs on. The CE then says
+KILLED, and the tower writes the pilot's unfinished attempts off as `pilot_killed`
+(the retry policy resubmits them); the pilot's next heartbeat tells it to stop those
+payloads, and it leaves once idle. Behind SLURM or HTCondor the CE's cancel ends the
+whole job, as `scancel` does.
 """
 
 from __future__ import annotations
