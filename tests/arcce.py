@@ -35,6 +35,8 @@ from tower.auth import ca
 SHARE = Path("/usr/share/arc")
 #: The pilot's interpreter as `nobody` sees it: the system's, with requests, pika, yaml.
 PYTHON = "/usr/bin/python3"
+#: The user ARC maps the robot to: its jobs run as this uid.
+NOBODY = 65534
 #: Bounds on the waits below, in seconds (A-REX takes some ten seconds to stop).
 STARTUP_TIMEOUT = 60
 SHUTDOWN_TIMEOUT = 30
@@ -105,6 +107,26 @@ class ArcCE:
         for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def end_jobs(self) -> None:
+        """End what the CE's jobs left running: ARC's fork back end cancels a job by
+        killing its wrapper alone, and pilots of a tower that is gone wait on for it.
+        They are found as the jobs' user's processes working in this CE's directory
+        (pilots in their sessions, payloads in the sites' scratch)."""
+        inside = f"{self.directory}/"
+        pids = []
+        for entry in Path("/proc").iterdir():
+            with suppress(OSError):
+                if (entry.name.isdigit() and entry.stat().st_uid == NOBODY
+                        and os.readlink(entry / "cwd").startswith(inside)):
+                    pids.append(int(entry.name))
+        for number in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, number)
+            deadline = time.monotonic() + 5
+            while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(0.2)
 
     def answers(self) -> bool:
         try:
@@ -236,10 +258,20 @@ def running_ce(directory: Path) -> Iterator[ArcCE]:
         yield ce
     finally:
         ce.stop()
+        ce.end_jobs()
+
+
+@pytest.fixture
+def arc_ce(arc_ce_session: ArcCE) -> Iterator[ArcCE]:
+    """The session's CE, running; what its jobs leave running ends with the test."""
+    if not arc_ce_session.answers():
+        arc_ce_session.start()
+    yield arc_ce_session
+    arc_ce_session.end_jobs()
 
 
 @pytest.fixture(scope="session")
-def arc_ce() -> Iterator[ArcCE]:
+def arc_ce_session() -> Iterator[ArcCE]:
     """One CE for the session (A-REX takes seconds to start and to stop), in a directory
     of /tmp the pilots (nobody) may enter, unlike pytest's own."""
     directory = Path(tempfile.mkdtemp(prefix="gridtower-arcce-"))
