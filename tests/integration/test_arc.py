@@ -5,6 +5,7 @@ certificate the CE refuses."""
 
 from __future__ import annotations
 
+import datetime
 import shlex
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from sqlmodel import Session, select
 
 from tests.arcce import PYTHON, ArcCE
@@ -199,3 +201,30 @@ def test_sites_check_exercises_the_ce(arc_ce: ArcCE, live_tower: Callable[..., L
     assert "fork" in lines["PASS  CE info"]
     assert "proxy delegated until" in lines["PASS  CE credential"]
     assert "cleaned" in lines["PASS  CE job submit, status, clean"]
+
+
+def test_the_proxy_is_renewed_in_place_once_less_than_proxy_renewal_remains(
+        arc_ce: ArcCE, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    from sites.arc import ArcBatch
+    from sites.config import SiteConfig
+    from sites.runner import LocalRunner
+
+    site = SiteConfig(**{**arc_site(arc_ce, tmp_path.name), "name": "grid", "batch_options": {
+        **arc_ce.site_options(), "proxy_lifetime": "2h", "proxy_renewal": "1h"}})
+    batch = ArcBatch(site, LocalRunner())
+    first = batch._delegated()
+    assert batch._delegated() == first  # two hours left: kept
+    # an hour and a half later (as the batch system sees it), less than an hour remains
+    batch._delegation = (first[0], first[1] - datetime.timedelta(minutes=90))
+    renewed = batch._delegated()
+    assert renewed[0] == first[0] and renewed[1] >= first[1]
+    # the CE holds the renewed proxy under the same delegation
+    held = batch._call("POST", f"delegations/{first[0]}", params={"action": "get"}).content
+    assert x509.load_pem_x509_certificates(held)[0].not_valid_after_utc == renewed[1]
+    # and `tower sites` shows the robot and a proxy, with their ends
+    tower = live_tower(site=arc_site(arc_ce, tmp_path.name))
+    listing = subprocess.run([sys.executable, "-m", "tower.cli", "--config",
+                              str(tower.home / "tower.yaml"), "sites"], capture_output=True,
+                             text=True, timeout=120)
+    assert "credential: robot CN=tower robot,OU=robots,O=gridtower until " in listing.stdout
+    assert "; proxy delegated until " in listing.stdout
