@@ -72,7 +72,7 @@ from sites.config import SiteConfig
 from sites.errors import BackendError
 from sites.proxy import not_after, sign_proxy, subject
 from sites.runner import Runner
-from sites.schema import Seconds, Strict, build
+from sites.schema import Seconds, Strict, build, private_problem
 
 PENDING = {"ACCEPTING", "ACCEPTED", "PREPARING", "PREPARED", "SUBMITTING", "QUEUING", "HELD",
            "OTHER"}
@@ -149,13 +149,9 @@ class ArcOptions(Strict):
     @classmethod
     def _private(cls, value: str) -> str:
         path = Path(value).expanduser()
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError as exc:
-            raise ValueError(f"{path}: {exc.strerror}") from None
-        if mode & 0o077:
-            raise ValueError(f"{path} has mode {mode:04o}: the robot key must be readable by "
-                             f"its owner alone (chmod 600 {path})")
+        problem = private_problem(path, "the robot key")
+        if problem is not None:
+            raise ValueError(problem)
         return str(path)
 
     @field_validator("queue")
