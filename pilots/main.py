@@ -132,7 +132,8 @@ def settings_from(args: argparse.Namespace) -> PilotSettings:
     values["broker_queue"] = values["broker_queue"] or f"{values['site']}.{values['queue']}"
     values["scratch"], values["storage"] = Path(values["scratch"]), Path(values["storage"])
     for key in ("credential", "tower_ca"):
-        values[key] = Path(values[key]) if values[key] else None
+        # absolute: a batch system may hand them over in the working directory (arc)
+        values[key] = Path(values[key]).absolute() if values[key] else None
     if values["credential"] is not None:
         mode = values["credential"].stat().st_mode & 0o777
         if mode & 0o077:

@@ -163,6 +163,19 @@ bubblewrap_package() {
     echo "services: bubblewrap installed"
 }
 
+# tests/arcce.py starts an ARC CE itself (A-REX and its REST service, the fork batch
+# system) from a temporary directory on loopback; its pilots run as nobody with
+# Debian's python3, and its job scripts write to /dev/null as that user.
+arc_packages() {
+    need_packages nordugrid-arc-arex nordugrid-arc-plugins-needed python3-requests \
+        python3-pika python3-yaml
+    if ! su nobody -s /bin/sh -c ': > /dev/null' 2>/dev/null; then
+        chmod 666 /dev/null  # its standard mode; something here had taken it away
+        echo "services: /dev/null made writable again"
+    fi
+    echo "services: arc ce packages installed"
+}
+
 postgres
 rabbitmq
 rabbitmq_tls
@@ -170,3 +183,4 @@ slurm_packages
 chromium_browser
 nginx_package
 bubblewrap_package
+arc_packages

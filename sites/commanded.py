@@ -19,6 +19,7 @@ class CommandedBatch:
     """
 
     options_model: type[Strict]
+    carries_inputs = False
 
     def __init__(self, site: SiteConfig, runner: Runner) -> None:
         self.site = site
@@ -28,6 +29,9 @@ class CommandedBatch:
         self.options = options
         self.log_dir: str = options.log_dir or f"{site.scratch}/pilot-logs"
         self._made_log_dir = False
+
+    def credential(self) -> None:
+        return None  # the runner's: local, or the site's SSH key
 
     def log_path(self, pilot_id: str) -> str:
         return f"{self.log_dir}/{pilot_id}.log"

@@ -49,7 +49,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from sites.batch import BatchState, BatchStatus, PilotRequest
+from sites.batch import BatchState, BatchStatus, PilotRequest, Probe
 from sites.commanded import CommandedBatch
 from sites.errors import BackendError
 from sites.schema import Strict
@@ -139,6 +139,11 @@ class CondorBatch(CommandedBatch):
     """Implements `BatchSystem` with condor_submit, condor_q, condor_history and condor_rm."""
 
     options_model = CondorOptions
+
+    def probes(self) -> list[Probe]:
+        # condor_q asks the schedd: it proves the pool answers and authenticates us
+        return [Probe(f"command {argv[0]}", argv) for argv in (
+            ["condor_submit", "-version"], ["condor_q", "-totals"], ["condor_rm", "-version"])]
 
     def description(self, request: PilotRequest) -> str:
         """The submit description of one pilot; it holds the pilot's secrets."""

@@ -189,6 +189,9 @@ class Limits(Strict):
     max_per_cycle: int = Field(default=2, ge=0)
     #: A pilot pending longer than this in the batch queue is cancelled and replaced.
     max_queue_wait: Seconds | None = Field(default=None, gt=0)
+    #: After the site refused a submission (or could not be reached), the factory submits
+    #: nothing there for this long: one try per pause, not one per cycle.
+    error_pause: Seconds = Field(default=60, ge=0)
 
 
 class Backlog(Strict):

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from sites.batch import BatchState, BatchStatus, PilotRequest
+from sites.batch import BatchState, BatchStatus, PilotRequest, Probe
 from sites.config import SiteConfig
 from sites.errors import BackendError
 from sites.runner import Runner
@@ -16,6 +16,8 @@ from sites.runner import Runner
 
 class LocalBatch:
     """Implements `BatchSystem` with subprocesses; the batch id is the process id."""
+
+    carries_inputs = False
 
     def __init__(self, site: SiteConfig, runner: Runner) -> None:
         # pilots are the tower's own child processes here: no commands to run
@@ -25,7 +27,10 @@ class LocalBatch:
     def log_path(self, pilot_id: str) -> str:
         return f"{self.site.scratch}/pilot-logs/{pilot_id}.log"
 
-    def probes(self) -> list[list[str]]:
+    def credential(self) -> None:
+        return None  # the tower's own processes
+
+    def probes(self) -> list[Probe]:
         return []  # pilots are the tower's own processes
 
     def submit(self, request: PilotRequest) -> str:

@@ -279,13 +279,22 @@ def _describe(problem: Any) -> str:
 def require_private(path: Path, key: str, source: str | Path, what: str = "a private key"
                     ) -> None:
     """Refuse a secret file others may read, as ssh does a key; ConfigError names `key`."""
+    problem = private_problem(path, what)
+    if problem is not None:
+        raise ConfigError(f"{source}: {key}: {problem}", field=key)
+
+
+def private_problem(path: Path, what: str = "a private key") -> str | None:
+    """Why the secret file at `path` will not do (missing, or others may read it); None
+    when it will."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError as exc:
-        raise ConfigError(f"{source}: {key}: {path}: {exc.strerror}", field=key) from None
+        return f"{path}: {exc.strerror}"
     if mode & 0o077:
-        raise ConfigError(f"{source}: {key}: {path} has mode {mode:04o}: {what} must be "
-                          f"readable by its owner alone (chmod 600 {path})", field=key)
+        return (f"{path} has mode {mode:04o}: {what} must be readable by its owner alone "
+                f"(chmod 600 {path})")
+    return None
 
 
 def printable(text: str, keep: str = "") -> str:

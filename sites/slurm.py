@@ -29,7 +29,7 @@ import shlex
 
 from pydantic import Field, field_validator
 
-from sites.batch import BatchState, BatchStatus, PilotRequest
+from sites.batch import BatchState, BatchStatus, PilotRequest, Probe
 from sites.commanded import CommandedBatch
 from sites.errors import BackendError
 from sites.schema import Strict
@@ -127,10 +127,10 @@ class SlurmBatch(CommandedBatch):
     _accounting = True
 
 
-    def probes(self) -> list[list[str]]:
+    def probes(self) -> list[Probe]:
         # squeue asks the controller: it proves the cluster answers and authenticates us
-        return [["sbatch", "--version"], ["squeue", "--noheader", "--me"],
-                ["scancel", "--version"]]
+        return [Probe(f"command {argv[0]}", argv) for argv in (
+            ["sbatch", "--version"], ["squeue", "--noheader", "--me"], ["scancel", "--version"])]
 
     def script(self, request: PilotRequest) -> str:
         """The batch script of one pilot."""

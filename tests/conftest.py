@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-pytest_plugins = ["tests.cluster"]
+pytest_plugins = ["tests.cluster", "tests.arcce"]
 
 #: The PostgreSQL server `make test` starts; override with GRIDTOWER_TEST_POSTGRES.
 POSTGRES_ADMIN = os.environ.get(

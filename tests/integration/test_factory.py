@@ -60,6 +60,24 @@ def test_a_refused_submission_leaves_no_reservation_behind(make_runtime: Any,
     assert status is not None and "cannot start pilot" in (status.last_error or "")
 
 
+def test_after_a_refused_submission_the_factory_waits_error_pause(make_runtime: Any,
+                                                                  tmp_path: Path) -> None:
+    runtime = make_runtime(pilot_command=[str(tmp_path / "no-such-pilot")],
+                           pilot={"slots": 1}, limits={"error_pause": "1h"})
+    submit(runtime, tmp_path)
+    factory.run_once(runtime)
+    for _ in range(3):  # one try per pause, not one per cycle
+        assert factory.run_once(runtime) == 0
+    with Session(runtime.engine) as session:
+        assert len(session.exec(select(Pilot)).all()) == 2
+    # the same site queue, its sites.yaml rewritten without a pause
+    unpaused = make_runtime(pilot_command=[str(tmp_path / "no-such-pilot")],
+                            pilot={"slots": 1}, limits={"error_pause": 0})
+    factory.run_once(unpaused)
+    with Session(unpaused.engine) as session:
+        assert len(session.exec(select(Pilot)).all()) == 4  # no pause: tried again
+
+
 def test_a_reservation_a_dead_tower_left_is_forgotten(make_runtime: Any,
                                                       tmp_path: Path) -> None:
     runtime = make_runtime(limits={"max_queued": 1, "max_running": 1, "max_per_cycle": 1})

@@ -84,14 +84,15 @@ def test_broken_yaml_names_the_line(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_an_unknown_batch_system_suggests_the_right_one(tmp_path: Path) -> None:
-    from sites.batch import open_batch_system
-    from sites.runner import LocalRunner
-
+def test_an_unknown_batch_system_is_refused_at_load_naming_the_key_and_the_known(
+        tmp_path: Path) -> None:
     path = write_home(tmp_path, "sqlite:///x.db", site={"batch": "slrum"})
-    config = load_config(path)
-    with pytest.raises(ConfigError, match="did you mean 'slurm'"):
-        open_batch_system(config.sites["local"], LocalRunner())
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert "sites.yaml: sites.local.batch: unknown batch system 'slrum'" in message
+    assert "(known: arc, condor, local, slurm); did you mean 'slurm'?" in message
+    assert refused.value.field == "sites.local.batch"
 
 
 def test_init_writes_a_working_home(tmp_path: Path) -> None:

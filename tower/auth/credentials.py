@@ -19,9 +19,11 @@ MARGIN = 3600
 WRITE = 'umask 077 && mkdir -p "$1" && cat > "$1/$2"'
 
 
-def deliver(runtime: Runtime, site: SiteConfig, pilot_id: str) -> list[str]:
+def deliver(runtime: Runtime, site: SiteConfig, pilot_id: str,
+            carried: dict[str, str] | None = None) -> list[str]:
     """Mint and place the pilot's credential; the pilot arguments that point to it (none
-    when the API asks for no certificates)."""
+    when the API asks for no certificates). With `carried`, the files go there, by name,
+    for a batch system that sends them with the pilot's job into its working directory."""
     tls = runtime.config.api.tls
     if tls is None:
         return []
@@ -33,9 +35,14 @@ def deliver(runtime: Runtime, site: SiteConfig, pilot_id: str) -> list[str]:
 
     pem = ca.issue_pilot_credential(tls.pilot_ca, site.name, pilot_id,
                                     int(site.pilot.walltime) + MARGIN)
+    files = {f"{pilot_id}.pem": pem.decode(),
+             "tower-ca.pem": (tls.pilot_ca / "ca.crt").read_text()}
+    if carried is not None:
+        carried.update(files)
+        return ["--credential", f"{pilot_id}.pem", "--tower-ca", "tower-ca.pem"]
     directory = f"{site.scratch}/credentials"
-    _write(runtime, site, directory, f"{pilot_id}.pem", pem.decode())
-    _write(runtime, site, directory, "tower-ca.pem", (tls.pilot_ca / "ca.crt").read_text())
+    for name, text in files.items():
+        _write(runtime, site, directory, name, text)
     return ["--credential", f"{directory}/{pilot_id}.pem",
             "--tower-ca", f"{directory}/tower-ca.pem"]
 

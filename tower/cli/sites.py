@@ -44,6 +44,8 @@ def listing(as_json: bool) -> int:
         if row["cooling_until"]:
             print(f"{'':<{width}} out of brokering until {row['cooling_until'][11:19]} UTC: "
                   f"{row['cooling_reason']}")
+        if row.get("credential"):
+            print(f"{'':<{width}} credential: {row['credential']}")
         if row["last_error"]:
             print(f"{'':<{width}} last error {row['last_error_at'][:19].replace('T', ' ')}: "
                   f"{row['last_error']}")

@@ -89,8 +89,11 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
     them and cancel the ones no longer wanted, outside the lock."""
     batch = runtime.batch_system(site.name)
     with transaction(runtime.engine) as session:
-        _lock(session, site.name, queue)
+        status = _lock(session, site.name, queue)
         _forget_unsubmitted(session, site.name, queue)
+        if (status.last_error_at is not None
+                and status.last_error_at > ago(site.limits.error_pause)):
+            return 0  # the site failed us lately: its error shows, the next try waits
         demand = _demand(session, site, queue)
         cancel = _unwanted(session, site, queue, demand)
         counts = fleet.counts(session, site.name, queue)
@@ -127,11 +130,12 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
     return count
 
 
-def _lock(session: Session, site: str, queue: str) -> None:
+def _lock(session: Session, site: str, queue: str) -> SiteQueue:
     """Hold the site queue's row until the transaction ends (created on first use)."""
     insert_missing(session, SiteQueue, site=site, queue=queue)
-    session.exec(select(SiteQueue).where(SiteQueue.site == site, SiteQueue.queue == queue)
-                 .with_for_update()).one()
+    return session.exec(select(SiteQueue).where(SiteQueue.site == site,
+                                                SiteQueue.queue == queue)
+                        .with_for_update()).one()
 
 
 def _forget_unsubmitted(session: Session, site: str, queue: str) -> None:
@@ -251,6 +255,8 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
     command = pilot_command(site)
     options = [part for key, value in source.options.items()
                for part in ("--source-option", f"{key}={value}")]
+    carried: dict[str, str] | None = (
+        {} if runtime.batch_system(site.name).carries_inputs else None)
     argv = [
         *command,
         "--tower", config.api_url, "--site", site.name, "--queue", queue,
@@ -262,9 +268,9 @@ def pilot_request(runtime: Runtime, site: SiteConfig, queue: str,
         "--idle-timeout", str(site.pilot.idle_timeout),
         "--heartbeat", str(config.monitor.heartbeat_interval),
         "--scratch", site.scratch, "--storage", site.storage,
-        *credentials.deliver(runtime, site, pilot_id),
+        *credentials.deliver(runtime, site, pilot_id, carried),
     ]
-    return PilotRequest(pilot_id, argv, source.environment)
+    return PilotRequest(pilot_id, argv, source.environment, inputs=carried or {})
 
 
 def _memory_options(shape: PilotShape) -> list[str]:

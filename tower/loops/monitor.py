@@ -21,6 +21,7 @@ from collections import defaultdict
 from sqlmodel import Session
 
 from sites.batch import BatchState, BatchStatus
+from tower.errors import BackendError
 from tower.loops import attempt_logs, health, presence
 from tower.model import fleet, history, tally
 from tower.model.db import transaction
@@ -76,7 +77,12 @@ def _sync_pilots(runtime: Runtime) -> tuple[int, int]:
                 by_site[pilot.site][pilot.batch_id] = pilot.id
     lost = orphaned = 0
     for site, pilots in by_site.items():
-        statuses = runtime.batch_system(site).statuses(list(pilots))
+        try:
+            statuses = runtime.batch_system(site).statuses(list(pilots))
+        except BackendError as exc:
+            # a site out of reach ends none of its pilots; the others are still read
+            log.warning("site=%s: pilot states unknown: %s", site, exc)
+            continue
         ended = {batch_id: status for batch_id, status in statuses.items()
                  if status.state is BatchState.ENDED}
         for batch_id, status in ended.items():

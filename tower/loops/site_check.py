@@ -2,11 +2,14 @@
 
 Every probe runs through the site's own runner, exactly as the factory will:
 reaching the site, its batch commands, the pilot program, writing to the
-scratch and storage paths, and the container runtimes and images root it offers.
+scratch and storage paths, and the container runtimes and images root it offers; a
+batch system reached by an API of its own (arc) takes its own steps (its CE's info, a
+no-op job submitted, read and cleaned).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sites.batch import BatchSystem
@@ -35,8 +38,9 @@ def check_site(site: SiteConfig, batch: BatchSystem, runner: Runner,
     if not access.passed:
         return [access]
     checks = [access]
-    for argv in batch.probes():
-        checks.append(_probe(f"command {argv[0]}", runner, argv, "runs"))
+    for probe in batch.probes():
+        checks.append(_step(probe.name, probe.step) if probe.step is not None
+                      else _probe(probe.name, runner, probe.argv or ["true"], "runs"))
     checks.append(_probe("pilot program", runner, [*pilot_command, "--help"],
                          " ".join(pilot_command)))
     for key in ("scratch", "storage"):
@@ -52,6 +56,13 @@ def check_site(site: SiteConfig, batch: BatchSystem, runner: Runner,
     if images:
         checks.append(_probe("images root", runner, ["test", "-d", images], images))
     return checks
+
+
+def _step(name: str, step: Callable[[], str]) -> Check:
+    try:
+        return Check(name, True, step())
+    except BackendError as exc:
+        return Check(name, False, str(exc))
 
 
 def _probe(name: str, runner: Runner, argv: list[str], success: str) -> Check:

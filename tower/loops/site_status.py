@@ -1,7 +1,8 @@
 """What each site queue holds right now: pilots (active, and ended in the last day),
 jobs waiting in the database, the backlog at the site and its bound, the broker's own
-count of messages, the last error the factory met there, and a cool-down if the site is
-out of brokering."""
+count of messages, the last error the factory met there, a cool-down if the site is
+out of brokering, and the credential the tower shows its batch system (arc: the robot
+and the proxy delegated to the CE, with their lifetimes)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
         held = backlog(session)
         bounds = backlog_bounds(session, runtime)
         for name, site in runtime.config.sites.items():
+            credential = _credential(runtime, name)
             for queue in site.queues:
                 pilots = fleet.counts(session, name, queue, ended_since=ago(RECENT))
                 status = session.get(SiteQueue, (name, queue))
@@ -50,5 +52,15 @@ def site_queues(runtime: Runtime) -> tuple[list[dict[str, Any]], str | None]:
                     "last_error_at": status.last_error_at if status else None,
                     "cooling_until": cool.cooldown_until if cool else None,
                     "cooling_reason": cool.reason if cool else None,
+                    "credential": credential,
                 })
     return rows, problem
+
+
+def _credential(runtime: Runtime, site: str) -> str | None:
+    """What the tower shows a batch system to be (a robot, a proxy and their lifetimes), or
+    why the batch system refuses it."""
+    try:
+        return runtime.batch_system(site).credential()
+    except BackendError as exc:
+        return f"refused: {exc}"
