@@ -22,7 +22,7 @@ demo: install
 TEST_WORKERS ?= 3
 test: install
 	scripts/services.sh
-	$(BIN)/pytest -q --durations=20 -n $(TEST_WORKERS) -m 'not faults_long and not serial'
+	$(BIN)/pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup -m 'not faults_long and not serial'
 	$(BIN)/pytest -q -m serial
 
 # the API fuzzed from its OpenAPI document (tests/security), with a large budget

@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +31,30 @@ def missing_service(what: str) -> None:
     pytest.skip(f"{what} is not available")
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
+@contextmanager
+def postgres_database(prefix: str = "test") -> Iterator[str]:
+    """A fresh PostgreSQL database, named uniquely (tests run in several processes at
+    once), and dropped when the block ends; its URL."""
     psycopg = pytest.importorskip("psycopg")
-    name = f"gt_test_{uuid.uuid4().hex[:12]}"
+    name = f"gt_{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         missing_service(f"PostgreSQL at {POSTGRES_ADMIN.split('@')[-1]} ({exc})")
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"{POSTGRES_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    with postgres_database() as url:
+        yield url
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

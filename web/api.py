@@ -288,16 +288,16 @@ def show_job(job_id: int) -> Any:
         return jsonify(jobs.show(session, job_id))
 
 
-@api.get("/jobs/<int:job_id>/attempts/<int:number>/provenance")
+@api.get("/jobs/<int:job_id>/attempts/<int:attempt>/provenance")
 @needs(Permission.READ)
-def attempt_provenance(job_id: int, number: int) -> Any:
+def attempt_provenance(job_id: int, attempt: int) -> Any:
     """How one attempt ran (tower.model.provenance), whatever its outcome."""
     with Session(_runtime().engine) as session:
-        record = provenance.of_attempt(session, job_id, number)
+        record = provenance.of_attempt(session, job_id, attempt)
     if record is None:
-        raise NotFound(f"no provenance record of attempt {number} of job {job_id}",
+        raise NotFound(f"no provenance record of attempt {attempt} of job {job_id}",
                        field="attempt")
-    return jsonify({"job": job_id, "attempt": number, "provenance": record})
+    return jsonify({"job": job_id, "attempt": attempt, "provenance": record})
 
 
 @api.get("/pilots")

@@ -31,7 +31,7 @@ from tower.model.models import Attempt, Pilot, RetryDecision, SiteQueue
 from tower.model.states import PILOT_ACTIVE
 from tower.retries.outcomes import Outcome
 
-pytestmark = [pytest.mark.arc, pytest.mark.one_database]
+pytestmark = [pytest.mark.arc, pytest.mark.one_database, pytest.mark.xdist_group("arc")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,7 +28,7 @@ from tower.model.db import transaction
 from tower.model.models import Attempt, Job, Provenance
 from tower.model.states import JobState
 
-pytestmark = pytest.mark.one_database
+pytestmark = [pytest.mark.one_database, pytest.mark.xdist_group("containers")]
 
 
 @pytest.fixture(autouse=True)

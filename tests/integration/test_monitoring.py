@@ -28,12 +28,15 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
-from tests.conftest import missing_service, write_home
+from tests.conftest import postgres_database, write_home
 from tests.integration.conftest import EXAMPLES, LiveTower
 from tests.integration.test_pages import Reader, browser  # noqa: F401  (a fixture)
 from tower.model.models import Attempt, AttemptLog, Job, Production
 from tower.model.states import JobState
 from web.summary import PLOTS
+
+# its module fixture is made once: the module runs in one test process
+pytestmark = pytest.mark.xdist_group("monitoring")
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "monitoring"
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,46 +62,36 @@ LIFE = timedelta(minutes=6)
 def tower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveTower]:
     """A tower whose production `run` has ended (five jobs done, job 2 failed three times),
     its attempts spread over the six minutes after its creation."""
-    import psycopg
-
-    from tests.conftest import POSTGRES_ADMIN
-
     directory = tmp_path_factory.mktemp("monitoring")
-    name = f"gt_monitoring_{directory.name.replace('-', '_')}"[:60]
-    try:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        missing_service(f"PostgreSQL ({exc})")
-    live = LiveTower(write_home(
-        directory / "home", POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}",
-        {"pilot": {"slots": 2, "cores": 2, "walltime": "10m", "drain_margin": 5,
-                   "idle_timeout": 3, "log_bytes": LOG_BYTES}},
-        monitor={"heartbeat_interval": 1, "heartbeat_timeout": 6,
-                 "logs_in_database": IN_DATABASE}))
-    try:
-        script = directory / "failing.py"
-        script.write_text(FAILING)
-        toysim = ["${python}", str(EXAMPLES / "toysim.py"), "--steering", "steering.json",
-                  "--output-dir", "${output_dir}"]
-        request = {
-            "name": "run", "software": "toysim 1.0",
-            "command": ["${python}", str(script), "${index}", *toysim],
-            "steering": {"steering.json": '{"seed": ${seed}, "first_event": ${first_event}, '
-                                          '"events": ${events}, "output": "decays_${index}.csv"}'},
-            "events_total": 6 * 40, "events_per_job": 40, "walltime": "5m",
-            "outputs": ["decays_*.csv"],
-        }
-        path = directory / "run.yaml"
-        path.write_text(yaml.safe_dump(request))
-        live.submit(path)
-        live.drive(live.all_ended, timeout=180)
-        _spread_over_minutes(live)
-        yield live
-    finally:
-        live.close()
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("monitoring") as url:
+        live = LiveTower(write_home(
+            directory / "home", url,
+            {"pilot": {"slots": 2, "cores": 2, "walltime": "10m", "drain_margin": 5,
+                       "idle_timeout": 3, "log_bytes": LOG_BYTES}},
+            monitor={"heartbeat_interval": 1, "heartbeat_timeout": 6,
+                     "logs_in_database": IN_DATABASE}))
+        try:
+            script = directory / "failing.py"
+            script.write_text(FAILING)
+            toysim = ["${python}", str(EXAMPLES / "toysim.py"), "--steering", "steering.json",
+                      "--output-dir", "${output_dir}"]
+            request = {
+                "name": "run", "software": "toysim 1.0",
+                "command": ["${python}", str(script), "${index}", *toysim],
+                "steering": {"steering.json": (
+                    '{"seed": ${seed}, "first_event": ${first_event}, '
+                    '"events": ${events}, "output": "decays_${index}.csv"}')},
+                "events_total": 6 * 40, "events_per_job": 40, "walltime": "5m",
+                "outputs": ["decays_*.csv"],
+            }
+            path = directory / "run.yaml"
+            path.write_text(yaml.safe_dump(request))
+            live.submit(path)
+            live.drive(live.all_ended, timeout=180)
+            _spread_over_minutes(live)
+            yield live
+        finally:
+            live.close()
 
 
 def _spread_over_minutes(live: LiveTower) -> None:

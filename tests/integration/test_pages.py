@@ -16,8 +16,11 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import missing_service, write_home
+from tests.conftest import missing_service, postgres_database, write_home
 from tests.integration.conftest import EXAMPLES, LiveTower
+
+# its module fixture is made once: the module runs in one test process
+pytestmark = pytest.mark.xdist_group("pages")
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "pages"
 CHROMIUM = "/usr/bin/chromium"
@@ -98,31 +101,20 @@ def _productions(directory: Path) -> tuple[Path, Path]:
 def tower(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveTower]:
     """A tower whose `mixed` production has ended (five done, one failed after three
     tries) and whose `inflight` production has its three jobs running."""
-    import psycopg
-
-    from tests.conftest import POSTGRES_ADMIN
-
     directory = tmp_path_factory.mktemp("pages")
-    name = f"gt_pages_{directory.name.replace('-', '_')}"[:60]
-    try:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        missing_service(f"PostgreSQL ({exc})")
-    live = LiveTower(write_home(directory / "home", POSTGRES_ADMIN.rsplit("/", 1)[0]
-                                + f"/{name}", {"limits": {"max_queued": 2, "max_running": 3,
-                                                          "max_per_cycle": 3}}))
-    try:
-        mixed, inflight = _productions(directory)
-        live.submit(mixed)
-        live.drive(live.all_ended, timeout=180)
-        live.submit(inflight)
-        live.drive(lambda: live.counts().get("running", 0) == 3, timeout=120)
-        yield live
-    finally:
-        live.close()
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with postgres_database("pages") as url:
+        live = LiveTower(write_home(directory / "home", url,
+                                    {"limits": {"max_queued": 2, "max_running": 3,
+                                                "max_per_cycle": 3}}))
+        try:
+            mixed, inflight = _productions(directory)
+            live.submit(mixed)
+            live.drive(live.all_ended, timeout=180)
+            live.submit(inflight)
+            live.drive(lambda: live.counts().get("running", 0) == 3, timeout=120)
+            yield live
+        finally:
+            live.close()
 
 
 def _api(tower: LiveTower, path: str) -> Any:
