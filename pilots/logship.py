@@ -26,13 +26,15 @@ def cut_marker(cut: int) -> bytes:
 
 def pack(path: Path, limit: int) -> PackedLog | None:
     """The log at `path` packed to at most `limit` bytes (before compression, the marker
-    line aside); None when `limit` is 0 or there is no log."""
+    line aside); None when `limit` is 0 or the log is missing or empty."""
     if limit <= 0:
         return None
     out = io.BytesIO()
     try:
         with open(path, "rb") as stream:
             size = stream.seek(0, io.SEEK_END)
+            if not size:
+                return None  # nothing to ship: the report's empty tail says it all
             stream.seek(0)
             cut = max(0, size - limit)
             head = limit // 2 if cut else size

@@ -7,8 +7,10 @@ reports them as killed before the pilot exits.
 While its payloads are short (a median under SHORT seconds over the last ones), a
 pilot claims a few jobs beyond its slots, as high-throughput executors prefetch
 tasks: a slot that frees takes the next claimed job at once instead of waiting for
-a round trip to the tower, and such a job waits at most about one short payload.
-With long payloads it claims only what it can start, so late binding holds.
+a round trip to the tower. It claims enough ahead to keep its slots busy through one
+claim's round trip at the payloads' recent pace (AHEAD at least, AHEAD_MAX at most), so
+such a job waits about one round trip. With long payloads it claims only what it can
+start, so late binding holds.
 
 A pilot has cores and (when its site says) memory; a job needs cores and memory
 (the claim says). Payloads run together while the sums of their cores and memory
@@ -25,6 +27,7 @@ did not).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import shutil
 import socket
@@ -52,6 +55,8 @@ RECENT = 32
 #: Jobs claimed ahead at least (a quarter of the slots, if more): enough that a slot runs
 #: short payloads back to back between two of the pilot's calls to the tower.
 AHEAD = 4
+#: Jobs claimed ahead at most, however slow the tower answers.
+AHEAD_MAX = 64
 #: Seconds a refused pilot waits for its payloads to stop before it removes their stage dirs.
 FORSAKE_SECONDS = 15.0
 
@@ -111,10 +116,13 @@ class Pilot:
         #: Jobs claimed beyond the slots while payloads are short, and their recent lengths.
         self.ahead = max(AHEAD, settings.slots // 4)
         self.recent: deque[float] = deque(maxlen=RECENT)
+        #: Seconds the recent claims took, answer included.
+        self.round_trips: deque[float] = deque(maxlen=RECENT)
         self.scratch = settings.scratch / settings.pilot_id
         #: The work dirs not in use; a payload takes one, its report gives it back.
         self.free_dirs = [self.scratch / f"slot-{number}"
                           for number in range(settings.slots + self.ahead)]
+        self.dirs_made = len(self.free_dirs)
         self.gaps = SlotGaps()
         #: Stage dirs of failed attempts that could not be removed yet (no report names
         #: their files); tried again after each job.
@@ -128,6 +136,9 @@ class Pilot:
         self.started: set[tuple[int, int]] = set()
         self.used_cores = 0
         self.used_memory = 0
+        #: Guards the four above: a slot that ends its payload frees its room and starts
+        #: the next waiting payload itself, while the loop may be in a call to the tower.
+        self.room = threading.Lock()
 
     def terminate(self, reason: str) -> None:
         """Called from the signal handler: kill payloads, report, exit."""
@@ -188,10 +199,16 @@ class Pilot:
                 self._pause()
         return self.stop_reason
 
-    def _capacity(self) -> int:
-        """Jobs the pilot holds claimed at most: its slots, and a few ahead while its
-        payloads are short."""
-        return self.settings.slots + (self.ahead if self._short() else 0)
+    def _ahead(self) -> int:
+        """Jobs to claim beyond the slots: none unless payloads are short; else enough to
+        run through one claim's round trip at their recent pace, within AHEAD..AHEAD_MAX."""
+        if not self._short():
+            return 0
+        if not self.round_trips:
+            return self.ahead
+        pace = max(statistics.median(self.recent), 0.001)
+        wanted = math.ceil(self.settings.slots * statistics.median(self.round_trips) / pace)
+        return max(self.ahead, min(AHEAD_MAX, wanted))
 
     def _short(self) -> bool:
         return len(self.recent) >= 4 and statistics.median(self.recent) < SHORT
@@ -199,13 +216,15 @@ class Pilot:
     def _free(self, ended: int) -> int:
         """Jobs to ask for now: room below the capacity, never below 0 (when payloads
         grow past SHORT, the capacity shrinks below what the pilot holds: those wait for
-        a slot), never more than free work dirs, nor than the cores no job holds or waits
+        a slot), never more than the cores no job holds or waits
         for (each job needs one at least; a few more while payloads are short). `ended`:
         payloads that ended and are not yet reported (they still count in `running`)."""
         held = len(self.running) - ended
-        cores = self.settings.cores - self.used_cores - sum(p.cores for p in self.waiting)
-        room = max(0, cores) + (self.ahead if self._short() else 0)
-        return max(0, min(self._capacity() - held, len(self.free_dirs), room))
+        with self.room:
+            cores = self.settings.cores - self.used_cores - sum(p.cores for p in self.waiting)
+        ahead = self._ahead()
+        room = max(0, cores) + ahead
+        return max(0, min(self.settings.slots + ahead - held, room))
 
     def _pause(self) -> None:
         """Wait for the next poll, or less if a message comes or a payload ends first."""
@@ -236,8 +255,10 @@ class Pilot:
         return started
 
     def _claim(self, messages: list[dict[str, Any]], reports: list[dict[str, Any]]) -> int:
+        asked = time.monotonic()
         answer = self.client.call("claim", {"jobs": [[m["job"], m["attempt"]] for m in messages],
                                             "reports": reports})
+        self.round_trips.append(time.monotonic() - asked)
         self.source.ack(messages)  # right after the claim: never held for a payload's length
         self._reported(reports, answer["verdicts"])
         started = 0
@@ -246,7 +267,10 @@ class Pilot:
             if claim["granted"] and key not in self.running:
                 self._start(claim)
                 started += 1
-            elif not claim["granted"]:
+            elif claim["granted"]:  # the tower grants a repeated claim: it runs once
+                log.info("job=%s attempt=%s refused: a copy of a job this pilot holds",
+                         claim["job"], claim["attempt"])
+            else:
                 log.info("job=%s attempt=%s refused: %s", claim["job"], claim["attempt"],
                          claim["reason"])
         return started
@@ -255,6 +279,9 @@ class Pilot:
         pilot_values = {"site": self.settings.site, "pilot_id": self.settings.pilot_id}
         memory = claim.get("memory") or self.settings.memory
         limit = memory * (1 + self.settings.memory_tolerance) if memory else None
+        if not self.free_dirs:  # more claimed ahead than ever before
+            self.free_dirs.append(self.scratch / f"slot-{self.dirs_made}")
+            self.dirs_made += 1
         payload = Payload(claim, pilot_values, self.free_dirs.pop(), self.settings.storage,
                           self.gaps, self.watchdog, self.meter, limit)
         self.running[payload.key] = payload
@@ -263,7 +290,8 @@ class Pilot:
             log.warning("job=%s attempt=%s not run: %s", payload.job, payload.attempt, too_big)
             self.finished.put(payload.refuse(too_big))
             return
-        self.waiting.append(payload)
+        with self.room:
+            self.waiting.append(payload)
         self._dispatch()
 
     def _too_big(self, payload: Payload) -> str | None:
@@ -283,14 +311,23 @@ class Pilot:
         memory = self.settings.memory
         return not (memory and self.used_memory + (payload.memory or 0) > memory)
 
-    def _dispatch(self) -> None:
-        """Start waiting payloads in claim order while the first one fits what is free."""
-        while self.waiting and (self.stop.is_set() or self.waiting[0].ending != "finished"
-                                or self._fits_now(self.waiting[0])):
-            payload = self.waiting.popleft()
-            self.started.add(payload.key)
-            self.used_cores += payload.cores
-            self.used_memory += payload.memory or 0
+    def _dispatch(self, ended: Payload | None = None) -> None:
+        """Start waiting payloads in claim order while the first one fits what is free
+        (after giving back the room of the `ended` payload, if one)."""
+        chosen = []
+        with self.room:
+            if ended is not None and ended.key in self.started:
+                self.started.discard(ended.key)
+                self.used_cores -= ended.cores
+                self.used_memory -= ended.memory or 0
+            while self.waiting and (self.stop.is_set() or self.waiting[0].ending != "finished"
+                                    or self._fits_now(self.waiting[0])):
+                payload = self.waiting.popleft()
+                self.started.add(payload.key)
+                self.used_cores += payload.cores
+                self.used_memory += payload.memory or 0
+                chosen.append(payload)
+        for payload in chosen:
             log.info("job=%s attempt=%s started (%d cores, %s)", payload.job,
                      payload.attempt, payload.cores,
                      f"{payload.memory} MB" if payload.memory else "no memory request")
@@ -306,6 +343,8 @@ class Pilot:
         while True:
             payload = self.todo.get()
             report = payload.run()
+            # the next claimed payload starts now, not when the loop is back from the tower
+            self._dispatch(ended=payload)
             self._ship_log(payload)
             self.finished.put(report)
             self.source.interrupt()
@@ -337,17 +376,13 @@ class Pilot:
         for report in reports:  # their payloads have left their work dirs
             payload = self.running[(report["job"], report["attempt"])]
             self.free_dirs.append(payload.work_dir)
-            if payload.key in self.started:
-                self.started.discard(payload.key)
-                self.used_cores -= payload.cores
-                self.used_memory -= payload.memory or 0
             if payload.seconds is not None:
                 self.recent.append(payload.seconds)
             if not report["outputs"] and payload.stage_dir.exists():
                 self.litter.add(payload.stage_dir)
         if reports and self.litter:
             self._sweep()
-        self._dispatch()  # into the room they left, and any waiting job told to stop
+        self._dispatch()  # any waiting job told to stop
         return reports
 
     def _forsake(self) -> None:

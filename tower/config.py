@@ -203,6 +203,14 @@ class HealthSettings(Strict):
     cooldown: Seconds = Field(default=900, gt=0)
 
 
+class RetentionSettings(Strict):
+    """How long the full history of a finished production is kept (`tower db prune`)."""
+
+    #: A production none of whose jobs can move again, finished longer ago than this, keeps
+    #: each job's last event only and its activity in one row per day.
+    finished_for: Seconds = Field(default=30 * 86400, gt=0)
+
+
 class TowerFile(Strict):
     """The keys of tower.yaml."""
 
@@ -219,6 +227,7 @@ class TowerFile(Strict):
     storage: StorageSettings = StorageSettings()
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
+    retention: RetentionSettings = RetentionSettings()
     #: Who may do what through the API (with api.tls): roles by certificate subject.
     access: AccessSettings = AccessSettings()
     #: Who hears of production events (tower/management/notify.py): webhooks, e-mail.
@@ -246,6 +255,7 @@ class TowerConfig(Strict):
     health: HealthSettings
     access: AccessSettings
     notifications: NotificationSettings = NotificationSettings()
+    retention: RetentionSettings = RetentionSettings()
     shares: dict[str, float] = Field(default_factory=dict)
     logging: LoggingSettings = LoggingSettings()
     #: Every retry policy by name: the shipped ones and the tower's own.
@@ -320,7 +330,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         "retry": raw.retry, "health": raw.health, "policies": policies, "access": raw.access,
         "sites": sites, "sites_path": sites_path,
         "notifications": resolve_notifications(raw.notifications, home, path),
-        "shares": raw.shares,
+        "shares": raw.shares, "retention": raw.retention,
         "logging": _resolve_logging(raw.logging, home),
     }
     values.update(overrides)

@@ -17,6 +17,7 @@ from sites.config import SiteConfig
 from sites.runner import Runner, open_runner
 from tower.brokers.broker import Broker, open_broker
 from tower.config import DestinationSettings, TowerConfig, site_storage
+from tower.loops.demand import Demand
 from tower.model.db import create_schema, make_engine
 from transfer.base import Transfer, open_transfer
 
@@ -49,6 +50,8 @@ class Runtime:
     _alarms: dict[str, threading.Event] = field(default_factory=dict)
     #: The loops this process runs, by name (none: an API-only process).
     pulses: dict[str, Pulse] = field(default_factory=dict)
+    #: What each site queue's pilots took between two matchmaker cycles.
+    demand: Demand = field(default_factory=Demand)
     #: Runners replaced after a reload changed their site's `ssh`: a cycle may still hold
     #: one, so they close with the runtime.
     _retired: list[Runner] = field(default_factory=list)

@@ -31,3 +31,10 @@ def test_no_bound_or_no_log_ships_nothing(tmp_path: Path) -> None:
     log.write_bytes(b"x")
     assert pack(log, 0) is None
     assert pack(tmp_path / "missing.log", 100) is None
+
+
+def test_an_empty_log_ships_nothing(tmp_path: Path) -> None:
+    # a silent payload (/bin/true) costs no request to the tower beside its report
+    log = tmp_path / "payload.log"
+    log.write_bytes(b"")
+    assert pack(log, 100) is None

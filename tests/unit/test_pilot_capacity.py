@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pilots.client import TowerClient
 from pilots.payload import Payload
-from pilots.pilot import AHEAD, Pilot, PilotSettings
+from pilots.pilot import AHEAD, AHEAD_MAX, Pilot, PilotSettings
 from pilots.sources import HttpSource
 
 
@@ -39,8 +39,15 @@ def hold(pilot: Pilot, count: int) -> None:
     """`count` claimed jobs held by the pilot, as `_start` leaves them (not yet run)."""
     for number in range(len(pilot.running), len(pilot.running) + count):
         claim = {"job": number + 1, "attempt": 1, "production": "toy", "variables": {}}
-        payload = Payload(claim, {}, pilot.free_dirs.pop(), pilot.settings.storage)
+        work_dir = pilot.free_dirs.pop() if pilot.free_dirs else tmp_dir(pilot)
+        payload = Payload(claim, {}, work_dir, pilot.settings.storage)
         pilot.running[payload.key] = payload
+
+
+def tmp_dir(pilot: Pilot) -> Path:
+    """A work dir beyond those the pilot started with, as `_start` makes one."""
+    pilot.dirs_made += 1
+    return pilot.scratch / f"slot-{pilot.dirs_made - 1}"
 
 
 def end(pilot: Pilot, count: int) -> None:
@@ -78,3 +85,18 @@ def test_a_pilot_holding_more_than_its_shrunk_capacity_keeps_working(tmp_path: P
     # it turned for a second without asking the (unreachable) tower for anything
     assert ended == ["SIGTERM"]
     assert len(pilot.running) == 4 + AHEAD and not pilot.draining
+
+
+def test_a_slow_tower_lets_short_payloads_claim_ahead_through_one_round_trip(
+        tmp_path: Path) -> None:
+    pilot = a_pilot(tmp_path, slots=1)
+    pilot.recent.extend([0.002] * 8)
+    assert pilot._free(0) == 1 + AHEAD  # no claim timed yet
+    pilot.round_trips.extend([0.05] * 4)  # 25 payloads run in one round trip
+    assert pilot._free(0) == 1 + 25
+    hold(pilot, 30)  # more work dirs than it started with
+    assert pilot._free(0) == 0
+    pilot.round_trips.extend([5.0] * 32)  # a tower this slow is not followed further
+    assert pilot._free(0) == 1 + AHEAD_MAX - 30
+    pilot.recent.extend([1.5] * 32)  # long payloads: no claim ahead at all
+    assert pilot._free(0) == 0

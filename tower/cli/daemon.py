@@ -90,12 +90,14 @@ def wait_done(opened: Runtime, timeout: float | None) -> int:
     tty = sys.stderr.isatty()
     turn = 0
     while True:
+        # read before the counts: once every job has ended, the counts read after hold
+        # ended jobs only (read after them, jobs ending meanwhile looked still running)
+        ended = daemon.unfinished(opened) == 0
         with Session(opened.engine) as session:
             counts: dict[str, int] = {}
             for row in productions.summaries(session):
                 for state, count in row["states"].items():
                     counts[state] = counts.get(state, 0) + count
-        ended = daemon.unfinished(opened) == 0
         # checked every second; a log that is not a terminal gets a line every 5 s
         if tty or ended or turn % 5 == 0:
             line = f"{bar(counts)}  " + " ".join(f"{s} {n}" for s, n in sorted(counts.items()))

@@ -1,4 +1,4 @@
-"""`tower db [check]`, `db upgrade|current|history` (and `db revision`, for developers),
+"""`tower db [check]`, `db upgrade|current|history|prune` (and `db revision`, for developers),
 and the database as every command reports it: a database that is missing, unreachable or of
 another schema is one line naming it, not a traceback (`tower -v` shows the traceback)."""
 
@@ -172,6 +172,36 @@ def history(as_json: bool) -> int:
         for item in revisions:
             print(f"{item['revision']}  {item['message'].splitlines()[0]}"
                   + ("  (head)" if item["head"] else ""))
+    return 0
+
+
+@db.command()
+@click.option("--dry-run", is_flag=True, help="count what would be removed; change nothing")
+@json_option
+def prune(dry_run: bool, as_json: bool) -> int:
+    """coarsen the history of productions finished longer ago than tower.yaml's
+    `retention.finished_for`: each job keeps its last event, activity is folded into days;
+    jobs, attempts, decisions, usage and the catalog stay whole"""
+    from tower.model import prune as pruning
+    from tower.model.db import make_engine, transaction
+
+    loaded, where = _database()
+    engine = make_engine(loaded.database_url)
+    try:
+        with transaction(engine) as session:  # a dry run only reads
+            done = pruning.prune(session, loaded.retention.finished_for, dry_run)
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json({"database": where, "dry_run": dry_run, "finished_before": done.before,
+                    "productions": done.productions, "job_events": done.job_events,
+                    "activity_rows": done.activity_rows})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        print(f"{where}: {len(done.productions)} productions finished before "
+              f"{done.before:%Y-%m-%d %H:%M} UTC; {verb} {done.job_events} job events "
+              f"(each job keeps its last) and {done.activity_rows} activity rows "
+              "(folded into days)")
     return 0
 
 

@@ -87,8 +87,7 @@ def run_once(runtime: Runtime) -> int:
 def broker_depths(runtime: Runtime) -> dict[SiteQueue, int | None]:
     """Messages waiting in the broker for each enabled site queue (None: not known)."""
     return {(name, queue): runtime.broker.depth(queue_name(name, queue))
-            for name, site in runtime.config.sites.items() if site.enabled
-            for queue in site.queues}
+            for name, queue in backlog_keys(runtime)}
 
 
 def _stranded(runtime: Runtime) -> list[Any]:
@@ -132,15 +131,18 @@ def _recall(session: Session, runtime: Runtime) -> None:
                             f"it does not fit site {name}'s pilots ({shape.summary()})",
                             site=None)
         excess = held.get((name, queue), 0) - len(misfits) - bound
+        extra = []
         if excess > 0:
             # the last to be matched go first: the lowest priority, the newest
             extra = _ids(session, Job.site == name, Job.queue == queue,
                          Job.state == JobState.QUEUED,
                          col(Job.updated_at) < ago(config.loops.republish_after),
                          order=(col(Job.priority), col(Job.id).desc()), limit=excess)
-            move_jobs(session, extra, JobState.QUEUED, JobState.DEFINED,
-                      f"site {name}'s backlog over its bound of {bound} (fewer of its "
-                      "pilots run now)", site=None)
+            extra = move_jobs(session, extra, JobState.QUEUED, JobState.DEFINED,
+                              f"site {name}'s backlog over its bound of {bound} (fewer of "
+                              "its pilots run now)", site=None)
+        # taken back, not taken by pilots: no sign of demand
+        runtime.demand.taken_back((name, queue), len(misfits) + len(extra))
 
 
 def _ids(session: Session, *where: Any, order: tuple[Any, ...] = (),
@@ -184,8 +186,10 @@ def _stale(runtime: Runtime, site: str, messages: list[Message]) -> set[tuple[in
 def _match(runtime: Runtime) -> list[Placed]:
     """Assign defined jobs to sites with room, highest priority first."""
     with transaction(runtime.engine) as session:
-        room = backlog_room(session, runtime)
+        held = backlog(session)
+        room = backlog_room(session, runtime, held)
         if not any(room.values()):
+            _refilled(runtime, held, {})
             return []
         needs = production_needs(session)
         eligible = _eligible_sites(session, runtime, needs)
@@ -207,6 +211,11 @@ def _match(runtime: Runtime) -> list[Placed]:
             moved.update(move_jobs(session, [job.id for job in jobs], JobState.DEFINED,
                                    JobState.ASSIGNED, f"matched to site {site}", site=site,
                                    attempt=Job.attempt + 1, message=None))
+        filled: dict[SiteQueue, int] = defaultdict(int)
+        for site, jobs in by_site.items():
+            for job in jobs:
+                filled[(site, job.queue)] += job.id in moved
+        _refilled(runtime, held, filled)
         # in the order they were chosen, so sites' queues hand them out in that order
         return [Placed(job.id, job.attempt + 1, job.walltime, job.production_id, site,
                        job.queue)
@@ -319,16 +328,34 @@ def backlog_bounds(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
         .where(Pilot.state == PilotState.RUNNING).group_by(col(Pilot.site), col(Pilot.queue))
     ).all()
     slots = {(site, queue): int(total or 0) for site, queue, total in rows}
-    return {(name, queue): site.backlog_limit(slots.get((name, queue), 0))
-            for name, site in runtime.config.sites.items() if site.enabled
-            for queue in site.queues}
+    return {(name, queue): runtime.config.sites[name].backlog_limit(slots.get((name, queue), 0))
+            for name, queue in backlog_keys(runtime)}
 
 
-def backlog_room(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:
-    """Free places in each enabled site queue's backlog."""
-    held = backlog(session)
-    return {key: max(bound - held.get(key, 0), 0)
-            for key, bound in backlog_bounds(session, runtime).items()}
+def backlog_room(session: Session, runtime: Runtime, held: dict[SiteQueue, int]
+                 ) -> dict[SiteQueue, int]:
+    """Free places in each enabled site queue's backlog (`held`: of `backlog`): below its
+    bound, or below twice what its pilots took since the last cycle if that is more
+    (tower.loops.demand), capped by the site's `backlog.max` or the loop's batch."""
+    room = {}
+    for key, static in backlog_bounds(session, runtime).items():
+        cap = runtime.config.sites[key[0]].backlog.max or runtime.config.loops.batch_size
+        bound = runtime.demand.bound(key, held.get(key, 0), static, cap)
+        room[key] = max(bound - held.get(key, 0), 0)
+    return room
+
+
+def _refilled(runtime: Runtime, held: dict[SiteQueue, int],
+              filled: dict[SiteQueue, int]) -> None:
+    """Tell the demand what each enabled site queue holds after this cycle's matching."""
+    for key in backlog_keys(runtime):
+        runtime.demand.refilled(key, held.get(key, 0) + filled.get(key, 0))
+
+
+def backlog_keys(runtime: Runtime) -> list[SiteQueue]:
+    """The enabled site queues."""
+    return [(name, queue) for name, site in runtime.config.sites.items() if site.enabled
+            for queue in site.queues]
 
 
 #: Productions whose jobs at sites pilots may claim: a paused one's go on.

@@ -12,7 +12,7 @@ monitor calls it every cycle), so a read sums a handful of rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -193,13 +193,29 @@ def compact(session: Session, now: datetime | None = None) -> int:
     return removed
 
 
-def _fold(session: Session, model: Any, where: Any) -> int:
+#: Seconds in one bucket of activity folded by `coarsen` (a day).
+COARSE = 86400
+
+
+def coarsen(session: Session, production_ids: list[int]) -> int:
+    """Fold the activity of these productions into one row per day (and production, site,
+    kind and code): sums kept, detail within a day given up; returns the rows removed."""
+    if not production_ids:
+        return 0
+    write_pending(session)
+    return _fold(session, Activity, col(Activity.production_id).in_(production_ids),
+                 lambda key: (*key[:2], key[2] - key[2] % COARSE, *key[3:]))
+
+
+def _fold(session: Session, model: Any, where: Any,
+          regroup: Callable[[tuple[Any, ...]], tuple[Any, ...]] = lambda key: key) -> int:
+    """Fold rows of `model` matching `where` into one per key (as `regroup` maps keys)."""
     keys, amounts = KEYS[model], AMOUNTS[model]
     rows = session.execute(delete(model).where(where).returning(
         *(getattr(model, name) for name in keys + amounts))).all()
     sums: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * len(amounts))
     for row in rows:
-        total = sums[tuple(row[:len(keys)])]
+        total = sums[regroup(tuple(row[:len(keys)]))]
         for i, value in enumerate(row[len(keys):]):
             total[i] += value
     folded = [dict(zip(keys + amounts, (*key, *values), strict=True))

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import getpass
 import logging
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
-from catalog.timeutil import later, utcnow
+from catalog.timeutil import utcnow
 from tower.config import TowerConfig
 from tower.errors import Conflict, NotFound
 from tower.logs import about
@@ -45,14 +48,27 @@ def ended(attempt: Attempt) -> Ended:
     return Ended(Outcome(attempt.outcome), attempt.exit_code, attempt.signal, attempt.site)
 
 
-def history(session: Session, job: Job) -> list[Ended]:
-    """The job's failed attempts that count against its policy's limits, oldest first."""
-    rows = session.exec(select(Attempt).where(
-        Attempt.job_id == job.id, Attempt.number > job.budget_from,
-        col(Attempt.ended_at).is_not(None),
-        col(Attempt.outcome).not_in([str(outcome) for outcome in NOT_FAILURES]))
-        .order_by(col(Attempt.number))).all()
-    return [ended(attempt) for attempt in rows]
+#: What a job's history needs of each of its attempts.
+FACTS: tuple[Any, ...] = (Attempt.job_id, Attempt.number, Attempt.outcome, Attempt.exit_code,
+                          Attempt.signal, Attempt.site)
+
+
+def histories(session: Session, jobs: Sequence[Job]) -> dict[int, list[Ended]]:
+    """Each job's failed attempts that count against its policy's limits, oldest first: one
+    query per 5,000 jobs, not one per job."""
+    budget = {job.id: job.budget_from for job in jobs if job.id is not None}
+    found: dict[int, list[Ended]] = {job_id: [] for job_id in budget}
+    ids = list(budget)
+    for start in range(0, len(ids), 5000):
+        for job_id, number, outcome, exit_code, sig, site in session.execute(
+                sa_select(*FACTS)
+                .where(col(Attempt.job_id).in_(ids[start:start + 5000]),
+                       col(Attempt.ended_at).is_not(None),
+                       col(Attempt.outcome).not_in([str(outcome) for outcome in NOT_FAILURES]))
+                .order_by(col(Attempt.job_id), col(Attempt.number))).all():
+            if number > budget[job_id]:
+                found[job_id].append(Ended(Outcome(outcome), exit_code, sig, site))
+    return found
 
 
 def policy_of(config: TowerConfig, spec: ProductionSpec) -> tuple[str, Policy]:
@@ -62,42 +78,81 @@ def policy_of(config: TowerConfig, spec: ProductionSpec) -> tuple[str, Policy]:
     return name, config.policies[name]
 
 
+@dataclass(frozen=True)
+class _Move:
+    """What applying a decision does to its job; jobs with equal moves move in one statement."""
+
+    current: JobState
+    target: JobState
+    reason: str
+    #: The job's fields set with the move, as sorted (name, value) pairs (lists as tuples).
+    fields: tuple[tuple[str, Any], ...]
+
+    def apply(self, session: Session, job_ids: list[int]) -> list[int]:
+        fields = {name: list(value) if isinstance(value, tuple) else value
+                  for name, value in self.fields}
+        return move_jobs(session, job_ids, self.current, self.target, self.reason, **fields)
+
+
 def settle(session: Session, config: TowerConfig, job: Job, spec: ProductionSpec,
            attempt: Attempt) -> Decision | None:
     """Decide and apply what follows the ended `attempt` of `job`; None when nothing is
     to be decided (the job was cancelled, or moved on meanwhile)."""
-    assert job.id is not None and attempt.outcome is not None
-    outcome = Outcome(attempt.outcome)
-    if outcome in NOT_FAILURES or job.attempt != attempt.number or job.state not in SETTLED_FROM:
-        return None
-    name, policy = policy_of(config, spec)
-    decision = decide(policy, history(session, job), spec.retry.max_attempts)
-    if not _move(session, job, spec, attempt, decision, config):
-        return None
-    _record(session, job, attempt.number, name, outcome, decision, spec.name)
-    log.info("attempt ended %s (%r): %s", outcome, attempt.reason, decision.reason,
-             extra=about(spec.name, job.id, attempt.number))
-    return decision
-
-
-def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
-          decision: Decision, config: TowerConfig) -> bool:
-    """Apply `decision`; a retry grown past what every allowed site's pilots can hold (its
-    memory or walltime) is held instead, with why: no pilot would ever take it."""
     assert job.id is not None
+    return settle_all(session, config, [(job, spec, attempt)]).get(job.id)
+
+
+def settle_all(session: Session, config: TowerConfig,
+               ended_attempts: Sequence[tuple[Job, ProductionSpec, Attempt]]
+               ) -> dict[int, Decision]:
+    """`settle` for many ended attempts (one each of distinct jobs) in a fixed number of
+    statements: the histories read at once, the jobs with equal moves moved together,
+    the decisions recorded in one insert. Returns the decision of each job moved."""
+    due = [(job, spec, attempt) for job, spec, attempt in ended_attempts
+           if attempt.outcome is not None and Outcome(attempt.outcome) not in NOT_FAILURES
+           and job.attempt == attempt.number and job.state in SETTLED_FROM]
+    pasts = histories(session, [job for job, _, _ in due])
+    now = utcnow()
+    plans: dict[_Move, list[tuple[Job, ProductionSpec, Attempt, str, Decision]]] = {}
+    for job, spec, attempt in due:
+        assert job.id is not None
+        name, policy = policy_of(config, spec)
+        decision = decide(policy, pasts[job.id], spec.retry.max_attempts)
+        plans.setdefault(_plan(job, spec, attempt, decision, config, now), []).append(
+            (job, spec, attempt, name, decision))
+    settled: dict[int, Decision] = {}
+    rows: list[dict[str, Any]] = []
+    for move, members in plans.items():
+        moved = set(move.apply(session, [job.id for job, *_ in members if job.id is not None]))
+        for job, spec, attempt, name, decision in members:
+            if job.id not in moved:
+                continue
+            outcome = Outcome(attempt.outcome or "")
+            rows += _record(job, attempt.number, name, outcome, decision, spec.name, now)
+            log.info("attempt ended %s (%r): %s", outcome, attempt.reason, decision.reason,
+                     extra=about(spec.name, job.id, attempt.number))
+            settled[job.id] = decision
+    if rows:
+        session.execute(insert(RetryDecision), rows)
+    return settled
+
+
+def _plan(job: Job, spec: ProductionSpec, attempt: Attempt, decision: Decision,
+          config: TowerConfig, now: datetime) -> _Move:
+    """How to apply `decision`; a retry grown past what every allowed site's pilots can
+    hold (its memory or walltime) is held instead, with why: no pilot would ever take it."""
     reason = decision.reason
     if decision.action is Action.FAIL:
-        return bool(move_jobs(session, [job.id], job.state, JobState.FAILED, reason,
-                              message=reason))
+        return _Move(job.state, JobState.FAILED, reason, (("message", reason),))
     if decision.action is Action.HOLD:
-        return bool(move_jobs(session, [job.id], job.state, JobState.HELD, reason,
-                              message=reason))
-    fields: dict[str, Any] = {"site": None, "not_before": later(decision.delay),
+        return _Move(job.state, JobState.HELD, reason, (("message", reason),))
+    fields: dict[str, Any] = {"site": None,
+                              "not_before": now + timedelta(seconds=decision.delay),
                               "message": reason, "only_site": None}
     if decision.action is Action.RETRY_HERE:
         fields["only_site"] = attempt.site
     if decision.action is Action.RETRY_ELSEWHERE:
-        fields["avoid_sites"] = sorted({*(job.avoid_sites or []), attempt.site})
+        fields["avoid_sites"] = tuple(sorted({*(job.avoid_sites or []), attempt.site}))
     current = needs_of(spec).grown(job.memory, job.walltime)
     if decision.walltime_factor:
         grown = int(current.walltime * decision.walltime_factor)
@@ -113,13 +168,13 @@ def _move(session: Session, job: Job, spec: ProductionSpec, attempt: Attempt,
             field, why = stuck
             reason = (f"{reason}, but grown so it fits no allowed site ({why}): held; "
                       f"`tower release` retries it with its {field} as it was")[:500]
-            return bool(move_jobs(session, [job.id], job.state, JobState.HELD, reason,
-                                  message=reason))
-    return bool(move_jobs(session, [job.id], job.state, JobState.DEFINED, reason, **fields))
+            return _Move(job.state, JobState.HELD, reason, (("message", reason),))
+    return _Move(job.state, JobState.DEFINED, reason, tuple(sorted(fields.items())))
 
 
-def _record(session: Session, job: Job, number: int, policy: str, outcome: Outcome,
-            decision: Decision, production: str) -> None:
+def _record(job: Job, number: int, policy: str, outcome: Outcome, decision: Decision,
+            production: str, now: datetime) -> list[dict[str, Any]]:
+    """The RetryDecision rows of `decision`, passive rules' before it."""
     rows = []
     for taken in (*decision.passive, decision):
         passive = taken is not decision
@@ -129,8 +184,8 @@ def _record(session: Session, job: Job, number: int, policy: str, outcome: Outco
         rows.append({"job_id": job.id, "production_id": job.production_id, "attempt": number,
                      "policy": policy, "rule": taken.rule, "outcome": str(outcome),
                      "action": str(taken.action), "passive": passive, "delay": taken.delay,
-                     "reason": taken.reason[:500], "at": utcnow()})
-    session.execute(insert(RetryDecision), rows)
+                     "reason": taken.reason[:500], "at": now})
+    return rows
 
 
 def end_attempt(session: Session, attempt: Attempt, outcome: Outcome, reason: str,
@@ -158,23 +213,39 @@ def _code(outcome: str, attempt: Attempt) -> int:
     return 0
 
 
-def _settle_ended(session: Session, config: TowerConfig, ended_attempts: Iterable[Attempt]
+def _settle_ended(session: Session, config: TowerConfig, ended_attempts: Sequence[Attempt],
+                  loaded: tuple[dict[int, Job], dict[int, Production]] | None = None
                   ) -> list[int]:
-    """Settle attempts just ended by the tower itself; returns the ids of jobs moved."""
-    specs: dict[int, ProductionSpec] = {}
-    moved = []
+    """Settle attempts just ended by the tower itself (`loaded`: their jobs and productions,
+    if read already); returns the ids of jobs moved."""
+    jobs, productions_by_id = loaded or _load_jobs(session, ended_attempts)
+    specs = {pid: ProductionSpec.model_validate(production.spec)
+             for pid, production in productions_by_id.items()}
+    batch = []
     for attempt in ended_attempts:
         session.add(attempt)
-        job = session.get(Job, attempt.job_id)
-        if job is None:
-            continue
-        if job.production_id not in specs:
-            production = session.get(Production, job.production_id)
-            assert production is not None
-            specs[job.production_id] = ProductionSpec.model_validate(production.spec)
-        if settle(session, config, job, specs[job.production_id], attempt) is not None:
-            moved.append(attempt.job_id)
-    return moved
+        job = jobs.get(attempt.job_id)
+        if job is not None:
+            batch.append((job, specs[job.production_id], attempt))
+    settled = settle_all(session, config, batch)
+    return [attempt.job_id for attempt in ended_attempts if attempt.job_id in settled]
+
+
+def _load_jobs(session: Session, attempts: Sequence[Attempt]
+               ) -> tuple[dict[int, Job], dict[int, Production]]:
+    """The jobs of `attempts` and their productions, read in a few queries (the session
+    holds them only weakly: the caller keeps them while it works on them)."""
+    ids = sorted({attempt.job_id for attempt in attempts})
+    jobs: dict[int, Job] = {}
+    for start in range(0, len(ids), 5000):
+        jobs.update((job.id, job) for job in session.exec(
+            select(Job).where(col(Job.id).in_(ids[start:start + 5000]))).all()
+            if job.id is not None)
+    wanted = {job.production_id for job in jobs.values()}
+    found = session.exec(select(Production).where(col(Production.id).in_(wanted))).all() \
+        if wanted else []
+    return jobs, {production.id: production for production in found
+                  if production.id is not None}
 
 
 def lose_silent(session: Session, config: TowerConfig, older_than: datetime) -> list[int]:
@@ -182,10 +253,8 @@ def lose_silent(session: Session, config: TowerConfig, older_than: datetime) -> 
     silent = session.exec(select(Attempt).where(
         col(Attempt.ended_at).is_(None), col(Attempt.heartbeat_at) < older_than)
         .with_for_update(skip_locked=True)).all()
-    for attempt in silent:
-        end_attempt(session, attempt, Outcome.LOST_HEARTBEAT,
-                    f"no heartbeat since {attempt.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC")
-    return _settle_ended(session, config, silent)
+    return _lose(session, config, silent, Outcome.LOST_HEARTBEAT, [
+        f"no heartbeat since {attempt.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" for attempt in silent])
 
 
 def lose_pilot_work(session: Session, config: TowerConfig, pilot_id: str, outcome: Outcome,
@@ -194,9 +263,35 @@ def lose_pilot_work(session: Session, config: TowerConfig, pilot_id: str, outcom
     open_attempts = session.exec(select(Attempt).where(
         Attempt.pilot_id == pilot_id, col(Attempt.ended_at).is_(None))
         .with_for_update(skip_locked=True)).all()
-    for attempt in open_attempts:
-        end_attempt(session, attempt, outcome, reason)
-    return _settle_ended(session, config, open_attempts)
+    return _lose(session, config, open_attempts, outcome, [reason] * len(open_attempts))
+
+
+#: Ends open attempts, many in one statement (executemany).
+_END = (update(Attempt.__table__)  # type: ignore[attr-defined]
+        .where(Attempt.__table__.c.id == bindparam("b_id"))  # type: ignore[attr-defined]
+        .values(outcome=bindparam("b_outcome"), reason=bindparam("b_reason"),
+                ended_at=bindparam("b_ended_at")))
+
+
+def _lose(session: Session, config: TowerConfig, attempts: Sequence[Attempt],
+          outcome: Outcome, reasons: list[str]) -> list[int]:
+    """End open attempts (read from the database, never ended) as `outcome`, as
+    `end_attempt` would but in one statement, and settle them; returns the jobs moved."""
+    loaded = _load_jobs(session, attempts)
+    jobs = loaded[0]
+    now = utcnow()
+    rows = []
+    for attempt, reason in zip(attempts, reasons, strict=True):
+        job = jobs[attempt.job_id]
+        tally.attempt_ended(session, job.production_id, attempt.site, outcome,
+                            _code(outcome, attempt), job.events, now)
+        values = {"outcome": outcome, "reason": reason[:500], "ended_at": now}
+        rows.append({"b_id": attempt.id, **{f"b_{name}": value for name, value in values.items()}})
+        for name, value in values.items():  # written by _END below, not by the session's flush
+            set_committed_value(attempt, name, value)
+    if rows:
+        session.execute(_END, rows)
+    return _settle_ended(session, config, attempts, loaded)
 
 
 def time_out_claims(session: Session, config: TowerConfig, older_than: datetime) -> list[int]:
