@@ -70,8 +70,9 @@ def test_prune_coarsens_a_finished_production_and_keeps_what_is_read(
         events = session.execute(select(func.count()).select_from(JobEvent)).scalar_one()
     dry = run_cli(tower, capsys, "db", "prune", "--dry-run")
     assert dry["productions"] == ["toy"] and dry["dry_run"] is True
-    # five moves a job (assigned, queued, running, staging, done): four go, the last stays
-    assert dry["job_events"] == events - 4 == 16
+    # four or five moves a job (assigned, [queued,] running, staging, done: a pilot may
+    # claim before the broker's confirmation is recorded); all go but each job's last
+    assert dry["job_events"] == events - 4 and events >= 4 * 4
     with Session(tower.runtime.engine) as session:  # a dry run changes nothing
         assert session.execute(select(func.count()).select_from(JobEvent)).scalar_one() == events
     done = run_cli(tower, capsys, "db", "prune")
