@@ -33,7 +33,7 @@ a job it no longer knows with 404: such a pilot has ended.
 | RUNNING, EXITINGLRMS, KILLING                     | running |                                    |
 | EXECUTED, FINISHING, FINISHED, WIPED              | ended   | pilot_vanished                     |
 | KILLED                                            | ended   | pilot_killed                       |
-| FAILED, error names the wall or CPU time limit, or it used its walltime | ended | pilot_killed (its own walltime) |
+| FAILED, error names a time limit, or it used its walltime | ended | pilot_killed (its walltime) |
 | FAILED, error names memory                        | ended   | out_of_memory                      |
 | FAILED, any other error (staging, LRMS submit)    | ended   | node_failure                       |
 | unknown to the CE (404)                           | ended   | pilot_vanished                     |
