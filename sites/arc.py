@@ -11,7 +11,7 @@ authentication), with `requests`; no ARC client is installed. A pilot is one ARC
    and is renewed in place (`?action=renew`, same id, so the CE renews it for every
    job that names it) once less than `proxy_renewal` remains.
 2. The job description, in xRSL, is posted to `/jobs?action=new`. It names the queue,
-   the walltime (minutes, rounded up), the cores (`count`, on one node), the memory
+   the walltime (in seconds, ARC's "N seconds"), the cores (`count`, on one node), the memory
    per core, the runtime environments, the delegation, and the job's executable:
 3. `gridtower-pilot.sh`, an input file like the pilot's credential and the tower's CA,
    uploaded to the job's session directory (`PUT /jobs/ID/session/NAME`); the CE
@@ -33,7 +33,7 @@ a job it no longer knows with 404: such a pilot has ended.
 | RUNNING, EXITINGLRMS, KILLING                     | running |                                    |
 | EXECUTED, FINISHING, FINISHED, WIPED              | ended   | pilot_vanished                     |
 | KILLED                                            | ended   | pilot_killed                       |
-| FAILED, error names the wall or CPU time limit    | ended   | pilot_killed (its own walltime)    |
+| FAILED, error names a time limit, or it used its walltime | ended | pilot_killed (its walltime) |
 | FAILED, error names memory                        | ended   | out_of_memory                      |
 | FAILED, any other error (staging, LRMS submit)    | ended   | node_failure                       |
 | unknown to the CE (404)                           | ended   | pilot_vanished                     |
@@ -245,7 +245,8 @@ class ArcBatch:
         attributes: list[tuple[str, list[str] | list[list[str]]]] = [
             ("executable", [SCRIPT]),
             ("jobname", [f"gridtower-{self.site.name}-{request.pilot_id[:12]}"]),
-            ("walltime", [str(max(1, math.ceil(shape.walltime / 60)))]),
+            # in seconds: the CE's limit is then the pilot's own, not rounded up to minutes
+            ("walltime", [f"{shape.walltime} seconds"]),
             ("count", [str(shape.cores)]), ("countpernode", [str(shape.cores)]),
             *([("memory", [str(math.ceil(shape.memory / shape.cores))])]
               if shape.memory else []),
@@ -359,10 +360,8 @@ class ArcBatch:
         """ARC's error text of each job (its GLUE2 activity's Error lines)."""
         errors = {}
         for job in _all(self._jobs("info", _ids(job_ids))):
-            activity = job.get("info_document", {}).get("ComputingActivity", {})
-            lines = activity.get("Error", [])
-            errors[str(job.get("id"))] = "; ".join(
-                [lines] if isinstance(lines, str) else [str(line) for line in lines])
+            errors[str(job.get("id"))] = failure(
+                job.get("info_document", {}).get("ComputingActivity", {}))
         return {job_id: errors.get(job_id, "") for job_id in job_ids}
 
     def _forget(self, job_ids: list[str]) -> None:
@@ -415,6 +414,23 @@ def status(state: str, error: str = "") -> BatchStatus:
                            if error else "FAILED", outcome=outcome)
     return BatchStatus(BatchState.ENDED, reason=state,
                        outcome=OUTCOMES.get(state, "pilot_vanished"))
+
+
+def failure(activity: dict[str, Any]) -> str:
+    """ARC's error text of a failed job (its GLUE2 activity), and whether it used up its
+    walltime: the fork back end enforces that as a CPU-time limit (`ulimit -t`), whose
+    kill the CE reports only as an exit code ("137 != 0")."""
+    lines = activity.get("Error", [])
+    text = "; ".join([lines] if isinstance(lines, str) else [str(line) for line in lines])
+    used, asked = (_number(activity.get(key)) for key in ("UsedTotalWallTime",
+                                                          "RequestedTotalWallTime"))
+    if used is not None and asked and used >= asked:
+        text += f"{'; ' if text else ''}ran {used}s of its {asked}s walltime"
+    return text
+
+
+def _number(value: Any) -> int | None:
+    return int(value) if isinstance(value, str | int) and str(value).isdigit() else None
 
 
 def _values(values: Iterable[str] | Iterable[list[str]]) -> str:

@@ -131,6 +131,41 @@ def test_a_pilot_killed_through_the_ce_is_mapped_and_its_job_retried(
     assert decision.action == "retry"
 
 
+#: A pilot's process that burns CPU (bounded: the CE's limit ends it far sooner).
+BURN = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def test_a_pilot_past_its_walltime_is_ended_by_the_ce_and_mapped_pilot_killed(
+        arc_ce: ArcCE, tmp_path: Path) -> None:
+    # the fork back end enforces the job's walltime as a CPU-time limit (ulimit -t) of
+    # each of its processes: the pilot's own process (the job script execs it) burns
+    # past its three seconds, and the kernel kills it
+    from sites.arc import ArcBatch
+    from sites.batch import BatchState, PilotRequest
+    from sites.config import SiteConfig
+    from sites.runner import LocalRunner
+
+    site = SiteConfig(**{**arc_site(arc_ce, tmp_path.name, pilot={
+        "slots": 1, "cores": 1, "walltime": "3s", "drain_margin": 1, "idle_timeout": 1}),
+        "name": "grid"})
+    batch = ArcBatch(site, LocalRunner())
+    job_id = batch.submit(PilotRequest("burner", [PYTHON, "-c", BURN]))
+    # the CE's information system says FAILED within about a minute
+    deadline = time.monotonic() + 150
+    seen = batch.statuses([job_id])[job_id]
+    while seen.state is not BatchState.ENDED and time.monotonic() < deadline:
+        time.sleep(1)
+        seen = batch.statuses([job_id])[job_id]
+    # what the CE says: FAILED, by the exit code of a process SIGKILLed at its hard
+    # limit, and that it used its walltime; sites.arc reads that as the pilot's walltime
+    assert batch._jobs("status", {"job": [{"id": job_id}]})["job"]["state"] == "FAILED"
+    assert seen.state is BatchState.ENDED and seen.outcome == "pilot_killed"
+    assert seen.reason is not None and "exit code - 137 != 0" in seen.reason
+    assert "walltime" in seen.reason
+    # the pilot's unfinished attempts get that outcome, which the standard policy retries
+    # at once (test_a_pilot_killed_through_the_ce_is_mapped_and_its_job_retried)
+
+
 def test_the_ce_stopped_mid_production_pauses_the_factory_until_it_is_back(
         arc_ce: ArcCE, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
     # one slot a pilot, room for three: the factory wants pilots while the CE is away

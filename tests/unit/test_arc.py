@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from sites.arc import SCRIPT, ArcBatch, status
+from sites.arc import SCRIPT, ArcBatch, failure, status
 from sites.batch import BATCH_SYSTEMS, BatchState, PilotRequest, open_batch_system
 from sites.config import SiteConfig
 from sites.proxy import PROXY_CERT_INFO, sign_proxy
@@ -59,7 +59,7 @@ def test_the_description_asks_what_the_site_says_and_holds_no_secret(
     text = batch.description(pilot_request(), "8c1e4a")
     assert batch.rest == "https://ce.example.org:443/arex/rest/1.0"
     for attribute in ('(executable="gridtower-pilot.sh")', '(queue="grid")',
-                      '(walltime="120")', '(count="4")', '(countpernode="4")',
+                      '(walltime="7200 seconds")', '(count="4")', '(countpernode="4")',
                       '(memory="2000")', '(runtimeenvironment="ENV/PROXY")',
                       '(delegationid="8c1e4a")', '(stdout="pilot.log")',
                       '(inputfiles=("gridtower-pilot.sh" "") ("5f1c0e9a8b7c6d5e.pem" "") '
@@ -127,6 +127,26 @@ def test_arc_states_map_to_pilot_states_and_outcomes(state: str, error: str,
                                                      outcome: str | None) -> None:
     seen = status(state, error)
     assert (seen.state, seen.outcome) == (pilot, outcome)
+
+
+@pytest.mark.parametrize(("activity", "error", "outcome"), [
+    # what the fork back end says of a pilot its CPU-time limit (ulimit -t) killed
+    ({"Error": "LRMS error: (137) Job finished with wrong exit code - 137 != 0",
+      "ExitCode": "137", "RequestedTotalWallTime": "3", "UsedTotalWallTime": "4"},
+     "LRMS error: (137) Job finished with wrong exit code - 137 != 0; ran 4s of its 3s "
+     "walltime", "pilot_killed"),
+    ({"Error": ["LRMS error: (137) Job finished with wrong exit code - 137 != 0"],
+      "RequestedTotalWallTime": "600", "UsedTotalWallTime": "40"},
+     "LRMS error: (137) Job finished with wrong exit code - 137 != 0", "node_failure"),
+    ({"RequestedTotalWallTime": "60", "UsedTotalWallTime": "60"}, "ran 60s of its 60s walltime",
+     "pilot_killed"),
+    ({"Error": "Failed in files download", "UsedTotalWallTime": "9"},
+     "Failed in files download", "node_failure"),
+])
+def test_a_failed_job_that_used_its_walltime_is_the_ces_time_limit(
+        activity: dict[str, object], error: str, outcome: str) -> None:
+    assert failure(activity) == error
+    assert status("FAILED", error).outcome == outcome
 
 
 def test_a_robot_key_others_may_read_is_refused_at_load(robot: tuple[Path, Path],
