@@ -70,6 +70,11 @@ class ArcCE:
     stranger_key: Path
 
     @property
+    def code(self) -> Path:
+        """The pilot package and the example simulation, readable by the pilots."""
+        return self.directory / "code"
+
+    @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "ARC_CONFIG": str(self.directory / "arc.conf")}
 
@@ -276,7 +281,21 @@ def arc_ce_session() -> Iterator[ArcCE]:
     of /tmp the pilots (nobody) may enter, unlike pytest's own."""
     directory = Path(tempfile.mkdtemp(prefix="gridtower-arcce-"))
     try:
+        _copy_code(directory / "code")
         with running_ce(directory) as ce:
             yield ce
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _copy_code(code: Path) -> None:
+    """The pilot package and the example simulation where the pilots (nobody) can read
+    them: the checkout itself may lie below a directory only root may enter (a clone in
+    a `mktemp -d` directory, as CI's may be)."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "pilots", code / "pilots",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "examples").mkdir()
+    shutil.copy2(root / "examples" / "toysim.py", code / "examples" / "toysim.py")
+    for path in (code, *code.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)

@@ -165,11 +165,12 @@ def live_tower(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Live
 
 
 def toy_production(directory: Path, name: str = "toy", jobs: int = 6, events: int = 200,
-                   sleep: float = 0.0, **extra: Any) -> Path:
-    """A production of the example toy simulation, `jobs` jobs of `events` events."""
+                   sleep: float = 0.0, examples: Path = EXAMPLES, **extra: Any) -> Path:
+    """A production of the example toy simulation (in `examples`), `jobs` jobs of `events`
+    events."""
     import yaml
 
-    command = ["${python}", str(EXAMPLES / "toysim.py"), "--steering", "steering.json",
+    command = ["${python}", str(examples / "toysim.py"), "--steering", "steering.json",
                "--output-dir", "${output_dir}"]
     if sleep:
         command += ["--sleep-per-event", str(sleep)]

@@ -21,7 +21,6 @@ from sqlmodel import Session, select
 from tests.arcce import PYTHON, ArcCE
 from tests.conftest import tls_api
 from tests.integration.conftest import (
-    EXAMPLES,
     LiveTower,
     assert_done_exactly_once,
     toy_production,
@@ -33,15 +32,15 @@ from tower.retries.outcomes import Outcome
 
 pytestmark = [pytest.mark.arc, pytest.mark.one_database, pytest.mark.xdist_group("arc")]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def arc_site(ce: ArcCE, name: str, **changes: Any) -> dict[str, Any]:
-    """A site that is the CE; its pilots (nobody) run this tree with Debian's python3."""
+    """A site that is the CE; its pilots (nobody) run a copy of this tree's pilot package
+    with Debian's python3."""
     site: dict[str, Any] = {
         "batch": "arc", "batch_options": ce.site_options(),
         "pilot_command": [PYTHON, "-m", "pilots.main"],
-        "setup": [f"export PYTHONPATH={shlex.quote(str(ROOT))}"],
+        "setup": [f"export PYTHONPATH={shlex.quote(str(ce.code))}"],
         "pilot": {"slots": 2, "cores": 2, "walltime": "10m", "drain_margin": 5,
                   "idle_timeout": 5},
         "limits": {"max_queued": 2, "max_running": 3, "max_per_cycle": 2, "error_pause": 2},
@@ -75,7 +74,7 @@ def test_a_production_of_20_jobs_runs_through_the_arc_ce(
         tmp_path: Path) -> None:
     tower = live_tower(site=arc_site(arc_ce, tmp_path.name), broker=amqp_url,
                        api=https_home(tmp_path / "home"))
-    tower.submit(toy_production(tmp_path, jobs=20, events=50))
+    tower.submit(toy_production(tmp_path, jobs=20, events=50, examples=arc_ce.code / "examples"))
     tower.drive(tower.all_ended, timeout=240, pause=0.5)
     assert_done_exactly_once(tower.runtime.engine, jobs=20)
     pilots = pilots_of(tower)
@@ -102,7 +101,7 @@ def test_a_pilot_killed_through_the_ce_is_mapped_and_its_job_retried(
     # the first attempt outlasts what the CE takes to say KILLED (its information system
     # refreshes once a minute); the retry runs at once
     command = ["/bin/sh", "-c", 'if [ "$$1" = 1 ]; then sleep 150; fi; shift; exec "$$@"',
-               "payload", "${attempt}", "${python}", str(EXAMPLES / "toysim.py"),
+               "payload", "${attempt}", "${python}", str(arc_ce.code / "examples" / "toysim.py"),
                "--steering", "steering.json", "--output-dir", "${output_dir}"]
     tower.submit(toy_production(tmp_path, jobs=1, events=50, command=command))
     victim = tower.running_attempt(timeout=120)
@@ -172,7 +171,8 @@ def test_the_ce_stopped_mid_production_pauses_the_factory_until_it_is_back(
     tower = live_tower(site=arc_site(arc_ce, tmp_path.name, pilot={
         "slots": 1, "walltime": "10m", "drain_margin": 5, "idle_timeout": 5}, limits={
         "max_queued": 1, "max_running": 3, "max_per_cycle": 1, "error_pause": 3}))
-    tower.submit(toy_production(tmp_path, jobs=10, events=200, sleep=0.01))
+    tower.submit(toy_production(tmp_path, jobs=10, events=200, sleep=0.01,
+                                examples=arc_ce.code / "examples"))
     first = tower.running_attempt(timeout=120)
     arc_ce.stop()
     stopped = time.monotonic()
@@ -204,7 +204,7 @@ def test_a_certificate_the_ce_refuses_is_a_clear_error_without_a_retry_storm(
                                   key=str(arc_ce.stranger_key))
     tower = live_tower(site=arc_site(arc_ce, tmp_path.name, batch_options=options, limits={
         "max_queued": 2, "max_running": 2, "max_per_cycle": 2, "error_pause": 600}))
-    tower.submit(toy_production(tmp_path, jobs=4))
+    tower.submit(toy_production(tmp_path, jobs=4, examples=arc_ce.code / "examples"))
     tower.cycles(10, pause=0.1)
     pilots = pilots_of(tower)
     assert len(pilots) == 2 and all(pilot.state not in PILOT_ACTIVE for pilot in pilots)
