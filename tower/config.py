@@ -144,6 +144,9 @@ class MonitorSettings(Strict):
     #: home), and the largest gzipped log kept in the database instead.
     logs_dir: str = Field(default="attempt-logs", min_length=1)
     logs_in_database: int = Field(default=64 * 1024, ge=0)
+    #: A name from storage.destinations to keep those logs at instead of `logs_dir`
+    #: (under `attempt-logs/` there).
+    logs_destination: str | None = None
     #: Days an attempt's full log is kept (its tail stays with the attempt).
     log_retention_days: int = Field(default=30, gt=0)
     #: Days a site queue's history is kept (minute by minute for the last week, hour by
@@ -310,6 +313,11 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
             raise ConfigError(f"{path}: storage.default: {name!r} is not a destination "
                               f"(known: {', '.join(storage.destinations) or 'none'})",
                               field="storage.default")
+    logs_destination = raw.monitor.logs_destination
+    if logs_destination is not None and logs_destination not in storage.destinations:
+        raise ConfigError(f"{path}: monitor.logs_destination: {logs_destination!r} is not a "
+                          f"destination (known: {', '.join(storage.destinations) or 'none'})",
+                          field="monitor.logs_destination")
     sites_path = _resolve(raw.sites, home)
     sites = {name: _check_site(site, sites_path) for name, site in load_sites(sites_path).items()}
     for site in sites.values():

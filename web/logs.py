@@ -33,7 +33,7 @@ def ship(pilot_id: str, job_id: int, attempt: int) -> Any:
     cut = whole_number("cut", 0, 0, MAX_CUT)
     runtime = _runtime()
     with transaction(runtime.engine) as session:
-        entry = attempt_logs.accept(session, runtime.config, pilot_id, job_id, attempt,
+        entry = attempt_logs.accept(session, runtime, pilot_id, job_id, attempt,
                                     request.get_data(cache=False), cut)
         return jsonify({"job": job_id, "attempt": attempt, "size": entry.size,
                         "compressed": entry.compressed, "truncated": entry.truncated})
@@ -45,7 +45,7 @@ def whole(job_id: int, attempt: int) -> Any:
     """An attempt's whole log, as plain text."""
     runtime = _runtime()
     with Session(runtime.engine) as session:
-        text = attempt_logs.read(session, runtime.config, job_id, attempt)
+        text = attempt_logs.read(session, runtime, job_id, attempt)
     return Response(text, mimetype="text/plain", headers={
         "Content-Disposition": f'inline; filename="job{job_id}.{attempt}.log"',
         "X-Content-Type-Options": "nosniff"})

@@ -343,5 +343,5 @@ def test_finished_attempts_logs_go_after_the_retention(tower: LiveTower) -> None
     with Session(tower.runtime.engine) as session, session.begin():
         session.execute(update(AttemptLog).values(created_at=utcnow() - timedelta(days=31)))
     with Session(tower.runtime.engine) as session, session.begin():
-        assert attempt_logs.prune(session, tower.runtime.config) == 8
+        assert attempt_logs.prune(session, tower.runtime) == 8
     assert list((tower.home / "attempt-logs").glob("*.gz")) == []

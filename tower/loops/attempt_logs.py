@@ -5,13 +5,15 @@ A pilot is not trusted. It may send the log of an attempt it runs (or ran within
 LATE_AFTER_END), once; the body is gzip and is bounded twice: as sent, and once
 uncompressed (read with a bounded inflater, so a gzip bomb costs the tower no more than
 its site's `log_bytes`). A small log is kept in the database; a bigger one in the
-tower's log store, under a name the tower makes from the job and attempt numbers.
+tower's log store (`Runtime.log_store`: a destination, or a directory of the tower's home),
+through the transfer seam, under a name the tower makes from the job and attempt numbers.
 """
 
 from __future__ import annotations
 
 import gzip
-import os
+import logging
+import tempfile
 import zlib
 from datetime import timedelta
 from pathlib import Path
@@ -21,10 +23,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from catalog.timeutil import utcnow
-from tower.config import TowerConfig
-from tower.errors import Conflict, GridtowerError, NotFound, SpecError
+from tower.errors import Conflict, GridtowerError, NotFound, SpecError, TransferError
 from tower.loops.presence import aware
 from tower.model.models import Attempt, AttemptLog
+from tower.runtime import Runtime
 
 #: A pilot may still send an attempt's log this long after the attempt ended (its
 #: report may have reached the tower first).
@@ -34,6 +36,8 @@ MARKER_ROOM = 200
 #: Logs dropped per call of `prune` at most (the next cycle drops the rest).
 PRUNE_BATCH = 1000
 
+log = logging.getLogger(__name__)
+
 
 class LogTooLarge(GridtowerError):
     """The log is over its site's bound."""
@@ -41,14 +45,22 @@ class LogTooLarge(GridtowerError):
     status = 413
 
 
-def store(config: TowerConfig) -> Path:
-    """The directory of the logs too big for the database."""
-    return config.home / config.monitor.logs_dir
+#: The directory of the logs at a destination (`monitor.logs_destination`).
+AT_DESTINATION = "attempt-logs"
 
 
-def accept(session: Session, config: TowerConfig, pilot_id: str, job_id: int, number: int,
+def stored_name(runtime: Runtime, job_id: int, number: int) -> str:
+    """The log's name in the log store, made by the tower alone."""
+    name = f"{job_id}.{number}.log.gz"
+    if runtime.config.monitor.logs_destination is None:
+        return name  # the store is the directory itself
+    return f"{AT_DESTINATION}/{name}"
+
+
+def accept(session: Session, runtime: Runtime, pilot_id: str, job_id: int, number: int,
            body: bytes, cut: int) -> AttemptLog:
     """Keep the log `body` (gzip) of attempt `number` of `job_id`, sent by `pilot_id`."""
+    config = runtime.config
     attempt = session.exec(select(Attempt).where(
         col(Attempt.job_id) == job_id, col(Attempt.number) == number)).first()
     # another pilot's attempt is as absent as one that does not exist: nothing told
@@ -73,7 +85,7 @@ def accept(session: Session, config: TowerConfig, pilot_id: str, job_id: int, nu
     if small:
         entry.data = body
     else:
-        entry.stored = f"{job_id}.{number}.log.gz"
+        entry.stored = stored_name(runtime, job_id, number)
     session.add(entry)
     try:
         session.flush()
@@ -82,7 +94,11 @@ def accept(session: Session, config: TowerConfig, pilot_id: str, job_id: int, nu
                        field="attempt") from None
     if not small:
         assert entry.stored is not None
-        _write(store(config) / entry.stored, body)
+        # a failed copy raises, and the row goes with the transaction
+        with tempfile.TemporaryDirectory(prefix="gridtower-log-") as scratch:
+            local = Path(scratch) / "log.gz"
+            local.write_bytes(body)
+            runtime.log_store().put(str(local), entry.stored)
     return entry
 
 
@@ -105,23 +121,13 @@ def _inflated_size(body: bytes, bound: int, site: str) -> int:
     return size
 
 
-def _write(path: Path, body: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as stream:
-        stream.write(body)
-        stream.flush()
-        os.fsync(stream.fileno())
-    partial.replace(path)
-
-
 def find(session: Session, job_id: int) -> dict[int, AttemptLog]:
     """The kept logs of a job's attempts, by attempt number (without their bytes)."""
     rows = session.exec(select(AttemptLog).where(col(AttemptLog.job_id) == job_id)).all()
     return {row.attempt: row for row in rows}
 
 
-def read(session: Session, config: TowerConfig, job_id: int, number: int) -> bytes:
+def read(session: Session, runtime: Runtime, job_id: int, number: int) -> bytes:
     """The whole log of an attempt, uncompressed."""
     entry = session.exec(select(AttemptLog).where(
         col(AttemptLog.job_id) == job_id, col(AttemptLog.attempt) == number)).first()
@@ -130,22 +136,35 @@ def read(session: Session, config: TowerConfig, job_id: int, number: int) -> byt
     if entry.data is not None:
         return gzip.decompress(entry.data)
     assert entry.stored is not None
-    try:
-        return gzip.decompress((store(config) / entry.stored).read_bytes())
-    except FileNotFoundError:
-        raise NotFound(f"the log of attempt {number} of job {job_id} is missing from the "
-                       "log store", field="attempt") from None
+    store = runtime.log_store()
+    with tempfile.TemporaryDirectory(prefix="gridtower-log-") as scratch:
+        local = Path(scratch) / "log.gz"
+        try:
+            store.get(entry.stored, str(local))
+        except TransferError:
+            # asked only on failure: a stat reads the whole file for its checksum
+            if store.stat(entry.stored) is not None:
+                raise
+            raise NotFound(f"the log of attempt {number} of job {job_id} is missing from "
+                           "the log store", field="attempt") from None
+        return gzip.decompress(local.read_bytes())
 
 
-def prune(session: Session, config: TowerConfig) -> int:
-    """Drop logs older than the retention (their files too); returns how many."""
-    before = utcnow() - timedelta(days=config.monitor.log_retention_days)
+def prune(session: Session, runtime: Runtime) -> int:
+    """Drop logs older than the retention (their files in the log store too); returns how
+    many. A file the store fails to remove keeps its row, for the next cycle."""
+    before = utcnow() - timedelta(days=runtime.config.monitor.log_retention_days)
     old = session.execute(select(col(AttemptLog.id), col(AttemptLog.stored)).where(
         col(AttemptLog.created_at) < before).limit(PRUNE_BATCH)).all()
-    if not old:
-        return 0
-    session.execute(delete(AttemptLog).where(col(AttemptLog.id).in_([i for i, _ in old])))
-    for _, stored in old:
+    gone = []
+    for row_id, stored in old:
         if stored:
-            (store(config) / stored).unlink(missing_ok=True)
-    return len(old)
+            try:
+                runtime.log_store().remove(stored)
+            except TransferError as exc:
+                log.warning("cannot remove the attempt log %s: %s", stored, exc)
+                continue
+        gone.append(row_id)
+    if gone:
+        session.execute(delete(AttemptLog).where(col(AttemptLog.id).in_(gone)))
+    return len(gone)

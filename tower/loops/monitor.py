@@ -49,7 +49,7 @@ def run_once(runtime: Runtime) -> dict[str, int]:
     with transaction(runtime.engine) as session:
         tally.compact(session)
         history.coarsen(session, runtime.config.monitor.history_days)
-        attempt_logs.prune(session, runtime.config)
+        attempt_logs.prune(session, runtime)
     # each attempt's line, with its production, job and attempt, is the policy's decision
     if silent:
         log.warning("%d attempts lost: no heartbeat for %ss", len(silent),
