@@ -124,14 +124,11 @@ class Runtime:
         """Where `site`'s pilots leave outputs: over SFTP for a site reached by SSH."""
         return self._transfer(f"site {site}", site_storage(self.config.sites[site]))
 
-    def log_store(self) -> Transfer:
-        """Where attempts' logs too big for the database go: `monitor.logs_destination`, or
-        else `monitor.logs_dir` in the tower's home, as a local destination."""
-        monitor = self.config.monitor
-        if monitor.logs_destination is not None:
-            return self.transfer(monitor.logs_destination)
+    def log_directory(self) -> Transfer:
+        """`monitor.logs_dir` in the tower's home, where attempts' logs too big for the
+        database go without a `monitor.logs_destination`, as a local destination."""
         # keyed by the directory, so a reload that moves it opens the new one
-        directory = self.config.home / monitor.logs_dir
+        directory = self.config.home / self.config.monitor.logs_dir
         return self._transfer(f"logs {directory}", DestinationSettings(url=f"local:{directory}"))
 
     def _transfer(self, key: str, settings: DestinationSettings | None) -> Transfer:

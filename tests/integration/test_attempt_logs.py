@@ -70,7 +70,7 @@ def test_logs_are_kept_read_refused_and_pruned(database_url: str, tmp_path: Path
 
 
 def _one_attempt(runtime: Runtime) -> int:
-    """A job with one running attempt at site `local`, by pilot p1; returns the job's id."""
+    """A job with running attempts 1 and 2 at site `local`, by pilot p1; its id."""
     with transaction(runtime.engine) as session:
         made = production("p", [], ProductionState.ACTIVE)
         session.add(made)
@@ -78,7 +78,8 @@ def _one_attempt(runtime: Runtime) -> int:
         job = Job(production_id=made.id or 0, index=0, seed=1, first_event=0, events=10)
         session.add(job)
         session.flush()
-        session.add(Attempt(job_id=job.id or 0, number=1, pilot_id="p1", site="local"))
+        session.add_all([Attempt(job_id=job.id or 0, number=n, pilot_id="p1", site="local")
+                         for n in (1, 2)])
         return job.id or 0
 
 
@@ -90,7 +91,7 @@ def _stored_read_and_pruned(runtime: Runtime, root: Path) -> None:
     with transaction(runtime.engine) as session:
         entry = attempt_logs.accept(session, runtime, "p1", job_id, 1, gzip.compress(big), 0)
     name = f"attempt-logs/{job_id}.1.log.gz"
-    assert entry.stored == name and entry.data is None
+    assert entry.stored == f"logs:{name}" and entry.data is None
     assert (root / name).read_bytes() == gzip.compress(big)
     assert not (runtime.config.home / runtime.config.monitor.logs_dir).exists()
     shown = create_app(runtime).test_client().get(f"/jobs/{job_id}/attempts/1/log")
@@ -114,6 +115,35 @@ def test_big_logs_at_a_local_destination(database_url: str, tmp_path: Path) -> N
     runtime = Runtime.open(load_config(_home(tmp_path, database_url, "local:elsewhere")))
     try:
         _stored_read_and_pruned(runtime, tmp_path / "home" / "elsewhere")
+    finally:
+        runtime.close()
+
+
+def test_logs_stay_readable_where_they_were_kept_when_the_store_changes(
+        database_url: str, tmp_path: Path) -> None:
+    config = load_config(_home(tmp_path, database_url, "local:elsewhere"))
+    runtime = Runtime.open(config)
+    try:
+        job_id = _one_attempt(runtime)
+        first, second = os.urandom(20_000), os.urandom(20_000)
+        with transaction(runtime.engine) as session:
+            attempt_logs.accept(session, runtime, "p1", job_id, 1, gzip.compress(first), 0)
+        runtime.swap_config(config.model_copy(update={"monitor": config.monitor.model_copy(
+            update={"logs_destination": None})}))
+        with transaction(runtime.engine) as session:
+            attempt_logs.accept(session, runtime, "p1", job_id, 2, gzip.compress(second), 0)
+        directory = config.home / config.monitor.logs_dir
+        assert [p.name for p in directory.iterdir()] == [f"{job_id}.2.log.gz"]
+        with Session(runtime.engine) as session:
+            assert attempt_logs.read(session, runtime, job_id, 1) == first
+            assert attempt_logs.read(session, runtime, job_id, 2) == second
+        with transaction(runtime.engine) as session:
+            session.execute(update(AttemptLog).values(
+                created_at=utcnow() - timedelta(days=31)))
+        with transaction(runtime.engine) as session:
+            assert attempt_logs.prune(session, runtime) == 2
+        assert list(directory.iterdir()) == []
+        assert list((config.home / "elsewhere" / "attempt-logs").iterdir()) == []
     finally:
         runtime.close()
 

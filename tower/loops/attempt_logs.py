@@ -5,7 +5,7 @@ A pilot is not trusted. It may send the log of an attempt it runs (or ran within
 LATE_AFTER_END), once; the body is gzip and is bounded twice: as sent, and once
 uncompressed (read with a bounded inflater, so a gzip bomb costs the tower no more than
 its site's `log_bytes`). A small log is kept in the database; a bigger one in the
-tower's log store (`Runtime.log_store`: a destination, or a directory of the tower's home),
+tower's log store (`monitor.logs_destination`, or a directory of the tower's home),
 through the transfer seam, under a name the tower makes from the job and attempt numbers.
 """
 
@@ -27,6 +27,7 @@ from tower.errors import Conflict, GridtowerError, NotFound, SpecError, Transfer
 from tower.loops.presence import aware
 from tower.model.models import Attempt, AttemptLog
 from tower.runtime import Runtime
+from transfer.base import Transfer
 
 #: A pilot may still send an attempt's log this long after the attempt ended (its
 #: report may have reached the tower first).
@@ -50,11 +51,24 @@ AT_DESTINATION = "attempt-logs"
 
 
 def stored_name(runtime: Runtime, job_id: int, number: int) -> str:
-    """The log's name in the log store, made by the tower alone."""
+    """Where the log goes, made by the tower alone: `DESTINATION:attempt-logs/NAME` at a
+    destination, a bare name in the home's directory (see `_place`)."""
     name = f"{job_id}.{number}.log.gz"
-    if runtime.config.monitor.logs_destination is None:
-        return name  # the store is the directory itself
-    return f"{AT_DESTINATION}/{name}"
+    destination = runtime.config.monitor.logs_destination
+    if destination is None:
+        return name
+    return f"{destination}:{AT_DESTINATION}/{name}"
+
+
+def _place(runtime: Runtime, stored: str) -> tuple[Transfer, str]:
+    """The store holding `stored`, and its path there: each log names its own, so those
+    written before `logs_destination` changed are still read and pruned where they are.
+    KeyError: a destination no longer configured."""
+    # the path part is the tower's own and has no colon; a destination's name may
+    destination, colon, path = stored.rpartition(":")
+    if colon:
+        return runtime.transfer(destination), path
+    return runtime.log_directory(), stored
 
 
 def accept(session: Session, runtime: Runtime, pilot_id: str, job_id: int, number: int,
@@ -98,7 +112,8 @@ def accept(session: Session, runtime: Runtime, pilot_id: str, job_id: int, numbe
         with tempfile.TemporaryDirectory(prefix="gridtower-log-") as scratch:
             local = Path(scratch) / "log.gz"
             local.write_bytes(body)
-            runtime.log_store().put(str(local), entry.stored)
+            store, path = _place(runtime, entry.stored)
+            store.put(str(local), path)
     return entry
 
 
@@ -136,14 +151,18 @@ def read(session: Session, runtime: Runtime, job_id: int, number: int) -> bytes:
     if entry.data is not None:
         return gzip.decompress(entry.data)
     assert entry.stored is not None
-    store = runtime.log_store()
+    try:
+        store, path = _place(runtime, entry.stored)
+    except KeyError:
+        raise NotFound(f"the log of attempt {number} of job {job_id} is at a destination no "
+                       f"longer configured ({entry.stored})", field="attempt") from None
     with tempfile.TemporaryDirectory(prefix="gridtower-log-") as scratch:
         local = Path(scratch) / "log.gz"
         try:
-            store.get(entry.stored, str(local))
+            store.get(path, str(local))
         except TransferError:
             # asked only on failure: a stat reads the whole file for its checksum
-            if store.stat(entry.stored) is not None:
+            if store.stat(path) is not None:
                 raise
             raise NotFound(f"the log of attempt {number} of job {job_id} is missing from "
                            "the log store", field="attempt") from None
@@ -152,7 +171,8 @@ def read(session: Session, runtime: Runtime, job_id: int, number: int) -> bytes:
 
 def prune(session: Session, runtime: Runtime) -> int:
     """Drop logs older than the retention (their files in the log store too); returns how
-    many. A file the store fails to remove keeps its row, for the next cycle."""
+    many. A file the store fails to remove keeps its row, for the next cycle; one at a
+    destination no longer configured is left there."""
     before = utcnow() - timedelta(days=runtime.config.monitor.log_retention_days)
     old = session.execute(select(col(AttemptLog.id), col(AttemptLog.stored)).where(
         col(AttemptLog.created_at) < before).limit(PRUNE_BATCH)).all()
@@ -160,7 +180,11 @@ def prune(session: Session, runtime: Runtime) -> int:
     for row_id, stored in old:
         if stored:
             try:
-                runtime.log_store().remove(stored)
+                store, path = _place(runtime, stored)
+                store.remove(path)
+            except KeyError:
+                log.warning("the attempt log %s is left at a destination no longer "
+                            "configured", stored)
             except TransferError as exc:
                 log.warning("cannot remove the attempt log %s: %s", stored, exc)
                 continue
