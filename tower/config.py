@@ -308,16 +308,14 @@ def load_config(explicit: str | os.PathLike[str] | None = None, **overrides: Any
         "destinations": {name: _resolve_destination(name, destination, home, path)
                          for name, destination in raw.storage.destinations.items()},
     })
-    for name in storage.default:
+    named = [("storage.default", name) for name in storage.default]
+    if raw.monitor.logs_destination is not None:
+        named.append(("monitor.logs_destination", raw.monitor.logs_destination))
+    for field, name in named:
         if name not in storage.destinations:
-            raise ConfigError(f"{path}: storage.default: {name!r} is not a destination "
+            raise ConfigError(f"{path}: {field}: {name!r} is not a destination "
                               f"(known: {', '.join(storage.destinations) or 'none'})",
-                              field="storage.default")
-    logs_destination = raw.monitor.logs_destination
-    if logs_destination is not None and logs_destination not in storage.destinations:
-        raise ConfigError(f"{path}: monitor.logs_destination: {logs_destination!r} is not a "
-                          f"destination (known: {', '.join(storage.destinations) or 'none'})",
-                          field="monitor.logs_destination")
+                              field=field)
     sites_path = _resolve(raw.sites, home)
     sites = {name: _check_site(site, sites_path) for name, site in load_sites(sites_path).items()}
     for site in sites.values():
