@@ -30,6 +30,12 @@ from tower.runtime import Runtime
 from web.app import create_app
 
 
+def packed(data: bytes) -> bytes:
+    """`data` gzipped as a pilot ships it; with no time in its header, so that packing the
+    same bytes twice gives the same bytes (a second apart, the headers differed)."""
+    return gzip.compress(data, mtime=0)
+
+
 def test_logs_are_kept_read_refused_and_pruned(database_url: str, tmp_path: Path) -> None:
     runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url, {"pilot": {
         "slots": 1, "log_bytes": 50_000}}, monitor={"logs_in_database": 500})))
@@ -48,10 +54,10 @@ def test_logs_are_kept_read_refused_and_pruned(database_url: str, tmp_path: Path
                             ended_at=utcnow() - timedelta(hours=3)))
     small, big = b"short log\n", os.urandom(20_000)  # gzip cannot shrink it
     with transaction(engine) as session:
-        attempt_logs.accept(session, runtime, "p1", job_id, 1, gzip.compress(small), 0)
-        attempt_logs.accept(session, runtime, "p1", job_id, 2, gzip.compress(big), 0)
+        attempt_logs.accept(session, runtime, "p1", job_id, 1, packed(small), 0)
+        attempt_logs.accept(session, runtime, "p1", job_id, 2, packed(big), 0)
     with transaction(engine) as session, pytest.raises(Conflict, match="too long ago"):
-        attempt_logs.accept(session, runtime, "p1", job_id, 3, gzip.compress(small), 0)
+        attempt_logs.accept(session, runtime, "p1", job_id, 3, packed(small), 0)
     with Session(engine) as session:
         assert attempt_logs.read(session, runtime, job_id, 1) == small
         assert attempt_logs.read(session, runtime, job_id, 2) == big
@@ -59,7 +65,7 @@ def test_logs_are_kept_read_refused_and_pruned(database_url: str, tmp_path: Path
     assert kept[1].data is not None and kept[1].stored is None
     assert kept[2].stored == f"{job_id}.2.log.gz"
     directory = config.home / config.monitor.logs_dir
-    assert (directory / kept[2].stored).read_bytes() == gzip.compress(big)
+    assert (directory / kept[2].stored).read_bytes() == packed(big)
     with transaction(engine) as session:
         assert attempt_logs.prune(session, runtime) == 0
         session.execute(update(AttemptLog).values(created_at=utcnow() - timedelta(days=31)))
@@ -89,10 +95,10 @@ def _stored_read_and_pruned(runtime: Runtime, root: Path) -> None:
     job_id = _one_attempt(runtime)
     big = os.urandom(20_000)  # gzip cannot shrink it
     with transaction(runtime.engine) as session:
-        entry = attempt_logs.accept(session, runtime, "p1", job_id, 1, gzip.compress(big), 0)
+        entry = attempt_logs.accept(session, runtime, "p1", job_id, 1, packed(big), 0)
     name = f"attempt-logs/{job_id}.1.log.gz"
     assert entry.stored == f"logs:{name}" and entry.data is None
-    assert (root / name).read_bytes() == gzip.compress(big)
+    assert (root / name).read_bytes() == packed(big)
     assert not (runtime.config.home / runtime.config.monitor.logs_dir).exists()
     shown = create_app(runtime).test_client().get(f"/jobs/{job_id}/attempts/1/log")
     assert shown.status_code == 200 and shown.get_data() == big
@@ -127,11 +133,11 @@ def test_logs_stay_readable_where_they_were_kept_when_the_store_changes(
         job_id = _one_attempt(runtime)
         first, second = os.urandom(20_000), os.urandom(20_000)
         with transaction(runtime.engine) as session:
-            attempt_logs.accept(session, runtime, "p1", job_id, 1, gzip.compress(first), 0)
+            attempt_logs.accept(session, runtime, "p1", job_id, 1, packed(first), 0)
         runtime.swap_config(config.model_copy(update={"monitor": config.monitor.model_copy(
             update={"logs_destination": None})}))
         with transaction(runtime.engine) as session:
-            attempt_logs.accept(session, runtime, "p1", job_id, 2, gzip.compress(second), 0)
+            attempt_logs.accept(session, runtime, "p1", job_id, 2, packed(second), 0)
         directory = config.home / config.monitor.logs_dir
         assert [p.name for p in directory.iterdir()] == [f"{job_id}.2.log.gz"]
         with Session(runtime.engine) as session:
