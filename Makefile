@@ -17,9 +17,11 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo.sh
 
-# tests wait on towers, pilots and batch systems far more than they compute: TEST_WORKERS
-# processes share the two cores; the few that restart a shared service run alone afterwards
-TEST_WORKERS ?= 3
+# tests wait on towers, pilots and batch systems far more than they compute: TEST_WORKERS=3
+# runs them in three processes (about 10 minutes instead of 20 on two cores), but timing
+# tests then flake on a loaded machine (TLS keep-alive EOFs, a destination's return), so
+# the default is one process; the few that restart a shared service run alone afterwards
+TEST_WORKERS ?= 0
 test: install
 	scripts/services.sh
 	$(BIN)/pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup -m 'not faults_long and not serial'
