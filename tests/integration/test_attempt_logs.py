@@ -40,16 +40,8 @@ def test_logs_are_kept_read_refused_and_pruned(database_url: str, tmp_path: Path
     runtime = Runtime.open(load_config(write_home(tmp_path / "home", database_url, {"pilot": {
         "slots": 1, "log_bytes": 50_000}}, monitor={"logs_in_database": 500})))
     engine, config = runtime.engine, runtime.config
+    job_id = _one_attempt(runtime)
     with transaction(engine) as session:
-        made = production("p", [], ProductionState.ACTIVE)
-        session.add(made)
-        session.flush()
-        job = Job(production_id=made.id or 0, index=0, seed=1, first_event=0, events=10)
-        session.add(job)
-        session.flush()
-        job_id = job.id or 0
-        session.add_all([Attempt(job_id=job_id, number=n, pilot_id="p1", site="local")
-                         for n in (1, 2)])
         session.add(Attempt(job_id=job_id, number=3, pilot_id="p1", site="local",
                             ended_at=utcnow() - timedelta(hours=3)))
     small, big = b"short log\n", os.urandom(20_000)  # gzip cannot shrink it
