@@ -12,6 +12,7 @@ in web/server.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -42,6 +43,11 @@ MAX_HEAD_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024
 #: The longest a closed connection may take to hand its last bytes to its client.
 CLOSE_SECONDS = 2.0
+#: After refusing a request, what the front still reads and throws away of what the
+#: client is sending (nginx's "lingering close"): a client that writes its whole body
+#: before it reads, as requests does, otherwise meets a reset instead of the answer.
+LINGER_SECONDS = 10.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
@@ -165,6 +171,7 @@ class Front:
             await self._converse(stream, address, identity)
         except RequestError as error:
             await _refuse(stream, error)
+            await _linger(reader)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or was too slow: nothing to say to it
         except ssl.SSLError as error:
@@ -278,6 +285,17 @@ async def _refuse(stream: Stream, error: RequestError) -> None:
             await stream.drain()
     except (ConnectionError, TimeoutError, ssl.SSLError):
         pass
+
+
+async def _linger(reader: asyncio.StreamReader) -> None:
+    """Read and discard until the client closes, or LINGER_SECONDS or LINGER_BYTES pass: the
+    kernel would otherwise reset a connection closed with unread bytes, and the client
+    would lose the answer already sent to it. Raw bytes (still encrypted under TLS)."""
+    left = LINGER_BYTES
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0 and (data := await reader.read(READ_BYTES)):
+                left -= len(data)
 
 
 def _error_answer(status: int, message: str) -> Answer:

@@ -17,6 +17,7 @@ from tests.conftest import tls_api, write_home
 from tests.integration.conftest import LiveTower
 from tests.security.attacks import ask, idle_connections, slow_headers
 from tower.auth import ca
+from web.app import MAX_BODY_BYTES
 
 pytestmark = pytest.mark.one_database  # the serving stack does not depend on the database
 
@@ -121,3 +122,21 @@ def test_a_head_that_never_ends_is_answered_408_and_closed(
                 sock.sendall(b"X-Slow-%d: 1\r\n" % line)
 
     assert answer.startswith(b"HTTP/1.1 408 ") and b"request head" in answer
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "http"])
+def test_a_body_over_the_bound_gets_its_413_though_the_client_writes_it_all_first(
+        tower: Callable[..., Tower], tls: bool) -> None:
+    """requests writes a whole body before it reads: a server that answers 413 at the
+    head and closes at once resets the connection under it (SSLEOFError over TLS, found
+    by the fuzz test with a 12 MB JSON text), and the client never sees the answer. The
+    front reads on and discards until the client has sent it all, then closes."""
+    served = tower(tls)
+    body = b"[" + b'"\\ud83c\\udffb",' * (MAX_BODY_BYTES // 14 + 1) + b"0]"
+    assert len(body) > MAX_BODY_BYTES
+    answers = [requests.post(served.url, data=body, verify=served.verify, cert=served.cert,
+                             headers={"Content-Type": "application/json"}, timeout=60)
+               for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [413] * 3
+    assert "8388608 bytes" in answers[0].json()["message"]
+    assert served.probe() == 200  # and the server serves on
