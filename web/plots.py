@@ -1,10 +1,13 @@
-"""Server-rendered SVG bar charts for the status pages, readable without JavaScript.
+"""Server-rendered SVG charts for the status pages (and the benchmarks), readable without
+JavaScript.
 
 Two uses: jobs done per time bucket ("throughput over time") and failed attempts per
 bucket stacked by outcome class ("failures over time"). `buckets()` turns the
 fine-grained counts the tower keeps (typically one row per 5 minutes) into at most a
 screenful of bars; `stacked_bars()` draws them as one inline `<svg>` whose `<desc>`
 carries the totals, so a screen reader or a text browser still gets the numbers.
+`histogram()` draws one quantity's distribution; `lines()` draws curves against a
+number (the swarm benchmark's requests/s and latency against simulated pilots).
 """
 
 from __future__ import annotations
@@ -467,3 +470,66 @@ def _axis_units(text: str, width: int) -> str:
 def _short(value: float) -> str:
     """A bin edge in at most four significant digits (0.05, 1250, 3.2e+06)."""
     return f"{value:.4g}"
+
+
+def lines(title: str, xs: Sequence[float], series: Sequence[Series], *, x_unit: str,
+          unit: str, width: int = 720, height: int = 220) -> Markup:
+    """An inline `<svg>` line chart: each series one value per x in `xs` (rising), drawn
+    as a line with a dot per point, x in `x_unit` and y in `unit` from 0. Raises
+    ValueError for xs that do not rise, or series that are not one finite value per x."""
+    if any(later <= earlier for earlier, later in zip(xs, xs[1:], strict=False)):
+        raise ValueError("line chart xs must rise")
+    for s in series:
+        if len(s.values) != len(xs) or not all(math.isfinite(v) for v in s.values):
+            raise ValueError(f"series {s.name!r}: expected {len(xs)} finite values")
+    peak = max((v for s in series for v in s.values), default=0)
+    ticks = _y_ticks(peak if peak > 0 else 3, all(float(v).is_integer()
+                                                  for s in series for v in s.values))
+    x_ticks = _y_ticks(max(xs, default=0) or 3, True)
+    left = max(len(_num(tick)) for tick in ticks) * CHAR_WIDTH + 12
+    legend, rows = _legend_layout(series, [s.values[-1] if s.values else 0 for s in series],
+                                  left, width - MARGIN_RIGHT)
+    bottom = height - 8 - rows * LEGEND_ROW - X_LABEL_HEIGHT
+    box = _Box(left, PLOT_TOP, width - MARGIN_RIGHT, max(bottom, PLOT_TOP + MIN_PLOT_HEIGHT))
+
+    def x_of(value: float) -> float:
+        return round(box.left + value / x_ticks[-1] * (box.right - box.left), 1)
+
+    chart_id = "chart-" + hashlib.sha256(repr((title, list(xs), [(s.name, s.values)
+                                                                  for s in series]))
+                                         .encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    description = "; ".join(f"{s.name}: " + ", ".join(f"{_short(x)} {x_unit}: {_num(v)}"
+                                                      for x, v in zip(xs, s.values, strict=True))
+                            for s in series) or EMPTY_TEXT
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart lines"'
+        f' viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img"'
+        f' aria-labelledby="{chart_id}-title {chart_id}-desc"'
+        f' font-family="sans-serif" font-size="{FONT_SIZE}" fill="{TEXT_COLOR}">',
+        f'<title id="{chart_id}-title">{_text(title)}</title>',
+        f'<desc id="{chart_id}-desc">{_text(description)}.</desc>',
+        f'<text x="{_num(left)}" y="{TITLE_BASELINE}" font-size="13" font-weight="bold">'
+        f'{_text(title)}</text>',
+        _axis_units(f"y: {unit} · x: {x_unit}", width),
+        _y_axis(box, ticks),
+        '<g class="x-axis">'
+        f'<line x1="{_num(box.left)}" x2="{_num(box.right)}" y1="{_num(box.bottom)}"'
+        f' y2="{_num(box.bottom)}" stroke="{AXIS_COLOR}"/>',
+    ]
+    for tick in x_ticks:
+        parts.append(f'<text x="{_num(x_of(tick))}" y="{_num(box.bottom + 15)}"'
+                     f' text-anchor="middle">{_short(tick)}</text>')
+    parts.append('</g><g class="lines">')
+    for s in series:
+        points = [(x_of(x), box.y(v, ticks[-1])) for x, v in zip(xs, s.values, strict=True)]
+        parts.append(f'<polyline data-series="{_text(s.name)}" fill="none"'
+                     f' stroke="{_text(s.color)}" stroke-width="2" points="'
+                     + " ".join(f"{_num(x)},{_num(y)}" for x, y in points) + '"/>')
+        for (x, y), value in zip(points, s.values, strict=True):
+            parts.append(f'<circle cx="{_num(x)}" cy="{_num(y)}" r="3"'
+                         f' fill="{_text(s.color)}"><title>{_text(s.name)}:'
+                         f' {_num(value)} {_text(unit)}</title></circle>')
+    parts.append("</g>")
+    parts.append(_legend(legend, box.bottom + X_LABEL_HEIGHT + 14))
+    parts.append("</svg>")
+    return Markup("\n".join(parts))
