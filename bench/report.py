@@ -38,7 +38,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         f"{results['seconds'] / 60:.1f} minutes, on one machine, all systems in the same run. "
         "Figures are medians with (min-max, n=runs).", "",
         *_throughput(runs), *_ceilings(runs), *_gap(runs), *_slurm(runs), *_scale(runs),
-        *_targets(runs), *_versions(results), *_cli(path.parent / "cli.json"),
+        *_swarm(runs), *_targets(runs), *_versions(results), *_cli(path.parent / "cli.json"),
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -178,6 +178,46 @@ def _scale(runs: Any) -> list[str]:
     lines += [f"| {what} | {numbers['median_ms']:.1f} | {numbers['p95_ms']:.1f} |"
               for what, numbers in result["reads"].items()]
     return [*lines, ""]
+
+
+def _swarm(runs: Any) -> list[str]:
+    """The swarm's levels (bench/swarm.py), if the suite ran it, with its plot beside."""
+    if not runs.get("swarm"):
+        return []
+    [result] = runs["swarm"]
+    lines = [f"## Swarm: simulated pilots of {result['slots']} slots against one tower", "",
+             f"bench/swarm.py: {result['apis']} API and {result['loops']} loop process(es), "
+             f"PostgreSQL, RabbitMQ, HTTPS; {result['workers']} swarm processes; heartbeat "
+             f"every {result['heartbeat_s']:.0f} s; payloads "
+             + (f"of {result['payload_seconds']:.0f} s" if result["payload_seconds"]
+                else "instant")
+             + f"; {result['seconds']:.0f} s measured per level after its ramp. Latency in "
+             "ms, p50 / p99 (n). CPU of the tower (API, loops, its PostgreSQL backends) per "
+             "pilot per minute. The curves: [swarm.svg](swarm.svg).", "",
+             "| pilots | requests/s | jobs/s | register | heartbeat | claim | report "
+             "| tower CPU ms per pilot-minute | cores busy (machine) | saturation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for level in result["levels"]:
+        calls = " | ".join(_latency(level["calls"][call])
+                           for call in ("register", "heartbeat", "claim", "report"))
+        lines.append(f"| {level['pilots']:,} ({level['registered']:,} registered) "
+                     f"| {level['requests_per_s']:,.0f} | {level['jobs_per_s']:,.0f} | {calls} "
+                     f"| {level['tower_cpu_ms_per_pilot_minute']:.1f} "
+                     f"| {level['machine_busy_cores']:.2f} | {level['saturation']} |")
+    growth = result["database"]
+    return [*lines, "", f"Database growth: {growth['gb_per_million_jobs']:.2f} GB per million "
+            f"jobs submitted and run ({growth['submit_bytes_per_job']['database']:,} bytes a "
+            "job at submission, "
+            + (f"{growth['run_bytes_per_job']['database']:,} more as it runs"
+               if growth["run_bytes_per_job"] else "none ran")
+            + f"; {result['jobs_done']:,} jobs done). The scale model built on these figures "
+            "is docs/scaling.md.", ""]
+
+
+def _latency(call: dict[str, Any]) -> str:
+    if not call["n"]:
+        return "-"
+    return f"{call['p50_ms']:.0f} / {call['p99_ms']:.0f} ({call['n']:,})"
 
 
 def _targets(runs: Any) -> list[str]:

@@ -19,6 +19,8 @@ CLI's answer times, measured apart by bench/cli.py, stay in the report (from OUT
    from the throughput runs' pilots, and from one pilot with one slot.
 4. Pilots versus one `sbatch` per job on the single-node SLURM: 200 one-line jobs.
 5. Scale: a 1,000,000-job production (bench/scale.py), once.
+6. The swarm: simulated pilots at --swarm-levels, --swarm-seconds measured at each, against
+   one tower (bench/swarm.py), once; its plot goes to OUT/swarm.svg.
 
 The peers run from their own virtual environment (bench/peers-venv.sh makes it).
 Needs the services `make test` starts.
@@ -43,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import gridtower, scale, slurm  # noqa: E402
+from bench import gridtower, scale, slurm, swarm  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
 PEERS_PYTHON = ROOT / "bench" / ".peers-venv" / "bin" / "python"
@@ -103,6 +105,11 @@ def main() -> None:
                         help="jobs the broker loop publishes in the scale run")
     parser.add_argument("--slurm-jobs", type=int, default=200)
     parser.add_argument("--slots", type=int, default=64, help="payload slots per pilot")
+    # about 5 minutes: each level's ramp (at most twice its seconds) and its seconds
+    parser.add_argument("--swarm-levels", type=swarm.levels_option, default=[1000, 5000],
+                        help="simulated pilots at each level of the swarm step")
+    parser.add_argument("--swarm-seconds", type=float, default=45,
+                        help="seconds measured at each level of the swarm step")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -141,8 +148,14 @@ def main() -> None:
     runs["scale"] = [in_scratch(
         lambda directory: scale.run(args.scale_jobs, args.drain, 20, directory))]
 
+    step(f"swarm: {', '.join(map(str, args.swarm_levels))} simulated pilots, "
+         f"{args.swarm_seconds:.0f} s each", started)
+    runs["swarm"] = [in_scratch(
+        lambda directory: swarm.run(args.swarm_levels, args.swarm_seconds, directory))]
+
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "swarm.svg").write_text(swarm.plot(runs["swarm"][0]))
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     write_report(results, args.out / "REPORT.md")
     step(f"done: {args.out / 'REPORT.md'}", started)

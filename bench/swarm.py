@@ -102,8 +102,9 @@ SITE = "local"
 SLOTS = 8
 #: Messages one worker's AMQP consumer holds unacknowledged, for its hungry pilots.
 PREFETCH = 4000
-#: Kept-alive connections per worker to the API processes (each API serves 10 at once).
-CONNECTIONS = 24
+#: Kept-alive connections per worker to the API processes (each API serves 10 at once):
+#: the most requests a worker has in flight, as a proxy's upstream keepalive pool.
+CONNECTIONS = 16
 #: The parts whose CPU is this tower's; RabbitMQ's node serves every session of the machine
 #: (its CPU is given apart), and the swarm's workers are the load, not the tower.
 TOWER_PARTS = ("api", "tower", "postgresql")
@@ -252,7 +253,8 @@ class Workers:
     """The worker processes, each driving its share of the simulated pilots; commands and
     answers are JSON lines on their stdin and stdout."""
 
-    def __init__(self, count: int, tower: Tower, payload_seconds: float) -> None:
+    def __init__(self, count: int, tower: Tower, payload_seconds: float,
+                 connections: int = CONNECTIONS) -> None:
         self.count = count
         self.pilots = [0] * count
         self.answers: list[queue.Queue[dict[str, Any]]] = [queue.Queue() for _ in range(count)]
@@ -262,7 +264,8 @@ class Workers:
                 [sys.executable, str(Path(__file__).resolve()), "--worker", str(number),
                  "--api", ",".join(tower.urls), "--ca", str(tower.ca_file),
                  "--broker", tower.broker, "--heartbeat", str(tower.heartbeat),
-                 "--payload-seconds", str(payload_seconds)],
+                 "--payload-seconds", str(payload_seconds),
+                 "--connections", str(connections)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=open(tower.directory / f"swarm-{number}.log", "wb"))  # noqa: SIM115
             self.processes.append(process)
@@ -326,7 +329,7 @@ class Workers:
 
 def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
         apis: int = 1, loops: int = 1, jobs: int = 200_000,
-        payload_seconds: float = 0.0) -> dict[str, Any]:
+        payload_seconds: float = 0.0, connections: int = CONNECTIONS) -> dict[str, Any]:
     """Ramp the swarm through `levels` of simulated pilots, `seconds` measured at each."""
     with postgres() as database, vhost() as broker:
         tower = Tower(directory, database, broker, jobs, apis, loops)
@@ -334,7 +337,7 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
             tower.start()
             meter = CpuMeter(tower.parts())
             meter.start()
-            swarm = Workers(workers, tower, payload_seconds)
+            swarm = Workers(workers, tower, payload_seconds, connections)
             try:
                 results = [_level(tower, swarm, meter, pilots, seconds) for pilots in levels]
             finally:
@@ -348,6 +351,7 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
     knees(results)
     return {"levels": results, "slots": SLOTS, "seconds": seconds, "workers": workers,
             "apis": apis, "loops": loops, "jobs": jobs, "payload_seconds": payload_seconds,
+            "connections": connections,
             "heartbeat_s": tower.heartbeat, "jobs_done": done, "job_states": counts,
             "database": _growth(tower.sizes, jobs, done)}
 
@@ -386,6 +390,7 @@ def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
         "cpu_s": cpu, "cpu_share": {part: round(value / elapsed, 2) for part, value in cpu.items()},
         "tower_cpu_ms_per_pilot_minute": round(1000 * tower_cpu / pilots / (elapsed / 60), 3),
         "tower_cpu_ms_per_request": round(1000 * tower_cpu / served, 3) if served else None,
+        "tower_cpu_ms_per_job": round(1000 * tower_cpu / done, 3) if done else None,
     }
     result["saturation"] = saturation(result)
     print(f"{pilots} pilots: {result['requests_per_s']} requests/s, {result['jobs_per_s']} "
@@ -734,7 +739,7 @@ def finished(job: int, attempt: int) -> dict[str, Any]:
 
 async def worker_main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    http = Http(args.api.split(","), args.ca, CONNECTIONS)
+    http = Http(args.api.split(","), args.ca, args.connections)
     messages = Messages(args.broker, queue_name(SITE, "default"), loop)
     swarm = Swarm(args.worker, http, messages, args.heartbeat, args.payload_seconds)
     dispatcher = loop.create_task(swarm.dispatch())
@@ -801,6 +806,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200_000, help="jobs submitted")
     parser.add_argument("--payload-seconds", type=float, default=0.0,
                         help="how long each simulated payload holds its slot (0: instant)")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS,
+                        help="kept-alive connections of each worker to the API")
     parser.add_argument("--json", type=Path, help="write the result here (default: stdout)")
     parser.add_argument("--svg", type=Path, default=ROOT / "bench" / "results" / "swarm.svg")
     # a worker process, started by the coordinator
@@ -816,7 +823,7 @@ def main() -> None:
     with scratch() as directory:
         result = run(args.levels, args.seconds, directory, workers=args.workers,
                      apis=args.apis, loops=args.loops, jobs=args.jobs,
-                     payload_seconds=args.payload_seconds)
+                     payload_seconds=args.payload_seconds, connections=args.connections)
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.svg.write_text(plot(result))
     text = json.dumps(result, indent=2)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from web.plots import Series, buckets, stacked_bars
+from web.plots import Series, buckets, lines, stacked_bars
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = datetime(2024, 3, 1, 14, 0, tzinfo=UTC)
@@ -285,3 +285,32 @@ def test_naive_datetimes_are_utc() -> None:
 def test_empty_range_is_refused() -> None:
     with pytest.raises(ValueError, match="empty time range"):
         buckets({}, T0, T0)
+
+
+def test_a_line_chart_draws_one_line_per_series_through_each_point() -> None:
+    xs = [1000.0, 5000.0, 20000.0]
+    chart = lines("requests", xs, [Series("requests/s", (100.0, 300.0, 250.0), "#111111"),
+                                   Series("jobs/s", (50.0, 80.0, 0.0), "#222222")],
+                  x_unit="pilots", unit="per second")
+    svg = ET.fromstring(str(chart))
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    polylines = svg.findall(".//s:polyline", ns)
+    assert [p.get("data-series") for p in polylines] == ["requests/s", "jobs/s"]
+    points = [[tuple(map(float, pair.split(","))) for pair in p.get("points", "").split()]
+              for p in polylines]
+    assert [len(line) for line in points] == [3, 3]
+    # x rises with the pilots; a higher value is drawn higher (SVG's y grows downwards)
+    assert points[0][0][0] < points[0][1][0] < points[0][2][0]
+    assert points[0][1][1] < points[0][2][1] < points[0][0][1]
+    assert points[1][2][1] == max(y for line in points for _, y in line)  # 0 on the axis
+    assert "5000 pilots: 300" in (svg.find("s:desc", ns).text or "")
+
+
+@pytest.mark.parametrize(("xs", "values", "message"), [
+    ([2.0, 1.0], (1.0, 2.0), "must rise"),
+    ([1.0, 2.0], (1.0,), "expected 2 finite values"),
+    ([1.0, 2.0], (1.0, float("nan")), "expected 2 finite values"),
+])
+def test_bad_lines_are_refused(xs: list[float], values: tuple[float, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        lines("t", xs, [Series("s", values, "#000")], x_unit="x", unit="y")
