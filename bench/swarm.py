@@ -32,7 +32,8 @@ certificate: a pilot may only act as itself (tower/auth/access.py), and claim fe
 the same code. Issuing 50,000 real credentials instead would cost an EC key and a
 signature each plus a rewrite of the CA's index.json (which grows with each: quadratic),
 and 50,000 client TLS connections are beyond what one machine's swarm can hold; a site's
-pilots reach the tower through such a proxy anyway when it terminates TLS. What the proxy
+pilots reach the tower through such a proxy anyway when it terminates TLS
+(contrib/nginx/gridtower.conf). What the proxy
 saves the API (verifying client certificates at the handshake) it spends itself, and is
 not measured here. Pilot rows are made as the factory reserves them (state `submitted`,
 the site's shape, no batch job), in bulk; the site's limits are 0 so the factory submits
@@ -42,8 +43,10 @@ system about.
 Per level of simulated pilots (8 slots each; levels ramp up, the pilots of a level
 stay for the next): a ramp (registering the new pilots, at most twice --seconds), then
 --seconds measured: API requests per second served, latency per call (p50, p99, mean,
-n: request written to answer read on a kept-alive connection; the wait for a free
-connection of the worker's pool is given apart), errors, jobs done per second, the
+n: request written to answer read on a kept-alive connection; and `with_wait`, the
+same with the wait for a free connection of the worker's pool, where requests queue
+when the API answers slower than the pilots ask, as they would in nginx or in the API's
+own accept queue: what a pilot would see), errors, jobs done per second, the
 CPU of each part of the tower read from /proc (bench/cpu.py) and per pilot per minute,
 and where it saturates and why. Database size growth per million jobs comes from
 pg_database_size and pg_total_relation_size before the submission, after it, and at
@@ -370,9 +373,11 @@ def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
     calls = {}
     for call in CALLS:
         latencies = sorted(x for worker in stats for x in worker["latency"].get(call, []))
+        waited = sorted(x for worker in stats for x in worker["total"].get(call, []))
         calls[call] = {"n": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
                        "errors": sum(worker["errors"].get(call, 0) for worker in stats),
-                       **quantiles(latencies)}
+                       **quantiles(latencies),
+                       "with_wait": quantiles(waited)}
     waits = sorted(x for worker in stats for x in worker["waits"])
     served = sum(call["n"] for call in calls.values())
     done = after.get("done", 0) - before.get("done", 0)
@@ -497,6 +502,10 @@ def plot(result: dict[str, Any]) -> str:
 # ---- a worker: simulated pilots on one asyncio loop -----------------------------------
 
 
+#: An open connection: its reader, its writer, and h11's state of it.
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]
+
+
 class Http:
     """HTTP/1.1 POSTs over a pool of kept-alive TLS connections, spread over the API
     processes; the identity header names the calling pilot, as a trusted proxy does."""
@@ -504,9 +513,13 @@ class Http:
     def __init__(self, urls: list[str], ca_file: str, size: int) -> None:
         self.urls = [urlsplit(url) for url in urls]
         self.context = ssl.create_default_context(cafile=ca_file)
-        self.pool: asyncio.Queue[tuple[Any, Any, h11.Connection] | None] = asyncio.Queue()
-        for _ in range(size):
-            self.pool.put_nowait(None)  # a place for a connection, opened on first use
+        #: Free places for a connection (None: not opened yet, opened on first use), and the
+        #: calls waiting for one, first come first served: a connection given back goes to
+        #: the oldest waiter, never to a pilot that asks again at once (asyncio.Queue would
+        #: let a busy pilot's next claim overtake every waiting heartbeat and register).
+        self.free: list[Connection | None] = [None] * size
+        self.waiting: collections.deque[asyncio.Future[Connection | None]] = \
+            collections.deque()
         self.opened = 0
 
     async def post(self, pilot_id: str, action: str, body: dict[str, Any],
@@ -516,7 +529,7 @@ class Http:
         reached or fails."""
         while True:
             asked = time.perf_counter()
-            connection = await self.pool.get()
+            connection = await self._acquire()
             sent = time.perf_counter()
             try:
                 if connection is None:
@@ -532,21 +545,36 @@ class Http:
             if connection is not None and connection[2].our_state is not h11.IDLE:
                 connection[1].close()  # the API ends this connection: a new one next time
                 connection = None
-            self.pool.put_nowait(connection)
+            self._release(connection)
             if measure is not None:
                 measure.record(action, status, time.perf_counter() - sent, sent - asked)
             if status < 500:
                 return status, answer
             await asyncio.sleep(RETRY_SECONDS)
 
-    async def _open(self) -> tuple[Any, Any, h11.Connection]:
+    async def _acquire(self) -> Connection | None:
+        if self.free and not self.waiting:
+            return self.free.pop()
+        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(waiter)
+        return await waiter
+
+    def _release(self, connection: Connection | None) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self.free.append(connection)
+
+    async def _open(self) -> Connection:
         url = self.urls[self.opened % len(self.urls)]
         self.opened += 1
         reader, writer = await asyncio.open_connection(url.hostname, url.port,
                                                        ssl=self.context)
         return reader, writer, h11.Connection(h11.CLIENT)
 
-    async def _exchange(self, connection: tuple[Any, Any, h11.Connection], pilot_id: str,
+    async def _exchange(self, connection: Connection, pilot_id: str,
                         action: str, body: dict[str, Any], dn: str) -> tuple[int, Any]:
         reader, writer, state = connection
         data = json.dumps(body).encode()
@@ -587,13 +615,15 @@ class Stats:
 
     def take(self) -> dict[str, Any]:
         taken = getattr(self, "_data", None)
-        self._data: dict[str, Any] = {"latency": collections.defaultdict(list), "waits": [],
+        self._data: dict[str, Any] = {"latency": collections.defaultdict(list),
+                                      "total": collections.defaultdict(list), "waits": [],
                                       "errors": collections.Counter(), "granted": 0,
                                       "refused": 0}
         return taken or self._data
 
     def record(self, action: str, status: int, seconds: float, waited: float) -> None:
         self._data["latency"][action].append(round(seconds, 6))
+        self._data["total"][action].append(round(seconds + waited, 6))
         self._data["waits"].append(round(waited, 6))
         if status >= 400:
             self._data["errors"][action] += 1
