@@ -191,14 +191,15 @@ def _swarm(runs: Any) -> list[str]:
              f"every {result['heartbeat_s']:.0f} s; payloads "
              + (f"of {result['payload_seconds']:.0f} s" if result["payload_seconds"]
                 else "instant")
-             + f"; {result['seconds']:.0f} s measured per level after its ramp. Latency in "
-             "ms, p50 / p99 (n). CPU of the tower (API, loops, its PostgreSQL backends) per "
-             "pilot per minute. The curves: [swarm.svg](swarm.svg).", "",
+             + f"; {result['seconds']:.0f} s measured per level after its ramp (registrations: "
+             "during the ramp). Latency in ms on the connection, p50 / p99 (n). CPU of the "
+             "tower (API, loops, its PostgreSQL backends) per pilot per minute. The curves: "
+             "[swarm.svg](swarm.svg).", "",
              "| pilots | requests/s | jobs/s | register | heartbeat | claim | report "
              "| tower CPU ms per pilot-minute | cores busy (machine) | saturation |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for level in result["levels"]:
-        calls = " | ".join(_latency(level["calls"][call])
+        calls = " | ".join(_latency(level["ramp_calls" if call == "register" else "calls"][call])
                            for call in ("register", "heartbeat", "claim", "report"))
         lines.append(f"| {level['pilots']:,} ({level['registered']:,} registered) "
                      f"| {level['requests_per_s']:,.0f} | {level['jobs_per_s']:,.0f} | {calls} "

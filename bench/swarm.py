@@ -362,7 +362,8 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
 def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
            seconds: float) -> dict[str, Any]:
     ramp, registered = swarm.grow(tower, pilots, 2 * seconds)
-    swarm.stats()  # the ramp's calls are not the level's
+    # the ramp's calls are not the level's; its registrations are given apart
+    ramp_calls = _calls(swarm.stats(), ramp)
     before, cpu_before, machine_before = job_counts(tower.database), meter.seconds(), busy()
     started = time.monotonic()
     time.sleep(seconds)
@@ -370,14 +371,7 @@ def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
     elapsed = time.monotonic() - started
     after, cpu_after, machine_after = job_counts(tower.database), meter.seconds(), busy()
     cpu = {part: round(cpu_after[part] - cpu_before[part], 2) for part in cpu_after}
-    calls = {}
-    for call in CALLS:
-        latencies = sorted(x for worker in stats for x in worker["latency"].get(call, []))
-        waited = sorted(x for worker in stats for x in worker["total"].get(call, []))
-        calls[call] = {"n": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
-                       "errors": sum(worker["errors"].get(call, 0) for worker in stats),
-                       **quantiles(latencies),
-                       "with_wait": quantiles(waited)}
+    calls = _calls(stats, elapsed)
     waits = sorted(x for worker in stats for x in worker["waits"])
     served = sum(call["n"] for call in calls.values())
     done = after.get("done", 0) - before.get("done", 0)
@@ -386,7 +380,7 @@ def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
         "pilots": pilots, "apis": len(tower.urls), "registered": registered,
         "ramp_s": round(ramp, 1),
         "seconds": round(elapsed, 1), "requests_per_s": round(served / elapsed, 1),
-        "calls": calls, "pool_wait_ms": quantiles(waits),
+        "calls": calls, "ramp_calls": ramp_calls, "pool_wait_ms": quantiles(waits),
         "jobs_done": done, "jobs_per_s": round(done / elapsed, 1),
         "jobs_waiting": sum(after.get(state, 0) for state in ("defined", "assigned", "queued")),
         "granted": sum(worker["granted"] for worker in stats),
@@ -401,6 +395,20 @@ def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
     print(f"{pilots} pilots: {result['requests_per_s']} requests/s, {result['jobs_per_s']} "
           f"jobs/s; {result['saturation']}", file=sys.stderr, flush=True)
     return result
+
+
+def _calls(stats: list[dict[str, Any]], seconds: float) -> dict[str, dict[str, Any]]:
+    """Per call: how many, per second, errors, latency on the connection and with the wait
+    for one."""
+    calls = {}
+    for call in CALLS:
+        latencies = sorted(x for worker in stats for x in worker["latency"].get(call, []))
+        waited = sorted(x for worker in stats for x in worker["total"].get(call, []))
+        calls[call] = {"n": len(latencies),
+                       "per_s": round(len(latencies) / seconds, 1) if seconds else None,
+                       "errors": sum(worker["errors"].get(call, 0) for worker in stats),
+                       **quantiles(latencies), "with_wait": quantiles(waited)}
+    return calls
 
 
 def busy() -> float:
@@ -456,12 +464,14 @@ def knees(levels: list[dict[str, Any]]) -> None:
     for before, level in zip(levels, levels[1:], strict=False):
         grown = level["pilots"] / before["pilots"]
         served = level["requests_per_s"] / max(before["requests_per_s"], 0.1)
+        grew = []
         for call in CALLS:
             old, new = before["calls"][call]["p99_ms"], level["calls"][call]["p99_ms"]
             if old and new and new > 2 * old and served < grown:
-                level["saturation"] += (f"; latency knee: {call} p99 {old:.0f} -> {new:.0f} ms "
-                                        f"while requests/s grew {served:.2f}x for "
-                                        f"{grown:.1f}x pilots")
+                grew.append(f"{call} {old:.0f} -> {new:.0f} ms")
+        if grew:
+            level["saturation"] += (f"; latency knee: p99 {', '.join(grew)} while requests/s "
+                                    f"grew {served:.2f}x for {grown:.1f}x pilots")
 
 
 def _growth(sizes: dict[str, dict[str, int]], jobs: int, done: int) -> dict[str, Any]:
@@ -490,13 +500,19 @@ def plot(result: dict[str, Any]) -> str:
                      "#43a047")], x_unit="simulated pilots", unit="per second")
     colors = {"register": "#8e24aa", "heartbeat": "#fb8c00", "claim": "#1e88e5",
               "report": "#e53935"}
-    latency = plots.lines("p99 latency per call", xs, [
-        plots.Series(call, tuple(float(level["calls"][call]["p99_ms"] or 0)
+    latency = plots.lines("p99 latency per call, on the connection", xs, [
+        plots.Series(call, tuple(float(measured(level, call)["p99_ms"] or 0)
                                  for level in levels), colors[call])
-        for call in CALLS], x_unit="simulated pilots", unit="ms")
+        for call in CALLS if any(measured(level, call)["n"] for level in levels)],
+        x_unit="simulated pilots", unit="ms")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<svg xmlns="http://www.w3.org/2000/svg" width="720" height="460">\n'
             f'<svg y="0">{rate}</svg>\n<svg y="230">{latency}</svg>\n</svg>\n')
+
+
+def measured(level: dict[str, Any], call: str) -> dict[str, Any]:
+    """A level's figures of `call`: registrations are measured during its ramp."""
+    return level["ramp_calls" if call == "register" else "calls"][call]  # type: ignore[no-any-return]
 
 
 # ---- a worker: simulated pilots on one asyncio loop -----------------------------------
