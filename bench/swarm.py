@@ -533,7 +533,9 @@ class Http:
         #: calls waiting for one, first come first served: a connection given back goes to
         #: the oldest waiter, never to a pilot that asks again at once (asyncio.Queue would
         #: let a busy pilot's next claim overtake every waiting heartbeat and register).
-        self.free: list[Connection | None] = [None] * size
+        #: Free connections are used in turn, so none idles long enough for the API to
+        #: close it (api.limits.idle_timeout).
+        self.free: collections.deque[Connection | None] = collections.deque([None] * size)
         self.waiting: collections.deque[asyncio.Future[Connection | None]] = \
             collections.deque()
         self.opened = 0
@@ -570,7 +572,7 @@ class Http:
 
     async def _acquire(self) -> Connection | None:
         if self.free and not self.waiting:
-            return self.free.pop()
+            return self.free.popleft()
         waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
         self.waiting.append(waiter)
         return await waiter
