@@ -48,7 +48,9 @@ same with the wait for a free connection of the worker's pool, where requests qu
 when the API answers slower than the pilots ask, as they would in nginx or in the API's
 own accept queue: what a pilot would see), errors, jobs done per second, the
 CPU of each part of the tower read from /proc (bench/cpu.py) and per pilot per minute,
-and where it saturates and why. Database size growth per million jobs comes from
+and where it saturates and why. Then, the swarm stopped, a calibration: some of its
+pilots heartbeat one at a time (with the jobs they hold, then with none), for the
+tower's CPU per heartbeat without contention. Database size growth per million jobs comes from
 pg_database_size and pg_total_relation_size before the submission, after it, and at
 the end. JSON goes to stdout or --json; the SVG plot (requests/s and p99 latency against
 simulated pilots) to --svg.
@@ -345,6 +347,9 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
                 results = [_level(tower, swarm, meter, pilots, seconds) for pilots in levels]
             finally:
                 swarm.stop()
+            try:
+                costs = calibrate(tower, meter)
+            finally:
                 meter.stop()
             counts = job_counts(database)
             tower.sizes["end"] = database_sizes(database)
@@ -352,7 +357,8 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
             tower.stop()
     done = counts.get("done", 0)
     knees(results)
-    return {"levels": results, "slots": SLOTS, "seconds": seconds, "workers": workers,
+    return {"levels": results, "calibration": costs, "slots": SLOTS, "seconds": seconds,
+            "workers": workers,
             "apis": apis, "loops": loops, "jobs": jobs, "payload_seconds": payload_seconds,
             "connections": connections,
             "heartbeat_s": tower.heartbeat, "jobs_done": done, "job_states": counts,
@@ -395,6 +401,37 @@ def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
     print(f"{pilots} pilots: {result['requests_per_s']} requests/s, {result['jobs_per_s']} "
           f"jobs/s; {result['saturation']}", file=sys.stderr, flush=True)
     return result
+
+
+def calibrate(tower: Tower, meter: CpuMeter, count: int = 300) -> dict[str, Any]:
+    """The tower's CPU per heartbeat, alone: once the swarm stopped, `count` of its pilots
+    beat one after the other (no other call in flight), each with the attempts it holds,
+    then each with none."""
+    with psycopg.connect(tower.database) as connection:
+        held = connection.execute(
+            "select p.id, coalesce(json_agg(json_build_array(a.job_id, a.number)) filter "
+            "(where a.job_id is not null), '[]') from pilot p left join attempt a on "
+            "a.pilot_id = p.id and a.ended_at is null where p.state = 'running' "
+            "group by p.id order by p.id limit %s", (count,)).fetchall()
+
+    async def beats(with_jobs: bool) -> None:
+        http = Http(tower.urls, str(tower.ca_file), 1)
+        for pilot_id, jobs in held:
+            await http.post(pilot_id, "heartbeat", {"jobs": jobs if with_jobs else []})
+
+    costs: dict[str, Any] = {"pilots": len(held),
+                             "jobs_per_heartbeat": round(sum(len(jobs) for _, jobs in held)
+                                                         / max(len(held), 1), 2)}
+    for name, with_jobs in (("heartbeat", True), ("heartbeat_empty", False)):
+        before, started = meter.seconds(), time.monotonic()
+        asyncio.run(beats(with_jobs))
+        elapsed, after = time.monotonic() - started, meter.seconds()
+        costs[name] = {"cpu_ms": {part: round(1000 * (after[part] - before[part])
+                                              / max(len(held), 1), 3) for part in after},
+                       "wall_ms": round(1000 * elapsed / max(len(held), 1), 2)}
+        costs[name]["tower_cpu_ms"] = round(sum(costs[name]["cpu_ms"][part]
+                                                for part in TOWER_PARTS), 3)
+    return costs
 
 
 def _calls(stats: list[dict[str, Any]], seconds: float) -> dict[str, dict[str, Any]]:
