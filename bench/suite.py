@@ -151,7 +151,8 @@ def main() -> None:
     step(f"swarm: {', '.join(map(str, args.swarm_levels))} simulated pilots, "
          f"{args.swarm_seconds:.0f} s each", started)
     runs["swarm"] = [in_scratch(
-        lambda directory: swarm.run(args.swarm_levels, args.swarm_seconds, directory))]
+        lambda directory: swarm.run(args.swarm_levels, args.swarm_seconds, directory,
+                                    jobs=100_000))]
 
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
