@@ -205,7 +205,15 @@ def _swarm(runs: Any) -> list[str]:
                      f"| {level['requests_per_s']:,.0f} | {level['jobs_per_s']:,.0f} | {calls} "
                      f"| {level['tower_cpu_ms_per_pilot_minute']:.1f} "
                      f"| {level['machine_busy_cores']:.2f} | {level['saturation']} |")
-    growth = result["database"]
+    growth, costs = result["database"], result.get("calibration")
+    if costs:
+        beat, empty = costs["heartbeat"], costs["heartbeat_empty"]
+        lines += ["", f"Calibration, one call at a time ({costs['pilots']} pilots): a heartbeat "
+                  f"with {costs['jobs_per_heartbeat']:g} jobs costs the tower "
+                  f"{beat['tower_cpu_ms']:.1f} ms of CPU (API {beat['cpu_ms']['api']:.1f}, "
+                  f"PostgreSQL {beat['cpu_ms']['postgresql']:.1f}), an empty one "
+                  f"{empty['tower_cpu_ms']:.1f} ms (API {empty['cpu_ms']['api']:.1f}, "
+                  f"PostgreSQL {empty['cpu_ms']['postgresql']:.1f})."]
     return [*lines, "", f"Database growth: {growth['gb_per_million_jobs']:.2f} GB per million "
             f"jobs submitted and run ({growth['submit_bytes_per_job']['database']:,} bytes a "
             "job at submission, "

@@ -251,6 +251,17 @@ def database_sizes(database: str) -> dict[str, int]:
     return dict(zip(("database", *tables), map(int, row), strict=True))
 
 
+def row_updates(database: str) -> dict[str, dict[str, int]]:
+    """Rows updated per table, and how many of them in place (HOT: no index written),
+    from PostgreSQL's statistics."""
+    with psycopg.connect(database) as connection:
+        rows = connection.execute(
+            "select relname, n_tup_upd, n_tup_hot_upd from pg_stat_user_tables "
+            "where relname in ('job', 'attempt', 'pilot') order by relname").fetchall()
+    return {str(name): {"updates": int(updated), "hot": int(hot)}
+            for name, updated, hot in rows}
+
+
 # ---- the swarm's workers, seen from the coordinator -----------------------------------
 
 
@@ -353,6 +364,7 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
                 meter.stop()
             counts = job_counts(database)
             tower.sizes["end"] = database_sizes(database)
+            updates = row_updates(database)
         finally:
             tower.stop()
     done = counts.get("done", 0)
@@ -362,7 +374,7 @@ def run(levels: list[int], seconds: float, directory: Path, *, workers: int = 2,
             "apis": apis, "loops": loops, "jobs": jobs, "payload_seconds": payload_seconds,
             "connections": connections,
             "heartbeat_s": tower.heartbeat, "jobs_done": done, "job_states": counts,
-            "database": _growth(tower.sizes, jobs, done)}
+            "database": _growth(tower.sizes, jobs, done), "row_updates": updates}
 
 
 def _level(tower: Tower, swarm: Workers, meter: CpuMeter, pilots: int,
