@@ -2,6 +2,7 @@
 machine, in one run, on the same work. `make bench` runs it.
 
     .venv/bin/python bench/suite.py [--repeat 3] [--heavy-repeat 2] [--jobs 20000]
+                                    [--output-bytes 100000] [--settle 2000]
                                     [--scale-jobs 1000000] [--out bench/results]
 
 Writes OUT/REPORT.md and OUT/results.json: every figure's median and spread (min-max)
@@ -43,7 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import gridtower, scale, slurm  # noqa: E402
+from bench import gridtower, policy, scale, slurm  # noqa: E402
+from bench.broker import ADMIN  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
 PEERS_PYTHON = ROOT / "bench" / ".peers-venv" / "bin" / "python"
@@ -98,6 +100,10 @@ def main() -> None:
     parser.add_argument("--heavy-repeat", type=int, default=2,
                         help="runs of each 20,000-job throughput figure")
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput run")
+    parser.add_argument("--output-bytes", type=int, default=100_000,
+                        help="the size of each full-path job's one output")
+    parser.add_argument("--settle", type=int, default=2000,
+                        help="lost attempts settled in one monitor pass")
     parser.add_argument("--scale-jobs", type=int, default=1_000_000)
     parser.add_argument("--drain", type=int, default=200_000,
                         help="jobs the broker loop publishes in the scale run")
@@ -127,15 +133,26 @@ def main() -> None:
         runs.setdefault("celery", []).append(peer("celery", "--jobs", jobs))
         step("  parsl", started)
         runs.setdefault("parsl", []).append(peer("parsl", "--jobs", jobs))
+        step(f"  gridtower, the full path: one {args.output_bytes:,}-byte output per job, "
+             "staged to two destinations and cataloged", started)
+        runs.setdefault("full path", []).append(in_scratch(
+            lambda directory: gridtower.run(args.jobs, 2, args.slots, directory,
+                                            output_bytes=args.output_bytes)))
 
     for number in range(args.repeat):
         step(f"gap in a pilot of one slot, run {number + 1} of {args.repeat}", started)
         runs.setdefault("one slot", []).append(in_scratch(
             lambda directory: gridtower.run(1000, 1, 1, directory)))
 
-    step(f"{args.slurm_jobs} one-line jobs on SLURM: one sbatch each, then pilots", started)
+    step(f"{args.slurm_jobs} one-line jobs on SLURM: a bare loop in one batch job, one "
+         "sbatch each, pilots", started)
     runs["slurm"] = [slurm.run(args.slurm_jobs, "true", repeat=1)]
     results["versions"]["slurm"] = runs["slurm"][0]["slurm"]
+
+    for number in range(args.repeat):
+        step(f"settling {args.settle:,} lost attempts, run {number + 1} of {args.repeat}",
+             started)
+        runs.setdefault("settle", []).append(policy.settle_run(args.settle, ADMIN))
 
     step(f"scale: a production of {args.scale_jobs:,} jobs", started)
     runs["scale"] = [in_scratch(
