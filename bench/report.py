@@ -42,11 +42,27 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         f"Run {results['started']} by `make bench` (bench/suite.py) in "
         f"{results['seconds'] / 60:.1f} minutes, on one machine, all systems in the same run. "
         "Figures are medians with (min-max, mean, n=runs).", "",
-        *_targets(runs), *_throughput(runs), *_full_path(runs), *_ceilings(runs),
-        *_gap(runs), *_slurm(runs), *_settle(runs), *_scale(runs), *_versions(results),
-        *_cli(path.parent / "cli.json"),
+        *_targets(runs), *_failures(results),
+        *_when(runs, _throughput, "gridtower", "celery", "parsl"), *_full_path(runs),
+        *_when(runs, _ceilings, "spawn", "pika"), *_when(runs, _gap, "gridtower", "one slot"),
+        *_when(runs, _slurm, "slurm"), *_settle(runs), *_when(runs, _scale, "scale"),
+        *_versions(results), *_cli(path.parent / "cli.json"),
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _when(runs: dict[str, Runs], section: Callable[[Any], list[str]], *kinds: str
+          ) -> list[str]:
+    """A section of the report, left out when a figure it needs was not measured."""
+    return section(runs) if all(runs.get(kind) for kind in kinds) else []
+
+
+def _failures(results: dict[str, Any]) -> list[str]:
+    failures = results.get("failures", {})
+    if not failures:
+        return []
+    return ["## Steps that failed", "", *(f"- {kind}: {error}" for kind, errors in
+                                          failures.items() for error in errors), ""]
 
 
 #: The CLI commands bench/cli.py times, with their targets (wall ms, median).

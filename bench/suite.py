@@ -65,6 +65,17 @@ def peer(kind: str, *options: str, timeout: float = 900) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def measured(results: dict[str, Any], kind: str, run: Callable[[], dict[str, Any]]) -> None:
+    """One run of a figure into results["runs"][kind]; a run that fails is kept in
+    results["failures"] with its error and the suite goes on (the report says "not
+    measured"), so one broken step does not lose an hour of figures."""
+    try:
+        results["runs"].setdefault(kind, []).append(run())
+    except Exception as exc:  # noqa: BLE001 (any failure of a step is reported, not fatal)
+        print(f"  {kind} failed: {exc!r}", file=sys.stderr, flush=True)
+        results.setdefault("failures", {}).setdefault(kind, []).append(repr(exc)[-2000:])
+
+
 def in_scratch(run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         return run(Path(scratch))
@@ -120,43 +131,44 @@ def main() -> None:
 
     for number in range(args.repeat):
         step(f"ceilings, run {number + 1} of {args.repeat}", started)
-        runs.setdefault("spawn", []).append(peer("spawn"))
-        runs.setdefault("pika", []).append(peer("pika"))
+        measured(results, "spawn", lambda: peer("spawn"))
+        measured(results, "pika", lambda: peer("pika"))
 
     jobs = str(args.jobs)
     for number in range(args.heavy_repeat):
         step(f"durable throughput of {args.jobs} jobs, run {number + 1} of "
              f"{args.heavy_repeat}: gridtower", started)
-        runs.setdefault("gridtower", []).append(in_scratch(
+        measured(results, "gridtower", lambda: in_scratch(
             lambda directory: gridtower.run(args.jobs, 2, args.slots, directory)))
         step("  celery", started)
-        runs.setdefault("celery", []).append(peer("celery", "--jobs", jobs))
+        measured(results, "celery", lambda: peer("celery", "--jobs", jobs))
         step("  parsl", started)
-        runs.setdefault("parsl", []).append(peer("parsl", "--jobs", jobs))
+        measured(results, "parsl", lambda: peer("parsl", "--jobs", jobs))
         step(f"  gridtower, the full path: one {args.output_bytes:,}-byte output per job, "
              "staged to two destinations and cataloged", started)
-        runs.setdefault("full path", []).append(in_scratch(
+        measured(results, "full path", lambda: in_scratch(
             lambda directory: gridtower.run(args.jobs, 2, args.slots, directory,
                                             output_bytes=args.output_bytes)))
 
     for number in range(args.repeat):
         step(f"gap in a pilot of one slot, run {number + 1} of {args.repeat}", started)
-        runs.setdefault("one slot", []).append(in_scratch(
+        measured(results, "one slot", lambda: in_scratch(
             lambda directory: gridtower.run(1000, 1, 1, directory)))
 
     step(f"{args.slurm_jobs} one-line jobs on SLURM: a bare loop in one batch job, one "
          "sbatch each, pilots", started)
-    runs["slurm"] = [slurm.run(args.slurm_jobs, "true", repeat=1)]
-    results["versions"]["slurm"] = runs["slurm"][0]["slurm"]
+    measured(results, "slurm", lambda: slurm.run(args.slurm_jobs, "true", repeat=1))
+    if "slurm" in runs:
+        results["versions"]["slurm"] = runs["slurm"][0]["slurm"]
 
     for number in range(args.repeat):
         step(f"settling {args.settle:,} lost attempts, run {number + 1} of {args.repeat}",
              started)
-        runs.setdefault("settle", []).append(policy.settle_run(args.settle, ADMIN))
+        measured(results, "settle", lambda: policy.settle_run(args.settle, ADMIN))
 
     step(f"scale: a production of {args.scale_jobs:,} jobs", started)
-    runs["scale"] = [in_scratch(
-        lambda directory: scale.run(args.scale_jobs, args.drain, 20, directory))]
+    measured(results, "scale", lambda: in_scratch(
+        lambda directory: scale.run(args.scale_jobs, args.drain, 20, directory)))
 
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
