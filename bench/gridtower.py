@@ -1,6 +1,7 @@
 """gridtower's durable throughput and its pilots' per-job gap, on PostgreSQL and RabbitMQ.
 
-    .venv/bin/python bench/gridtower.py [--jobs 20000] [--pilots 2] [--slots 64] [--json]
+    .venv/bin/python bench/gridtower.py [--jobs 20000] [--pilots 2] [--slots 64]
+                                        [--output-bytes 100000] [--json]
 
 Submits a production of --jobs jobs, each running `/bin/true` as a subprocess, and runs
 the tower as it is deployed: `tower serve` (the API) and `tower run --no-api` (the
@@ -12,6 +13,15 @@ CPU seconds are read from /proc per part: the loops, the API, the pilots with th
 payloads, PostgreSQL and RabbitMQ. Each pilot logs its slot gaps (the time from a
 payload's end to the start of the next payload in that slot); they are read from the
 pilots' logs.
+
+With --output-bytes N, the full path: each job writes one file of N bytes instead (`dd`,
+one subprocess as `/bin/true` is), which the pilot checksums and leaves in the site's
+storage and the stager copies to two local destinations, verifies and catalogs; the rate
+then counts from the first claim to the last job done, which is its last file registered
+with both copies verified (one transaction). The run checks that the catalog holds every
+file once with its two replicas and that each destination holds every file, at its size,
+and no partial file; the time from a job's report (`staging`) to its cataloging is
+reported as mean, median and p99.
 
 Needs PostgreSQL on 127.0.0.1:5432 and RabbitMQ on 127.0.0.1:5672 with rabbitmqctl, as
 `make test` starts them.
@@ -64,6 +74,10 @@ def wait_listening(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"the API did not listen on port {port} within {timeout:.0f}s")
 
 
+#: The full path's two local destinations, as a production names them.
+DESTINATIONS = ("near", "far")
+
+
 def home(directory: Path, database: str, broker: str, pilots: int, slots: int,
          memory_watch: str = "auto") -> Path:
     return write_home(
@@ -77,18 +91,32 @@ def home(directory: Path, database: str, broker: str, pilots: int, slots: int,
         # the loops' default pause: the API, another process, wakes the matchmaker after
         # claims and the stager after reports (PostgreSQL NOTIFY)
         loops={"interval": 5},
-        monitor={"heartbeat_interval": 30, "heartbeat_timeout": 300})
+        monitor={"heartbeat_interval": 30, "heartbeat_timeout": 300},
+        storage={"destinations": {name: f"local:{directory / name}" for name in DESTINATIONS},
+                 "default": [], "retry_delay": 1})
 
 
-def run(jobs: int, pilots: int, slots: int, directory: Path,
-        timeout: float = 1200, memory_watch: str = "auto") -> dict[str, Any]:
-    """One production of `jobs` trivial jobs; returns its rates, CPU and slot gaps."""
+def production(jobs: int, output_bytes: int) -> dict[str, Any]:
+    """The request: `/bin/true`, or with output_bytes one file of that size per job, staged
+    to both destinations."""
+    request: dict[str, Any] = {"name": "trivial", "software": "coreutils",
+                               "command": ["/bin/true"], "events_total": jobs,
+                               "events_per_job": 1, "walltime": "1m"}
+    if output_bytes:
+        request.update(command=["/bin/dd", "if=/dev/zero", "of=${output_dir}/out_${index}.dat",
+                                f"bs={output_bytes}", "count=1", "status=none"],
+                       outputs=["out_*.dat"], destinations=list(DESTINATIONS))
+    return request
+
+
+def run(jobs: int, pilots: int, slots: int, directory: Path, timeout: float = 1200,
+        memory_watch: str = "auto", output_bytes: int = 0) -> dict[str, Any]:
+    """One production of `jobs` trivial jobs (or, with output_bytes, jobs writing one file
+    each, staged and cataloged); returns its rates, CPU and slot gaps."""
     with postgres() as database, vhost() as broker:
         config = home(directory, database, broker, pilots, slots, memory_watch)
         request = directory / "trivial.yaml"
-        request.write_text(yaml.safe_dump({
-            "name": "trivial", "software": "coreutils", "command": ["/bin/true"],
-            "events_total": jobs, "events_per_job": 1, "walltime": "1m"}))
+        request.write_text(yaml.safe_dump(production(jobs, output_bytes)))
         env = {**os.environ, "TOWER_CONFIG": str(config)}
         subprocess.run([*TOWER, "submit", str(request)], env=env, check=True,
                        capture_output=True)
@@ -109,6 +137,8 @@ def run(jobs: int, pilots: int, slots: int, directory: Path,
             api.wait(timeout=30)
         cpu = meter.stop()
         result = _read_back(database, jobs)
+        if output_bytes:
+            result.update(_staged(database, jobs, output_bytes, directory))
         result.update(pilots=pilots, slots=slots, wall_s=wall, wall_rate=jobs / wall, cpu_s=cpu,
                       cpu_per_job_ms={part: 1000 * seconds / jobs
                                       for part, seconds in cpu.items()},
@@ -129,6 +159,38 @@ def _read_back(database: str, jobs: int) -> dict[str, Any]:
         raise RuntimeError(f"{done} of {jobs} jobs done, {succeeded} successful attempts")
     span = (last - first).total_seconds()
     return {"jobs": jobs, "span_s": span, "rate": jobs / span}
+
+
+def _staged(database: str, jobs: int, output_bytes: int, directory: Path) -> dict[str, Any]:
+    """Check the catalog and the destinations hold every output once, whole; the time from
+    each job's report to its cataloging (mean, median, p99, in seconds)."""
+    with psycopg.connect(database) as connection:
+        cataloged, replicas, sizes = connection.execute(
+            "select count(distinct f.id), count(r.id), count(*) filter (where f.size <> %s) "
+            "from catalog_file f left join replica r on r.file_id = f.id "
+            "and r.state = 'good'", (output_bytes,)).fetchone()
+        waits = sorted(row[0] for row in connection.execute(
+            "select extract(epoch from d.at - s.at) from jobevent s join jobevent d "
+            "on d.job_id = s.job_id and d.to_state = 'done' where s.to_state = 'staging'"))
+    if (cataloged, replicas, sizes) != (jobs, len(DESTINATIONS) * jobs, 0):
+        raise RuntimeError(f"{cataloged} of {jobs} files cataloged with {replicas} good "
+                           f"replicas, {sizes} of another size than {output_bytes}")
+    for name in DESTINATIONS:
+        found = [entry for entry in (directory / name).rglob("*") if entry.is_file()]
+        whole = [entry for entry in found if entry.name.startswith("out_")
+                 and entry.stat().st_size == output_bytes]
+        if len(found) != jobs or len(whole) != jobs:
+            raise RuntimeError(f"destination {name}: {len(found)} files, {len(whole)} of "
+                               f"them whole outputs, for {jobs} jobs")
+    return {"output_bytes": output_bytes, "destinations": len(DESTINATIONS),
+            "cataloged": cataloged, "stage_wait_s": _summary([float(w) for w in waits])}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    """Mean, median, p99 and max of sorted values."""
+    return {"mean": sum(values) / len(values), "median": values[len(values) // 2],
+            "p99": values[min(len(values) - 1, int(len(values) * 0.99))], "max": values[-1],
+            "n": len(values)}
 
 
 def _gaps(database: str) -> dict[str, Any]:
@@ -158,11 +220,14 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64, help="payload slots per pilot")
     parser.add_argument("--memory-watch", default="auto", choices=WATCHES,
                         help="how the pilots watch their payloads' memory (off: not at all)")
+    parser.add_argument("--output-bytes", type=int, default=0,
+                        help="the full path: each job writes one file of this size, staged to "
+                             "two local destinations and cataloged (0: no output)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         result = run(args.jobs, args.pilots, args.slots, Path(scratch),
-                     memory_watch=args.memory_watch)
+                     memory_watch=args.memory_watch, output_bytes=args.output_bytes)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -174,6 +239,10 @@ def main() -> None:
     print(f"slot gaps: median {result['gap_median_ms']} ms, p99 {result['gap_p99_ms']} ms, "
           f"mean {result['gap_mean_ms']:.2f} ms, max {result['gap_max_ms']} ms "
           f"over {result['gaps']} (memory watch: {args.memory_watch})")
+    if args.output_bytes:
+        wait = result["stage_wait_s"]
+        print(f"report to cataloged: mean {wait['mean']:.2f}s, median {wait['median']:.2f}s, "
+              f"p99 {wait['p99']:.2f}s, max {wait['max']:.2f}s over {wait['n']} jobs")
 
 
 if __name__ == "__main__":

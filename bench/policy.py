@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,6 +73,14 @@ def settle_once(url: str, attempts: int, directory: Path) -> float:
     assert len(lost) == attempts, len(lost)
     runtime.close()
     return elapsed
+
+
+def settle_run(attempts: int, admin: str) -> dict[str, Any]:
+    """One monitor pass settling `attempts` lost attempts on a fresh PostgreSQL database
+    (made and dropped through `admin`): the suite's figure."""
+    [seconds] = timed_runs("postgresql", admin, 1,
+                           lambda url, directory: settle_once(url, attempts, directory))
+    return {"attempts": attempts, "seconds": seconds, "rate": attempts / seconds}
 
 
 def main() -> None:

@@ -1,11 +1,16 @@
-"""Pilots versus one `sbatch` per job, on the same single-node SLURM cluster, in one run.
+"""Pilots versus one `sbatch` per job and versus a bare shell loop in one batch job, on the
+same single-node SLURM cluster, in one run.
 
     .venv/bin/python bench/slurm.py [--jobs 200] [--command true] [--repeat 1] [--json]
 
-Both ways run the same one-line job (`--command`, default `true`) with the same
-parallelism: 16 CPUs on the node, one per sbatch job, and 2 pilots x 8 payload slots.
+All ways run the same one-line job (`--command`, default `true`): one sbatch job per
+command, 16 at once (one CPU each, 16 on the node); 2 pilots x 8 payload slots; and the
+floor: one sbatch job whose shell script runs the --jobs commands one after another, each
+as a process (its program by path, so `true` is not the shell's builtin), no bookkeeping.
 The makespan runs from the first submission until every job has ended: for sbatch,
-from the first `sbatch` until squeue is empty; for pilots, from the factory's first
+from the first `sbatch` until squeue is empty; for the loop, from its `sbatch` to the end
+time its script writes as its last line (of it, the loop's own run, from its first line);
+for pilots, from the factory's first
 `sbatch` of a pilot (the pilot's submission time) to the last job's move to done, read
 from the job events, with the tower (PostgreSQL, RabbitMQ) already running. The whole
 `tower run --until-done`, which also starts the tower and ends the pilots, is shown too.
@@ -20,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +55,29 @@ def one_sbatch_per_job(cluster: SlurmCluster, jobs: int, command: str,
     while cluster.run("squeue", "--noheader", "--name=bench-sbatch").stdout.strip():
         time.sleep(0.1)
     return time.perf_counter() - started
+
+
+def one_batch_job_loop(cluster: SlurmCluster, jobs: int, command: str,
+                       directory: Path) -> tuple[float, float]:
+    """The makespan of one sbatch job running the commands in a bare shell loop, and of it
+    the loop's own run (its script's first line to its last)."""
+    argv = shlex.split(command)
+    program = shutil.which(argv[0])
+    if program is None:
+        raise RuntimeError(f"--command: {argv[0]!r} is not a program on PATH")
+    line = shlex.join([program, *argv[1:]])
+    script = directory / "loop.sh"
+    script.write_text("#!/bin/sh\n"
+                      f"date +%s.%N > {directory}/began\n"
+                      f"i=0; while [ $i -lt {jobs} ]; do {line}; i=$((i + 1)); done\n"
+                      f"date +%s.%N > {directory}/ended\n")
+    started = time.time()
+    cluster.run("sbatch", "--parsable", "--cpus-per-task=1", "--job-name=bench-loop",
+                f"--output={directory}/%j.out", str(script))
+    while cluster.run("squeue", "--noheader", "--name=bench-loop").stdout.strip():
+        time.sleep(0.1)
+    began, ended = (float((directory / name).read_text()) for name in ("began", "ended"))
+    return ended - started, ended - began
 
 
 def through_pilots(cluster: SlurmCluster, jobs: int, command: str,
@@ -91,16 +120,23 @@ def through_pilots(cluster: SlurmCluster, jobs: int, command: str,
 
 
 def run(jobs: int, command: str, repeat: int = 1) -> dict[str, object]:
-    """Makespans of both ways, `repeat` times each, on one cluster started for the run."""
+    """Makespans of the three ways, `repeat` times each, on one cluster started for the
+    run."""
     results: dict[str, list[float]] = {"sbatch per job": [], "pilots": [],
                                        "pilots, of it their start-up": [],
-                                       "pilots, whole run": []}
+                                       "pilots, whole run": [],
+                                       "one batch job, bare loop": [],
+                                       "one batch job, of it the loop": []}
     with tempfile.TemporaryDirectory() as scratch, running_cluster(Path(scratch)) as cluster:
         os.environ["SLURM_CONF"] = str(cluster.conf)  # the tower's own sbatch calls
         version = cluster.run("sinfo", "--version").stdout.strip()
         for number in range(repeat):
             work = Path(scratch) / f"run{number}"
-            (work / "sbatch").mkdir(parents=True)
+            for way in ("sbatch", "loop"):
+                (work / way).mkdir(parents=True)
+            loop, inside = one_batch_job_loop(cluster, jobs, command, work / "loop")
+            results["one batch job, bare loop"].append(loop)
+            results["one batch job, of it the loop"].append(inside)
             results["sbatch per job"].append(
                 one_sbatch_per_job(cluster, jobs, command, work / "sbatch"))
             makespan, start_up, wall = through_pilots(cluster, jobs, command, work / "pilots")
@@ -126,11 +162,13 @@ def main() -> None:
     makespans: dict[str, list[float]] = result["makespans_s"]  # type: ignore[assignment]
     print(f"{args.jobs} jobs of `{args.command}`, {result['layout']}, {result['slurm']}")
     for label, times in makespans.items():
-        print(f"{label:<18} makespan median {statistics.median(times):7.1f}s "
+        print(f"{label:<30} makespan median {statistics.median(times):7.1f}s "
               f"({min(times):.1f}-{max(times):.1f})")
-    ratio = statistics.median(makespans["sbatch per job"]) / statistics.median(
-        makespans["pilots"])
-    print(f"pilots are {ratio:.2f}x faster than one sbatch per job")
+    pilots = statistics.median(makespans["pilots"])
+    print(f"pilots are {statistics.median(makespans['sbatch per job']) / pilots:.2f}x faster "
+          f"than one sbatch per job; their makespan is "
+          f"{pilots / statistics.median(makespans['one batch job, bare loop']):.2f}x the "
+          "bare loop's")
 
 
 if __name__ == "__main__":

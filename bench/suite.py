@@ -2,6 +2,7 @@
 machine, in one run, on the same work. `make bench` runs it.
 
     .venv/bin/python bench/suite.py [--repeat 3] [--heavy-repeat 2] [--jobs 20000]
+                                    [--output-bytes 100000] [--settle 2000]
                                     [--scale-jobs 1000000] [--out bench/results]
 
 Writes OUT/REPORT.md and OUT/results.json: every figure's median and spread (min-max)
@@ -45,7 +46,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import gridtower, scale, slurm, swarm  # noqa: E402
+from bench import gridtower, policy, scale, slurm, swarm  # noqa: E402
+from bench.broker import ADMIN  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
 PEERS_PYTHON = ROOT / "bench" / ".peers-venv" / "bin" / "python"
@@ -63,6 +65,17 @@ def peer(kind: str, *options: str, timeout: float = 900) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"peers.py {kind} failed ({done.returncode}): {done.stderr[-2000:]}")
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def measured(results: dict[str, Any], kind: str, run: Callable[[], dict[str, Any]]) -> None:
+    """One run of a figure into results["runs"][kind]; a run that fails is kept in
+    results["failures"] with its error and the suite goes on (the report says "not
+    measured"), so one broken step does not lose an hour of figures."""
+    try:
+        results["runs"].setdefault(kind, []).append(run())
+    except Exception as exc:  # noqa: BLE001 (any failure of a step is reported, not fatal)
+        print(f"  {kind} failed: {exc!r}", file=sys.stderr, flush=True)
+        results.setdefault("failures", {}).setdefault(kind, []).append(repr(exc)[-2000:])
 
 
 def in_scratch(run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -100,6 +113,10 @@ def main() -> None:
     parser.add_argument("--heavy-repeat", type=int, default=2,
                         help="runs of each 20,000-job throughput figure")
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput run")
+    parser.add_argument("--output-bytes", type=int, default=100_000,
+                        help="the size of each full-path job's one output")
+    parser.add_argument("--settle", type=int, default=2000,
+                        help="lost attempts settled in one monitor pass")
     parser.add_argument("--scale-jobs", type=int, default=1_000_000)
     parser.add_argument("--drain", type=int, default=200_000,
                         help="jobs the broker loop publishes in the scale run")
@@ -121,42 +138,55 @@ def main() -> None:
 
     for number in range(args.repeat):
         step(f"ceilings, run {number + 1} of {args.repeat}", started)
-        runs.setdefault("spawn", []).append(peer("spawn"))
-        runs.setdefault("pika", []).append(peer("pika"))
+        measured(results, "spawn", lambda: peer("spawn"))
+        measured(results, "pika", lambda: peer("pika"))
 
     jobs = str(args.jobs)
     for number in range(args.heavy_repeat):
         step(f"durable throughput of {args.jobs} jobs, run {number + 1} of "
              f"{args.heavy_repeat}: gridtower", started)
-        runs.setdefault("gridtower", []).append(in_scratch(
+        measured(results, "gridtower", lambda: in_scratch(
             lambda directory: gridtower.run(args.jobs, 2, args.slots, directory)))
         step("  celery", started)
-        runs.setdefault("celery", []).append(peer("celery", "--jobs", jobs))
+        measured(results, "celery", lambda: peer("celery", "--jobs", jobs))
         step("  parsl", started)
-        runs.setdefault("parsl", []).append(peer("parsl", "--jobs", jobs))
+        measured(results, "parsl", lambda: peer("parsl", "--jobs", jobs))
+        step(f"  gridtower, the full path: one {args.output_bytes:,}-byte output per job, "
+             "staged to two destinations and cataloged", started)
+        measured(results, "full path", lambda: in_scratch(
+            lambda directory: gridtower.run(args.jobs, 2, args.slots, directory,
+                                            output_bytes=args.output_bytes)))
 
     for number in range(args.repeat):
         step(f"gap in a pilot of one slot, run {number + 1} of {args.repeat}", started)
-        runs.setdefault("one slot", []).append(in_scratch(
+        measured(results, "one slot", lambda: in_scratch(
             lambda directory: gridtower.run(1000, 1, 1, directory)))
 
-    step(f"{args.slurm_jobs} one-line jobs on SLURM: one sbatch each, then pilots", started)
-    runs["slurm"] = [slurm.run(args.slurm_jobs, "true", repeat=1)]
-    results["versions"]["slurm"] = runs["slurm"][0]["slurm"]
+    step(f"{args.slurm_jobs} one-line jobs on SLURM: a bare loop in one batch job, one "
+         "sbatch each, pilots", started)
+    measured(results, "slurm", lambda: slurm.run(args.slurm_jobs, "true", repeat=1))
+    if "slurm" in runs:
+        results["versions"]["slurm"] = runs["slurm"][0]["slurm"]
+
+    for number in range(args.repeat):
+        step(f"settling {args.settle:,} lost attempts, run {number + 1} of {args.repeat}",
+             started)
+        measured(results, "settle", lambda: policy.settle_run(args.settle, ADMIN))
 
     step(f"scale: a production of {args.scale_jobs:,} jobs", started)
-    runs["scale"] = [in_scratch(
-        lambda directory: scale.run(args.scale_jobs, args.drain, 20, directory))]
+    measured(results, "scale", lambda: in_scratch(
+        lambda directory: scale.run(args.scale_jobs, args.drain, 20, directory)))
 
     step(f"swarm: {', '.join(map(str, args.swarm_levels))} simulated pilots, "
          f"{args.swarm_seconds:.0f} s each", started)
-    runs["swarm"] = [in_scratch(
+    measured(results, "swarm", lambda: in_scratch(
         lambda directory: swarm.run(args.swarm_levels, args.swarm_seconds, directory,
-                                    jobs=100_000))]
+                                    jobs=100_000)))
 
     results["seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "swarm.svg").write_text(swarm.plot(runs["swarm"][0]))
+    if "swarm" in runs:
+        (args.out / "swarm.svg").write_text(swarm.plot(runs["swarm"][0]))
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     write_report(results, args.out / "REPORT.md")
     step(f"done: {args.out / 'REPORT.md'}", started)

@@ -314,6 +314,31 @@ def test_outputs_a_dead_tower_was_staging_are_taken_over_and_cataloged_once(
     assert sorted(os.listdir(store / "flaky")) == ["out_0.txt", "out_1.txt", "out_2.txt"]
 
 
+def test_a_copy_made_before_a_tower_died_is_found_whole_and_not_made_again(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    roots = {"near": tmp_path / "near", "far": tmp_path / "far"}
+    tower = live_tower(retry=RETRY, storage=storage(
+        {name: f"local:{root}" for name, root in roots.items()}, ["near", "far"]))
+    tower.submit(flaky_production(tmp_path, jobs=1))
+    tower.drive(lambda: tower.counts() == {"staging": 1}, timeout=60, without=("stager",))
+    with Session(tower.runtime.engine) as session:
+        [output] = session.exec(select(Output)).all()
+    # a tower copied the output to near, verified, and died before it cataloged anything:
+    # the copy is not recorded on the output (only the catalog's transaction records copies)
+    made = roots["near"] / "flaky" / output.name
+    made.parent.mkdir(parents=True)
+    made.write_bytes(Path(output.source).read_bytes())
+    before = made.stat().st_ino
+
+    assert stager.run_once(tower.runtime) == 1
+    assert made.stat().st_ino == before  # found whole, not copied again
+    with Session(tower.runtime.engine) as session:
+        [output] = session.exec(select(Output)).all()
+    assert output.staged and output.copied == ["near", "far"]
+    assert_done_exactly_once(tower.runtime.engine, jobs=1)
+    assert replicas_match_disk(tower, roots) == 2
+
+
 def feed_fifo_when(path: Path, data: bytes, ready: Callable[[], bool],
                    timeout: float = 30) -> threading.Thread:
     """In a thread: once `ready()`, write `data` into the FIFO at `path` as soon as a

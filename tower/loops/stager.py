@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import delete, or_, update
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from catalog import files, lineage
 from catalog.timeutil import later, utcnow
@@ -84,9 +84,11 @@ def run_once(runtime: Runtime) -> int:
                                name="stager-lease", daemon=True)
     renewer.start()
     try:
+        jobs, specs = _jobs_of(runtime, leased)
         with ThreadPoolExecutor(max_workers=min(PARALLEL, len(leased)),
                                 thread_name_prefix="stager") as pool:
-            return sum(pool.map(lambda output: _guarded(runtime, output), leased))
+            return sum(pool.map(lambda output: _guarded(runtime, output, *jobs[output.job_id],
+                                                        specs), leased))
     finally:
         done.set()
         renewer.join()
@@ -114,20 +116,17 @@ def _renew(runtime: Runtime, ids: list[int | None], done: threading.Event) -> No
                 .execution_options(synchronize_session=False))
 
 
-def _guarded(runtime: Runtime, output: Output) -> int:
-    with Session(runtime.engine) as session:
-        job = session.get(Job, output.job_id)
-        assert job is not None
-        production = session.get(Production, job.production_id)
-        assert production is not None
+def _guarded(runtime: Runtime, output: Output, job: Job, production: Production,
+             specs: dict[int, ProductionSpec]) -> int:
     with job_context(production.name, job.id, output.attempt):
-        return _settled(runtime, output, job, production)
+        return _settled(runtime, output, job, production, specs[job.production_id])
 
 
-def _settled(runtime: Runtime, output: Output, job: Job, production: Production) -> int:
+def _settled(runtime: Runtime, output: Output, job: Job, production: Production,
+             spec: ProductionSpec) -> int:
     """Stage `output`, or settle why not; 1 if it was staged."""
     try:
-        _stage(runtime, output, job, production)
+        _stage(runtime, output, job, production, spec)
         return 1
     except SourceError as exc:
         _fail(runtime, output, Outcome.STAGEOUT, f"stage-out of {output.name!r}: {exc}")
@@ -157,10 +156,26 @@ def _lease(runtime: Runtime) -> list[Output]:
         return list(session.exec(select(Output).where(col(Output.id).in_(ids))).all())
 
 
-def _stage(runtime: Runtime, output: Output, job: Job, production: Production) -> None:
-    """Copy to each destination still lacking a verified copy, recording each as it is
-    done; once all hold one, validate, catalog, and let the source go if asked."""
-    spec = ProductionSpec.model_validate(production.spec)
+def _jobs_of(runtime: Runtime, outputs: list[Output]
+             ) -> tuple[dict[int, tuple[Job, Production]], dict[int, ProductionSpec]]:
+    """The jobs and productions of a batch of outputs, and each production's spec, read
+    once for the batch rather than once per output."""
+    with transaction(runtime.engine) as session:
+        jobs = session.exec(select(Job).where(
+            col(Job.id).in_({output.job_id for output in outputs}))).all()
+        productions = {production.id: production for production in session.exec(
+            select(Production).where(col(Production.id).in_(
+                {job.production_id for job in jobs}))).all()}
+    specs = {key: ProductionSpec.model_validate(production.spec)
+             for key, production in productions.items() if key is not None}
+    return {job.id: (job, productions[job.production_id]) for job in jobs
+            if job.id is not None}, specs
+
+
+def _stage(runtime: Runtime, output: Output, job: Job, production: Production,
+           spec: ProductionSpec) -> None:
+    """Copy to each destination still lacking a verified copy; once all hold one,
+    validate, catalog, and let the source go if asked."""
     # reports are checked, but an output name is the pilot's string: proved plain again
     path = f"{production.dataset}/{plain_name(output.name, f'job {job.id} output')}"
     with _fetched(runtime, job.site, output) as local:
@@ -218,8 +233,11 @@ def _fetched(runtime: Runtime, site: str | None, output: Output) -> Iterator[Pat
 
 def _copy_all(runtime: Runtime, output: Output, destinations: list[str], path: str,
               local: Path) -> None:
-    """A verified copy at each destination still lacking one, each recorded as it is made;
-    a destination that is down does not stop the others."""
+    """A verified copy at each destination still lacking one; a destination that is down
+    does not stop the others. When one fails, the copies made are recorded (what waits
+    for which destination); when all are made, the catalog's transaction records them.
+    A tower killed between two copies loses no work: the next finds the verified copy at
+    the destination (`_copy`) and does not make it again."""
     copied = list(output.copied or [])
     problems = []
     for destination in destinations:
@@ -233,8 +251,9 @@ def _copy_all(runtime: Runtime, output: Output, destinations: list[str], path: s
             problems.append(f"{destination}: {exc}")
             continue
         copied.append(destination)
-        _note_copied(runtime, output, copied)
     if problems:
+        if len(copied) > len(output.copied or []):
+            _note_copied(runtime, output, copied)
         raise TransferError("; ".join(problems))
 
 
@@ -279,7 +298,7 @@ def _register(runtime: Runtime, output: Output, job: Job, production: Production
             files.mark_bad(session, entry, rejected)
             return
         session.execute(update(Output).where(col(Output.id) == output.id).values(
-            staged=True, lease_until=None, last_error=None)
+            staged=True, copied=list(replicas), lease_until=None, last_error=None)
             .execution_options(synchronize_session=False))
         waiting = session.exec(select(Output.id).where(
             Output.job_id == job.id, Output.attempt == output.attempt,
