@@ -93,7 +93,7 @@ def tower_submit(config: Path, name: str, jobs: int, directory: Path) -> dict[st
     request = directory / f"{name}.yaml"
     request.write_text(yaml.safe_dump({
         "name": name, "software": "coreutils", "command": ["/bin/true"],
-        "events_total": jobs * 10, "events_per_job": 10, "walltime": "10m"}))
+        "events_total": jobs * 10, "events_per_job": 10, "walltime": "5m"}))
     started = time.perf_counter()
     process = subprocess.Popen([*TOWER, "submit", str(request)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE,

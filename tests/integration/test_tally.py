@@ -125,7 +125,7 @@ def test_pace_is_the_last_hours_jobs_and_the_completion_follows_from_it(
     runtime = _runtime(tmp_path, database_url, jobs=10)
     now = utcnow()
     with transaction(runtime.engine) as session:
-        moved = [(1, 7, "local")]
+        moved = [(1, 7, "local", "default", "local", "default")]
         tally.jobs_moved(session, moved * 30, JobState.STAGING, JobState.DONE,
                          now - timedelta(hours=2))
         tally.jobs_moved(session, moved * 20, JobState.STAGING, JobState.DONE,
