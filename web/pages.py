@@ -167,8 +167,8 @@ def production(name: str) -> str:
         pace = progress.paces(session, {pid: summary["states"]})[pid]
         totals = tally.totals(session, production_id=pid)
         at_sites = _jobs_at_sites(session, pid)
-        run_plots = [(plot, run_summary.svg(run_summary.plot_data(session, chosen, plot)))
-                     for plot in run_summary.PLOTS]
+        run_plots = [(plot, run_summary.svg(data)) for plot, data in
+                     run_summary.plots_data(session, chosen, list(run_summary.PLOTS)).items()]
         parameters = sorted(productions.parameters(chosen))
         used = usage.distribution(session, pid)
         tuning = productions.tuning(session, pid)
