@@ -85,7 +85,8 @@ def timings(call: Any, repeat: int) -> dict[str, float]:
     seconds.sort()
     return {"median_ms": 1000 * statistics.median(seconds), "min_ms": 1000 * seconds[0],
             "p95_ms": 1000 * seconds[max(0, int(len(seconds) * 0.95) - 1)],
-            "max_ms": 1000 * seconds[-1]}
+            "max_ms": 1000 * seconds[-1], "mean_ms": 1000 * statistics.mean(seconds),
+            "n": len(seconds)}
 
 
 def run(url: str, jobs: int, repeat: int, directory: Path) -> dict[str, Any]:

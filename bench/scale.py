@@ -4,7 +4,9 @@ the broker loop draining it into RabbitMQ.
     .venv/bin/python bench/scale.py [--jobs 1000000] [--drain 200000] [--repeat 20] [--json]
 
 1. `tower submit` of one production of --jobs jobs into a fresh PostgreSQL database,
-   as a subprocess: its wall time and its peak resident memory (wait4's rusage).
+   as a subprocess: its wall time and its peak resident memory (wait4's rusage); then,
+   for the ratio, a raw COPY of the very rows it wrote into a scratch database of the same
+   schema (bench/submit.py).
 2. The broker loop (`matchmaker.run_once`, as `tower run` cycles it) matching defined
    jobs to a site and publishing them to RabbitMQ with confirms, until --drain jobs are
    queued: jobs per second. The site's backlog bound is opened to the drain size by its
@@ -30,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.broker import postgres, vhost  # noqa: E402
+from bench.broker import ADMIN, postgres, vhost  # noqa: E402
 from bench.pages import timings  # noqa: E402
+from bench.submit import raw_copy, tower_submit  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
 from tower.cli import main as tower_main  # noqa: E402
 from tower.config import load_config  # noqa: E402
@@ -49,24 +51,6 @@ from web.server import start_server  # noqa: E402
 
 TOWER = [sys.executable, "-m", "tower.cli"]
 NAME = "million"
-
-
-def submit(config: Path, jobs: int, directory: Path) -> dict[str, float]:
-    """`tower submit` as a subprocess: seconds and peak memory (MiB)."""
-    request = directory / f"{NAME}.yaml"
-    request.write_text(yaml.safe_dump({
-        "name": NAME, "software": "coreutils", "command": ["/bin/true"],
-        "events_total": jobs * 10, "events_per_job": 10, "walltime": "10m"}))
-    started = time.perf_counter()
-    process = subprocess.Popen([*TOWER, "submit", str(request)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE,
-                               env={**os.environ, "TOWER_CONFIG": str(config)})
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"tower submit failed: {process.stderr.read().decode()[-2000:]}"
-                           if process.stderr else "tower submit failed")
-    return {"submit_s": seconds, "submit_peak_mib": usage.ru_maxrss / 1024}
 
 
 def drain(runtime: Runtime, count: int, timeout: float = 300) -> dict[str, float]:
@@ -127,7 +111,9 @@ def run(jobs: int, drained: int, repeat: int, directory: Path) -> dict[str, Any]
         config = write_home(directory, database, broker=broker,
                             site={"backlog": {"per_slot": 2, "max": drained}},
                             loops={"batch_size": 5000})
-        result: dict[str, Any] = {"jobs": jobs, **submit(config, jobs, directory)}
+        result: dict[str, Any] = {"jobs": jobs, **tower_submit(config, NAME, jobs, directory)}
+        result["copy_s"] = raw_copy(database, NAME, ADMIN, directory)
+        result["submit_ratio"] = result["submit_s"] / result["copy_s"]
         runtime = Runtime.open(load_config(config))
         try:
             result.update(drain(runtime, drained))
@@ -152,7 +138,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"{args.jobs:,} jobs submitted in {result['submit_s']:.1f}s, peak "
-          f"{result['submit_peak_mib']:.0f} MiB")
+          f"{result['submit_peak_mib']:.0f} MiB; a raw COPY of the same rows "
+          f"{result['copy_s']:.1f}s: {result['submit_ratio']:.2f}x")
     print(f"broker loop: {result['drained']:,} jobs in {result['drain_s']:.1f}s = "
           f"{result['drain_rate']:,.0f} jobs/s over {result['drain_cycles']} cycles")
     for what, numbers in result["reads"].items():

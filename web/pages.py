@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from catalog import files, queries
@@ -28,7 +27,7 @@ from tower.loops import attempt_logs, factory
 from tower.loops.site_status import site_queues
 from tower.management import approval, chains, productions, progress, why
 from tower.model import fleet, jobs, provenance, tally, usage
-from tower.model.models import Attempt, Job, Output, Production, SiteHealth
+from tower.model.models import Attempt, Output, Production, SiteHealth
 from tower.model.states import JOB_TERMINAL, JobState, PilotState
 from tower.retries import retry
 from tower.retries.outcomes import NOT_FAILURES, Outcome, blame
@@ -168,8 +167,8 @@ def production(name: str) -> str:
         pace = progress.paces(session, {pid: summary["states"]})[pid]
         totals = tally.totals(session, production_id=pid)
         at_sites = _jobs_at_sites(session, pid)
-        run_plots = [(plot, run_summary.svg(run_summary.plot_data(session, chosen, plot)))
-                     for plot in run_summary.PLOTS]
+        run_plots = [(plot, run_summary.svg(data)) for plot, data in
+                     run_summary.plots_data(session, chosen, list(run_summary.PLOTS)).items()]
         parameters = sorted(productions.parameters(chosen))
         used = usage.distribution(session, pid)
         tuning = productions.tuning(session, pid)
@@ -198,13 +197,12 @@ def production(name: str) -> str:
 
 
 def _jobs_at_sites(session: Session, production_id: int) -> dict[tuple[str, str], int]:
-    """Jobs of a production at a site now (assigned to running), per site and state; the
-    index on (production, state) keeps this to the jobs in those states."""
-    live = [JobState.ASSIGNED, JobState.QUEUED, JobState.RUNNING, JobState.STAGING]
-    rows = session.exec(select(Job.site, Job.state, func.count()).where(
-        Job.production_id == production_id, col(Job.state).in_(live))
-        .group_by(col(Job.site), col(Job.state))).all()
-    return {(site or "", str(state)): n for site, state, n in rows}
+    """Jobs of a production at a site now (assigned to staging), per site and state, from
+    the tally (a count over the jobs grows with the backlog: 200 ms for 200,000 queued)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for (_, site, _, state), placed in tally.placed(session, production_id).items():
+        counts[(site, state)] += placed
+    return dict(counts)
 
 
 @pages.post("/productions/<name>/<action>")

@@ -17,6 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from markupsafe import Markup
@@ -65,18 +66,62 @@ FORMATS = {"svg": "image/svg+xml", "png": "image/png", "csv": "text/csv; charset
 def plot_data(session: Session, production: Production, name: str,
               now: datetime | None = None) -> dict[str, Any]:
     """The numbers of one summary plot of `production` (NotFound for an unknown plot)."""
-    if name not in PLOTS:
-        raise NotFound(f"no plot named {name!r} (known: {', '.join(PLOTS)})", field="plot")
+    return plots_data(session, production, [name], now)[name]
+
+
+def plots_data(session: Session, production: Production, names: Sequence[str],
+               now: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """The numbers of several summary plots of `production`, each read they share (its
+    life, its attempts or activity, its usage) made once: the production page shows all
+    eight."""
+    for name in names:
+        if name not in PLOTS:
+            raise NotFound(f"no plot named {name!r} (known: {', '.join(PLOTS)})",
+                           field="plot")
+    reads = _Reads(session, production, now or utcnow())
+    return {name: _plot(reads, name) for name in names}
+
+
+def _plot(reads: _Reads, name: str) -> dict[str, Any]:
     title, kind, unit, quantity = PLOTS[name]
-    head = {"plot": name, "production": production.name, "title": title, "kind": kind,
+    head = {"plot": name, "production": reads.production.name, "title": title, "kind": kind,
             "unit": unit}
     if kind == "time":
-        return head | _time_plot(session, production, name, now or utcnow())
+        return head | _time_plot(reads, name)
     label, x_unit = quantity.split("|")
-    values = _per_job(session, production.id or 0, name)
+    values = _per_job(reads, name)
     edges, counts = bins(values, low=0.0 if name == "cpu_efficiency" else None)
     return head | {"quantity": label, "x_unit": x_unit, "jobs": len(values), "edges": edges,
                    "counts": counts}
+
+
+class _Reads:
+    """What a production's plots read, each read once however many plots use it."""
+
+    def __init__(self, session: Session, production: Production, now: datetime) -> None:
+        self.session, self.production, self.now = session, production, now
+        self.production_id = production.id or 0
+
+    @cached_property
+    def life(self) -> tuple[datetime, datetime]:
+        return life(self.session, self.production, self.now)
+
+    @cached_property
+    def attempts(self) -> list[tuple[datetime, str, str, int]] | None:
+        """Its ended attempts at their times, if its life is short and they are few."""
+        start, end = self.life
+        if end - start > FINE_SPAN:
+            return None
+        return _attempts(self.session, self.production_id, start)
+
+    @cached_property
+    def activity(self) -> list[tally.Point]:
+        return tally.activity(self.session, production_id=self.production_id,
+                              since=self.life[0])
+
+    @cached_property
+    def usage(self) -> list[Any]:
+        return usage.latest(self.session, self.production_id)
 
 
 def life(session: Session, production: Production, now: datetime) -> tuple[datetime, datetime]:
@@ -95,15 +140,13 @@ def life(session: Session, production: Production, now: datetime) -> tuple[datet
     return start, max(end, start + timedelta(minutes=1))
 
 
-def _time_plot(session: Session, production: Production, name: str, now: datetime
-               ) -> dict[str, Any]:
-    start, end = life(session, production, now)
+def _time_plot(reads: _Reads, name: str) -> dict[str, Any]:
+    start, end = reads.life
     points: dict[datetime, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    fine = end - start <= FINE_SPAN
-    rows = _attempts(session, production.id or 0, start) if fine else None
+    rows = reads.attempts
+    fine = rows is not None
     if rows is None:
-        fine = False
-        for point in tally.activity(session, production_id=production.id, since=start):
+        for point in reads.activity:
             _add(points, name, point.bucket, point.site, point.kind, point.count,
                  point.events)
     else:
@@ -148,14 +191,14 @@ def _attempts(session: Session, production_id: int, since: datetime
     return [(ended, site, outcome or "", events) for ended, site, outcome, events in rows]
 
 
-def _per_job(session: Session, production_id: int, name: str) -> list[float]:
+def _per_job(reads: _Reads, name: str) -> list[float]:
     if name == "output_size":
-        sizes = session.execute(
+        sizes = reads.session.execute(
             select(func.sum(Output.size)).join(Job, col(Job.id) == col(Output.job_id))
-            .where(col(Job.production_id) == production_id)
+            .where(col(Job.production_id) == reads.production_id)
             .group_by(col(Output.job_id)).limit(usage.SAMPLE)).scalars().all()
         return [int(size) / 1e6 for size in sizes]
-    rows = usage.latest(session, production_id)
+    rows = reads.usage
     if name == "wall_time":
         return [row.wall_seconds for row in rows]
     if name == "peak_memory":

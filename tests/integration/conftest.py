@@ -231,6 +231,21 @@ def job_tally(session: Session) -> tuple[Counts, Counts]:
     return kept, scanned
 
 
+def placed_jobs(session: Session) -> dict[tuple[int, str, str, str], int]:
+    """{(production id, site, queue, state): jobs} of the jobs placed at sites, as a scan of
+    the jobs table counts them (what `tally.placed` keeps)."""
+    from sqlalchemy import func
+
+    from tower.model.models import Job
+    from tower.model.states import JOB_PLACED
+
+    return {(pid, site or "", queue, str(state)): n for pid, site, queue, state, n in
+            session.exec(select(Job.production_id, Job.site, Job.queue, Job.state, func.count())
+                         .where(col(Job.state).in_(JOB_PLACED))
+                         .group_by(col(Job.production_id), col(Job.site), col(Job.queue),
+                                   col(Job.state))).all()}
+
+
 def assert_tally_matches(engine: Engine) -> None:
     """The kept counters say what a scan of the jobs and attempts tables says."""
     from collections import Counter
@@ -243,6 +258,7 @@ def assert_tally_matches(engine: Engine) -> None:
     with Session(engine) as session:
         kept, scanned = job_tally(session)
         assert kept == scanned
+        assert tally.placed(session) == placed_jobs(session)
         outcomes = Counter(
             (a.site, a.outcome, a.exit_code if a.outcome == "exit_code"
              else a.signal if a.outcome == "signal" else 0)

@@ -29,10 +29,10 @@ from sqlmodel.sql.sqltypes import AutoString
 from pilots.urls import redact
 from tests.conftest import write_home
 from tests.e2e.test_cli import tower
-from tests.integration.conftest import LiveTower, toy_production
+from tests.integration.conftest import LiveTower, placed_jobs, toy_production
 from tower.config import load_config
 from tower.errors import SchemaError
-from tower.model import migrate, revision
+from tower.model import migrate, revision, tally
 from tower.model.db import create_schema, make_engine, raw_cursor
 from tower.model.models import Job
 from tower.model.states import JobState
@@ -96,6 +96,27 @@ def same_columns(found: dict[str, list[dict[str, Any]]],
     """`found` cut down to the columns the old rows had (later migrations may add some)."""
     return {name: [{k: row[k] for k in old[name][0]} if old[name] else row for row in rows]
             for name, rows in found.items()}
+
+
+def assert_rows_kept(engine: Engine, old: dict[str, list[dict[str, Any]]]) -> None:
+    """Every old row is there as it was (columns added since aside), but the job tally's:
+    its rows of placed jobs are recounted per site and queue (0006), to the same totals
+    and to what a scan of the jobs counts."""
+    found = read_rows(engine, set(old))
+    rest = {name: rows for name, rows in old.items() if name != "jobtally"}
+    assert same_columns({name: found[name] for name in rest}, rest) == rest
+    assert _tally_totals(found["jobtally"]) == _tally_totals(old["jobtally"])
+    with Session(engine) as session:
+        assert tally.placed(session) == placed_jobs(session)
+
+
+def _tally_totals(rows: list[dict[str, Any]]) -> dict[tuple[int, str], tuple[int, int]]:
+    totals: dict[tuple[int, str], tuple[int, int]] = {}
+    for row in rows:
+        jobs, events = totals.get((row["production_id"], row["state"]), (0, 0))
+        totals[(row["production_id"], row["state"])] = (jobs + row["jobs"],
+                                                         events + row["events"])
+    return {key: value for key, value in totals.items() if value != (0, 0)}
 
 
 def schema_of(engine: Engine) -> dict[str, Any]:
@@ -215,7 +236,7 @@ def test_a_database_of_the_release_before_upgrades_in_place_and_runs_a_productio
     assert upgraded.returncode == 0, upgraded.stderr
     assert upgraded.stdout.endswith(f"upgraded from before migrations to revision "
                                     f"{revision.HEAD}\n")
-    assert same_columns(read_rows(engine, set(old)), old) == old
+    assert_rows_kept(engine, old)
     with engine.connect() as connection:
         assert migrate.differences(connection) == []
 
@@ -329,7 +350,7 @@ def test_a_migration_that_copies_a_table_keeps_its_rows_and_the_rows_referring_t
         SECOND.format(number=number, head=revision.HEAD))
     done = migrate.upgrade(engine, redact(database_url), scripts)
     assert (done.before, done.after) == ("", number)
-    assert same_columns(read_rows(engine, set(old)), old) == old
+    assert_rows_kept(engine, old)
     present = inspect(engine)
     assert {c["name"]: c["type"].length for c in present.get_columns("job")
             if c["name"] in ("note", "message")} == {"note": 100, "message": 800}

@@ -125,7 +125,7 @@ def test_pace_is_the_last_hours_jobs_and_the_completion_follows_from_it(
     runtime = _runtime(tmp_path, database_url, jobs=10)
     now = utcnow()
     with transaction(runtime.engine) as session:
-        moved = [(1, 7, "local")]
+        moved = [(1, 7, "local", "default", "local", "default")]
         tally.jobs_moved(session, moved * 30, JobState.STAGING, JobState.DONE,
                          now - timedelta(hours=2))
         tally.jobs_moved(session, moved * 20, JobState.STAGING, JobState.DONE,
@@ -144,3 +144,46 @@ def test_pace_is_the_last_hours_jobs_and_the_completion_follows_from_it(
     assert progress.phase("active", {"done": 3, "failed": 1}) == "finished"
     assert progress.phase("active", {"done": 3, "held": 1}) == "active"
     assert progress.phase("paused", {"defined": 3}) == "paused"
+
+
+def test_placed_jobs_are_counted_per_site_and_queue_through_every_move(
+        tmp_path: Path, database_url: str) -> None:
+    from tests.integration.conftest import placed_jobs
+    from tower.loops.matchmaker import backlog
+
+    runtime = _runtime(tmp_path, database_url, jobs=100)
+    with transaction(runtime.engine) as session:
+        # Given jobs matched to two sites, some queued and running there
+        move_jobs(session, _ids(session, JobState.DEFINED, 60), JobState.DEFINED,
+                  JobState.ASSIGNED, "test", site="a")
+        move_jobs(session, _ids(session, JobState.DEFINED, 30), JobState.DEFINED,
+                  JobState.ASSIGNED, "test", site="b")
+        move_jobs(session, _ids(session, JobState.ASSIGNED, 50), JobState.ASSIGNED,
+                  JobState.QUEUED, "test")
+        move_jobs(session, _ids(session, JobState.QUEUED, 20), JobState.QUEUED,
+                  JobState.RUNNING, "test")
+        # When some are taken back from their site (their site cleared in the same move),
+        # and some taken back to be matched again elsewhere
+        move_jobs(session, _ids(session, JobState.QUEUED, 10), JobState.QUEUED,
+                  JobState.DEFINED, "recalled", site=None)
+        move_jobs(session, _ids(session, JobState.RUNNING, 5), JobState.RUNNING,
+                  JobState.DEFINED, "lost", site=None)
+        move_jobs(session, _ids(session, JobState.DEFINED, 12), JobState.DEFINED,
+                  JobState.ASSIGNED, "again", site="b")
+        # Then the tally says where they are, in the transaction and after it
+        assert tally.placed(session) == placed_jobs(session)
+    with Session(runtime.engine) as session:
+        assert tally.placed(session) == placed_jobs(session)
+        assert sum(tally.placed(session).values()) == sum(
+            n for state, n in productions.state_counts(session)[1].items()
+            if state in ("assigned", "queued", "running", "staging"))
+        held = backlog(session)
+        assert held == {key: n for key, n in {
+            ("a", "default"): sum(n for (_, site, _, state), n in placed_jobs(session).items()
+                                  if site == "a" and state in ("assigned", "queued")),
+            ("b", "default"): sum(n for (_, site, _, state), n in placed_jobs(session).items()
+                                  if site == "b" and state in ("assigned", "queued")),
+        }.items() if n}
+        tally.compact(session)
+        assert tally.placed(session) == placed_jobs(session)
+    runtime.close()

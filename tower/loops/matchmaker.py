@@ -314,11 +314,13 @@ def fair_order(per_group: dict[str, list[Any]], usage: dict[str, int],
 
 
 def backlog(session: Session) -> dict[SiteQueue, int]:
-    """Jobs held at each site queue: assigned or queued, not yet claimed."""
-    rows = session.exec(
-        select(Job.site, Job.queue, func.count()).where(col(Job.state).in_(JOB_AT_SITE))
-        .group_by(col(Job.site), col(Job.queue))).all()
-    return {(site, queue): count for site, queue, count in rows if site is not None}
+    """Jobs held at each site queue: assigned or queued, not yet claimed; from the tally
+    (a count over the jobs grows with the backlog)."""
+    held: dict[SiteQueue, int] = defaultdict(int)
+    for (_, site, queue, _), jobs in tally.placed(session, states=JOB_AT_SITE).items():
+        if site:
+            held[(site, queue)] += jobs
+    return dict(held)
 
 
 def backlog_bounds(session: Session, runtime: Runtime) -> dict[SiteQueue, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from tower.management.specs import (
     split,
 )
 from tower.model import reads, tally, usage
-from tower.model.db import analyze_after_commit, bulk_insert, driver_connection
+from tower.model.db import analyze_after_commit, driver_connection, insert_rows
 from tower.model.models import Job, Production, TuneDecision
 from tower.model.states import (
     PRODUCTION_TRANSITIONS,
@@ -37,9 +36,6 @@ from tower.model.states import (
     move_jobs,
     move_production,
 )
-
-#: Rows per INSERT statement when writing a production's jobs.
-INSERT_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -247,37 +243,22 @@ def run_in_full(session: Session, production: Production, by: str) -> int:
     return added
 
 
+#: What differs from job to job of a production, as a submit writes them.
+JOB_COLUMNS = ("production_id", "index", "seed", "first_event", "events")
+
+
 def insert_jobs(session: Session, production_id: int, spec: ProductionSpec,
                 start_index: int = 0, start_event: int = 0) -> int:
-    """Insert the jobs of `spec` from `start_index` on, INSERT_CHUNK rows a statement."""
-    count = events = 0
-    for chunk in _chunked(_job_rows(production_id, spec, start_index, start_event)):
-        bulk_insert(session, Job, chunk)
-        count += len(chunk)
-        events += sum(row["events"] for row in chunk)
-    tally.jobs_added(session, production_id, count, events)
+    """Insert the jobs of `spec` from `start_index` on, streamed as they are split (a COPY
+    on PostgreSQL), no job held in memory longer than its chunk."""
+    rows = ((production_id, job.index, job.seed, job.first_event, job.events)
+            for job in split(spec, start_index, start_event))
+    count = insert_rows(session, Job, JOB_COLUMNS, rows, {
+        "state": JobState.DEFINED, "priority": spec.priority, "queue": spec.queue,
+        "attempt": 0})
+    tally.jobs_added(session, production_id, count, max(spec.events_total - start_event, 0))
     analyze_after_commit(session, Job)
     return count
-
-
-def _job_rows(production_id: int, spec: ProductionSpec, start_index: int,
-              start_event: int) -> Iterator[dict[str, Any]]:
-    for job in split(spec, start_index, start_event):
-        yield {"production_id": production_id, "index": job.index, "seed": job.seed,
-               "first_event": job.first_event, "events": job.events,
-               "state": JobState.DEFINED, "priority": spec.priority, "queue": spec.queue,
-               "attempt": 0}
-
-
-def _chunked(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == INSERT_CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 #: A manager's action on a production -> the state it leaves it in.

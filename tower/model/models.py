@@ -345,6 +345,10 @@ class JobTally(SQLModel, table=True):
     state: JobState = state_column(JobState)
     jobs: int = Field(sa_type=BigInteger)
     events: int = Field(sa_type=BigInteger)
+    # columns added by a migration come last, where ALTER TABLE puts them
+    #: Where the jobs are, for states that place them at a site (JOB_PLACED); "" else.
+    site: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})
+    queue: str = Field(default="", max_length=100, sa_column_kwargs={"server_default": ""})
 
 
 class Activity(SQLModel, table=True):

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from catalog.timeutil import utcnow
@@ -58,6 +58,8 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 JOB_TERMINAL: frozenset[JobState] = frozenset({S.DONE, S.FAILED, S.CANCELLED})
 #: States in which a job holds a place in a site's backlog.
 JOB_AT_SITE: frozenset[JobState] = frozenset({S.ASSIGNED, S.QUEUED})
+#: States in which a job is placed at a site: the tally counts these per site and queue.
+JOB_PLACED: frozenset[JobState] = frozenset({S.ASSIGNED, S.QUEUED, S.RUNNING, S.STAGING})
 
 
 class ProductionState(enum.StrEnum):
@@ -145,15 +147,35 @@ def move_jobs(
     now = utcnow()
     events: list[dict[str, Any]] = []
     for state in currents:
-        rows = _compare_and_set(session, Job, job_ids, state, target,
+        ids, before = job_ids, None
+        if "site" in fields and state in JOB_PLACED:  # the tally needs where they were
+            before = _places(session, Job, job_ids, state)
+            ids = list(before)
+        rows = _compare_and_set(session, Job, ids, state, target,
                                 dict(fields, updated_at=now),
-                                returning=(Job.production_id, Job.events, Job.site))
-        tally.jobs_moved(session, [tuple(row[1:]) for row in rows], state, target, now)
+                                returning=(Job.production_id, Job.events, Job.site, Job.queue))
+        tally.jobs_moved(session, [(*row[1:], *(before[row[0]] if before else row[3:]))
+                                   for row in rows], state, target, now)
         events.extend({"job_id": row[0], "production_id": row[1], "from_state": state,
                        "to_state": target, "at": now, "reason": reason[:500]}
                       for row in rows)
     bulk_insert(session, JobEvent, events)
     return [event["job_id"] for event in events]
+
+
+def _places(session: Session, model: Any, ids: Sequence[int], state: JobState
+            ) -> dict[int, tuple[str | None, str]]:
+    """{id: (site, queue)} of the jobs among `ids` in `state`, locked until the transaction
+    ends (on PostgreSQL; SQLite's writer holds the whole database), so a move that changes
+    their site still knows where they were."""
+    table = model.__table__
+    places: dict[int, tuple[str | None, str]] = {}
+    for start in range(0, len(ids), 5000):
+        places.update((row[0], (row[1], row[2])) for row in session.execute(
+            select(table.c.id, table.c.site, table.c.queue)
+            .where(table.c.id.in_(ids[start:start + 5000]), table.c.state == state)
+            .with_for_update()))
+    return places
 
 
 def move_jobs_from(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select
+from sqlalchemy import case, delete, event, func, insert, select
 from sqlmodel import Session, col
 
 from catalog.timeutil import utcnow
@@ -25,7 +25,7 @@ from tower.model import reads
 from tower.model.db import driver_connection
 from tower.model.models import Activity, Job, JobTally
 from tower.model.reads import Count
-from tower.model.states import JobState
+from tower.model.states import JOB_PLACED, JobState
 
 #: Seconds per activity bucket.
 BUCKET = 300
@@ -48,7 +48,7 @@ def bucket_time(bucket: int) -> datetime:
 
 
 #: Key columns of each tally, and the amounts summed under a key.
-KEYS: dict[Any, tuple[str, ...]] = {JobTally: ("production_id", "state"),
+KEYS: dict[Any, tuple[str, ...]] = {JobTally: ("production_id", "state", "site", "queue"),
                                     Activity: ("production_id", "site", "bucket", "kind",
                                                "code")}
 AMOUNTS: dict[Any, tuple[str, ...]] = {JobTally: ("jobs", "events"),
@@ -88,19 +88,28 @@ def _after_rollback(session: Session) -> None:
 def jobs_added(session: Session, production_id: int, jobs: int, events: int) -> None:
     """New jobs of a production, all `defined`."""
     if jobs:
-        _add(session, JobTally, (production_id, JobState.DEFINED), jobs, events)
+        _add(session, JobTally, (production_id, JobState.DEFINED, "", ""), jobs, events)
 
 
-def jobs_moved(session: Session, moved: Iterable[tuple[int, int, str | None]],
+def jobs_moved(session: Session, moved: Iterable[tuple[int, int, str | None, str, str | None,
+                                                     str]],
                source: JobState, target: JobState, when: datetime) -> None:
-    """Jobs (production id, events, site) moved from `source` to `target`."""
+    """Jobs (production id, events, site and queue after the move, and before it) moved
+    from `source` to `target`."""
     bucket = bucket_of(when)
-    for production_id, events, site in moved:
-        if source is not target:
-            _add(session, JobTally, (production_id, source), -1, -events)
-            _add(session, JobTally, (production_id, target), 1, events)
+    for production_id, events, site, queue, old_site, old_queue in moved:
+        before = _place(source, old_site, old_queue)
+        after = _place(target, site, queue)
+        if (source, before) != (target, after):
+            _add(session, JobTally, (production_id, source, *before), -1, -events)
+            _add(session, JobTally, (production_id, target, *after), 1, events)
         if target is JobState.DONE:
             _add(session, Activity, (production_id, site or "", bucket, DONE, 0), 1, events)
+
+
+def _place(state: JobState, site: str | None, queue: str) -> tuple[str, str]:
+    """The site and queue a tally row of `state` keeps: only a placed job's."""
+    return (site or "", queue) if state in JOB_PLACED else ("", "")
 
 
 def attempt_ended(session: Session, production_id: int, site: str, outcome: str, code: int,
@@ -123,6 +132,22 @@ def counts(session: Session, production_id: int | None = None
     included; states with no jobs left out."""
     write_pending(session)
     return reads.counts(driver_connection(session), production_id)
+
+
+def placed(session: Session, production_id: int | None = None,
+           states: Iterable[JobState] = JOB_PLACED) -> dict[tuple[int, str, str, str], int]:
+    """{(production id, site, queue, state): jobs} of the jobs placed at sites (in
+    `states`, some of JOB_PLACED), this transaction's moves included."""
+    write_pending(session)
+    query = (select(col(JobTally.production_id), col(JobTally.site), col(JobTally.queue),
+                    col(JobTally.state), func.sum(JobTally.jobs))
+             .where(col(JobTally.state).in_(list(states)))
+             .group_by(col(JobTally.production_id), col(JobTally.site), col(JobTally.queue),
+                       col(JobTally.state)))
+    if production_id is not None:
+        query = query.where(col(JobTally.production_id) == production_id)
+    return {(pid, site, queue, str(state)): int(jobs)
+            for pid, site, queue, state, jobs in session.execute(query).all() if jobs}
 
 
 @dataclass(frozen=True)
@@ -182,8 +207,8 @@ def compact(session: Session, now: datetime | None = None) -> int:
     """
     write_pending(session)
     crowded = [pid for (pid,) in session.execute(
-        select(col(JobTally.production_id)).group_by(col(JobTally.production_id),
-                                                col(JobTally.state))
+        select(col(JobTally.production_id)).group_by(
+            *(col(getattr(JobTally, name)) for name in KEYS[JobTally]))
         .having(func.count() > 1).distinct()).all()]
     removed = 0
     if crowded:
@@ -226,12 +251,17 @@ def _fold(session: Session, model: Any, where: Any,
 
 
 def rebuild(session: Session) -> None:
-    """Recount the job tally from the jobs table (a database made before it existed)."""
+    """Recount the job tally from the jobs table (a database made before it existed, or
+    before it kept where placed jobs are)."""
     session.execute(delete(JobTally))
-    rows = session.execute(select(col(Job.production_id), col(Job.state), func.count(),
-                                  func.sum(Job.events))
-                           .group_by(col(Job.production_id), col(Job.state))).all()
+    placed = col(Job.state).in_(list(JOB_PLACED))
+    site = case((placed, func.coalesce(Job.site, "")), else_="")
+    queue = case((placed, Job.queue), else_="")
+    rows = session.execute(select(col(Job.production_id), col(Job.state), site, queue,
+                                  func.count(), func.sum(Job.events))
+                           .group_by(col(Job.production_id), col(Job.state), site, queue)
+                           ).all()
     if rows:
         session.execute(insert(JobTally), [
-            {"production_id": pid, "state": state, "jobs": n, "events": int(e)}
-            for pid, state, n, e in rows])
+            {"production_id": pid, "state": state, "site": where, "queue": line, "jobs": n,
+             "events": int(e)} for pid, state, where, line, n, e in rows])
