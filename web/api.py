@@ -476,6 +476,14 @@ def job_why(job_id: int) -> Any:
         return jsonify(why.explain(session, runtime.config, job_id))
 
 
+@api.get("/productions/<name>/why")
+@needs(Permission.READ)
+def production_why(name: str) -> Any:
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        return jsonify(why.explain_production(session, runtime.config, name))
+
+
 @api.get("/policies")
 @needs(Permission.READ)
 def list_policies() -> Any:
