@@ -313,9 +313,10 @@ def list_pilots() -> Any:
 @api.get("/sites")
 @needs(Permission.READ)
 def list_sites() -> Any:
-    """Each site queue: pilots, jobs waiting, backlog and bound, broker depth, cool-down."""
+    """Each site queue: pilots, jobs waiting, backlog and bound, broker depth, cool-down,
+    the credential as the monitor last read it (`?live=true`: read from each site now)."""
     runtime = _runtime()
-    rows, problem = site_queues(runtime)
+    rows, problem = site_queues(runtime, live=request.args.get("live") == "true")
     return jsonify({"sites": rows, "broker_error": problem,
                     "insecure": runtime.config.api.exposed})
 
