@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from catalog.timeutil import ago, utcnow
 from tower.errors import BackendError
@@ -66,16 +66,29 @@ def site_queues(runtime: Runtime, live: bool = False
 
 def read_credentials(runtime: Runtime) -> None:
     """Record each site's credential as its batch system shows it now (the monitor's
-    cycle): kept when a read fails, with the error beside it."""
+    cycle): kept when a read fails, with the error beside it; after a failure, the site
+    is read again once its `error_pause` has passed, not every cycle. The sites are read
+    outside the transaction that records them."""
+    sites = runtime.config.sites
+    with Session(runtime.engine) as session:
+        paused = {site for site, error_at in session.exec(select(SiteRead.site, SiteRead.error_at))
+                  if site in sites and error_at is not None
+                  and error_at > ago(sites[site].limits.error_pause)}
+    read: dict[str, tuple[str | None, str | None]] = {}
+    for name in sites:
+        if name not in paused:
+            try:
+                read[name] = (runtime.batch_system(name).credential(), None)
+            except BackendError as exc:
+                read[name] = (None, str(exc)[:1000])
     now = utcnow()
     with transaction(runtime.engine) as session:
-        for name in runtime.config.sites:
+        for name, (credential, error) in read.items():
             row = session.get(SiteRead, name) or SiteRead(site=name)
-            try:
-                row.credential, row.read_at = runtime.batch_system(name).credential(), now
-                row.error = row.error_at = None
-            except BackendError as exc:
-                row.error, row.error_at = str(exc)[:1000], now
+            if error is None:
+                row.credential, row.read_at, row.error, row.error_at = credential, now, None, None
+            else:
+                row.error, row.error_at = error, now
             session.add(row)
 
 
