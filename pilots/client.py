@@ -19,7 +19,11 @@ class TowerUnreachable(RuntimeError):
 
 
 class TowerRefused(RuntimeError):
-    """The tower answered with an error about this request."""
+    """The tower answered with an error about this request (its HTTP `status`)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class TowerClient:
@@ -74,7 +78,7 @@ class TowerClient:
             data = {"message": response.text[:200]}
         if response.status_code >= 400:
             raise TowerRefused(f"{action}: HTTP {response.status_code}: "
-                               f"{data.get('message', data)}")
+                               f"{data.get('message', data)}", response.status_code)
         return data  # type: ignore[no-any-return]
 
     def hurry(self, patience: float = 10.0) -> None:

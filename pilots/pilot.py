@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -435,6 +436,16 @@ class Pilot:
             keys = list(self.running)
             try:
                 answer = self.client.call("heartbeat", {"jobs": [list(k) for k in keys]})
+            except TowerRefused as exc:
+                if exc.status != HTTPStatus.CONFLICT:
+                    log.warning("heartbeat refused: %s", exc)
+                    continue
+                # the tower wrote this pilot off (lost, or its batch job ended: ARC's fork
+                # back end kills a cancelled job's wrapper, not the pilot): nothing it runs
+                # counts any more, so it stops its payloads and leaves now
+                log.warning("pilot=%s: the tower refused it: %s", self.settings.pilot_id, exc)
+                self.terminate(f"the tower refused it: {exc}")
+                return
             except Exception:  # the loop boundary of this thread: the next beat tries again
                 log.exception("heartbeat failed")
                 continue

@@ -44,11 +44,12 @@ or was killed its last state, for that long (a pilot registers and says goodbye 
 tower itself meanwhile).
 
 ARC's fork back end (a CE without a batch system) cancels a job by killing the
-wrapper it started, not the job's processes: the pilot runs on. The CE then says
-KILLED, and the tower writes the pilot's unfinished attempts off as `pilot_killed`
-(the retry policy resubmits them); the pilot's next heartbeat tells it to stop those
-payloads, and it leaves once idle. Behind SLURM or HTCondor the CE's cancel ends the
-whole job, as `scancel` does.
+wrapper it started, not the job's processes (`cancel-fork-job` signals the wrapper's
+shell, whose trap SIGKILLs the job script alone): the pilot runs on. The CE then says
+KILLED, and the tower writes the pilot and its unfinished attempts off as
+`pilot_killed` (the retry policy resubmits them); the pilot's next heartbeat is
+refused, and it stops its payloads and leaves. Behind SLURM or HTCondor the CE's
+cancel ends the whole job, as `scancel` does.
 """
 
 from __future__ import annotations

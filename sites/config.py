@@ -192,6 +192,10 @@ class Limits(Strict):
     #: After the site refused a submission (or could not be reached), the factory submits
     #: nothing there for this long: one try per pause, not one per cycle.
     error_pause: Seconds = Field(default=60, ge=0)
+    #: A pilot reserved this long without a batch id was left by a tower that died
+    #: between deciding and submitting, and counts no more: longer than a submission to
+    #: this site can take.
+    unsubmitted_after: Seconds = Field(default=300, gt=0)
 
 
 class Backlog(Strict):

@@ -313,9 +313,10 @@ def list_pilots() -> Any:
 @api.get("/sites")
 @needs(Permission.READ)
 def list_sites() -> Any:
-    """Each site queue: pilots, jobs waiting, backlog and bound, broker depth, cool-down."""
+    """Each site queue: pilots, jobs waiting, backlog and bound, broker depth, cool-down,
+    the credential as the monitor last read it (`?live=true`: read from each site now)."""
     runtime = _runtime()
-    rows, problem = site_queues(runtime)
+    rows, problem = site_queues(runtime, live=request.args.get("live") == "true")
     return jsonify({"sites": rows, "broker_error": problem,
                     "insecure": runtime.config.api.exposed})
 
@@ -474,6 +475,14 @@ def job_why(job_id: int) -> Any:
     runtime = _runtime()
     with Session(runtime.engine) as session:
         return jsonify(why.explain(session, runtime.config, job_id))
+
+
+@api.get("/productions/<name>/why")
+@needs(Permission.READ)
+def production_why(name: str) -> Any:
+    runtime = _runtime()
+    with Session(runtime.engine) as session:
+        return jsonify(why.explain_production(session, runtime.config, name))
 
 
 @api.get("/policies")

@@ -30,14 +30,15 @@ from tower.auth.access import Permission
 from tower.loops import daemon, liveness
 from tower.loops.site_status import site_queues
 from tower.management import productions, progress
-from tower.model import tally
+from tower.model import reads, tally
+from tower.model.db import driver_connection
 from tower.model.models import Output
 from tower.runtime import Runtime
 from web.auth import needs
 from web.latency import LATENCY
 
 #: Phases whose productions are labelled one by one.
-LIVE = ("active", "paused")
+LIVE = ("active", "paused", progress.WAITING)
 
 metrics = Blueprint("metrics", __name__)
 
@@ -66,10 +67,13 @@ class TowerCollector:
         chosen = {production.id: production for production in
                   productions.all_productions(session)}
         counted: Counter[str] = Counter()
+        waiting = reads.waiting_for_upstream(driver_connection(session), [
+            production.name for production in chosen.values() if production.state == "active"])
         for production_id, states in tally.counts(session).items():
             production = chosen[production_id]
             phase = progress.phase(production.state, {state: count.jobs for state, count
-                                                      in states.items()})
+                                                      in states.items()},
+                                   waiting=production.name in waiting)
             counted[phase] += 1
             if phase not in LIVE:
                 continue

@@ -119,9 +119,9 @@ def overview() -> str:
         points = tally.activity(session, since=utcnow() - WINDOW)
     for row in summaries:
         row["pace"] = paces[ids[row["name"]]]
-        row["phase"] = progress.phase(row["state"], row["states"])
-    active = [row for row in summaries if row["phase"] in ("active", "paused")]
-    finished = [row for row in summaries if row["phase"] not in ("active", "paused")]
+    going = ("active", "paused", progress.WAITING)
+    active = [row for row in summaries if row["phase"] in going]
+    finished = [row for row in summaries if row["phase"] not in going]
     sites, broker_error = site_queues(runtime)
     return render_template("overview.html", active=active, finished=finished, sites=sites,
                            broker_error=broker_error, **_plots(points))
@@ -187,7 +187,7 @@ def production(name: str) -> str:
         per_site[site][state] += count
     return render_template(
         "production.html", production=chosen, summary=summary, pace=pace,
-        phase=progress.phase(chosen.state, summary["states"]),
+        phase=summary["phase"],
         parameters=parameters, linked=linked, usage=used, tuning=tuning, chain=chain,
         usage_figures=usage.FIGURES,
         failures=[{"class": kind, "code": code, "blame": blame(Outcome(kind)), "attempts": n}

@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from sqlmodel import Session, select
 
-from tests.arcce import PYTHON, ArcCE
+from tests.arcce import NOBODY, PYTHON, ArcCE
 from tests.conftest import tls_api
 from tests.integration.conftest import (
     LiveTower,
@@ -121,6 +121,13 @@ def test_a_pilot_killed_through_the_ce_is_mapped_and_its_job_retried(
     with Session(tower.runtime.engine) as session:
         attempt = session.get(Attempt, victim.id)
     assert attempt is not None and attempt.outcome == Outcome.PILOT_KILLED
+    # the fork back end killed the job's wrapper alone (the CE says KILLED): the pilot,
+    # written off, is refused at its next heartbeat and stops its payload then, not when
+    # the payload's 150 s end
+    deadline = time.monotonic() + 30
+    while sleepers(arc_ce) and time.monotonic() < deadline:
+        tower.cycles(1, pause=0.5)
+    assert not sleepers(arc_ce)
     tower.drive(tower.all_ended, timeout=180, pause=0.5)
     assert_done_exactly_once(tower.runtime.engine, jobs=1)
     # the standard policy retried it at once: the site's doing, not the payload's
@@ -128,6 +135,19 @@ def test_a_pilot_killed_through_the_ce_is_mapped_and_its_job_retried(
         decision = session.exec(select(RetryDecision).where(
             RetryDecision.job_id == victim.job_id)).one()
     assert decision.action == "retry"
+
+
+def sleepers(ce: ArcCE) -> list[int]:
+    """The CE's jobs' processes that run `sleep 150` (the payload of the test above)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and entry.stat().st_uid == NOBODY
+                    and (entry / "cmdline").read_bytes() == b"sleep\x00150\x00"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 #: A pilot's process that burns CPU (bounded: the CE's limit ends it far sooner).
@@ -256,10 +276,41 @@ def test_the_proxy_is_renewed_in_place_once_less_than_proxy_renewal_remains(
     # the CE holds the renewed proxy under the same delegation
     held = batch._call("POST", f"delegations/{first[0]}", params={"action": "get"}).content
     assert x509.load_pem_x509_certificates(held)[0].not_valid_after_utc == renewed[1]
-    # and `tower sites` shows the robot and a proxy, with their ends
+    # and `tower sites` shows the robot and a proxy, with their ends, as the monitor read them
     tower = live_tower(site=arc_site(arc_ce, tmp_path.name))
+    tower.cycles(1)
     listing = subprocess.run([sys.executable, "-m", "tower.cli", "--config",
                               str(tower.home / "tower.yaml"), "sites"], capture_output=True,
                              text=True, timeout=120)
     assert "credential: robot CN=tower robot,OU=robots,O=gridtower until " in listing.stdout
     assert "; proxy delegated until " in listing.stdout
+
+
+def test_sites_shows_the_last_read_credential_at_once_while_the_ce_is_stopped(
+        arc_ce: ArcCE, live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    tower = live_tower(site=arc_site(arc_ce, tmp_path.name))
+    tower.cycles(1)  # the monitor reads the robot and delegates a proxy
+
+    def sites(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tower.cli", "--config",
+                               str(tower.home / "tower.yaml"), "sites", *options],
+                              capture_output=True, text=True, timeout=120)
+
+    arc_ce.stop()
+    try:
+        assert not arc_ce.answers()
+        # the listing asks the CE nothing: the last state the monitor read, and when
+        listing = sites()
+        assert listing.returncode == 0, listing.stderr
+        [line] = [line for line in listing.stdout.splitlines() if "credential:" in line]
+        assert "credential: robot CN=tower robot,OU=robots,O=gridtower until " in line
+        assert "; proxy delegated until " in line and " (read " in line
+        assert "refused" not in line
+        # the monitor's next cycle holds its delegation: the state it shows is still true
+        tower.cycles(1)
+        assert "; proxy delegated until " in sites().stdout
+        # --live asks the CE now, from this process (which delegated nothing): refused
+        live = sites("--live")
+        assert "credential: refused: " in live.stdout, live.stdout
+    finally:
+        arc_ce.start()

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from catalog import files, lineage
 from catalog.models import CatalogFile, Dataset, FileParent, Replica
 from tests.conftest import write_home
+from tests.e2e.test_cli import tower
 from tests.integration.conftest import (
     EXAMPLES,
     LiveTower,
@@ -33,7 +34,7 @@ from tests.integration.conftest import (
 from tower.config import load_config
 from tower.errors import SpecError
 from tower.loops import matchmaker
-from tower.management import chains, productions
+from tower.management import chains, productions, why
 from tower.model.db import bulk_insert, make_engine, transaction
 from tower.model.models import Job, JobEvent, JobInput, Pilot, Production
 from tower.model.states import JobState, PilotState, move_jobs
@@ -591,3 +592,81 @@ def test_each_job_is_brokered_to_a_site_holding_its_own_files(
         own = chains.job_lfns(session, session.exec(select(Job.id)).all())
         sites = {own[job.id or 0][0]: job.site for job in session.exec(select(Job)).all()}
     assert sites == {lfn: "other" if n % 2 else "local" for n, lfn in enumerate(lfns)}
+
+
+# -- a step waiting for its upstream --------------------------------------------------------------
+
+
+def test_a_step_whose_jobs_ended_while_its_upstream_runs_waits_for_upstream(
+        make_runtime: Callable[..., Runtime], tmp_path: Path) -> None:
+    runtime = make_runtime()
+    upstream = yaml.safe_load(toy_production(tmp_path, "sim", jobs=3).read_text())
+    submit(runtime, request(tmp_path, upstream, reco("reco", "sim"), name="chain"))
+    with transaction(runtime.engine) as session:
+        first = session.exec(select(Job).where(Job.index == 0)).first()
+        assert first is not None and first.id is not None
+        _through(session, first.id, JobState.DONE)
+        _cataloged(session, "sim", "decays_0.csv", first.id, 1, b"first")
+        production = productions.get(session, "reco")
+        assert chains.feed(session, production) == 1
+        [made] = session.exec(select(Job.id).where(Job.production_id == production.id)).all()
+        assert made is not None
+        _through(session, made, JobState.DONE)
+    # Then the step's every job is done, yet sim has two jobs to run: reco waits, and says so
+    with Session(runtime.engine) as session:
+        phases = {row["name"]: row["phase"] for row in productions.summaries(session)}
+        assert phases == {"sim": "active", "reco": "waiting for upstream"}
+        assert productions.summaries(session, "reco")[0]["phase"] == "waiting for upstream"
+        told = why.explain_production(session, runtime.config, "reco")
+        assert told["phase"] == "waiting for upstream"
+        assert any("waits for files of sim" in line and "2 of its 3 jobs" in line
+                   for line in told["why"]), told["why"]
+        job = why.explain(session, runtime.config, made)
+        assert any("waits for files of sim" in line for line in job["why"]), job["why"]
+    # as the CLI says it
+    config = tmp_path / "home" / "tower.yaml"
+    status = tower(config, "status", "reco")
+    assert status.returncode == 0 and "waiting for upstream" in status.stdout, status
+    told_cli = tower(config, "why", "reco")
+    assert told_cli.returncode == 0, told_cli.stderr
+    assert told_cli.stdout.startswith("production reco is waiting for upstream")
+    assert "waits for files of sim (2 of its 3 jobs have not ended)" in told_cli.stdout
+    # and once sim's jobs end (cancelled here), reco is finished
+    with transaction(runtime.engine) as session:
+        sim = productions.get(session, "sim")
+        rest = session.exec(select(Job.id).where(Job.production_id == sim.id,
+                                                 Job.state == JobState.DEFINED)).all()
+        move_jobs(session, list(rest), JobState.DEFINED, JobState.CANCELLED, "test")
+    with Session(runtime.engine) as session:
+        phases = {row["name"]: row["phase"] for row in productions.summaries(session)}
+        assert phases == {"sim": "finished", "reco": "finished"}
+        assert not any("waits for" in line for line in
+                       why.explain_production(session, runtime.config, "reco")["why"])
+
+
+def test_a_remade_job_counts_its_events_once(make_runtime: Callable[..., Runtime],
+                                              tmp_path: Path) -> None:
+    runtime = make_runtime()
+    upstream = yaml.safe_load(toy_production(tmp_path, "sim", jobs=2).read_text())
+    submit(runtime, request(tmp_path, upstream, reco("reco", "sim"), name="chain"))
+    with transaction(runtime.engine) as session:
+        sim = {job.index: job.id or 0 for job in session.exec(select(Job)).all()}
+        for index in (0, 1):
+            _cataloged(session, "sim", f"decays_{index}.csv", sim[index], 1, b"first")
+        production = productions.get(session, "reco")
+        assert chains.feed(session, production) == 2
+        assert production.events_total == 20
+        for job_id in session.exec(select(Job.id).where(
+                Job.production_id == production.id)).all():
+            _through(session, job_id or 0, JobState.QUEUED)
+        # sim's first output superseded: the job at a site reading it is cancelled, remade
+        _cataloged(session, "sim", "decays_0.csv", sim[0], 2, b"second")
+    with transaction(runtime.engine) as session:
+        chains.feed_all(session)
+    with Session(runtime.engine) as session:
+        production = productions.get(session, "reco")
+        states = Counter(session.exec(select(Job.state).where(
+            Job.production_id == production.id)).all())
+        assert states == {JobState.CANCELLED: 1, JobState.QUEUED: 1, JobState.DEFINED: 1}
+        assert production.events_total == 20
+        assert productions.summaries(session, "reco")[0]["events_total"] == 20

@@ -88,3 +88,17 @@ def test_a_reservation_a_dead_tower_left_is_forgotten(make_runtime: Any,
     with Session(runtime.engine) as session:
         orphan = session.get(Pilot, "orphan")
     assert orphan is not None and orphan.state == PilotState.LOST
+
+
+def test_a_site_sets_how_long_a_reservation_waits_before_it_is_forgotten(
+        make_runtime: Any, tmp_path: Path) -> None:
+    # a site whose submissions may take long (a slow CE, SSH) keeps a reservation 2h
+    runtime = make_runtime(limits={"max_queued": 1, "max_running": 1, "max_per_cycle": 1,
+                                   "unsubmitted_after": "2h"})
+    with transaction(runtime.engine) as session:
+        session.add(Pilot(id="submitting", site="local", submitted_at=ago(3600)))
+    submit(runtime, tmp_path)
+    assert factory.run_once(runtime) == 0  # another tower may still be submitting it
+    with Session(runtime.engine) as session:
+        reserved = session.get(Pilot, "submitting")
+    assert reserved is not None and reserved.state == PilotState.SUBMITTED

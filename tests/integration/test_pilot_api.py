@@ -203,3 +203,32 @@ def test_a_claim_carries_the_reports_of_what_ended(client: FlaskClient,
     # and a claim that reports an attempt twice is refused the second time, changing nothing
     again = post(client, "p1", "claim", {"jobs": [], "reports": [finished(*key)]})
     assert again["verdicts"][0]["accepted"] is False and again["jobs"] == []
+
+
+def test_a_job_on_attempt_0_is_claimed_and_its_failure_decided(client: FlaskClient,
+                                                                runtime: Runtime) -> None:
+    # Given a job queued on attempt 0, as a release before migrations left some (its
+    # message carries attempt 0; no attempt row counts above its budget mark, 0)
+    [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
+    with transaction(runtime.engine) as session:
+        job = session.get(Job, message["job"])
+        assert job is not None
+        job.attempt = 0
+        session.add(job)
+    key = (message["job"], 0)
+    # When a pilot claims it, and reports it failed with its next claim
+    [granted] = post(client, "p1", "claim", {"jobs": [list(key)]})["jobs"]
+    assert granted["granted"] and granted["attempt"] == 0
+    answer = post(client, "p1", "claim", {"jobs": [], "reports": [finished(*key)]})
+    # Then the policy decides on that attempt (a retry), not a 500
+    [verdict] = answer["verdicts"]
+    assert verdict["accepted"] and verdict["reason"] == "exit_code"
+    with Session(runtime.engine) as session:
+        job = session.get(Job, key[0])
+        assert job is not None and job.state is JobState.DEFINED
+        assert job.message and "exit code 1" in job.message and "retry" in job.message
+    # and the matchmaker gives the retry attempt 1
+    matchmaker.run_once(runtime)
+    with Session(runtime.engine) as session:
+        job = session.get(Job, key[0])
+        assert job is not None and job.attempt == 1

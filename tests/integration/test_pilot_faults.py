@@ -17,8 +17,11 @@ import yaml
 from sqlmodel import Session, col, select
 
 from tests.integration.conftest import LiveTower, assert_done_exactly_once, toy_production
+from tower.model import fleet
+from tower.model.db import transaction
 from tower.model.models import Attempt, Job, Pilot, Production
 from tower.model.states import JobState, PilotState
+from tower.retries import retry
 from tower.retries.outcomes import Outcome
 
 ONE_SLOT = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 30},
@@ -283,3 +286,31 @@ def test_cancelling_a_frozen_local_pilot_ends_its_payloads(
         assert wait_until(lambda: not processes_in(scratch), timeout=10), processes_in(scratch)
     finally:
         os.kill(int(pilot.batch_id), signal.SIGCONT)
+
+
+@pytest.mark.one_database
+def test_a_pilot_the_tower_wrote_off_stops_its_payload_and_leaves(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, reaped: list[int]) -> None:
+    """As the monitor does when a batch system says a pilot's job ended while the pilot
+    lives on (ARC's fork back end kills a cancelled job's wrapper, not the pilot): the
+    pilot's next heartbeat is refused, and it stops its payload and leaves then, not when
+    the payload ends."""
+    one = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 300},
+           "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
+    tower = live_tower(site=one)
+    tower.submit(toy_production(tmp_path, jobs=1, command=["sleep", "300"]))
+    scratch = Path(tower.runtime.config.sites["local"].scratch)
+    tower.drive(lambda: bool(processes_in(scratch)), timeout=60)
+    running = processes_in(scratch)
+    reaped.extend(set(running.values()))
+    [pilot] = pilots(tower)
+    assert pilot.batch_id
+    reaped.append(os.getpgid(int(pilot.batch_id)))
+    with transaction(tower.runtime.engine) as session:
+        message = "batch job ended (KILLED) without a goodbye"
+        assert fleet.lose(session, [pilot.id], message)
+        retry.lose_pilot_work(session, tower.runtime.config, pilot.id, Outcome.PILOT_KILLED,
+                              message)
+    assert wait_until(lambda: not processes_in(scratch) and not alive(int(pilot.batch_id or 0)),
+                      timeout=30), processes_in(scratch)
+    assert "the tower refused it: heartbeat: HTTP 409" in pilot_logs(tower)

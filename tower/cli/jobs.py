@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -136,11 +137,15 @@ release = mover("release", "released", "let held jobs run again, with a fresh re
 
 
 @click.command()
-@click.argument("job_id", type=int, metavar="JOB")
+@click.argument("target", metavar="JOB|PRODUCTION")
 @json_option
-def why(job_id: int, as_json: bool) -> int:
+def why(target: str, as_json: bool) -> int:
     """why a job is where it is: what it waits for, which rule retried or held it, and
-    its history"""
+    its history; or what a production waits for (a step of a chain, its upstream)"""
+    if not target.isdigit():
+        return _why_production(target, as_json)
+    job_id = int(target)
+
     def local(runtime: Any, session: Any) -> Any:
         from tower.management import why as explaining
 
@@ -158,6 +163,20 @@ def why(job_id: int, as_json: bool) -> int:
                                   f"{'(passive) ' if row['passive'] else ''}{row['by']}: "
                                   f"{row['reason']}" for row in data["decisions"]))
     print_history(data["history"])
+    return 0
+
+
+def _why_production(name: str, as_json: bool) -> int:
+    def local(runtime: Any, session: Any) -> Any:
+        from tower.management import why as explaining
+
+        return explaining.explain_production(session, runtime.config, name)
+
+    data = ask("GET", f"/productions/{quote(name)}/why", local)
+    if as_json:
+        print_json(data)
+        return 0
+    print_rows(f"production {data['production']} is {data['phase']}", data["why"])
     return 0
 
 

@@ -16,14 +16,14 @@ if TYPE_CHECKING:
     from tower.runtime import Runtime
 
 
-def listing(as_json: bool) -> int:
+def listing(as_json: bool, check: bool = False) -> int:
     def local(opened: Runtime, session: Any) -> dict[str, Any]:
         from tower.loops.site_status import site_queues
 
-        rows, problem = site_queues(opened)
+        rows, problem = site_queues(opened, live=check)
         return {"sites": rows, "broker_error": problem, "insecure": opened.config.api.exposed}
 
-    data = ask("GET", "/sites", local)
+    data = ask("GET", "/sites?live=true" if check else "/sites", local)
     rows, problem = by_name(data["sites"], "site"), data["broker_error"]
     if as_json:
         print_json({**data, "sites": rows})
@@ -55,21 +55,30 @@ def listing(as_json: bool) -> int:
     return 0
 
 
+#: `tower sites --live`: the credential read from each batch system now.
+live_option = click.option("--live", "check", is_flag=True,
+                           help="read each site's credential from its batch system now "
+                                "(a call to each ARC CE), not the monitor's last read")
+
+
 @click.group(cls=Group, invoke_without_command=True)
 @json_option
+@live_option
 @click.pass_context
-def sites(ctx: click.Context, as_json: bool) -> int | None:
+def sites(ctx: click.Context, as_json: bool, check: bool) -> int | None:
     """sites: `sites` lists each site queue (pilots, jobs waiting, backlog and bound, broker
-    depth, last error); `sites check NAME` tests access, batch commands, pilot program and
-    paths; `sites explain NAME` shows the factory's recent decisions"""
-    return listing(as_json) if ctx.invoked_subcommand is None else None
+    depth, last error, the credential as the monitor last read it); `sites check NAME`
+    tests access, batch commands, pilot program and paths; `sites explain NAME` shows the
+    factory's recent decisions"""
+    return listing(as_json, check) if ctx.invoked_subcommand is None else None
 
 
 @sites.command("list")
 @json_option
-def list_sites(as_json: bool) -> int:
+@live_option
+def list_sites(as_json: bool, check: bool) -> int:
     """each site queue (the same as `tower sites`)"""
-    return listing(as_json)
+    return listing(as_json, check)
 
 
 def site(opened: Runtime, name: str) -> SiteConfig:

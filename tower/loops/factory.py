@@ -52,9 +52,6 @@ log = logging.getLogger(__name__)
 
 #: Factory decisions kept per site queue, for `tower sites explain`.
 DECISIONS_KEPT = 200
-#: A reserved pilot still without a batch id this long after its reservation was
-#: left by a tower that died between deciding and submitting.
-UNSUBMITTED_AFTER = 300
 
 
 def pilots_to_submit(demand: int, slots: int, pending: int, running: int, draining: int,
@@ -90,7 +87,7 @@ def _supply(runtime: Runtime, site: SiteConfig, queue: str) -> int:
     batch = runtime.batch_system(site.name)
     with transaction(runtime.engine) as session:
         status = _lock(session, site.name, queue)
-        _forget_unsubmitted(session, site.name, queue)
+        _forget_unsubmitted(session, site, queue)
         if (status.last_error_at is not None
                 and status.last_error_at > ago(site.limits.error_pause)):
             return 0  # the site failed us lately: its error shows, the next try waits
@@ -138,11 +135,13 @@ def _lock(session: Session, site: str, queue: str) -> SiteQueue:
                         .with_for_update()).one()
 
 
-def _forget_unsubmitted(session: Session, site: str, queue: str) -> None:
-    """Pilots reserved by a tower that died before submitting them count no more."""
+def _forget_unsubmitted(session: Session, site: SiteConfig, queue: str) -> None:
+    """Pilots reserved by a tower that died before submitting them (`unsubmitted_after`
+    ago) count no more."""
     stale = session.exec(select(Pilot.id).where(
-        Pilot.site == site, Pilot.queue == queue, Pilot.state == PilotState.SUBMITTED,
-        col(Pilot.batch_id).is_(None), col(Pilot.submitted_at) < ago(UNSUBMITTED_AFTER))).all()
+        Pilot.site == site.name, Pilot.queue == queue, Pilot.state == PilotState.SUBMITTED,
+        col(Pilot.batch_id).is_(None),
+        col(Pilot.submitted_at) < ago(site.limits.unsubmitted_after))).all()
     if stale:
         fleet.lose(session, list(stale), "reserved but never handed to the batch system")
 

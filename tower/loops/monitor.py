@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from sites.batch import BatchState, BatchStatus
 from tower.errors import BackendError
-from tower.loops import attempt_logs, health, presence
+from tower.loops import attempt_logs, health, presence, site_status
 from tower.model import fleet, history, tally
 from tower.model.db import transaction
 from tower.retries import retry
@@ -46,6 +46,8 @@ def run_once(runtime: Runtime) -> dict[str, int]:
         unclaimed = (retry.time_out_claims(session, runtime.config, claimable)
                      if claimable else [])
         cooled = health.evaluate(session, runtime.config)
+    # what `tower sites` shows of each site's credential, so a listing asks no site
+    site_status.read_credentials(runtime)
     with transaction(runtime.engine) as session:
         tally.compact(session)
         history.coarsen(session, runtime.config.monitor.history_days)

@@ -32,6 +32,7 @@ from sqlmodel import Session, col, select
 from catalog.models import CatalogFile, Dataset, Replica, ReplicaState
 from pilots.rendering import TemplateProblem, render
 from tower.errors import SpecError
+from tower.management.progress import upstream_of
 from tower.management.specs import (
     InputSource,
     ProductionSpec,
@@ -367,6 +368,11 @@ def revisit(session: Session, production: Production) -> None:
             if move_jobs(session, [job_id], REMADE, JobState.CANCELLED, message,
                          message=message[:500]):
                 session.execute(delete(JobInput).where(col(JobInput.job_id) == job_id))
+                # its events pass to the job `feed` makes anew, which adds them again
+                session.execute(update(Production).where(
+                    col(Production.id) == production.id).values(
+                    events_total=Production.events_total - sa_select(col(Job.events)).where(
+                        col(Job.id) == job_id).scalar_subquery()))
 
 
 def _read_as_now(session: Session, job_id: int) -> None:
@@ -415,8 +421,7 @@ def steps(session: Session, name: str) -> list[dict[str, Any]]:
     and the input files it consumed and has still to consume."""
     specs = {row_name: spec for row_name, spec in session.exec(
         select(Production.name, Production.spec)).all()}
-    upstream = {key: [entry["production"] for entry in spec.get("inputs") or []
-                      if isinstance(entry, dict)] for key, spec in specs.items()}
+    upstream = {key: upstream_of(spec) for key, spec in specs.items()}
     members = {name}
     frontier = [name]
     while frontier and len(members) <= MAX_STEPS:

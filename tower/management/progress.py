@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from catalog.timeutil import utcnow
 from tower.retries.outcomes import NOT_FAILURES
@@ -41,12 +41,27 @@ FINISHED = frozenset({"done", "failed", "cancelled"})
 NOT_FAILED = frozenset({"done", *(str(outcome) for outcome in NOT_FAILURES)})
 
 
-def phase(state: str, counts: Mapping[str, int]) -> str:
-    """What a production is doing: its own state (active, paused, cancelled), or `finished`
-    once no job of an active production is left to run."""
-    if state == "active" and counts and all(name in FINISHED for name in counts):
-        return "finished"
+#: The phase of an active step of a chain whose jobs all ended while its upstream may
+#: still catalog files it will make jobs of.
+WAITING = "waiting for upstream"
+
+
+def phase(state: str, counts: Mapping[str, int], waiting: bool = False) -> str:
+    """What a production is doing: its own state (active, paused, cancelled), `finished`
+    once no job of an active production is left to run, or `waiting for upstream` when
+    none is left to run yet more are to be made (`waiting`: its upstream has not ended)."""
+    if state == "active" and all(name in FINISHED for name in counts):
+        if waiting:
+            return WAITING
+        if counts:
+            return "finished"
     return state
+
+
+def upstream_of(spec: Mapping[str, Any]) -> list[str]:
+    """The productions whose outputs a production's request (`spec`, as stored) reads."""
+    return [entry["production"] for entry in spec.get("inputs") or []
+            if isinstance(entry, dict) and "production" in entry]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`tower why JOB`: why a job is where it is, told from what was recorded.
+"""`tower why JOB|PRODUCTION`: why a job is where it is, or what a production waits for,
+told from what was recorded.
 
 The explanation reads the job's row, its attempts, the retry decisions about
 it (passive rules' included), the factory's last decision for the site it
@@ -17,8 +18,9 @@ from tower.config import TowerConfig
 from tower.errors import NotFound
 from tower.loops import health
 from tower.loops.matchmaker import placed
+from tower.management import chains, productions, progress
 from tower.management.specs import needs_of
-from tower.model import fleet, jobs
+from tower.model import fleet, jobs, tally
 from tower.model.models import Attempt, FactoryDecision, Job, Output, Production, RetryDecision
 from tower.model.states import PRODUCTION_RUNNABLE, JobState, PilotState
 
@@ -32,13 +34,55 @@ def explain(session: Session, config: TowerConfig, job_id: int) -> dict[str, Any
     decisions = session.exec(select(RetryDecision).where(RetryDecision.job_id == job_id)
                              .order_by(col(RetryDecision.id))).all()
     acting = [row for row in decisions if not row.passive]
+    summary = productions.summaries(session, production.name)[0]
     return {
         "job": job_id, "production": production.name, "state": job.state.value,
         "attempt": job.attempt, "site": job.site,
-        "why": _now(session, config, job, production, acting[-1] if acting else None),
+        "why": _now(session, config, job, production, acting[-1] if acting else None)
+        + (_upstream(session, production) if summary["phase"] == progress.WAITING else []),
         "decisions": [_decision(row) for row in decisions],
         "history": jobs.history(session, job_id),
     }
+
+
+def explain_production(session: Session, config: TowerConfig, name: str) -> dict[str, Any]:
+    """`tower why PRODUCTION`: its phase, and for a step of a chain whose jobs ended,
+    the upstream productions it waits for."""
+    summary = productions.summaries(session, name)[0]
+    production = productions.get(session, name)
+    jobs = ", ".join(f"{count} {state}" for state, count in sorted(summary["states"].items()))
+    lines = [f"{name} is {summary['phase']}: {summary['jobs']} jobs"
+             + (f" ({jobs})." if jobs else ".")]
+    if summary["phase"] == progress.WAITING:
+        lines += _upstream(session, production)
+    elif summary["phase"] == "active" and not summary["jobs"] and chains.is_split(
+            production.spec):
+        lines.append("No input file of it is cataloged good yet.")
+    return {"production": name, "state": summary["state"], "phase": summary["phase"],
+            "why": lines}
+
+
+def _upstream(session: Session, production: Production) -> list[str]:
+    """Why a step of a chain whose jobs all ended is not finished: each upstream
+    production that may still catalog files it reads."""
+    lines = []
+    for name in progress.upstream_of(production.spec):
+        if chains.ended(session, name):
+            continue
+        upstream = productions.get(session, name)
+        states = tally.counts(session, upstream.id).get(upstream.id or 0, {})
+        left = sum(count.jobs for state, count in states.items()
+                   if state not in progress.FINISHED)
+        total = sum(count.jobs for count in states.values())
+        if upstream.state not in PRODUCTION_RUNNABLE or not upstream.full_run:
+            doing = f"it is {upstream.state}{'' if upstream.full_run else ' (a trial)'}"
+        elif left:
+            doing = f"{left} of its {total} jobs have not ended"
+        else:
+            doing = "it waits for its own upstream"
+        lines.append(f"{production.name} waits for files of {name} ({doing}): each of its "
+                     "outputs cataloged good makes jobs of it.")
+    return lines
 
 
 def _decision(row: RetryDecision) -> dict[str, Any]:

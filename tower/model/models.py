@@ -176,6 +176,19 @@ class SiteQueue(SQLModel, table=True):
     last_error_at: datetime | None = None
 
 
+class SiteRead(SQLModel, table=True):
+    """What the monitor last read of a site's batch system for `tower sites`, so a listing
+    asks no site (arc: the robot and the proxy delegated to the CE, with their ends)."""
+
+    site: str = Field(primary_key=True, max_length=100)
+    #: The credential as last read, and when.
+    credential: str | None = Field(default=None, max_length=1000)
+    read_at: datetime | None = None
+    #: Why the last read failed, and when (cleared by a read that succeeds).
+    error: str | None = Field(default=None, max_length=1000)
+    error_at: datetime | None = None
+
+
 class Presence(SQLModel, table=True):
     """When the tower's API has been serving without a break (tower.loops.presence): one row,
     refreshed by every serving tower process."""

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tower.errors import ConfigError, NotFound
-from tower.management.progress import phase
+from tower.management.progress import FINISHED, phase, upstream_of
 
 #: A DB-API 2.0 connection of sqlite3 or psycopg.
 Connection = Any
@@ -145,6 +145,7 @@ def summaries(connection: Connection, name: str | None = None) -> list[dict[str,
         raise NotFound(f"no production named {name!r}", field="production")
     only = chosen[0][0] if name else None
     tally, held = counts(connection, only), held_outputs(connection, only)
+    waiting = waiting_for_upstream(connection, [row[1] for row in chosen if row[2] == "active"])
     result = []
     for pid, called, state, dataset, priority, events_total, created_at in chosen:
         states = tally.get(pid, {})
@@ -154,7 +155,7 @@ def summaries(connection: Connection, name: str | None = None) -> list[dict[str,
             "outputs_waiting": held.get(pid, {}),
             "name": called, "state": state, "dataset": dataset,
             # the one word the CLI, the API, the pages and notifications use for it
-            "phase": phase(state, jobs),
+            "phase": phase(state, jobs, waiting=called in waiting),
             "priority": priority,
             "jobs": sum(jobs.values()),
             "states": jobs,
@@ -163,3 +164,39 @@ def summaries(connection: Connection, name: str | None = None) -> list[dict[str,
             "created_at": _utc(created_at).isoformat(timespec="seconds"),
         })
     return result
+
+
+#: Production states that make no more jobs or files.
+CLOSED = ("cancelled", "rejected")
+
+
+def waiting_for_upstream(connection: Connection, names: list[str]) -> set[str]:
+    """Those of the productions `names` that read an upstream production's outputs
+    (split by inputs) while it has not ended, so more of their jobs may be made. Ended:
+    closed, or all its jobs made and ended, and for a step of a chain its own upstream
+    ended (files cataloged but not yet consumed are consumed by the next matchmaker
+    cycle, and not looked for here)."""
+    if not names:
+        return set()
+    rows = {called: (pid, state, full_run, _json(connection, spec)) for
+            pid, called, state, full_run, spec in _rows(
+                connection, "SELECT id, name, state, full_run, spec FROM production")}
+    steps = [name for name in names if name in rows and rows[name][3].get("split") is not None]
+    if not steps:
+        return set()
+    tally = counts(connection)
+
+    def ended(name: str, seen: frozenset[str]) -> bool:
+        if name not in rows or name in seen:  # gone, or a cycle (refused at submit)
+            return True
+        pid, state, full_run, spec = rows[name]
+        if state in CLOSED:
+            return True
+        if not full_run or state == "requested" or any(
+                job_state not in FINISHED for job_state in tally.get(pid, {})):
+            return False
+        return spec.get("split") is None or all(
+            ended(up, seen | {name}) for up in upstream_of(spec))
+
+    return {name for name in steps
+            if not all(ended(up, frozenset({name})) for up in upstream_of(rows[name][3]))}

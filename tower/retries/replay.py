@@ -17,7 +17,7 @@ from tower.management.specs import ProductionSpec
 from tower.model.models import Attempt, Job, Production, RetryDecision
 from tower.retries.outcomes import NOT_FAILURES
 from tower.retries.policy import Policy, decide
-from tower.retries.retry import ended
+from tower.retries.retry import counted, ended
 
 #: Differences listed one by one; the rest are only counted.
 EXAMPLES = 20
@@ -50,8 +50,8 @@ def simulate(session: Session, production: Production, name: str,
             if decision is None or attempt.outcome in NOT_FAILURES:
                 continue
             start = max((n for n in resets[job_id] if n < attempt.number), default=0)
-            history = [ended(past) for past in tries[:index + 1] if past.number > start
-                       and past.outcome not in NOT_FAILURES]
+            history = counted([ended(past) for past in tries[:index + 1] if past.number > start
+                               and past.outcome not in NOT_FAILURES], attempt)
             simulated = decide(policy, history, spec.retry.max_attempts)
             compared += 1
             if str(simulated.action) == decision.action:

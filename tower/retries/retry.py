@@ -71,6 +71,13 @@ def histories(session: Session, jobs: Sequence[Job]) -> dict[int, list[Ended]]:
     return found
 
 
+def counted(history: list[Ended], attempt: Attempt) -> list[Ended]:
+    """`history` for deciding what follows the ended `attempt`, which it always holds: an
+    attempt numbered at the budget mark (attempt 0, which releases before migrations
+    published, with `budget_from` 0) counts for the decision it ends in."""
+    return history or [ended(attempt)]
+
+
 def policy_of(config: TowerConfig, spec: ProductionSpec) -> tuple[str, Policy]:
     """The production's policy; the tower's default when it names none (or one since
     removed from tower.yaml)."""
@@ -117,7 +124,7 @@ def settle_all(session: Session, config: TowerConfig,
     for job, spec, attempt in due:
         assert job.id is not None
         name, policy = policy_of(config, spec)
-        decision = decide(policy, pasts[job.id], spec.retry.max_attempts)
+        decision = decide(policy, counted(pasts[job.id], attempt), spec.retry.max_attempts)
         plans.setdefault(_plan(job, spec, attempt, decision, config, now), []).append(
             (job, spec, attempt, name, decision))
     settled: dict[int, Decision] = {}
