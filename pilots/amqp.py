@@ -188,6 +188,10 @@ class AmqpSource:
         self._interrupted.clear()
 
     def interrupt(self) -> None:
+        if self._interrupted.is_set():
+            # the loop has not woken for the last interrupt yet (it clears the flag as it
+            # wakes, before it looks at what ended): it sees this one too, at no cost
+            return
         self._interrupted.set()
         connection = self._connection
         if connection is not None:

@@ -195,8 +195,12 @@ class Payload:
         return self._report("finished", code, tail, outputs=self._collect())
 
     def _prepare(self) -> tuple[list[str], dict[str, str]]:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.output_dir.mkdir(exist_ok=True)
+        try:  # one call where the slot's last payload left its dir ready
+            os.mkdir(self.output_dir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self.output_dir.mkdir(parents=True)
         binds = [(str(self.work_dir), str(self.variables["work_dir"]), True)]
         # the job reads its inputs where the site's storage element holds them; in a
         # container, through a read-only bind on an empty file of the same name
