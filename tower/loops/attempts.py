@@ -137,8 +137,19 @@ class Verdict:
                 "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class Grant:
+    """The answer to a claim: per job, granted with what is its own, or refused; and, by
+    production name, what all its granted jobs share (command, steering and environment
+    templates, outputs, container), sent once: a production's steering files may be
+    large, and one claim carries many of its jobs."""
+
+    jobs: list[dict[str, Any]]
+    productions: dict[str, dict[str, Any]]
+
+
 def claim(session: Session, config: TowerConfig, pilot_id: str,
-          wanted: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+          wanted: Sequence[tuple[int, int]]) -> Grant:
     """Give the pilot the jobs it may run now, with everything it needs to run them.
 
     A job that is not waiting for this attempt at this pilot's site (stale,
@@ -168,8 +179,9 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
         else:
             eligible.append(job_id)
     _rematch(session, config, pilot_id, misfits, productions)
-    # a pilot may claim before the matchmaker recorded the broker's confirmation
-    moved = set(move_jobs(session, eligible, [JobState.QUEUED, JobState.ASSIGNED],
+    # a pilot may claim before the matchmaker recorded the broker's confirmation; the rows
+    # are locked, so only the states they are in need a statement
+    moved = set(move_jobs(session, eligible, sorted({jobs[job_id].state for job_id in eligible}),
                           JobState.RUNNING, f"claimed by pilot {pilot_id}"))
     now = utcnow()
     bulk_insert(session, Attempt, [
@@ -183,20 +195,24 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
               for production_id in {jobs[job_id].production_id for job_id in moved}
               if (lfns := productions[production_id][1])}
     # a job of a production split by its inputs reads only its own files
-    own = {job_id: placement.input_paths(session, config, lfns, pilot.site)
-           for job_id, lfns in chains.job_lfns(session, moved).items()}
+    own_inputs = {job_id: placement.input_paths(session, config, lfns, pilot.site)
+                  for job_id, lfns in chains.job_lfns(session, moved).items()}
     site = config.sites.get(pilot.site)
     log_bytes = site.pilot.log_bytes if site is not None else 0
+    shared: dict[str, dict[str, Any]] = {}
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
+            spec = productions[production_id][0]
+            if spec.name not in shared:
+                shared[spec.name] = _shared(spec, shape)
             answers[(job_id, number)] = {
-                **_payload(jobs[job_id], productions[production_id][0], shape),
-                "inputs": own.get(job_id) or inputs.get(production_id, []),
+                **_payload(jobs[job_id], spec),
+                "inputs": own_inputs.get(job_id) or inputs.get(production_id, []),
                 "log_bytes": log_bytes}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
-    return [answers[key] for key in wanted]
+    return Grant([answers[key] for key in wanted], shared)
 
 
 def _misfit(job: Job, spec: ProductionSpec, shape: PilotShape) -> str | None:
@@ -271,19 +287,24 @@ def _productions(session: Session, production_ids: set[int]
             for production_id, spec, inputs in rows if production_id is not None}
 
 
-def _payload(job: Job, spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
+def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
+    """A granted job's own part of the claim's answer."""
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
     needs = needs_of(spec).grown(job.memory, job.walltime)
-    answer = {
-        "job": job.id, "attempt": job.attempt, "granted": True,
-        "production": spec.name, "command": spec.command, "steering": spec.steering,
-        "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
-        "outputs": spec.outputs, "walltime": needs.walltime,
+    return {
+        "job": job.id, "attempt": job.attempt, "granted": True, "production": spec.name,
+        "variables": job_variables(spec, plan, job.attempt), "walltime": needs.walltime,
         "cores": needs.cores, "memory": needs.memory,
     }
+
+
+def _shared(spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
+    """What all granted jobs of `spec` share in a claim's answer (Grant)."""
+    shared = {"command": spec.command, "steering": spec.steering,
+              "environment": spec.environment, "outputs": spec.outputs}
     if spec.container is not None:
-        answer["container"] = container_of(spec, shape)
-    return answer
+        shared["container"] = container_of(spec, shape)
+    return shared
 
 
 def container_of(spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
