@@ -258,17 +258,22 @@ class AmqpSource:
         self._waiting.append(message)
 
     def _settle(self, messages: list[dict[str, Any]], ack: bool) -> None:
-        """Acknowledge, or give back to the queue, messages of the current channel."""
+        """Acknowledge, or give back to the queue, messages of the current channel.
+
+        Acknowledged at once, with one `multiple` ack of the latest: the pilot settles what
+        it took (claimed, or given back) before it takes more, and takes deliveries in
+        their order, so every earlier delivery of the channel is settled already."""
         if self._channel is None:
             return  # their channel is gone and the broker requeued them already
+        tags = []
         for message in messages:
             generation, _, tag = str(message["id"]).partition(":")
-            if int(generation) != self._generation:
-                continue
-            if ack:
-                self._channel.basic_ack(int(tag))
-            else:
-                self._channel.basic_nack(int(tag), requeue=True)
+            if int(generation) == self._generation:
+                tags.append(int(tag))
+        if ack and tags:
+            self._channel.basic_ack(max(tags), multiple=True)
+        for tag in [] if ack else tags:
+            self._channel.basic_nack(tag, requeue=True)
 
     def _lost(self, exc: BaseException) -> None:
         if self._connection is not None:

@@ -278,13 +278,17 @@ def _jobs(session: Session, job_ids: Sequence[int], lock: bool = False) -> dict[
 
 def _productions(session: Session, production_ids: set[int]
                  ) -> dict[int, tuple[ProductionSpec, Any]]:
-    """Each production's spec and the input files it reads, in one query."""
-    if not production_ids:
-        return {}
-    rows = session.exec(select(Production.id, Production.spec, Production.inputs).where(
-        col(Production.id).in_(production_ids))).all()
-    return {production_id: (ProductionSpec.model_validate(spec), inputs)
-            for production_id, spec, inputs in rows if production_id is not None}
+    """Each production's spec and the input files it reads, in one query; kept for the
+    transaction, so a claim that carries reports reads and validates them once."""
+    known: dict[int, tuple[ProductionSpec, Any]] = session.info.setdefault("productions", {})
+    missing = production_ids - known.keys()
+    if missing:
+        rows = session.exec(select(Production.id, Production.spec, Production.inputs).where(
+            col(Production.id).in_(missing))).all()
+        known.update({production_id: (ProductionSpec.model_validate(spec), inputs)
+                      for production_id, spec, inputs in rows if production_id is not None})
+    return {production_id: known[production_id] for production_id in production_ids
+            if production_id in known}
 
 
 def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
@@ -355,6 +359,9 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
                            in open_attempts])
     productions = _productions(session, {job.production_id for job in jobs.values()})
     specs = {production_id: spec for production_id, (spec, _) in productions.items()}
+    # each production's spec as its attempts' provenance records hold it, made once a batch
+    dumped = {production_id: spec.model_dump(mode="json") for production_id, spec in
+              specs.items()} if any(item.provenance for item in reports) else {}
     inputs = {production_id: provenance.inputs_of(session, lfns or [])
               for production_id, (_, lfns) in productions.items()}
     records: list[dict[str, Any]] = []
@@ -382,8 +389,8 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
             outcome, reason = classify(item, spec)
         _end(session, attempt, outcome, reason, item)
         if item.provenance is not None:
-            records.append(_record(job, spec, attempt, item.provenance,
-                                   inputs[job.production_id]))
+            records.append(_record(job, spec, dumped[job.production_id], attempt,
+                                   item.provenance, inputs[job.production_id]))
         if outcome is Outcome.SUCCESS:
             succeeded.append((job, item))
             used.append(_usage(job, spec, attempt, item))
@@ -397,12 +404,12 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
     return verdicts
 
 
-def _record(job: Job, spec: ProductionSpec, attempt: Attempt, seen: Seen,
-            inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The provenance row of an ended attempt."""
+def _record(job: Job, spec: ProductionSpec, dumped: dict[str, Any], attempt: Attempt,
+            seen: Seen, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The provenance row of an ended attempt; `dumped` is `spec` as JSON."""
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
     record = provenance.build(
-        spec.model_dump(mode="json"),
+        dumped,
         {"index": job.index, "seed": job.seed, "first_event": job.first_event,
          "events": job.events},
         job_variables(spec, plan, attempt.number), attempt.number,
