@@ -188,8 +188,10 @@ class Payload:
             # the batch system signals the pilot and its payloads at once (scancel,
             # preemption): give the pilot a moment to say so before calling it the payload's
             self._told.wait(OUTSIDE_GRACE)
-        tail = _tail(log_path)
-        self.full_log = pack(log_path, int(self.claim.get("log_bytes") or 0))
+        tail = ""
+        if _said_something(log_path):  # a silent payload's log is not read twice for nothing
+            tail = _tail(log_path)
+            self.full_log = pack(log_path, int(self.claim.get("log_bytes") or 0))
         if self.ending != "finished" or code != 0:
             return self._report(self.ending, code, tail, self.reason)
         return self._report("finished", code, tail, outputs=self._collect())
@@ -439,6 +441,14 @@ def _ends_within(pid: int, seconds: float) -> bool:
         os.close(descriptor)
 
 
+
+
+def _said_something(path: Path) -> bool:
+    """Whether the payload's log at `path` holds anything (or cannot be told)."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return True  # reading it says why
 
 
 def _tail(path: Path) -> str:
