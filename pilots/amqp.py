@@ -272,8 +272,8 @@ class AmqpSource:
                 tags.append(int(tag))
         if ack and tags:
             self._channel.basic_ack(max(tags), multiple=True)
-        for tag in [] if ack else tags:
-            self._channel.basic_nack(tag, requeue=True)
+        for number in [] if ack else tags:
+            self._channel.basic_nack(number, requeue=True)
 
     def _lost(self, exc: BaseException) -> None:
         if self._connection is not None:

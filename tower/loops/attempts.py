@@ -194,9 +194,12 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
               for production_id in {jobs[job_id].production_id for job_id in moved}
               if (lfns := productions[production_id][1])}
-    # a job of a production split by its inputs reads only its own files
+    # a job of a production split by its inputs reads only its own files (only such
+    # productions' jobs have them: the others' claims ask nothing more)
+    split = [job_id for job_id in moved
+             if productions[jobs[job_id].production_id][0].split is not None]
     own_inputs = {job_id: placement.input_paths(session, config, lfns, pilot.site)
-                  for job_id, lfns in chains.job_lfns(session, moved).items()}
+                  for job_id, lfns in chains.job_lfns(session, split).items()}
     site = config.sites.get(pilot.site)
     log_bytes = site.pilot.log_bytes if site is not None else 0
     shared: dict[str, dict[str, Any]] = {}
