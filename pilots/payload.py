@@ -196,7 +196,7 @@ class Payload:
             return self._report(self.ending, code, tail, self.reason)
         return self._report("finished", code, tail, outputs=self._collect())
 
-    def _prepare(self) -> tuple[list[str], dict[str, str]]:
+    def _prepare(self) -> tuple[list[str], dict[bytes, bytes]]:
         try:  # one call where the slot's last payload left its dir ready
             os.mkdir(self.output_dir)
         except FileExistsError:
@@ -229,7 +229,10 @@ class Payload:
         if self.container:
             argv = self._contained(argv, binds, given)
         self.provenance["argv"] = [_cut(part, VALUE_LIMIT) for part in argv[:2 * ARGUMENTS]]
-        return argv, {**os.environ, **given}
+        # in bytes, as exec takes them: the pilot's own environment is not decoded and
+        # encoded again for every payload
+        return argv, {**os.environb, **{os.fsencode(name): os.fsencode(value)
+                                        for name, value in given.items()}}
 
     def _contained(self, command: list[str], binds: list[tuple[str, str, bool]],
                    given: dict[str, str]) -> list[str]:
