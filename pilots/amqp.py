@@ -188,6 +188,10 @@ class AmqpSource:
         self._interrupted.clear()
 
     def interrupt(self) -> None:
+        if self._interrupted.is_set():
+            # the loop has not woken for the last interrupt yet (it clears the flag as it
+            # wakes, before it looks at what ended): it sees this one too, at no cost
+            return
         self._interrupted.set()
         connection = self._connection
         if connection is not None:
@@ -254,17 +258,22 @@ class AmqpSource:
         self._waiting.append(message)
 
     def _settle(self, messages: list[dict[str, Any]], ack: bool) -> None:
-        """Acknowledge, or give back to the queue, messages of the current channel."""
+        """Acknowledge, or give back to the queue, messages of the current channel.
+
+        Acknowledged at once, with one `multiple` ack of the latest: the pilot settles what
+        it took (claimed, or given back) before it takes more, and takes deliveries in
+        their order, so every earlier delivery of the channel is settled already."""
         if self._channel is None:
             return  # their channel is gone and the broker requeued them already
+        tags = []
         for message in messages:
             generation, _, tag = str(message["id"]).partition(":")
-            if int(generation) != self._generation:
-                continue
-            if ack:
-                self._channel.basic_ack(int(tag))
-            else:
-                self._channel.basic_nack(int(tag), requeue=True)
+            if int(generation) == self._generation:
+                tags.append(int(tag))
+        if ack and tags:
+            self._channel.basic_ack(max(tags), multiple=True)
+        for number in [] if ack else tags:
+            self._channel.basic_nack(number, requeue=True)
 
     def _lost(self, exc: BaseException) -> None:
         if self._connection is not None:

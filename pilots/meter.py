@@ -12,7 +12,9 @@ Two ways, chosen once per pilot by trying (`open_meter`), and named in the pilot
   once in no process); over its limit, the tree is SIGKILLed. The CPU time is the
   kernel's rusage of the payload and the descendants it waited for. A spike shorter
   than POLL can escape the sum; the largest single process's peak (`ru_maxrss`) is
-  taken too.
+  taken too. A payload is summed from its first POLL on: short payloads (most of a
+  pilot of short jobs) cost no read of /proc at all, and a pilot whose payloads all
+  are younger than POLL skips the read.
 
 A payload's limit is its memory request grown by the site's tolerance; a payload
 without a request is held to the pilot's whole memory (its sum is what the batch
@@ -27,6 +29,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -85,6 +88,8 @@ class NoMeter:
 class _Watched:
     pid: int
     limit_mb: float | None
+    #: When it started (time.monotonic()).
+    since: float
     peak_mb: float = 0.0
     over_limit: bool = False
 
@@ -105,7 +110,7 @@ class PollingMeter:
 
     def start(self, key: tuple[int, int], pid: int, limit_mb: float | None) -> None:
         with self._wake:
-            self._watched[key] = _Watched(pid, limit_mb)
+            self._watched[key] = _Watched(pid, limit_mb, time.monotonic())
             self._wake.notify()
 
     def stop(self, key: tuple[int, int]) -> Usage:
@@ -136,9 +141,11 @@ class PollingMeter:
                 return
 
     def sample(self) -> None:
-        """Read every process once, add each payload's tree up, kill trees over limits."""
+        """Read every process once, add up the tree of each payload older than a period,
+        kill trees over limits."""
+        young = time.monotonic() - self._period
         with self._lock:
-            watched = list(self._watched.values())
+            watched = [item for item in self._watched.values() if item.since <= young]
         if not watched:
             return
         parents: dict[int, list[int]] = {}

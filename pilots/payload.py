@@ -188,15 +188,21 @@ class Payload:
             # the batch system signals the pilot and its payloads at once (scancel,
             # preemption): give the pilot a moment to say so before calling it the payload's
             self._told.wait(OUTSIDE_GRACE)
-        tail = _tail(log_path)
-        self.full_log = pack(log_path, int(self.claim.get("log_bytes") or 0))
+        tail = ""
+        if _said_something(log_path):  # a silent payload's log is not read twice for nothing
+            tail = _tail(log_path)
+            self.full_log = pack(log_path, int(self.claim.get("log_bytes") or 0))
         if self.ending != "finished" or code != 0:
             return self._report(self.ending, code, tail, self.reason)
         return self._report("finished", code, tail, outputs=self._collect())
 
-    def _prepare(self) -> tuple[list[str], dict[str, str]]:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.output_dir.mkdir(exist_ok=True)
+    def _prepare(self) -> tuple[list[str], dict[bytes, bytes]]:
+        try:  # one call where the slot's last payload left its dir ready
+            os.mkdir(self.output_dir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self.output_dir.mkdir(parents=True)
         binds = [(str(self.work_dir), str(self.variables["work_dir"]), True)]
         # the job reads its inputs where the site's storage element holds them; in a
         # container, through a read-only bind on an empty file of the same name
@@ -223,7 +229,10 @@ class Payload:
         if self.container:
             argv = self._contained(argv, binds, given)
         self.provenance["argv"] = [_cut(part, VALUE_LIMIT) for part in argv[:2 * ARGUMENTS]]
-        return argv, {**os.environ, **given}
+        # in bytes, as exec takes them: the pilot's own environment is not decoded and
+        # encoded again for every payload
+        return argv, {**os.environb, **{os.fsencode(name): os.fsencode(value)
+                                        for name, value in given.items()}}
 
     def _contained(self, command: list[str], binds: list[tuple[str, str, bool]],
                    given: dict[str, str]) -> list[str]:
@@ -435,6 +444,14 @@ def _ends_within(pid: int, seconds: float) -> bool:
         os.close(descriptor)
 
 
+
+
+def _said_something(path: Path) -> bool:
+    """Whether the payload's log at `path` holds anything (or cannot be told)."""
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return True  # reading it says why
 
 
 def _tail(path: Path) -> str:

@@ -263,10 +263,12 @@ class Pilot:
         self.source.ack(messages)  # right after the claim: never held for a payload's length
         self._reported(reports, answer["verdicts"])
         started = 0
+        shared = answer.get("productions") or {}
         for claim in answer["jobs"]:
             key = (claim["job"], claim["attempt"])
             if claim["granted"] and key not in self.running:
-                self._start(claim)
+                # what the production's jobs share came once in the answer, not in each
+                self._start({**shared.get(claim["production"], {}), **claim})
                 started += 1
             elif claim["granted"]:  # the tower grants a repeated claim: it runs once
                 log.info("job=%s attempt=%s refused: a copy of a job this pilot holds",

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from typing import IO
 
 log = logging.getLogger(__name__)
@@ -40,34 +39,40 @@ def main(lines: IO[str]) -> None:
 
 
 class Watchdog:
-    """The pilot's end of the pipe; `watch` and `forget` are safe from any thread."""
+    """The pilot's end of the pipe; `watch` and `forget` are safe from any thread.
+
+    Each line is one `os.write` of a few bytes, which a pipe takes whole (below PIPE_BUF
+    bytes, writes are atomic): no lock and no buffered stream, so the pilot's slot
+    threads never queue behind one another (a lock held across a write, a call that
+    lets go of the GIL, made them wait for the interpreter's thread switch)."""
 
     def __init__(self) -> None:
         # its own session: a signal to the pilot's process group does not end it first
         self._process = subprocess.Popen(
             [sys.executable, "-I", os.path.abspath(__file__)], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, start_new_session=True, text=True)
-        self._lock = threading.Lock()
+            stdout=subprocess.DEVNULL, start_new_session=True)
+        assert self._process.stdin is not None
+        self._pipe = self._process.stdin.fileno()
+        self._closed = False
 
     def watch(self, group: int) -> None:
-        self._tell(f"+{group}")
+        self._tell(b"+%d\n" % group)
 
     def forget(self, group: int) -> None:
-        self._tell(f"-{group}")
+        self._tell(b"-%d\n" % group)
 
-    def _tell(self, line: str) -> None:
-        stream = self._process.stdin
-        assert stream is not None
-        with self._lock:
-            try:
-                stream.write(line + "\n")
-                stream.flush()
-            except (BrokenPipeError, ValueError):  # killed by someone: the pilot goes on
-                log.warning("the payload watchdog has ended")
+    def _tell(self, line: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            os.write(self._pipe, line)
+        except OSError:  # killed by someone (a broken pipe): the pilot goes on
+            log.warning("the payload watchdog has ended")
 
     def close(self) -> None:
         """End the watchdog: it kills the groups still listed (none, after a clean end)."""
-        with self._lock, contextlib.suppress(OSError):
+        self._closed = True
+        with contextlib.suppress(OSError):
             assert self._process.stdin is not None
             self._process.stdin.close()
         try:

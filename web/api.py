@@ -177,10 +177,11 @@ def claim(pilot_id: str) -> Any:
     runtime = _runtime()
     with transaction(runtime.engine) as session:
         verdicts = attempts.report(session, runtime.config, pilot_id, body.reports)
-        answers = attempts.claim(session, runtime.config, pilot_id, body.jobs)
+        grant = attempts.claim(session, runtime.config, pilot_id, body.jobs)
         # the site's backlog has room again; outputs to stage, failed jobs to place again
         wakeups.wake(runtime, session, "matchmaker", *(["stager"] if body.reports else []))
-    return jsonify({"jobs": answers, "verdicts": [verdict.as_dict() for verdict in verdicts]})
+    return jsonify({"jobs": grant.jobs, "productions": grant.productions,
+                    "verdicts": [verdict.as_dict() for verdict in verdicts]})
 
 
 @api.post("/pilots/<pilot_id>/heartbeat")

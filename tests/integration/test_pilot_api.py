@@ -60,8 +60,10 @@ def finished(job: int, attempt: int) -> dict[str, Any]:
 def test_a_message_is_claimed_once(client: FlaskClient, runtime: Runtime) -> None:
     [message] = post(client, "p1", "lease", {"queue": "local.default", "max": 1})["messages"]
     key = [message["job"], message["attempt"]]
-    [first] = post(client, "p1", "claim", {"jobs": [key]})["jobs"]
-    assert first["granted"] and first["steering"] and first["variables"]["seed"]
+    answer = post(client, "p1", "claim", {"jobs": [key]})
+    [first] = answer["jobs"]
+    assert first["granted"] and first["variables"]["seed"]
+    assert answer["productions"][first["production"]]["steering"]
     # the same message redelivered, to this pilot or another
     # the same message redelivered to another pilot: refused
     [other] = post(client, "p2", "claim", {"jobs": [key]})["jobs"]
@@ -72,6 +74,19 @@ def test_a_message_is_claimed_once(client: FlaskClient, runtime: Runtime) -> Non
     assert again["granted"] and again["variables"] == first["variables"]
     with Session(runtime.engine) as session:
         assert len(session.exec(select(Attempt).where(Attempt.job_id == key[0])).all()) == 1
+
+
+def test_a_claim_carries_its_productions_templates_once_and_each_job_its_own_values(
+        client: FlaskClient) -> None:
+    messages = post(client, "p1", "lease", {"queue": "local.default", "max": 3})["messages"]
+    answer = post(client, "p1", "claim",
+                  {"jobs": [[m["job"], m["attempt"]] for m in messages]})
+    assert [claim["granted"] for claim in answer["jobs"]] == [True, True, True]
+    [(name, shared)] = answer["productions"].items()
+    assert shared["command"] and shared["steering"] and "outputs" in shared
+    assert {claim["production"] for claim in answer["jobs"]} == {name}
+    assert not any("command" in claim or "steering" in claim for claim in answer["jobs"])
+    assert len({claim["variables"]["seed"] for claim in answer["jobs"]}) == 3
 
 
 def test_a_stale_attempt_is_refused(client: FlaskClient) -> None:

@@ -82,3 +82,27 @@ def test_a_pilot_killed_mid_job_is_recovered_once_its_batch_job_is_seen_gone(
             CatalogFile.job_id == victim.job_id)).all()
         assert len(files) == 1 and files[0].attempt == tries[1].number
         assert session.get(Pilot, victim.pilot_id).state == "lost"  # type: ignore[union-attr]
+
+
+def test_jobs_claimed_together_run_each_with_its_own_rendered_files(
+        live_tower: Callable[..., LiveTower], tmp_path: Path) -> None:
+    """A claim's answer carries the production's templates once for all its jobs: each
+    still renders them with its own values."""
+    from tower.model import provenance
+
+    tower = live_tower(site={"pilot": {"slots": 4, "cores": 4, "walltime": "10m",
+                                       "idle_timeout": 3}})
+    tower.submit(toy_production(tmp_path, jobs=6))
+    tower.drive(tower.all_ended, timeout=120)
+
+    with Session(tower.runtime.engine) as session:
+        jobs = session.exec(select(Job)).all()
+        assert {job.state for job in jobs} == {JobState.DONE}
+        for job in jobs:
+            assert job.id is not None
+            record = provenance.of_attempt(session, job.id, job.attempt)
+            assert record is not None
+            steering = record["steering"]["steering.json"]["text"]
+            assert f'"seed": {job.seed},' in steering
+            assert f'"output": "decays_{job.index}.csv"' in steering
+            assert record["environment"]["GRIDTOWER_JOB"] == str(job.id)

@@ -317,3 +317,38 @@ def test_a_full_pilot_gives_the_messages_it_holds_back(amqp_url: str,
     assert [m["job"] for m in third] == [3]
     source.ack(third)
     source.close()
+
+
+def test_a_claims_messages_are_acked_at_once_and_a_released_one_stays(
+        amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pika
+
+    from pilots import amqp
+    from pilots.client import TowerClient
+
+    # Given four jobs in a site queue, taken by a pilot's source at once
+    monkeypatch.setenv(amqp.URL_VARIABLE, amqp_url)
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        channel = connection.channel()
+        channel.queue_declare("acks.default", durable=True)
+        for job in (1, 2, 3, 4):
+            channel.basic_publish("", "acks.default",
+                                  f'{{"job": {job}, "attempt": 1, "walltime": 60}}'.encode())
+    source = amqp.AmqpSource(TowerClient("http://127.0.0.1:1", "p"), "acks.default", {}, 10)
+    taken: list[dict[str, object]] = []
+    deadline = time.monotonic() + 10
+    while len(taken) < 3 and time.monotonic() < deadline:
+        taken += source.get(3 - len(taken))
+        source.wait(0.1)
+    assert [m["job"] for m in taken] == [1, 2, 3]
+    # When the pilot gives the first back (too long for its walltime) and acks the others
+    source.release(taken[:1])
+    source.ack(taken[1:])
+    source.close()
+    # Then the released one and the one never taken are in the queue, the acked ones gone
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        channel = connection.channel()
+        left = []
+        while (got := channel.basic_get("acks.default", auto_ack=True))[0] is not None:
+            left.append(int(got[2].split(b'"job": ')[1].split(b",")[0]))
+    assert sorted(left) == [1, 4]

@@ -54,3 +54,17 @@ def test_without_a_cgroup_v2_memory_controller_the_pilot_polls(
         assert isinstance(meter, PollingMeter) and "polling /proc instead" in caplog.text
     finally:
         meter.close()
+
+
+def test_a_payload_shorter_than_a_period_costs_no_read_of_proc() -> None:
+    """Short payloads (a pilot of short jobs runs hundreds a second) are not summed: the
+    thread, woken by the start, finds no payload a period old and reads nothing."""
+    payload = subprocess.Popen(["sleep", "0.2"], start_new_session=True)
+    meter = PollingMeter(period=5)
+    try:
+        meter.start((1, 1), payload.pid, 40)
+        assert payload.wait(timeout=20) == 0
+        usage = meter.stop((1, 1))
+    finally:
+        meter.close()
+    assert usage.peak_mb is None and not usage.over_limit

@@ -137,8 +137,19 @@ class Verdict:
                 "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class Grant:
+    """The answer to a claim: per job, granted with what is its own, or refused; and, by
+    production name, what all its granted jobs share (command, steering and environment
+    templates, outputs, container), sent once: a production's steering files may be
+    large, and one claim carries many of its jobs."""
+
+    jobs: list[dict[str, Any]]
+    productions: dict[str, dict[str, Any]]
+
+
 def claim(session: Session, config: TowerConfig, pilot_id: str,
-          wanted: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+          wanted: Sequence[tuple[int, int]]) -> Grant:
     """Give the pilot the jobs it may run now, with everything it needs to run them.
 
     A job that is not waiting for this attempt at this pilot's site (stale,
@@ -168,8 +179,9 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
         else:
             eligible.append(job_id)
     _rematch(session, config, pilot_id, misfits, productions)
-    # a pilot may claim before the matchmaker recorded the broker's confirmation
-    moved = set(move_jobs(session, eligible, [JobState.QUEUED, JobState.ASSIGNED],
+    # a pilot may claim before the matchmaker recorded the broker's confirmation; the rows
+    # are locked, so only the states they are in need a statement
+    moved = set(move_jobs(session, eligible, sorted({jobs[job_id].state for job_id in eligible}),
                           JobState.RUNNING, f"claimed by pilot {pilot_id}"))
     now = utcnow()
     bulk_insert(session, Attempt, [
@@ -182,21 +194,28 @@ def claim(session: Session, config: TowerConfig, pilot_id: str,
     inputs = {production_id: placement.input_paths(session, config, lfns, pilot.site)
               for production_id in {jobs[job_id].production_id for job_id in moved}
               if (lfns := productions[production_id][1])}
-    # a job of a production split by its inputs reads only its own files
-    own = {job_id: placement.input_paths(session, config, lfns, pilot.site)
-           for job_id, lfns in chains.job_lfns(session, moved).items()}
+    # a job of a production split by its inputs reads only its own files (only such
+    # productions' jobs have them: the others' claims ask nothing more)
+    split = [job_id for job_id in moved
+             if productions[jobs[job_id].production_id][0].split is not None]
+    own_inputs = {job_id: placement.input_paths(session, config, lfns, pilot.site)
+                  for job_id, lfns in chains.job_lfns(session, split).items()}
     site = config.sites.get(pilot.site)
     log_bytes = site.pilot.log_bytes if site is not None else 0
+    shared: dict[str, dict[str, Any]] = {}
     for job_id, number in wanted:
         if job_id in moved and _current(jobs[job_id], number):
             production_id = jobs[job_id].production_id
+            spec = productions[production_id][0]
+            if spec.name not in shared:
+                shared[spec.name] = _shared(spec, shape)
             answers[(job_id, number)] = {
-                **_payload(jobs[job_id], productions[production_id][0], shape),
-                "inputs": own.get(job_id) or inputs.get(production_id, []),
+                **_payload(jobs[job_id], spec),
+                "inputs": own_inputs.get(job_id) or inputs.get(production_id, []),
                 "log_bytes": log_bytes}
         answers.setdefault((job_id, number), {"job": job_id, "attempt": number,
                                               "granted": False, "reason": "claimed already"})
-    return [answers[key] for key in wanted]
+    return Grant([answers[key] for key in wanted], shared)
 
 
 def _misfit(job: Job, spec: ProductionSpec, shape: PilotShape) -> str | None:
@@ -262,28 +281,37 @@ def _jobs(session: Session, job_ids: Sequence[int], lock: bool = False) -> dict[
 
 def _productions(session: Session, production_ids: set[int]
                  ) -> dict[int, tuple[ProductionSpec, Any]]:
-    """Each production's spec and the input files it reads, in one query."""
-    if not production_ids:
-        return {}
-    rows = session.exec(select(Production.id, Production.spec, Production.inputs).where(
-        col(Production.id).in_(production_ids))).all()
-    return {production_id: (ProductionSpec.model_validate(spec), inputs)
-            for production_id, spec, inputs in rows if production_id is not None}
+    """Each production's spec and the input files it reads, in one query; kept for the
+    transaction, so a claim that carries reports reads and validates them once."""
+    known: dict[int, tuple[ProductionSpec, Any]] = session.info.setdefault("productions", {})
+    missing = production_ids - known.keys()
+    if missing:
+        rows = session.exec(select(Production.id, Production.spec, Production.inputs).where(
+            col(Production.id).in_(missing))).all()
+        known.update({production_id: (ProductionSpec.model_validate(spec), inputs)
+                      for production_id, spec, inputs in rows if production_id is not None})
+    return {production_id: known[production_id] for production_id in production_ids
+            if production_id in known}
 
 
-def _payload(job: Job, spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
+def _payload(job: Job, spec: ProductionSpec) -> dict[str, Any]:
+    """A granted job's own part of the claim's answer."""
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
     needs = needs_of(spec).grown(job.memory, job.walltime)
-    answer = {
-        "job": job.id, "attempt": job.attempt, "granted": True,
-        "production": spec.name, "command": spec.command, "steering": spec.steering,
-        "environment": spec.environment, "variables": job_variables(spec, plan, job.attempt),
-        "outputs": spec.outputs, "walltime": needs.walltime,
+    return {
+        "job": job.id, "attempt": job.attempt, "granted": True, "production": spec.name,
+        "variables": job_variables(spec, plan, job.attempt), "walltime": needs.walltime,
         "cores": needs.cores, "memory": needs.memory,
     }
+
+
+def _shared(spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
+    """What all granted jobs of `spec` share in a claim's answer (Grant)."""
+    shared = {"command": spec.command, "steering": spec.steering,
+              "environment": spec.environment, "outputs": spec.outputs}
     if spec.container is not None:
-        answer["container"] = container_of(spec, shape)
-    return answer
+        shared["container"] = container_of(spec, shape)
+    return shared
 
 
 def container_of(spec: ProductionSpec, shape: PilotShape | None) -> dict[str, Any]:
@@ -334,6 +362,9 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
                            in open_attempts])
     productions = _productions(session, {job.production_id for job in jobs.values()})
     specs = {production_id: spec for production_id, (spec, _) in productions.items()}
+    # each production's spec as its attempts' provenance records hold it, made once a batch
+    dumped = {production_id: spec.model_dump(mode="json") for production_id, spec in
+              specs.items()} if any(item.provenance for item in reports) else {}
     inputs = {production_id: provenance.inputs_of(session, lfns or [])
               for production_id, (_, lfns) in productions.items()}
     records: list[dict[str, Any]] = []
@@ -361,8 +392,8 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
             outcome, reason = classify(item, spec)
         _end(session, attempt, outcome, reason, item)
         if item.provenance is not None:
-            records.append(_record(job, spec, attempt, item.provenance,
-                                   inputs[job.production_id]))
+            records.append(_record(job, spec, dumped[job.production_id], attempt,
+                                   item.provenance, inputs[job.production_id]))
         if outcome is Outcome.SUCCESS:
             succeeded.append((job, item))
             used.append(_usage(job, spec, attempt, item))
@@ -376,12 +407,12 @@ def report(session: Session, config: TowerConfig, pilot_id: str,
     return verdicts
 
 
-def _record(job: Job, spec: ProductionSpec, attempt: Attempt, seen: Seen,
-            inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The provenance row of an ended attempt."""
+def _record(job: Job, spec: ProductionSpec, dumped: dict[str, Any], attempt: Attempt,
+            seen: Seen, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The provenance row of an ended attempt; `dumped` is `spec` as JSON."""
     plan = JobPlan(job.index, job.seed, job.first_event, job.events)
     record = provenance.build(
-        spec.model_dump(mode="json"),
+        dumped,
         {"index": job.index, "seed": job.seed, "first_event": job.first_event,
          "events": job.events},
         job_variables(spec, plan, attempt.number), attempt.number,
