@@ -49,6 +49,8 @@ from web.server import start_server  # noqa: E402
 
 TOWER = [sys.executable, "-m", "tower.cli"]
 NAME = "million"
+#: Pilots that hold the production's 10-minute jobs.
+PILOT_SHAPE = {"slots": 2, "cores": 2, "walltime": "1h", "drain_margin": 5, "idle_timeout": 3}
 
 
 def submit(config: Path, jobs: int, directory: Path) -> dict[str, float]:
@@ -125,7 +127,8 @@ def reads(runtime: Runtime, config: Path, repeat: int) -> dict[str, dict[str, fl
 def run(jobs: int, drained: int, repeat: int, directory: Path) -> dict[str, Any]:
     with postgres() as database, vhost() as broker:
         config = write_home(directory, database, broker=broker,
-                            site={"backlog": {"per_slot": 2, "max": drained}},
+                            site={"backlog": {"per_slot": 2, "max": drained},
+                                  "pilot": PILOT_SHAPE},
                             loops={"batch_size": 5000})
         result: dict[str, Any] = {"jobs": jobs, **submit(config, jobs, directory)}
         runtime = Runtime.open(load_config(config))
