@@ -4,8 +4,8 @@ queued only once confirmed, in order, and never over a job another process moved
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pika
