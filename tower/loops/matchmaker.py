@@ -434,7 +434,7 @@ def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | N
 
 #: Messages published as one confirmed piece: the loop records one piece as queued while
 #: the broker confirms the next, so the two waits overlap.
-PIECE = 1000
+PIECE = 2500
 
 
 def _publish(runtime: Runtime, jobs: Sequence[Any], current: JobState, reason: str) -> int:
