@@ -51,6 +51,8 @@ from web.server import start_server  # noqa: E402
 
 TOWER = [sys.executable, "-m", "tower.cli"]
 NAME = "million"
+#: Pilots that hold the production's 10-minute jobs.
+PILOT_SHAPE = {"slots": 2, "cores": 2, "walltime": "1h", "drain_margin": 5, "idle_timeout": 3}
 
 
 def drain(runtime: Runtime, count: int, timeout: float = 300) -> dict[str, float]:
@@ -109,7 +111,8 @@ def reads(runtime: Runtime, config: Path, repeat: int) -> dict[str, dict[str, fl
 def run(jobs: int, drained: int, repeat: int, directory: Path) -> dict[str, Any]:
     with postgres() as database, vhost() as broker:
         config = write_home(directory, database, broker=broker,
-                            site={"backlog": {"per_slot": 2, "max": drained}},
+                            site={"backlog": {"per_slot": 2, "max": drained},
+                                  "pilot": PILOT_SHAPE},
                             loops={"batch_size": 5000})
         result: dict[str, Any] = {"jobs": jobs, **tower_submit(config, NAME, jobs, directory)}
         result["copy_s"] = raw_copy(database, NAME, ADMIN, directory)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import pika
+from pika import frame, spec
 from pika.adapters.blocking_connection import BlockingChannel
 from pydantic import Field
 from sqlalchemy import Engine
@@ -194,16 +195,14 @@ class AmqpBroker:
     def _publish(self, channel: BlockingChannel, queue: str, messages: list[Message]) -> None:
         if queue not in self._declared:
             self._declare(channel, queue)
-        batch = self._confirms.expect(len(messages))
-        for message in messages:
-            properties = pika.BasicProperties(
-                delivery_mode=PERSISTENT, content_type="application/json",
-                message_id=f"{message['job']}.{message['attempt']}")
-            # the underlying channel buffers; BlockingChannel would flush after each message
-            channel._impl.basic_publish(self.options.exchange, queue,
-                                        json.dumps(message).encode(), properties,
-                                        mandatory=True)
         assert self._connection is not None
+        # the channel's own checks before its basic_publish: a closed channel raises a
+        # connection error (reconnect), not a write into nothing
+        channel._impl._raise_if_not_open()
+        frames = _frames(channel.channel_number, self.options.exchange, queue,
+                         [_body(message) for message in messages])
+        batch = self._confirms.expect(len(messages))
+        self._connection._impl._output_marshaled_frames([frames])
         deadline = time.monotonic() + self.options.confirm_timeout
         while not batch.settled():
             if time.monotonic() > deadline:
@@ -271,9 +270,36 @@ class _Confirms:
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # an unroutable message is returned, then acked: count it refused here
-        log.warning("broker returned message %s: %s", properties.message_id, method.reply_text)
+        log.warning("broker returned message %r: %s", body[:200], method.reply_text)
         if self.batch is not None:
             self.batch.refused += 1
+
+
+#: Every message's properties: one header frame serves all bodies of a length.
+PROPERTIES = pika.BasicProperties(delivery_mode=PERSISTENT, content_type="application/json")
+
+
+def _body(message: Message) -> bytes:
+    """A message as JSON, formatted directly (json.dumps costs several times more)."""
+    return b'{"job": %d, "attempt": %d, "walltime": %d}' % (
+        message["job"], message["attempt"], message["walltime"])
+
+
+def _frames(channel: int, exchange: str, queue: str, bodies: list[bytes]) -> bytes:
+    """The AMQP frames publishing each of `bodies` (persistent, mandatory) to `queue`, as
+    one piece: pika's basic_publish marshals the same method and header frames anew for
+    each message and sends each of its three frames with a system call of its own, a
+    third of the loop's publishing time. Bodies are a few dozen bytes, one frame each."""
+    publish = frame.Method(channel, spec.Basic.Publish(exchange=exchange, routing_key=queue,
+                                                       mandatory=True)).marshal()
+    headers: dict[int, bytes] = {}
+    parts: list[bytes] = []
+    for body in bodies:
+        header = headers.get(len(body))
+        if header is None:
+            header = headers[len(body)] = frame.Header(channel, len(body), PROPERTIES).marshal()
+        parts += (publish, header, frame.Body(channel, body).marshal())
+    return b"".join(parts)
 
 
 def _parsed(body: bytes) -> Message | None:

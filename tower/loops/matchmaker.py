@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -433,27 +434,39 @@ def _choose(room: dict[SiteQueue, int], sites: list[str], queue: str) -> str | N
     return best if best is not None and room.get((best, queue), 0) > 0 else None
 
 
+#: Messages published as one confirmed piece: the loop records one piece as queued while
+#: the broker confirms the next, so the two waits overlap.
+PIECE = 2500
+
+
 def _publish(runtime: Runtime, jobs: Sequence[Any], current: JobState, reason: str) -> int:
-    """Publish each job's message; once the broker confirmed a queue's batch, record its
-    jobs as queued. A queue the broker refuses is skipped: its jobs wait for the next try."""
+    """Publish each job's message; once the broker confirmed a piece of a queue's jobs,
+    record them as queued. One thread publishes the pieces in turn, in order, while this
+    one records those confirmed. A piece the broker refuses is skipped: its jobs stay in
+    `current` and wait for the next try (a crash between confirm and record leaves them
+    so too: a message published twice is harmless, the claim decides)."""
     by_queue: dict[str, list[Any]] = defaultdict(list)
     for job in jobs:
         by_queue[queue_name(job.site or "", job.queue)].append(job)
     walltimes = _walltimes(runtime, {job.production_id for job in jobs})
+    pieces = [(queue, members[start:start + PIECE]) for queue, members in by_queue.items()
+              for start in range(0, len(members), PIECE)]
     queued = 0
-    for queue, members in by_queue.items():
-        messages = [Message(job=job.id, attempt=job.attempt,  # type: ignore[typeddict-item]
-                            walltime=job.walltime or walltimes[job.production_id])
-                    for job in members]
-        try:
-            runtime.broker.publish(queue, messages)
-        except BackendError as exc:
-            log.warning("queue=%s: %d jobs not published: %s", queue, len(members), exc)
-            continue
-        with transaction(runtime.engine) as session:
-            queued += len(move_jobs(session, [job.id for job in members],  # type: ignore[misc]
-                                    current, JobState.QUEUED, f"{reason} to {queue}"))
-        log.info("%s queue=%s jobs=%d", reason, queue, len(members))
+    with ThreadPoolExecutor(1, thread_name_prefix="publish") as sender:
+        sent = [(queue, piece, sender.submit(runtime.broker.publish, queue, [
+            Message(job=job.id, attempt=job.attempt,  # type: ignore[typeddict-item]
+                    walltime=job.walltime or walltimes[job.production_id]) for job in piece]))
+                for queue, piece in pieces]
+        for queue, piece, confirmed in sent:
+            try:
+                confirmed.result()
+            except BackendError as exc:
+                log.warning("queue=%s: %d jobs not published: %s", queue, len(piece), exc)
+                continue
+            with transaction(runtime.engine) as session:
+                queued += len(move_jobs(session, [job.id for job in piece], current,
+                                        JobState.QUEUED, f"{reason} to {queue}"))
+            log.info("%s queue=%s jobs=%d", reason, queue, len(piece))
     return queued
 
 

@@ -43,7 +43,7 @@ from tower.management.specs import (
     trial_variables,
 )
 from tower.model import tally
-from tower.model.db import bulk_insert
+from tower.model.db import among, bulk_insert
 from tower.model.models import Job, JobInput, Production
 from tower.model.states import JOB_TERMINAL, JobState, ProductionState, move_jobs
 
@@ -391,9 +391,9 @@ def job_lfns(session: Session, job_ids: Iterable[int]) -> dict[int, list[str]]:
     """The input files of each of `job_ids` (of split productions), in LFN order."""
     found: dict[int, list[str]] = {}
     ids = list(job_ids)
-    for start in range(0, len(ids), 1000):
+    for start in range(0, len(ids), 5000):
         for job_id, lfn in session.exec(select(JobInput.job_id, JobInput.lfn).where(
-                col(JobInput.job_id).in_(ids[start:start + 1000]))
+                among(session, col(JobInput.job_id), ids[start:start + 5000]))
                 .order_by(col(JobInput.lfn))).all():
             found.setdefault(job_id, []).append(lfn)
     return found

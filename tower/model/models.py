@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, col
 
 from catalog.columns import JSONType, json_column, state_column
 from catalog.timeutil import utcnow
@@ -57,8 +57,6 @@ class Production(SQLModel, table=True):
 class Job(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("production_id", "index"),
-        # the matchmaker's scan: defined jobs by priority
-        Index("ix_job_state_priority", "state", "priority", "id"),
         Index("ix_job_production_state", "production_id", "state"),
         Index("ix_job_site_state", "site", "state"),
         # the few jobs a retry gave more walltime or memory: the factory leaves out of a
@@ -95,6 +93,12 @@ class Job(SQLModel, table=True):
     budget_from: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# the matchmaker's scan: defined jobs by priority, highest first, then by id, in the
+# index's own order (an ascending priority cannot serve it: every defined job was read
+# and sorted each cycle)
+Index("ix_job_match_order", col(Job.state), col(Job.priority).desc(), col(Job.id))
 
 
 class JobInput(SQLModel, table=True):

@@ -17,7 +17,7 @@ from typing import Any
 from tower.errors import SchemaError
 
 #: The revision of the newest migration: the schema of these models.
-HEAD = "0007"
+HEAD = "0008"
 
 #: A table every gridtower database holds: a database with it and without a revision was
 #: made before migrations existed.

@@ -226,6 +226,8 @@ def _compare_and_set(
     A Core statement on the table: the ORM's bulk-update path costs more than the
     update itself, and no object in the session is to be kept in step (the session is
     flushed first, so what it holds is written before the move)."""
+    from tower.model.db import among
+
     table = model.__table__
     columns = [table.c.id, *(table.c[column.key] for column in returning)]
     session.flush()
@@ -234,7 +236,7 @@ def _compare_and_set(
         chunk = ids[start:start + 5000]
         rows.extend(session.execute(
             update(table)
-            .where(table.c.id.in_(chunk), table.c.state == current)
+            .where(among(session, table.c.id, chunk), table.c.state == current)
             .values(state=target, **fields)
             .returning(*columns)
         ).all())

@@ -30,6 +30,7 @@ from tower.logs import about
 from tower.management import productions
 from tower.management.specs import ProductionSpec, needs_of, no_fit, offers
 from tower.model import jobs, tally
+from tower.model.db import among, bulk_insert
 from tower.model.models import Attempt, Job, Production, RetryDecision
 from tower.model.states import JobState, move_jobs
 from tower.retries.outcomes import NOT_FAILURES, Outcome
@@ -62,7 +63,7 @@ def histories(session: Session, jobs: Sequence[Job]) -> dict[int, list[Ended]]:
     for start in range(0, len(ids), 5000):
         for job_id, number, outcome, exit_code, sig, site in session.execute(
                 sa_select(*FACTS)
-                .where(col(Attempt.job_id).in_(ids[start:start + 5000]),
+                .where(among(session, col(Attempt.job_id), ids[start:start + 5000]),
                        col(Attempt.ended_at).is_not(None),
                        col(Attempt.outcome).not_in([str(outcome) for outcome in NOT_FAILURES]))
                 .order_by(col(Attempt.job_id), col(Attempt.number))).all():
@@ -139,8 +140,7 @@ def settle_all(session: Session, config: TowerConfig,
             log.info("attempt ended %s (%r): %s", outcome, attempt.reason, decision.reason,
                      extra=about(spec.name, job.id, attempt.number))
             settled[job.id] = decision
-    if rows:
-        session.execute(insert(RetryDecision), rows)
+    bulk_insert(session, RetryDecision, rows)
     return settled
 
 
@@ -246,7 +246,7 @@ def _load_jobs(session: Session, attempts: Sequence[Attempt]
     jobs: dict[int, Job] = {}
     for start in range(0, len(ids), 5000):
         jobs.update((job.id, job) for job in session.exec(
-            select(Job).where(col(Job.id).in_(ids[start:start + 5000]))).all()
+            select(Job).where(among(session, col(Job.id), ids[start:start + 5000]))).all()
             if job.id is not None)
     wanted = {job.production_id for job in jobs.values()}
     found = session.exec(select(Production).where(col(Production.id).in_(wanted))).all() \
