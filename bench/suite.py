@@ -46,7 +46,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import gridtower, policy, scale, slurm, swarm  # noqa: E402
+from bench import gridtower, loop, policy, scale, slurm, swarm  # noqa: E402
 from bench.broker import ADMIN  # noqa: E402
 from bench.report import write_report  # noqa: E402
 
@@ -76,6 +76,11 @@ def measured(results: dict[str, Any], kind: str, run: Callable[[], dict[str, Any
     except Exception as exc:  # noqa: BLE001 (any failure of a step is reported, not fatal)
         print(f"  {kind} failed: {exc!r}", file=sys.stderr, flush=True)
         results.setdefault("failures", {}).setdefault(kind, []).append(repr(exc)[-2000:])
+
+
+def _loop(directory: Path, repeat: int, batch: int) -> dict[str, Any]:
+    with loop.services(None, None) as (database, broker):
+        return loop.run(100_000, 20_000, repeat, directory, database, broker, batch)
 
 
 def in_scratch(run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
@@ -117,6 +122,10 @@ def main() -> None:
                         help="the size of each full-path job's one output")
     parser.add_argument("--settle", type=int, default=2000,
                         help="lost attempts settled in one monitor pass")
+    parser.add_argument("--loop-repeat", type=int, default=5,
+                        help="rounds of the broker loop alone (bench/loop.py)")
+    parser.add_argument("--loop-batch", type=int, default=5000,
+                        help="loops.batch_size of the broker loop alone")
     parser.add_argument("--scale-jobs", type=int, default=1_000_000)
     parser.add_argument("--drain", type=int, default=200_000,
                         help="jobs the broker loop publishes in the scale run")
@@ -172,6 +181,11 @@ def main() -> None:
         step(f"settling {args.settle:,} lost attempts, run {number + 1} of {args.repeat}",
              started)
         measured(results, "settle", lambda: policy.settle_run(args.settle, ADMIN))
+
+    step(f"the broker loop alone: {args.loop_repeat} rounds of 20,000 jobs of 100,000, "
+         f"batch {args.loop_batch}", started)
+    measured(results, "loop", lambda: in_scratch(lambda directory: _loop(
+        directory, args.loop_repeat, args.loop_batch)))
 
     step(f"scale: a production of {args.scale_jobs:,} jobs", started)
     measured(results, "scale", lambda: in_scratch(
