@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.broker import postgres, vhost  # noqa: E402
-from bench.scale import PILOT_SHAPE, submit  # noqa: E402
+from bench.scale import NAME, PILOT_SHAPE  # noqa: E402
+from bench.submit import tower_submit  # noqa: E402
 from tests.conftest import write_home  # noqa: E402
 from tower.config import load_config  # noqa: E402
 from tower.loops import matchmaker  # noqa: E402
@@ -99,7 +100,7 @@ def run(jobs: int, drained: int, repeat: int, directory: Path,
         with transaction(runtime.engine) as session:
             fresh = session.scalar(select(Job.id).limit(1)) is None
         if fresh:
-            submit(config, jobs, directory)
+            tower_submit(config, NAME, jobs, directory)
         prepared(runtime, drained)
         take_back(runtime, broker)
         rounds = []
