@@ -267,20 +267,27 @@ def test_a_full_site_disk_leaves_no_partial_output_and_the_production_completes(
     assert files_under(small_disk) == []
 
 
-@pytest.mark.one_database
-def test_cancelling_a_frozen_local_pilot_ends_its_payloads(
-        live_tower: Callable[..., LiveTower], tmp_path: Path, reaped: list[int]) -> None:
-    one = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 30},
+def _one_sleeping_pilot(live_tower: Callable[..., LiveTower], tmp_path: Path,
+                        reaped: list[int], idle_timeout: int) -> tuple[LiveTower, Path, Any]:
+    """A tower whose one pilot of one slot runs one `sleep 300` payload; its processes and
+    the pilot's process group are in `reaped`."""
+    one = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": idle_timeout},
            "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
     tower = live_tower(site=one)
     tower.submit(toy_production(tmp_path, jobs=1, command=["sleep", "300"]))
     scratch = Path(tower.runtime.config.sites["local"].scratch)
     tower.drive(lambda: bool(processes_in(scratch)), timeout=60)
-    running = processes_in(scratch)
-    reaped.extend(set(running.values()))
+    reaped.extend(set(processes_in(scratch).values()))
     [pilot] = pilots(tower)
     assert pilot.batch_id
     reaped.append(os.getpgid(int(pilot.batch_id)))
+    return tower, scratch, pilot
+
+
+@pytest.mark.one_database
+def test_cancelling_a_frozen_local_pilot_ends_its_payloads(
+        live_tower: Callable[..., LiveTower], tmp_path: Path, reaped: list[int]) -> None:
+    tower, scratch, pilot = _one_sleeping_pilot(live_tower, tmp_path, reaped, idle_timeout=30)
     os.kill(int(pilot.batch_id), signal.SIGSTOP)  # it cannot stop its payload itself
     try:
         tower.runtime.batch_system("local").cancel([pilot.batch_id])
@@ -296,17 +303,7 @@ def test_a_pilot_the_tower_wrote_off_stops_its_payload_and_leaves(
     lives on (ARC's fork back end kills a cancelled job's wrapper, not the pilot): the
     pilot's next heartbeat is refused, and it stops its payload and leaves then, not when
     the payload ends."""
-    one = {"pilot": {"slots": 1, "walltime": "10m", "idle_timeout": 300},
-           "limits": {"max_queued": 1, "max_running": 1, "max_per_cycle": 1}}
-    tower = live_tower(site=one)
-    tower.submit(toy_production(tmp_path, jobs=1, command=["sleep", "300"]))
-    scratch = Path(tower.runtime.config.sites["local"].scratch)
-    tower.drive(lambda: bool(processes_in(scratch)), timeout=60)
-    running = processes_in(scratch)
-    reaped.extend(set(running.values()))
-    [pilot] = pilots(tower)
-    assert pilot.batch_id
-    reaped.append(os.getpgid(int(pilot.batch_id)))
+    tower, scratch, pilot = _one_sleeping_pilot(live_tower, tmp_path, reaped, idle_timeout=300)
     with transaction(tower.runtime.engine) as session:
         message = "batch job ended (KILLED) without a goodbye"
         assert fleet.lose(session, [pilot.id], message)
