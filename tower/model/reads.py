@@ -145,7 +145,8 @@ def summaries(connection: Connection, name: str | None = None) -> list[dict[str,
         raise NotFound(f"no production named {name!r}", field="production")
     only = chosen[0][0] if name else None
     tally, held = counts(connection, only), held_outputs(connection, only)
-    waiting = waiting_for_upstream(connection, [row[1] for row in chosen if row[2] == "active"])
+    waiting = waiting_for_upstream(connection, [row[1] for row in chosen if row[2] == "active"],
+                                   None if name else tally)
     result = []
     for pid, called, state, dataset, priority, events_total, created_at in chosen:
         states = tally.get(pid, {})
@@ -170,21 +171,26 @@ def summaries(connection: Connection, name: str | None = None) -> list[dict[str,
 CLOSED = ("cancelled", "rejected")
 
 
-def waiting_for_upstream(connection: Connection, names: list[str]) -> set[str]:
+def waiting_for_upstream(connection: Connection, names: list[str],
+                         tally: dict[int, dict[str, Count]] | None = None) -> set[str]:
     """Those of the productions `names` that read an upstream production's outputs
     (split by inputs) while it has not ended, so more of their jobs may be made. Ended:
     closed, or all its jobs made and ended, and for a step of a chain its own upstream
     ended (files cataloged but not yet consumed are consumed by the next matchmaker
-    cycle, and not looked for here)."""
+    cycle, and not looked for here). `tally`: every production's counts, when the caller
+    read them already. Pages and /metrics ask on every request: every production's spec
+    is read only when one of `names` is a step of a chain."""
     if not names:
+        return set()
+    active = {called: _json(connection, spec) for called, spec in _rows(
+        connection, "SELECT name, spec FROM production WHERE state = 'active'")}
+    if not any(active.get(name, {}).get("split") is not None for name in names):
         return set()
     rows = {called: (pid, state, full_run, _json(connection, spec)) for
             pid, called, state, full_run, spec in _rows(
                 connection, "SELECT id, name, state, full_run, spec FROM production")}
     steps = [name for name in names if name in rows and rows[name][3].get("split") is not None]
-    if not steps:
-        return set()
-    tally = counts(connection)
+    tally = counts(connection) if tally is None else tally
 
     def ended(name: str, seen: frozenset[str]) -> bool:
         if name not in rows or name in seen:  # gone, or a cycle (refused at submit)
